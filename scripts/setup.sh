@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian 12 machine ready to build, test and demo podnet. Safe to run again.
+# Installs Debian packages only; the Rust toolchain (cargo) must already be there.
+set -euo pipefail
+
+packages=(
+  etcd-server etcd-client            # the lease store (the lab runs real etcd)
+  iproute2 nftables                  # ip, bridge, nft: what tests read kernel state with
+  iputils-ping iperf3 tcpdump        # traffic checks and benchmarks
+  containernetworking-plugins        # Debian's reference bridge/host-local/portmap, for comparisons
+  protobuf-compiler                  # protoc, needed to build the etcd client
+  util-linux procps ca-certificates  # setpriv, pgrep
+)
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: run as root or install sudo" >&2; exit 1; }
+  sudo=sudo
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all Debian packages present"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
+echo "setup: ready ($(cargo --version), etcd $(etcd --version | sed -n 's/^etcd Version: //p'), $(nft --version))"

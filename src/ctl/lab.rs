@@ -1,0 +1,219 @@
+//! `podnetctl lab ...`: a cluster of network namespaces on this machine.
+
+use clap::{Args, Subcommand};
+
+use crate::lab::{self, Lab, LabError, LabSpec};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCmd {
+    /// Create a lab: a switch, N nodes on 1 or 2 L2 segments, a router, and a real etcd.
+    Up(UpArgs),
+    /// Remove a lab and everything it started.
+    Down {
+        /// Lab name.
+        name: String,
+    },
+    /// Show a lab's nodes, addresses, etcd endpoints, processes and pods.
+    Status {
+        name: String,
+        /// Print the lab's state file as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List labs on this machine.
+    List,
+    /// Run a command in a node (or etcdN, router, NODE/POD) and wait for it.
+    Exec {
+        name: String,
+        /// node1..nodeN, etcd1..etcdN, router, or NODE/POD.
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Start a background process in a node; `lab down` stops it.
+    Spawn {
+        name: String,
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a process the lab started.
+    Kill { name: String, pid: u32 },
+    /// Create or remove an empty pod network namespace on a node.
+    #[command(subcommand)]
+    Pod(PodCmd),
+    /// Remove labs whose owning process died and lab namespaces no lab claims.
+    Sweep,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Lab name (a-z, 0-9, '-').
+    pub name: String,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// L2 segments (2: the halves of the nodes reach each other only through the router).
+    #[arg(long, default_value_t = 1)]
+    pub segments: usize,
+    /// etcd members (1 or 3).
+    #[arg(long, default_value_t = 1)]
+    pub etcd_members: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCmd {
+    /// Create an empty pod namespace.
+    Add {
+        name: String,
+        node: String,
+        pod: String,
+    },
+    /// Remove a pod namespace.
+    Del {
+        name: String,
+        node: String,
+        pod: String,
+    },
+}
+
+pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
+    match cmd {
+        LabCmd::Up(a) => {
+            let spec = LabSpec {
+                name: a.name.clone(),
+                nodes: a.nodes,
+                segments: a.segments,
+                etcd_members: a.etcd_members,
+            };
+            eprintln!(
+                "creating lab {} ({} nodes, {} segment(s), {} etcd member(s))...",
+                spec.name, spec.nodes, spec.segments, spec.etcd_members
+            );
+            let lab = Lab::up(&spec)?;
+            print_status(&lab);
+            lab.persist()?;
+            eprintln!(
+                "\nlab {0} is up. Try: podnetctl lab exec {0} node1 -- ping -c1 {1}\nRemove it with: podnetctl lab down {0}",
+                a.name,
+                Lab::open(&a.name)?
+                    .plan()
+                    .nodes
+                    .last()
+                    .map(|n| n.ip().to_string())
+                    .unwrap_or_default()
+            );
+            Ok(0)
+        }
+        LabCmd::Down { name } => {
+            let lab = Lab::open(&name)?;
+            lab.down()?;
+            eprintln!("lab {name} removed");
+            Ok(0)
+        }
+        LabCmd::Status { name, json } => {
+            let lab = Lab::open(&name)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(lab.state()).expect("state serializes")
+                );
+            } else {
+                print_status(&lab);
+            }
+            Ok(0)
+        }
+        LabCmd::List => {
+            for name in lab::state::list()? {
+                match lab::state::load(&name) {
+                    Ok(Some(st)) => {
+                        let kind = match st.owner {
+                            None => "persistent".to_string(),
+                            Some(o) if o.alive() => format!("owned by process {}", o.pid),
+                            Some(o) => format!(
+                                "orphaned (process {} is gone; `lab sweep` removes it)",
+                                o.pid
+                            ),
+                        };
+                        println!("{name}\t{} nodes\t{kind}", st.plan.nodes.len());
+                    }
+                    Ok(None) => {}
+                    Err(e) => println!("{name}\tunreadable: {e}"),
+                }
+            }
+            Ok(0)
+        }
+        LabCmd::Exec { name, target, cmd } => {
+            let lab = Lab::open(&name)?;
+            let status = lab
+                .command(&target, &cmd)?
+                .status()
+                .map_err(|e| LabError::io(format!("run {} on {target}", cmd[0]), e))?;
+            Ok(status.code().unwrap_or(128 + 9))
+        }
+        LabCmd::Spawn { name, target, cmd } => {
+            let mut lab = Lab::open(&name)?;
+            let rec = lab.spawn(&target, &cmd, &[])?;
+            println!("{}", rec.id.pid);
+            eprintln!(
+                "started {} on {target} as process {}; log: {}",
+                cmd[0],
+                rec.id.pid,
+                rec.log.display()
+            );
+            Ok(0)
+        }
+        LabCmd::Kill { name, pid } => {
+            Lab::open(&name)?.stop(pid)?;
+            Ok(0)
+        }
+        LabCmd::Pod(PodCmd::Add { name, node, pod }) => {
+            let ns = Lab::open(&name)?.pod_add(&node, &pod)?;
+            println!("/run/netns/{ns}");
+            Ok(0)
+        }
+        LabCmd::Pod(PodCmd::Del { name, node, pod }) => {
+            Lab::open(&name)?.pod_del(&node, &pod)?;
+            Ok(0)
+        }
+        LabCmd::Sweep => {
+            for r in lab::sweep()? {
+                println!("removed {r}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_status(lab: &Lab) {
+    let st = lab.state();
+    let plan = lab.plan();
+    println!("lab {}  workdir {}", plan.name, st.workdir.display());
+    println!("etcd endpoints: {}", plan.etcd_endpoints());
+    for s in &plan.segments {
+        println!("segment {}: {} (router {})", s.index, s.net, s.router);
+    }
+    println!("\n{:<8} {:<16} {:<8} NETNS", "HOST", "ADDRESS", "SEGMENT");
+    for h in plan.etcd.iter().chain(plan.nodes.iter()) {
+        println!("{:<8} {:<16} {:<8} {}", h.name, h.ip(), h.segment, h.netns);
+    }
+    if !st.pods.is_empty() {
+        println!("\n{:<8} {:<16} NETNS", "NODE", "POD");
+        for p in &st.pods {
+            println!("{:<8} {:<16} /run/netns/{}", p.node, p.pod, p.netns);
+        }
+    }
+    if !st.procs.is_empty() {
+        println!("\n{:<8} {:<8} {:<8} COMMAND", "PID", "HOST", "STATE");
+        for p in &st.procs {
+            let state = if p.id.alive() { "running" } else { "exited" };
+            println!(
+                "{:<8} {:<8} {:<8} {}",
+                p.id.pid,
+                p.host,
+                state,
+                p.argv.join(" ")
+            );
+        }
+    }
+}

@@ -1,0 +1,1229 @@
+//! rtnetlink: links, addresses, routes, neighbours and FDB entries.
+//!
+//! A `Netlink` is a plain blocking socket bound to the namespace it was opened in
+//! (`Netlink::open_in` opens it from a throwaway thread inside another namespace). Messages are
+//! built with `netlink-packet-route`; this file is the only one that knows its types, so a
+//! version bump touches nothing else.
+//!
+//! `apply` pipelines many changes: requests are packed several to a `send`, the kernel handles
+//! them in order and answers each with an ack, and a failure of one does not stop the others. That
+//! is what lets a node program thousands of peers in a fraction of what one `ip` call per object
+//! costs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_MULTIPART,
+    NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::netns::NetNs;
+use super::{KernelError, Mac};
+
+/// Main routing table.
+pub const TABLE_MAIN: u32 = 254;
+/// Route scopes (rtm_scope).
+pub const SCOPE_UNIVERSE: u8 = 0;
+pub const SCOPE_LINK: u8 = 253;
+pub const SCOPE_HOST: u8 = 254;
+/// Route types (rtm_type).
+pub const RTN_UNICAST: u8 = 1;
+pub const RTN_LOCAL: u8 = 2;
+pub const RTN_BLACKHOLE: u8 = 6;
+/// Route protocols (rtm_protocol) that mean "not ours".
+pub const RTPROT_KERNEL: u8 = 2;
+pub const RTPROT_BOOT: u8 = 3;
+pub const RTPROT_STATIC: u8 = 4;
+
+/// Multicast group for link notifications (RTNLGRP_LINK).
+const RTNLGRP_LINK: u32 = 1;
+
+/// Requests packed into one `send`; also bounds the acks queued in the receive buffer.
+const BATCH_MESSAGES: usize = 256;
+const BATCH_BYTES: usize = 64 * 1024;
+const RECV_BUF: usize = 1 << 20;
+const SOCKET_RCVBUF: usize = 8 << 20;
+const DUMP_RETRIES: usize = 8;
+
+/// A network interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`bridge`, `veth`, `vxlan`, `tun`, ...); `None` for plain devices.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Lower layer up (`IFF_LOWER_UP`).
+    pub lower_up: bool,
+    /// Index of the bridge this link is a port of.
+    pub master: Option<u32>,
+    /// Index of the parent link (for veth: the peer's index, which may be in another namespace).
+    pub parent: Option<u32>,
+    pub vxlan: Option<Vxlan>,
+    /// Bridge port option, when this link is a bridge port.
+    pub hairpin: Option<bool>,
+}
+
+/// The VXLAN attributes podnet cares about, both for creating a device and for comparing one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    /// UDP destination port; 0 lets the kernel pick its default (8472).
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    /// Index of the underlay device.
+    pub dev: Option<u32>,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+/// What kind of link to create.
+#[derive(Debug)]
+pub enum NewLinkKind<'a> {
+    Bridge,
+    /// A veth pair; the peer is created directly in `peer_ns` when given.
+    Veth {
+        peer: &'a str,
+        peer_ns: Option<&'a NetNs>,
+    },
+    Vxlan(Vxlan),
+}
+
+/// Parameters of a new link.
+#[derive(Debug)]
+pub struct NewLink<'a> {
+    pub name: &'a str,
+    pub kind: NewLinkKind<'a>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    pub master: Option<u32>,
+    pub up: bool,
+}
+
+/// Changes to an existing link; `None` leaves a field alone.
+#[derive(Debug, Default)]
+pub struct LinkChange<'a> {
+    pub up: Option<bool>,
+    pub mtu: Option<u32>,
+    /// `Some(0)` removes the link from its bridge.
+    pub master: Option<u32>,
+    pub name: Option<&'a str>,
+    pub mac: Option<Mac>,
+    /// Move the link into this namespace.
+    pub netns: Option<&'a NetNs>,
+    /// Bridge port option (only for links that are bridge ports).
+    pub hairpin: Option<bool>,
+}
+
+/// An interface address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub index: u32,
+    /// Address with its prefix length (e.g. 10.244.1.1/24).
+    pub net: IpNet,
+}
+
+/// A route. The same struct describes what to install and what was dumped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub protocol: u8,
+    pub scope: u8,
+    pub kind: u8,
+    pub onlink: bool,
+    pub metric: Option<u32>,
+    pub prefsrc: Option<IpAddr>,
+}
+
+impl Route {
+    /// A unicast route in the main table with universe scope.
+    pub fn unicast(dst: IpNet, protocol: u8) -> Route {
+        Route {
+            dst,
+            gateway: None,
+            oif: None,
+            table: TABLE_MAIN,
+            protocol,
+            scope: SCOPE_UNIVERSE,
+            kind: RTN_UNICAST,
+            onlink: false,
+            metric: None,
+            prefsrc: None,
+        }
+    }
+}
+
+/// A neighbour (ARP/NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Neighbour {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub mac: Option<Mac>,
+    pub permanent: bool,
+}
+
+/// A forwarding-database entry of a bridge or VXLAN device (`bridge fdb`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fdb {
+    pub index: u32,
+    pub mac: Mac,
+    /// Remote VTEP address (VXLAN).
+    pub dst: Option<IpAddr>,
+    pub permanent: bool,
+    /// Entry of the device itself (`self`) rather than of a bridge master.
+    pub own: bool,
+}
+
+/// One change for `Netlink::apply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    ReplaceRoute(Route),
+    DelRoute(Route),
+    ReplaceNeighbour(Neighbour),
+    DelNeighbour(Neighbour),
+    ReplaceFdb(Fdb),
+    DelFdb(Fdb),
+}
+
+impl Change {
+    fn describe(&self) -> String {
+        match self {
+            Change::ReplaceRoute(r) => format!("replace route {}", r.dst),
+            Change::DelRoute(r) => format!("delete route {}", r.dst),
+            Change::ReplaceNeighbour(n) => format!("replace neighbour {}", n.ip),
+            Change::DelNeighbour(n) => format!("delete neighbour {}", n.ip),
+            Change::ReplaceFdb(f) => format!("replace fdb {}", f.mac),
+            Change::DelFdb(f) => format!("delete fdb {}", f.mac),
+        }
+    }
+
+    fn message(&self) -> (RouteNetlinkMessage, u16) {
+        const REPLACE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
+        match self {
+            Change::ReplaceRoute(r) => (RouteNetlinkMessage::NewRoute(route_message(r)), REPLACE),
+            Change::DelRoute(r) => (RouteNetlinkMessage::DelRoute(route_message(r)), 0),
+            Change::ReplaceNeighbour(n) => (
+                RouteNetlinkMessage::NewNeighbour(neighbour_message(n)),
+                REPLACE,
+            ),
+            Change::DelNeighbour(n) => (RouteNetlinkMessage::DelNeighbour(neighbour_message(n)), 0),
+            Change::ReplaceFdb(f) => (RouteNetlinkMessage::NewNeighbour(fdb_message(f)), REPLACE),
+            Change::DelFdb(f) => (RouteNetlinkMessage::DelNeighbour(fdb_message(f)), 0),
+        }
+    }
+}
+
+/// A blocking rtnetlink socket.
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's namespace.
+    pub fn open() -> Result<Netlink, KernelError> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::io("bind netlink socket", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| KernelError::io("connect netlink socket", e))?;
+        // Extended acks make the kernel explain rejected requests; older kernels may refuse.
+        let _ = socket.set_ext_ack(true);
+        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// A socket bound to another namespace; the calling thread never leaves its own.
+    pub fn open_in(ns: &NetNs) -> Result<Netlink, KernelError> {
+        ns.run(Netlink::open)?
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let start = out.len();
+        out.resize(start + nl.buffer_len(), 0);
+        nl.serialize(&mut out[start..]);
+    }
+
+    fn send_buf(&self, op: &str, data: &[u8]) -> Result<(), KernelError> {
+        self.socket
+            .send(data, 0)
+            .map_err(|e| KernelError::io(format!("{op}: send netlink request"), e))?;
+        Ok(())
+    }
+
+    /// Receives one datagram and returns the messages in it.
+    fn recv_messages(
+        &mut self,
+        op: &str,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, KernelError> {
+        self.buf.clear();
+        loop {
+            match self.socket.recv(&mut self.buf, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(KernelError::io(format!("{op}: receive netlink reply"), e)),
+            }
+        }
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset + 16 <= self.buf.len() {
+            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
+                as usize;
+            if len < 16 || offset + len > self.buf.len() {
+                return Err(KernelError::decode(
+                    op,
+                    format!(
+                        "netlink message of length {len} in a {}-byte reply",
+                        self.buf.len()
+                    ),
+                ));
+            }
+            let msg =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
+                    .map_err(|e| KernelError::decode(op, e.to_string()))?;
+            out.push(msg);
+            offset += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn exec(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), KernelError> {
+        let seq = self.next_seq();
+        let mut data = Vec::with_capacity(256);
+        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, &mut data);
+        self.send_buf(op, &data)?;
+        loop {
+            for m in self.recv_messages(op)? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = m.payload {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(KernelError::netlink(op, -code.get())),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Sends a request that answers with data (not a dump) and returns the reply messages.
+    fn query(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        let seq = self.next_seq();
+        let mut data = Vec::with_capacity(256);
+        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK, seq, &mut data);
+        self.send_buf(op, &data)?;
+        let mut replies = Vec::new();
+        loop {
+            for m in self.recv_messages(op)? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(replies),
+                            Some(code) => Err(KernelError::netlink(op, -code.get())),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Dumps a table; restarts when the kernel reports the dump was interrupted by a change.
+    fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        for _ in 0..DUMP_RETRIES {
+            let seq = self.next_seq();
+            let mut data = Vec::with_capacity(256);
+            Netlink::encode(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP, seq, &mut data);
+            self.send_buf(op, &data)?;
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            'recv: loop {
+                for m in self.recv_messages(op)? {
+                    if m.header.sequence_number != seq {
+                        continue;
+                    }
+                    if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                        interrupted = true;
+                    }
+                    match m.payload {
+                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                        NetlinkPayload::Done(_) => break 'recv,
+                        NetlinkPayload::Error(e) => match e.code {
+                            None => break 'recv,
+                            Some(code) => return Err(KernelError::netlink(op, -code.get())),
+                        },
+                        _ => {}
+                    }
+                    if m.header.flags & NLM_F_MULTIPART == 0 {
+                        break 'recv;
+                    }
+                }
+            }
+            if !interrupted {
+                return Ok(out);
+            }
+        }
+        Err(KernelError::netlink(op, libc::EINTR))
+    }
+
+    /// Applies many changes, pipelined, in order. Returns one result per change.
+    pub fn apply(&mut self, changes: &[Change]) -> Vec<Result<(), KernelError>> {
+        let mut results: Vec<Result<(), KernelError>> = Vec::with_capacity(changes.len());
+        let mut data = Vec::with_capacity(BATCH_BYTES + 4096);
+        for chunk in changes.chunks(BATCH_MESSAGES) {
+            data.clear();
+            let first_seq = self.seq.wrapping_add(1).max(1);
+            let mut seqs = Vec::with_capacity(chunk.len());
+            let mut sends: Vec<(usize, usize)> = Vec::new();
+            let mut start = 0;
+            for change in chunk {
+                let (msg, flags) = change.message();
+                let seq = self.next_seq();
+                seqs.push(seq);
+                Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, &mut data);
+                if data.len() - start >= BATCH_BYTES {
+                    sends.push((start, data.len()));
+                    start = data.len();
+                }
+            }
+            if start < data.len() {
+                sends.push((start, data.len()));
+            }
+            let mut chunk_results: Vec<Option<Result<(), KernelError>>> =
+                (0..chunk.len()).map(|_| None).collect();
+            let mut pending = chunk.len();
+            let mut failed_send = None;
+            for (a, b) in sends {
+                if let Err(e) = self.send_buf("apply", &data[a..b]) {
+                    failed_send = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed_send {
+                // Nothing reliable can be said about this chunk: report every change as failed.
+                let msg = e.to_string();
+                for change in chunk {
+                    results.push(Err(KernelError::Other(format!(
+                        "{}: {msg}",
+                        change.describe()
+                    ))));
+                }
+                continue;
+            }
+            while pending > 0 {
+                let messages = match self.recv_messages("apply") {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for (slot, change) in chunk_results.iter_mut().zip(chunk) {
+                            if slot.is_none() {
+                                *slot = Some(Err(KernelError::Other(format!(
+                                    "{}: {msg}",
+                                    change.describe()
+                                ))));
+                            }
+                        }
+                        break;
+                    }
+                };
+                for m in messages {
+                    let seq = m.header.sequence_number;
+                    let Some(i) = seq
+                        .checked_sub(first_seq)
+                        .map(|d| d as usize)
+                        .filter(|&i| i < chunk.len())
+                    else {
+                        continue;
+                    };
+                    if seqs[i] != seq || chunk_results[i].is_some() {
+                        continue;
+                    }
+                    if let NetlinkPayload::Error(e) = m.payload {
+                        chunk_results[i] = Some(match e.code {
+                            None => Ok(()),
+                            Some(code) => {
+                                Err(KernelError::netlink(chunk[i].describe(), -code.get()))
+                            }
+                        });
+                        pending -= 1;
+                    }
+                }
+            }
+            results.extend(
+                chunk_results
+                    .into_iter()
+                    .map(|r| r.expect("every change answered")),
+            );
+        }
+        results
+    }
+
+    // ---- links ----
+
+    /// All links of this namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, KernelError> {
+        let msgs = self.dump(
+            "dump links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link with this name, if any.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.query(
+            &format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+        ) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with this index, if any.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.query(
+            &format!("get link #{index}"),
+            RouteNetlinkMessage::GetLink(msg),
+        ) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with this name; an error naming it when absent.
+    pub fn require_link(&mut self, name: &str) -> Result<Link, KernelError> {
+        self.link(name)?
+            .ok_or_else(|| KernelError::netlink(format!("find link {name}"), libc::ENODEV))
+    }
+
+    /// Creates a link (fails with EEXIST if the name is taken).
+    pub fn add_link(&mut self, spec: &NewLink<'_>) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        if let Some(mtu) = spec.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        if let Some(master) = spec.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        if spec.up {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        }
+        let info = match &spec.kind {
+            NewLinkKind::Bridge => vec![LinkInfo::Kind(InfoKind::Bridge)],
+            NewLinkKind::Veth { peer, peer_ns } => {
+                let mut peer_msg = LinkMessage::default();
+                peer_msg
+                    .attributes
+                    .push(LinkAttribute::IfName(peer.to_string()));
+                if let Some(mtu) = spec.mtu {
+                    peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+                }
+                if let Some(ns) = peer_ns {
+                    peer_msg
+                        .attributes
+                        .push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+                }
+                vec![
+                    LinkInfo::Kind(InfoKind::Veth),
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+                ]
+            }
+            NewLinkKind::Vxlan(v) => {
+                let mut data = vec![InfoVxlan::Id(v.vni), InfoVxlan::Learning(v.learning)];
+                if v.port != 0 {
+                    data.push(InfoVxlan::Port(v.port));
+                }
+                match v.local {
+                    Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+                    Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+                    None => {}
+                }
+                if let Some(dev) = v.dev {
+                    data.push(InfoVxlan::Link(dev));
+                }
+                if v.gbp {
+                    data.push(InfoVxlan::Gbp);
+                }
+                vec![
+                    LinkInfo::Kind(InfoKind::Vxlan),
+                    LinkInfo::Data(InfoData::Vxlan(data)),
+                ]
+            }
+        };
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        self.exec(
+            &format!("create link {}", spec.name),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Changes attributes of a link.
+    pub fn set_link(&mut self, index: u32, change: &LinkChange<'_>) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        if let Some(up) = change.up {
+            msg.header.change_mask = LinkFlags::Up;
+            msg.header.flags = if up {
+                LinkFlags::Up
+            } else {
+                LinkFlags::empty()
+            };
+        }
+        if let Some(mtu) = change.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(master) = change.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        if let Some(name) = change.name {
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        }
+        if let Some(mac) = change.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        if let Some(ns) = change.netns {
+            msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        }
+        if let Some(hairpin) = change.hairpin {
+            msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    hairpin,
+                )])),
+            ]));
+        }
+        self.exec(
+            &format!("change link #{index}"),
+            RouteNetlinkMessage::NewLink(msg),
+            0,
+        )
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub fn del_link(&mut self, index: u32) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.exec(
+            &format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Deletes a link by name; absent is not an error.
+    pub fn del_link_named(&mut self, name: &str) -> Result<(), KernelError> {
+        match self.link(name)? {
+            Some(l) => self.del_link(l.index),
+            None => Ok(()),
+        }
+    }
+
+    // ---- addresses ----
+
+    /// All addresses of this namespace.
+    pub fn addrs(&mut self) -> Result<Vec<Addr>, KernelError> {
+        let msgs = self.dump(
+            "dump addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(&a),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds an address; one that is already there is not an error.
+    pub fn add_addr(&mut self, index: u32, net: IpNet) -> Result<(), KernelError> {
+        let msg = addr_message(index, net);
+        match self.exec(
+            &format!("add address {net}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Removes an address; one that is not there is not an error.
+    pub fn del_addr(&mut self, index: u32, net: IpNet) -> Result<(), KernelError> {
+        let msg = addr_message(index, net);
+        match self.exec(
+            &format!("delete address {net}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        ) {
+            Err(e) if matches!(e.errno(), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
+            r => r,
+        }
+    }
+
+    // ---- routes ----
+
+    /// All routes of both families in all tables.
+    pub fn routes(&mut self) -> Result<Vec<Route>, KernelError> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let msgs = self.dump("dump routes", RouteNetlinkMessage::GetRoute(msg))?;
+            out.extend(msgs.into_iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Installs or replaces a route.
+    pub fn replace_route(&mut self, route: &Route) -> Result<(), KernelError> {
+        self.exec(
+            &format!("replace route {}", route.dst),
+            RouteNetlinkMessage::NewRoute(route_message(route)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes a route; one that is not there is not an error.
+    pub fn del_route(&mut self, route: &Route) -> Result<(), KernelError> {
+        match self.exec(
+            &format!("delete route {}", route.dst),
+            RouteNetlinkMessage::DelRoute(route_message(route)),
+            0,
+        ) {
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The route the kernel would use to reach `ip` (`ip route get`).
+    pub fn route_get(&mut self, ip: IpAddr) -> Result<Route, KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family_of(ip);
+        msg.header.destination_prefix_length = if ip.is_ipv4() { 32 } else { 128 };
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(ip)));
+        let replies = self.query(
+            &format!("route get {ip}"),
+            RouteNetlinkMessage::GetRoute(msg),
+        )?;
+        replies
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
+                _ => None,
+            })
+            .ok_or_else(|| KernelError::netlink(format!("route get {ip}"), libc::ENETUNREACH))
+    }
+
+    // ---- neighbours and fdb ----
+
+    /// Neighbour entries (ARP and NDP) of one link, or of all links.
+    pub fn neighbours(&mut self, index: Option<u32>) -> Result<Vec<Neighbour>, KernelError> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = NeighbourMessage::default();
+            msg.header.family = family;
+            let msgs = self.dump("dump neighbours", RouteNetlinkMessage::GetNeighbour(msg))?;
+            out.extend(msgs.into_iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
+                _ => None,
+            }));
+        }
+        if let Some(i) = index {
+            out.retain(|n| n.index == i);
+        }
+        Ok(out)
+    }
+
+    /// FDB entries of one link, or of all links.
+    pub fn fdb(&mut self, index: Option<u32>) -> Result<Vec<Fdb>, KernelError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        let msgs = self.dump("dump fdb", RouteNetlinkMessage::GetNeighbour(msg))?;
+        let mut out: Vec<Fdb> = msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n),
+                _ => None,
+            })
+            .collect();
+        if let Some(i) = index {
+            out.retain(|f| f.index == i);
+        }
+        Ok(out)
+    }
+
+    /// Applies a single change and returns its result.
+    pub fn apply_one(&mut self, change: Change) -> Result<(), KernelError> {
+        self.apply(std::slice::from_ref(&change))
+            .pop()
+            .expect("one result")
+    }
+}
+
+/// Link notifications (`ip monitor link`), for noticing a device deleted behind our back.
+pub struct LinkEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// A link appeared, changed or disappeared.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    New(Link),
+    Deleted(Link),
+}
+
+impl LinkEvents {
+    /// Subscribes in the calling thread's namespace.
+    pub fn subscribe() -> Result<LinkEvents, KernelError> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::io("bind netlink socket", e))?;
+        socket
+            .add_membership(RTNLGRP_LINK)
+            .map_err(|e| KernelError::io("join netlink link group", e))?;
+        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
+        Ok(LinkEvents {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Blocks until the next batch of events. An overrun (ENOBUFS) is reported as an error so
+    /// the caller can fall back to a full resync.
+    pub fn recv(&mut self) -> Result<Vec<LinkEvent>, KernelError> {
+        self.buf.clear();
+        loop {
+            match self.socket.recv(&mut self.buf, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(KernelError::io("receive link events", e)),
+            }
+        }
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset + 16 <= self.buf.len() {
+            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
+                as usize;
+            if len < 16 || offset + len > self.buf.len() {
+                break;
+            }
+            if let Ok(m) =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
+            {
+                match m.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                        out.push(LinkEvent::New(parse_link(&l)))
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                        out.push(LinkEvent::Deleted(parse_link(&l)))
+                    }
+                    _ => {}
+                }
+            }
+            offset += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+fn set_rcvbuf(fd: RawFd, size: usize) {
+    let size = size as libc::c_int;
+    // SO_RCVBUFFORCE exceeds rmem_max when we have CAP_NET_ADMIN; fall back silently otherwise.
+    // SAFETY: plain setsockopt on a socket we own, with a pointer to a local int.
+    unsafe {
+        let p = &size as *const libc::c_int as *const libc::c_void;
+        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, n) != 0 {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, n);
+        }
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn from_route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+fn parse_link(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        mac: None,
+        up: l.header.flags.contains(LinkFlags::Up),
+        lower_up: l.header.flags.contains(LinkFlags::LowerUp),
+        master: None,
+        parent: None,
+        vxlan: None,
+        hairpin: None,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Address(b) => link.mac = Mac::from_slice(b),
+            LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::Link(p) => link.parent = Some(*p),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            link.vxlan = Some(parse_vxlan(data))
+                        }
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            for p in port {
+                                if let InfoBridgePort::HairpinMode(h) = p {
+                                    link.hairpin = Some(*h);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_vxlan(data: &[InfoVxlan]) -> Vxlan {
+    let mut v = Vxlan {
+        vni: 0,
+        port: 0,
+        local: None,
+        dev: None,
+        learning: true,
+        gbp: false,
+    };
+    for d in data {
+        match d {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Port(p) => v.port = *p,
+            InfoVxlan::Local(a) => v.local = Some(IpAddr::V4(*a)),
+            InfoVxlan::Local6(a) => v.local = Some(IpAddr::V6(*a)),
+            InfoVxlan::Link(l) => v.dev = Some(*l),
+            InfoVxlan::Learning(l) => v.learning = *l,
+            InfoVxlan::Gbp => v.gbp = true,
+            _ => {}
+        }
+    }
+    v
+}
+
+fn addr_message(index: u32, net: IpNet) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family_of(net.addr());
+    msg.header.prefix_len = net.prefix_len();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(net.addr()));
+    msg.attributes.push(AddressAttribute::Address(net.addr()));
+    if let IpNet::V4(n) = net {
+        if n.prefix_len() < 31 {
+            msg.attributes
+                .push(AddressAttribute::Broadcast(n.broadcast()));
+        }
+    }
+    msg
+}
+
+fn parse_addr(a: &AddressMessage) -> Option<Addr> {
+    let mut local = None;
+    let mut address = None;
+    for attr in &a.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    IpNet::new(ip, a.header.prefix_len).ok().map(|net| Addr {
+        index: a.header.index,
+        net,
+    })
+}
+
+fn route_message(r: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    let mut h = RouteHeader {
+        address_family: family_of(r.dst.addr()),
+        destination_prefix_length: r.dst.prefix_len(),
+        table: if r.table < 256 { r.table as u8 } else { 252 },
+        protocol: RouteProtocol::from(r.protocol),
+        scope: RouteScope::from(r.scope),
+        kind: RouteType::from(r.kind),
+        ..Default::default()
+    };
+    if r.onlink {
+        h.flags = RouteFlags::Onlink;
+    }
+    msg.header = h;
+    msg.attributes
+        .push(RouteAttribute::Destination(route_address(r.dst.network())));
+    if r.table >= 256 {
+        msg.attributes.push(RouteAttribute::Table(r.table));
+    }
+    if let Some(gw) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    if let Some(oif) = r.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(m) = r.metric {
+        msg.attributes.push(RouteAttribute::Priority(m));
+    }
+    if let Some(src) = r.prefsrc {
+        msg.attributes
+            .push(RouteAttribute::PrefSource(route_address(src)));
+    }
+    msg
+}
+
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let h = &m.header;
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut table = h.table as u32;
+    let mut metric = None;
+    let mut prefsrc = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = from_route_address(d),
+            RouteAttribute::Gateway(g) => gateway = from_route_address(g),
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = Some(*p),
+            RouteAttribute::PrefSource(s) => prefsrc = from_route_address(s),
+            _ => {}
+        }
+    }
+    let dst = match (dst, h.address_family) {
+        (Some(d), _) => d,
+        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    Some(Route {
+        dst: IpNet::new(dst, h.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        table,
+        protocol: u8::from(h.protocol),
+        scope: u8::from(h.scope),
+        kind: u8::from(h.kind),
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        metric,
+        prefsrc,
+    })
+}
+
+fn neighbour_message(n: &Neighbour) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family_of(n.ip);
+    msg.header.ifindex = n.index;
+    msg.header.state = if n.permanent {
+        NeighbourState::Permanent
+    } else {
+        NeighbourState::Reachable
+    };
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(match n.ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+    if let Some(mac) = n.mac {
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    }
+    msg
+}
+
+fn parse_neighbour(m: &NeighbourMessage) -> Option<Neighbour> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                ip = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_slice(b),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        index: m.header.ifindex,
+        ip: ip?,
+        mac,
+        permanent: m.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn fdb_message(f: &Fdb) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = f.index;
+    msg.header.state = if f.permanent {
+        NeighbourState::Permanent
+    } else {
+        NeighbourState::Reachable
+    };
+    if f.own {
+        msg.header.flags = NeighbourFlags::Own;
+    }
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+    match f.dst {
+        Some(IpAddr::V4(a)) => msg
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(a))),
+        Some(IpAddr::V6(a)) => msg
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a))),
+        None => {}
+    }
+    msg
+}
+
+fn parse_fdb(m: &NeighbourMessage) -> Option<Fdb> {
+    let mut mac = None;
+    let mut dst = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(b) => mac = Mac::from_slice(b),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                dst = Some(IpAddr::V4(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                dst = Some(IpAddr::V6(*a))
+            }
+            _ => {}
+        }
+    }
+    Some(Fdb {
+        index: m.header.ifindex,
+        mac: mac?,
+        dst,
+        permanent: m.header.state == NeighbourState::Permanent,
+        own: m.header.flags.contains(NeighbourFlags::Own),
+    })
+}

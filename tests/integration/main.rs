@@ -1,0 +1,6 @@
+//! Integration tests: real namespaces, real etcd, real kernel. They need root.
+//!
+//! One test binary with a module per area, so the whole library is linked once.
+
+mod lab;
+mod support;
