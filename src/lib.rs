@@ -2,7 +2,12 @@
 //!
 //! The map of modules and who owns what is in `docs/design.md`.
 
+pub mod backend;
+pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod kernel;
 pub mod lab;
+pub mod lease;
 pub mod logging;
+pub mod subnet_env;

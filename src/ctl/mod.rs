@@ -1,5 +1,6 @@
 //! `podnetctl`: the operator's tool.
 
+pub mod cluster;
 pub mod lab;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,11 @@ enum Cmd {
     /// A multi-node cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab::LabCmd),
+    /// The network config in etcd.
+    #[command(subcommand)]
+    Config(cluster::ConfigCmd),
+    /// List the subnet leases: subnet, public IP, backend, time left, reserved.
+    Leases(cluster::LeasesArgs),
 }
 
 /// Runs `podnetctl` and returns the process exit code.
@@ -28,6 +34,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Lab(cmd) => lab::run(cmd).map_err(anyhow::Error::from),
+        Cmd::Config(cmd) => cluster::config(cmd),
+        Cmd::Leases(args) => cluster::leases(args),
     };
     match result {
         Ok(code) => code,

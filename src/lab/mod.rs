@@ -268,11 +268,11 @@ impl Lab {
             .unwrap_or_default();
         let label = target.replace('/', "-");
         self.update(|st| {
-            let n = st.procs.iter().filter(|p| p.host == target).count() + 1;
+            st.spawned += 1;
             let log = st
                 .workdir
                 .join("logs")
-                .join(format!("{label}-{program}-{n}.log"));
+                .join(format!("{label}-{program}-{}.log", st.spawned));
             let id = process::spawn(&SpawnSpec {
                 ns: &ns,
                 argv,

@@ -41,6 +41,9 @@ pub struct LabState {
     pub namespaces: Vec<String>,
     pub procs: Vec<ProcRecord>,
     pub pods: Vec<PodRecord>,
+    /// Processes started so far; numbers their logs so a restart never appends to an old log.
+    #[serde(default)]
+    pub spawned: u64,
 }
 
 impl LabState {
@@ -58,6 +61,7 @@ impl LabState {
             namespaces: Vec::new(),
             procs: Vec::new(),
             pods: Vec::new(),
+            spawned: 0,
         }
     }
 

@@ -2,5 +2,8 @@
 //!
 //! One test binary with a module per area, so the whole library is linked once.
 
+mod cluster;
 mod lab;
+mod lease;
+mod outage;
 mod support;

@@ -1,0 +1,299 @@
+//! podnetd's flags: flanneld's names and defaults, so an existing unit file or DaemonSet works.
+//!
+//! Go's flag package also accepts `-flag` with one dash and `--flag=value` for booleans; both are
+//! normalised before parsing. A flag not given on the command line is taken from
+//! `PODNETD_<FLAG>`, else from flannel's `FLANNELD_<FLAG>` (upper case, `-` as `_`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, Parser};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "podnetd",
+    version,
+    about = "podnet node agent: leases this node's pod subnet and makes every other node's reachable"
+)]
+pub struct Flags {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix of the network.
+    #[arg(long, default_value = crate::lease::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// Client key for etcd mutual TLS.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// Client certificate for etcd mutual TLS.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// CA that signed etcd's server certificate.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    #[arg(long)]
+    pub etcd_username: Option<String>,
+    #[arg(long)]
+    pub etcd_password: Option<String>,
+
+    /// Interface (name or IP) for traffic between nodes; repeatable, first match wins.
+    #[arg(long)]
+    pub iface: Vec<String>,
+    /// Regex matched against interface addresses, then names; repeatable.
+    #[arg(long)]
+    pub iface_regex: Vec<String>,
+    /// Use the interface the kernel would use to reach this address.
+    #[arg(long)]
+    pub iface_can_reach: Option<IpAddr>,
+    /// Address other nodes use to reach this one (default: the interface's).
+    #[arg(long)]
+    pub public_ip: Option<Ipv4Addr>,
+    #[arg(long)]
+    pub public_ipv6: Option<Ipv6Addr>,
+
+    /// Where to write subnet.env for the CNI plugin.
+    #[arg(long, default_value = crate::subnet_env::DEFAULT_PATH)]
+    pub subnet_file: PathBuf,
+    /// Renew the lease this long before it expires: minutes (flannel's unit), or with a unit (90s, 2h).
+    #[arg(long, default_value = "60", value_parser = parse_minutes)]
+    pub subnet_lease_renew_margin: Duration,
+    /// Lease lifetime in etcd (flannel: 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub subnet_lease_ttl: Duration,
+
+    /// Masquerade traffic leaving the cluster network.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub ip_masq: bool,
+    /// Do not use fully-random port allocation for masquerade.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic to and from the cluster network (for hosts whose FORWARD policy is drop).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
+    pub iptables_forward_rules: bool,
+    /// Seconds between checks that podnet's firewall rules are intact.
+    #[arg(long, default_value_t = 5)]
+    pub iptables_resync: u64,
+    /// Seconds-or-duration between full passes that restore deleted routes, neighbours and FDB entries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub resync_period: Duration,
+
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port for /healthz, /readyz and /metrics (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub healthz_port: u16,
+
+    /// Use the Kubernetes API instead of etcd (not supported yet).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub kube_subnet_mgr: bool,
+    /// Network config file (Kubernetes mode).
+    #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
+    pub net_config_path: PathBuf,
+
+    /// Log verbosity: 0 info, 1 debug, 2 trace (`-v=2` as with flanneld).
+    #[arg(short = 'v', long = "v", default_value_t = 0, num_args = 0..=1, default_missing_value = "1")]
+    pub verbosity: u8,
+}
+
+/// `60` means minutes; `90s`, `5m`, `2h` carry their unit.
+pub fn parse_minutes(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(m) => Ok(Duration::from_secs(m * 60)),
+        Err(_) => parse_duration(s),
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `24h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 30s, 5m or 24h"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+/// Rewrites Go-style `-flag` into `--flag`, and adds flags from the environment that the command
+/// line does not set.
+pub fn normalize_args(args: Vec<String>, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    for (i, a) in args.into_iter().enumerate() {
+        let long = i > 0
+            && a.starts_with('-')
+            && !a.starts_with("--")
+            && a.len() > 2
+            && a.as_bytes()[1].is_ascii_alphabetic()
+            && (a.as_bytes()[2].is_ascii_alphanumeric() || a.as_bytes()[2] == b'-')
+            && !a.starts_with("-v=");
+        out.push(if long { format!("-{a}") } else { a });
+    }
+    let cmd = Flags::command();
+    let given: Vec<String> = out
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_string())
+        .collect();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "v" || long == "help" || long == "version" || given.iter().any(|g| g == long) {
+            continue;
+        }
+        let suffix = long.to_ascii_uppercase().replace('-', "_");
+        let value =
+            env(&format!("PODNETD_{suffix}")).or_else(|| env(&format!("FLANNELD_{suffix}")));
+        if let Some(v) = value {
+            // Repeatable flags (--iface) take a comma-separated list from the environment.
+            if matches!(arg.get_action(), ArgAction::Append) {
+                for part in v.split(',').filter(|p| !p.is_empty()) {
+                    out.push(format!("--{long}={part}"));
+                }
+            } else {
+                out.push(format!("--{long}={v}"));
+            }
+        }
+    }
+    out
+}
+
+impl Flags {
+    /// Parses the process's arguments and environment; exits with usage on error.
+    pub fn from_env() -> Flags {
+        let args = normalize_args(std::env::args().collect(), &|k| std::env::var(k).ok());
+        Flags::parse_from(args)
+    }
+
+    /// Checks combinations clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.subnet_lease_renew_margin.is_zero() {
+            return Err("--subnet-lease-renew-margin: must be more than 0".into());
+        }
+        if self.subnet_lease_renew_margin >= self.subnet_lease_ttl {
+            return Err(format!(
+                "--subnet-lease-renew-margin {:?}: must be shorter than the lease lifetime {:?}",
+                self.subnet_lease_renew_margin, self.subnet_lease_ttl
+            ));
+        }
+        if self.kube_subnet_mgr {
+            return Err("--kube-subnet-mgr: the Kubernetes API mode is not supported yet; use etcd (--etcd-endpoints)".into());
+        }
+        if self.resync_period.is_zero() {
+            return Err("--resync-period: must be more than 0".into());
+        }
+        for r in &self.iface_regex {
+            regex::Regex::new(r).map_err(|e| format!("--iface-regex {r:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Flags {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut argv = vec!["podnetd".to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Flags::try_parse_from(normalize_args(argv, &|k| env.get(k).cloned())).unwrap()
+    }
+
+    #[test]
+    fn flannel_defaults() {
+        let f = parse(&[], &[]);
+        assert_eq!(
+            f.etcd_endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(f.etcd_prefix, "/coreos.com/network");
+        assert_eq!(f.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(f.subnet_lease_renew_margin, Duration::from_secs(3600));
+        assert_eq!(f.subnet_lease_ttl, Duration::from_secs(86400));
+        assert!(!f.ip_masq && f.iptables_forward_rules);
+        assert_eq!(f.iptables_resync, 5);
+        assert_eq!(f.healthz_port, 0);
+    }
+
+    #[test]
+    fn go_style_flags() {
+        let f = parse(
+            &[
+                "-etcd-endpoints=http://a:2379,http://b:2379",
+                "-ip-masq",
+                "--iptables-forward-rules=false",
+                "-iface",
+                "eth0",
+                "-v=2",
+            ],
+            &[],
+        );
+        assert_eq!(f.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert!(f.ip_masq);
+        assert!(!f.iptables_forward_rules);
+        assert_eq!(f.iface, ["eth0"]);
+        assert_eq!(f.verbosity, 2);
+    }
+
+    #[test]
+    fn environment_fills_what_the_command_line_does_not() {
+        let f = parse(
+            &["--etcd-prefix=/cli"],
+            &[
+                ("FLANNELD_ETCD_PREFIX", "/flannel-env"),
+                ("FLANNELD_IP_MASQ", "true"),
+                ("PODNETD_SUBNET_FILE", "/tmp/podnet.env"),
+                ("FLANNELD_SUBNET_FILE", "/tmp/flannel.env"),
+                ("FLANNELD_IFACE", "eth1,198.18.0.11"),
+                ("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "5"),
+            ],
+        );
+        assert_eq!(f.etcd_prefix, "/cli", "the command line wins");
+        assert!(f.ip_masq);
+        assert_eq!(
+            f.subnet_file,
+            PathBuf::from("/tmp/podnet.env"),
+            "PODNETD_ wins over FLANNELD_"
+        );
+        assert_eq!(f.iface, ["eth1", "198.18.0.11"]);
+        assert_eq!(f.subnet_lease_renew_margin, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn durations_and_validation() {
+        assert_eq!(parse_minutes("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 parsecs").is_err());
+        let f = parse(
+            &["--subnet-lease-ttl=60s", "--subnet-lease-renew-margin=2"],
+            &[],
+        );
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .contains("must be shorter than the lease lifetime")
+        );
+        let f = parse(&["--kube-subnet-mgr"], &[]);
+        assert!(f.validate().unwrap_err().contains("--kube-subnet-mgr"));
+        let f = parse(&["--iface-regex=eth[0-"], &[]);
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .starts_with("--iface-regex \"eth[0-\"")
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! Subnet leases: which node owns which pod subnet, and how to reach it.
+//!
+//! The key and value formats are flannel's, byte for byte, so podnet and flanneld nodes can
+//! share one etcd: keys `<prefix>/subnets/10.5.52.0-24` (dual-stack
+//! `10.5.52.0-24&fc00:0:0:1::-64`), values
+//! `{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{...}}`.
+//!
+//! This file holds the pure parts (formats, the choice of a subnet, the set of peers and its
+//! diffs); `etcd` holds the store.
+
+pub mod etcd;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::value::RawValue;
+
+use crate::config::NetworkConfig;
+
+/// flannel's lease time: 24 hours.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How many free subnets flannel collects before picking one at random.
+const CANDIDATES: usize = 100;
+
+/// The subnets a lease covers; also its key in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubnetKey {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl fmt::Display for SubnetKey {
+    /// `10.5.52.0-24`, `10.5.52.0-24&fc00:0:0:1::-64`, or for IPv6 only `0.0.0.0-0&fd00::-64`
+    /// (flannel writes the empty IPv4 subnet in that case).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.v4 {
+            Some(n) => write!(f, "{}-{}", n.network(), n.prefix_len())?,
+            None => write!(f, "0.0.0.0-0")?,
+        }
+        if let Some(n) = self.v6 {
+            write!(f, "&{}-{}", n.network(), n.prefix_len())?;
+        }
+        Ok(())
+    }
+}
+
+impl SubnetKey {
+    /// Parses the last path element of a lease key; `None` for anything else.
+    pub fn parse(s: &str) -> Option<SubnetKey> {
+        let (v4s, v6s) = match s.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let (ip, len) = v4s.rsplit_once('-')?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let len: u8 = len.parse().ok()?;
+        let v4 = if ip.is_unspecified() && len == 0 {
+            None
+        } else {
+            Some(Ipv4Net::new(ip, len).ok()?)
+        };
+        let v6 = match v6s {
+            None => None,
+            Some(v6s) => {
+                let (ip, len) = v6s.rsplit_once('-')?;
+                Some(Ipv6Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?)
+            }
+        };
+        if v4.is_none() && v6.is_none() {
+            return None;
+        }
+        Some(SubnetKey { v4, v6 })
+    }
+
+    fn overlaps(&self, other: &SubnetKey) -> bool {
+        let v4 = match (self.v4, other.v4) {
+            (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
+            _ => false,
+        };
+        let v6 = match (self.v6, other.v6) {
+            (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
+            _ => false,
+        };
+        v4 || v6
+    }
+
+    /// Whether the subnets fit the config: the enabled families, each in its allocatable range.
+    pub fn fits(&self, cfg: &NetworkConfig) -> bool {
+        let v4_ok = match (&cfg.v4, self.v4) {
+            (Some(f), Some(n)) => f.fits(&n),
+            (None, None) => true,
+            _ => false,
+        };
+        let v6_ok = match (&cfg.v6, self.v6) {
+            (Some(f), Some(n)) => f.fits(&n),
+            (None, None) => true,
+            _ => false,
+        };
+        v4_ok && v6_ok
+    }
+}
+
+/// The value of a lease key (flannel's `LeaseAttrs`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    /// Backend-specific JSON, kept as written (vxlan: `{"VNI":1,"VtepMAC":"..."}`).
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<Box<RawValue>>,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<Box<RawValue>>,
+}
+
+impl PartialEq for LeaseAttrs {
+    fn eq(&self, o: &LeaseAttrs) -> bool {
+        let raw = |r: &Option<Box<RawValue>>| r.as_ref().map(|v| v.get().to_string());
+        self.public_ip == o.public_ip
+            && self.public_ipv6 == o.public_ipv6
+            && self.backend_type == o.backend_type
+            && raw(&self.backend_data) == raw(&o.backend_data)
+            && raw(&self.backend_v6_data) == raw(&o.backend_v6_data)
+    }
+}
+
+impl Eq for LeaseAttrs {}
+
+impl LeaseAttrs {
+    /// The stored form: flannel's field order, compact, `PublicIPv6` as `null` when absent.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("lease attrs serialize")
+    }
+
+    pub fn from_json(s: &str) -> Result<LeaseAttrs, String> {
+        serde_json::from_str(s).map_err(|e| e.to_string())
+    }
+}
+
+/// A node's lease as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: SubnetKey,
+    pub attrs: LeaseAttrs,
+    /// The etcd lease keeping the key alive; `None` for a reservation, which never expires.
+    pub etcd_lease: Option<i64>,
+    /// etcd revision of the last change to this key.
+    pub revision: i64,
+}
+
+impl Lease {
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease.is_none()
+    }
+}
+
+/// A peer came or went (never our own lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// New, or changed (same subnet, new attributes).
+    Added(Lease),
+    Removed(Lease),
+}
+
+/// What this node asks for.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub attrs: LeaseAttrs,
+    /// The subnets of the previous `subnet.env`, if any.
+    pub previous: Option<SubnetKey>,
+    pub ttl: Duration,
+}
+
+/// Where acquisition should go next, given the leases that exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// We already hold this lease (same public IP, compatible with the config).
+    Reuse(Lease),
+    /// Create this key.
+    Create(SubnetKey),
+    OutOfSubnets,
+}
+
+/// Whether a lease belongs to the node with these attributes (flannel matches on the public IP
+/// of the first enabled family).
+pub fn is_ours(cfg: &NetworkConfig, lease: &Lease, attrs: &LeaseAttrs) -> bool {
+    if cfg.enable_ipv4 {
+        lease.attrs.public_ip == attrs.public_ip
+    } else {
+        lease.attrs.public_ipv6.is_some() && lease.attrs.public_ipv6 == attrs.public_ipv6
+    }
+}
+
+/// Leases of ours that no longer fit the config (flannel deletes them before acquiring).
+pub fn stale_own<'a>(
+    cfg: &NetworkConfig,
+    leases: &'a [Lease],
+    attrs: &LeaseAttrs,
+) -> Vec<&'a Lease> {
+    leases
+        .iter()
+        .filter(|l| is_ours(cfg, l, attrs) && !l.key.fits(cfg))
+        .collect()
+}
+
+/// flannel's acquisition order: the lease we hold, else the previous subnet if free, else a
+/// random free subnet among the first hundred. `exclude` holds keys lost in a race this round.
+pub fn choose(
+    cfg: &NetworkConfig,
+    leases: &[Lease],
+    req: &AcquireRequest,
+    exclude: &[SubnetKey],
+    rng: &mut impl rand::RngExt,
+) -> Choice {
+    if let Some(l) = leases
+        .iter()
+        .find(|l| is_ours(cfg, l, &req.attrs) && l.key.fits(cfg))
+    {
+        return Choice::Reuse(l.clone());
+    }
+    if let Some(prev) = req.previous {
+        let free = !leases.iter().any(|l| l.key.overlaps(&prev)) && !exclude.contains(&prev);
+        if free && prev.fits(cfg) {
+            return Choice::Create(prev);
+        }
+    }
+    let taken = |k: &SubnetKey| {
+        leases.iter().any(|l| l.key.overlaps(k)) || exclude.iter().any(|e| e.overlaps(k))
+    };
+    let v4: Vec<Ipv4Net> = match &cfg.v4 {
+        None => Vec::new(),
+        Some(f) => f
+            .subnets()
+            .filter(|n| {
+                !taken(&SubnetKey {
+                    v4: Some(*n),
+                    v6: None,
+                })
+            })
+            .take(CANDIDATES)
+            .collect(),
+    };
+    let v6: Vec<Ipv6Net> = match &cfg.v6 {
+        None => Vec::new(),
+        Some(f) => f
+            .subnets()
+            .filter(|n| {
+                !taken(&SubnetKey {
+                    v4: None,
+                    v6: Some(*n),
+                })
+            })
+            .take(CANDIDATES)
+            .collect(),
+    };
+    if (cfg.v4.is_some() && v4.is_empty()) || (cfg.v6.is_some() && v6.is_empty()) {
+        return Choice::OutOfSubnets;
+    }
+    let pick4 = (!v4.is_empty()).then(|| v4[rng.random_range(0..v4.len())]);
+    let pick6 = (!v6.is_empty()).then(|| v6[rng.random_range(0..v6.len())]);
+    Choice::Create(SubnetKey {
+        v4: pick4,
+        v6: pick6,
+    })
+}
+
+/// The other nodes' leases, kept as a set; turns snapshots and key changes into events.
+#[derive(Debug, Default)]
+pub struct PeerSet {
+    own: Option<SubnetKey>,
+    peers: BTreeMap<SubnetKey, Lease>,
+}
+
+impl PeerSet {
+    pub fn new(own: SubnetKey) -> PeerSet {
+        PeerSet {
+            own: Some(own),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Lease> {
+        self.peers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Replaces the set with a full listing and returns the difference.
+    pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
+        let mut next: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
+        for l in snapshot {
+            if Some(l.key) != self.own {
+                next.insert(l.key, l);
+            }
+        }
+        let mut events = Vec::new();
+        for (k, old) in &self.peers {
+            if !next.contains_key(k) {
+                events.push(LeaseEvent::Removed(old.clone()));
+            }
+        }
+        for (k, new) in &next {
+            match self.peers.get(k) {
+                Some(old) if old.attrs == new.attrs => {}
+                _ => events.push(LeaseEvent::Added(new.clone())),
+            }
+        }
+        self.peers = next;
+        events
+    }
+
+    /// A key was written.
+    pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
+        if Some(lease.key) == self.own {
+            return None;
+        }
+        match self.peers.get(&lease.key) {
+            Some(old) if old.attrs == lease.attrs => {
+                self.peers.insert(lease.key, lease);
+                None
+            }
+            _ => {
+                self.peers.insert(lease.key, lease.clone());
+                Some(LeaseEvent::Added(lease))
+            }
+        }
+    }
+
+    /// A key was deleted (or expired).
+    pub fn delete(&mut self, key: &SubnetKey) -> Option<LeaseEvent> {
+        self.peers.remove(key).map(LeaseEvent::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn raw(s: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(s.to_string()).unwrap())
+    }
+
+    fn attrs(ip: &str) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: ip.parse().unwrap(),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: raw(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#),
+            backend_v6_data: None,
+        }
+    }
+
+    fn lease(key: &str, ip: &str) -> Lease {
+        Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs: attrs(ip),
+            etcd_lease: Some(1),
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn golden_key_strings() {
+        let k = |v4: Option<&str>, v6: Option<&str>| {
+            SubnetKey {
+                v4: v4.map(|s| s.parse().unwrap()),
+                v6: v6.map(|s| s.parse().unwrap()),
+            }
+            .to_string()
+        };
+        assert_eq!(k(Some("10.5.52.0/24"), None), "10.5.52.0-24");
+        assert_eq!(
+            k(Some("10.5.52.0/24"), Some("fc00:0:0:1::/64")),
+            "10.5.52.0-24&fc00:0:0:1::-64"
+        );
+        assert_eq!(
+            k(None, Some("fd10:244:0:3::/64")),
+            "0.0.0.0-0&fd10:244:0:3::-64"
+        );
+        for s in [
+            "10.5.52.0-24",
+            "10.5.52.0-24&fc00:0:0:1::-64",
+            "0.0.0.0-0&fd10:244:0:3::-64",
+        ] {
+            assert_eq!(SubnetKey::parse(s).unwrap().to_string(), s);
+        }
+        for bad in [
+            "",
+            "10.5.52.0",
+            "10.5.52.0-33",
+            "x-24",
+            "10.5.52.0-24&zz-64",
+            "0.0.0.0-0",
+        ] {
+            assert!(SubnetKey::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn golden_values_match_flannel_bytes() {
+        // The exact example of flannel's Documentation/reservations.md.
+        let a = LeaseAttrs {
+            public_ip: "192.168.64.3".parse().unwrap(),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: raw(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#),
+            backend_v6_data: None,
+        };
+        let golden = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+        assert_eq!(a.to_json(), golden);
+        assert_eq!(LeaseAttrs::from_json(golden).unwrap(), a);
+        // Dual stack.
+        let d = LeaseAttrs {
+            public_ipv6: Some("fd00::2".parse().unwrap()),
+            backend_v6_data: raw(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#),
+            ..a.clone()
+        };
+        assert_eq!(
+            d.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
+        );
+        // host-gw: no backend data; udp in flannel: no type either.
+        let h = LeaseAttrs {
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            ..a.clone()
+        };
+        assert_eq!(
+            h.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        let u = LeaseAttrs::from_json(r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#).unwrap();
+        assert_eq!(u.backend_type, "");
+        assert_eq!(u.to_json(), r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#);
+    }
+
+    fn cfg(s: &str) -> NetworkConfig {
+        NetworkConfig::parse(s).unwrap()
+    }
+
+    fn req(ip: &str, previous: Option<&str>) -> AcquireRequest {
+        AcquireRequest {
+            attrs: attrs(ip),
+            previous: previous.map(|p| SubnetKey::parse(p).unwrap()),
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    #[test]
+    fn choose_prefers_own_then_previous_then_random_free() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let leases = vec![
+            lease("10.244.5.0-24", "198.18.0.11"),
+            lease("10.244.6.0-24", "198.18.0.12"),
+        ];
+        // Held by our public IP: reuse.
+        assert_eq!(
+            choose(&c, &leases, &req("198.18.0.12", None), &[], &mut rng),
+            Choice::Reuse(leases[1].clone())
+        );
+        // Previous subnet, free: take it.
+        assert_eq!(
+            choose(
+                &c,
+                &leases,
+                &req("198.18.0.13", Some("10.244.9.0-24")),
+                &[],
+                &mut rng
+            ),
+            Choice::Create(SubnetKey::parse("10.244.9.0-24").unwrap())
+        );
+        // Previous subnet held by someone else (flannel #1289): never take it.
+        match choose(
+            &c,
+            &leases,
+            &req("198.18.0.13", Some("10.244.5.0-24")),
+            &[],
+            &mut rng,
+        ) {
+            Choice::Create(k) => assert_ne!(k.to_string(), "10.244.5.0-24"),
+            other => panic!("{other:?}"),
+        }
+        // Otherwise random, never overlapping, never the excluded.
+        for _ in 0..200 {
+            let excl = [SubnetKey::parse("10.244.1.0-24").unwrap()];
+            match choose(&c, &leases, &req("198.18.0.13", None), &excl, &mut rng) {
+                Choice::Create(k) => {
+                    let n = k.v4.unwrap();
+                    assert!(c.v4.as_ref().unwrap().fits(&n));
+                    assert!(
+                        !["10.244.5.0/24", "10.244.6.0/24", "10.244.1.0/24"]
+                            .contains(&n.to_string().as_str())
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn choose_reports_out_of_subnets() {
+        // A /22 with /24 subnets: three allocatable (.1, .2, .3).
+        let c = cfg(r#"{"Network":"10.244.0.0/22"}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let full = vec![
+            lease("10.244.1.0-24", "198.18.0.11"),
+            lease("10.244.2.0-24", "198.18.0.12"),
+            lease("10.244.3.0-24", "198.18.0.13"),
+        ];
+        assert_eq!(
+            choose(&c, &full, &req("198.18.0.14", None), &[], &mut rng),
+            Choice::OutOfSubnets
+        );
+        // A lease of ours that no longer fits is stale, not reusable.
+        let c2 = cfg(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
+        let l = [lease("10.244.5.0-24", "198.18.0.11")];
+        assert_eq!(stale_own(&c2, &l, &attrs("198.18.0.11")).len(), 1);
+        assert!(matches!(
+            choose(&c2, &l, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
+    }
+
+    #[test]
+    fn choose_dual_stack_picks_both_families() {
+        let c =
+            cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        match choose(&c, &[], &req("198.18.0.11", None), &[], &mut rng) {
+            Choice::Create(k) => {
+                assert!(k.fits(&c));
+                assert!(k.v4.is_some() && k.v6.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A v4-only previous subnet does not fit a dual-stack config.
+        match choose(
+            &c,
+            &[],
+            &req("198.18.0.11", Some("10.244.7.0-24")),
+            &[],
+            &mut rng,
+        ) {
+            Choice::Create(k) => assert!(k.v6.is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn peer_set_diffs_snapshots_and_ignores_own() {
+        let own = SubnetKey::parse("10.244.1.0-24").unwrap();
+        let mut ps = PeerSet::new(own);
+        let a = lease("10.244.2.0-24", "198.18.0.12");
+        let b = lease("10.244.3.0-24", "198.18.0.13");
+        let ev = ps.reset(vec![
+            lease("10.244.1.0-24", "198.18.0.11"),
+            a.clone(),
+            b.clone(),
+        ]);
+        assert_eq!(
+            ev,
+            vec![LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]
+        );
+        // Same content again (a renewal): nothing.
+        assert_eq!(
+            ps.put(Lease {
+                revision: 9,
+                ..a.clone()
+            }),
+            None
+        );
+        // Changed attributes: an update.
+        let mut a2 = a.clone();
+        a2.attrs.public_ip = "198.18.0.99".parse().unwrap();
+        assert_eq!(ps.put(a2.clone()), Some(LeaseEvent::Added(a2.clone())));
+        // Own key: never an event.
+        assert_eq!(ps.put(lease("10.244.1.0-24", "198.18.0.11")), None);
+        assert_eq!(ps.delete(&own), None);
+        // A snapshot after compaction: b gone, c new, a unchanged.
+        let c = lease("10.244.4.0-24", "198.18.0.14");
+        let ev = ps.reset(vec![a2.clone(), c.clone()]);
+        assert_eq!(
+            ev,
+            vec![LeaseEvent::Removed(b.clone()), LeaseEvent::Added(c.clone())]
+        );
+        assert_eq!(ps.delete(&c.key), Some(LeaseEvent::Removed(c)));
+        assert_eq!(ps.len(), 1);
+    }
+}
