@@ -2,6 +2,7 @@
 //!
 //! One test binary with a module per area, so the whole library is linked once.
 
+mod backend;
 mod cluster;
 mod lab;
 mod lease;
