@@ -8,6 +8,7 @@ packages=(
   iproute2 nftables                  # ip, bridge, nft: what tests read kernel state with
   iputils-ping iperf3 tcpdump        # traffic checks and benchmarks
   containernetworking-plugins        # Debian's reference bridge/host-local/portmap, for comparisons
+  iptables                           # what Debian's portmap plugin programs (chaining tests)
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types, to build the etcd client
   util-linux procps ca-certificates  # setpriv, pgrep
   openssl                            # test PKI for etcd mutual TLS

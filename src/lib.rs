@@ -3,9 +3,11 @@
 //! The map of modules and who owns what is in `docs/design.md`.
 
 pub mod backend;
+pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod firewall;
 pub mod kernel;
 pub mod lab;
 pub mod lease;

@@ -48,6 +48,8 @@ impl Backend for HostGw {
             backend_type: "host-gw",
             backend_data: None,
             mtu: self.ext.mtu,
+            tunnel_port: None,
+            tunnel_device: None,
         })
     }
 

@@ -55,6 +55,10 @@ pub struct Registration {
     pub backend_data: Option<String>,
     /// MTU for pods (written to `subnet.env`).
     pub mtu: u32,
+    /// The UDP port tunnel packets arrive on (guarded by the firewall), if the backend tunnels.
+    pub tunnel_port: Option<u16>,
+    /// The device tunnelled traffic leaves through.
+    pub tunnel_device: Option<String>,
 }
 
 /// How a peer is reached.

@@ -173,6 +173,8 @@ impl Backend for Vxlan {
             backend_type: "vxlan",
             backend_data: Some(data.to_string()),
             mtu: self.mtu,
+            tunnel_port: Some(self.opts.port),
+            tunnel_device: Some(self.name.clone()),
         })
     }
 

@@ -1,6 +1,3 @@
 fn main() {
-    eprintln!(
-        "podnet: the CNI plugin is not built yet; only `podnetctl lab` works in this version"
-    );
-    std::process::exit(1);
+    std::process::exit(podnet::cni::main());
 }

@@ -75,6 +75,9 @@ pub struct Flags {
     /// Accept forwarded traffic to and from the cluster network (for hosts whose FORWARD policy is drop).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
     pub iptables_forward_rules: bool,
+    /// Accept tunnel packets (VXLAN, udp) only from current peers' public addresses.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
+    pub tunnel_guard: bool,
     /// Seconds between checks that podnet's firewall rules are intact.
     #[arg(long, default_value_t = 5)]
     pub iptables_resync: u64,
@@ -187,6 +190,9 @@ impl Flags {
         }
         if self.kube_subnet_mgr {
             return Err("--kube-subnet-mgr: the Kubernetes API mode is not supported yet; use etcd (--etcd-endpoints)".into());
+        }
+        if self.iptables_resync == 0 {
+            return Err("--iptables-resync: must be at least 1 second".into());
         }
         if self.resync_period.is_zero() {
             return Err("--resync-period: must be more than 0".into());

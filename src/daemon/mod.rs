@@ -11,6 +11,7 @@
 //! does not drop a packet.
 
 pub mod dataplane;
+pub mod firewall;
 pub mod flags;
 pub mod iface;
 
@@ -21,6 +22,9 @@ use tokio::time::Instant;
 
 use crate::backend::{self, BackendError};
 use crate::config::{ConfigError, NetworkConfig};
+use crate::firewall::foreign::Probe;
+use crate::firewall::{FirewallSpec, Guard};
+use crate::kernel::KernelError;
 use crate::kernel::netlink::Netlink;
 use crate::lease::etcd::{EtcdOptions, EtcdStore, LeaseError, Renewal, WatchUpdate};
 use crate::lease::{AcquireRequest, Lease, LeaseAttrs, LeaseEvent, PeerSet, SubnetKey};
@@ -42,6 +46,8 @@ pub enum DaemonError {
     Backend(#[from] BackendError),
     #[error("write {path}: {msg}")]
     SubnetFile { path: String, msg: String },
+    #[error("firewall: {0}")]
+    Firewall(KernelError),
 }
 
 /// Runs podnetd; returns the process exit code.
@@ -250,6 +256,33 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
         "peers programmed"
     );
 
+    let fw_spec = FirewallSpec {
+        network: cfg
+            .v4
+            .as_ref()
+            .map(|f| f.network)
+            .expect("backends require IPv4"),
+        pod_subnet: own.key.v4.expect("backends require IPv4"),
+        masquerade: flags.ip_masq,
+        fully_random: !flags.ip_masq_fully_random_disable,
+        forward: flags.iptables_forward_rules,
+        guard: if flags.tunnel_guard {
+            reg.tunnel_port.map(|port| Guard { port })
+        } else {
+            None
+        },
+    };
+    let probes = probes(&fw_spec, &ext.name, reg.tunnel_device.as_deref());
+    let mut peer_ips: std::collections::HashMap<SubnetKey, std::net::Ipv4Addr> =
+        peers.peers().map(|l| (l.key, l.attrs.public_ip)).collect();
+    let fw = firewall::Firewall::start(
+        fw_spec,
+        probes,
+        &peer_ips.values().copied().collect::<Vec<_>>(),
+        Duration::from_secs(flags.iptables_resync),
+    )
+    .map_err(DaemonError::Firewall)?;
+
     let env = SubnetEnv::for_lease(
         cfg.v4.as_ref().map(|f| f.network),
         own.key.v4,
@@ -314,11 +347,19 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                     match ev {
                         LeaseEvent::Added(l) => {
                             tracing::info!(peer = %l.key, public_ip = %l.attrs.public_ip, "peer added");
+                            // Let its tunnel packets in before its routes exist.
+                            if let Some(old) = peer_ips.insert(l.key, l.attrs.public_ip) {
+                                fw.remove_peer(old);
+                            }
+                            fw.add_peer(l.attrs.public_ip);
                             dp.add(l);
                         }
                         LeaseEvent::Removed(l) => {
                             tracing::info!(peer = %l.key, public_ip = %l.attrs.public_ip, "peer removed");
                             dp.remove(l.key);
+                            if let Some(old) = peer_ips.remove(&l.key) {
+                                fw.remove_peer(old);
+                            }
                         }
                     }
                 }
@@ -413,4 +454,26 @@ async fn reclaim(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Packets to test foreign masquerade rules with: a local pod talking to a pod elsewhere in the
+/// cluster network, leaving through each interface that carries pod traffic.
+fn probes(spec: &FirewallSpec, ext: &str, tunnel: Option<&str>) -> Vec<Probe> {
+    let src = std::net::Ipv4Addr::from(u32::from(spec.pod_subnet.network()) + 2);
+    let first = u32::from(spec.network.network()) + 2;
+    let dst = if spec.pod_subnet.contains(&std::net::Ipv4Addr::from(first)) {
+        std::net::Ipv4Addr::from(u32::from(spec.network.broadcast()) - 1)
+    } else {
+        std::net::Ipv4Addr::from(first)
+    };
+    std::iter::once(ext)
+        .chain(tunnel)
+        .map(|oif| Probe {
+            src,
+            dst,
+            iif: "cni0".into(),
+            oif: oif.into(),
+            mark: 0,
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@
 
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod sysctl;
 
 use std::fmt;

@@ -18,7 +18,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_MULTIPART,
     NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -1031,6 +1031,11 @@ fn addr_message(index: u32, net: IpNet) -> AddressMessage {
     msg.header.family = family_of(net.addr());
     msg.header.prefix_len = net.prefix_len();
     msg.header.index = index;
+    if net.addr().is_ipv6() {
+        // Addresses podnet assigns are unique by construction; duplicate detection would only
+        // leave them unusable ("tentative") for a second.
+        msg.header.flags = AddressHeaderFlags::Nodad;
+    }
     msg.attributes.push(AddressAttribute::Local(net.addr()));
     msg.attributes.push(AddressAttribute::Address(net.addr()));
     if let IpNet::V4(n) = net {

@@ -161,3 +161,137 @@ impl Cluster {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
     }
 }
+
+pub const PODNET_CNI: &str = env!("CARGO_BIN_EXE_podnet");
+
+/// A pod wired in by the plugin.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub node: String,
+    pub name: String,
+    pub netns: String,
+    pub container: String,
+    pub ip: std::net::Ipv4Addr,
+    pub result: serde_json::Value,
+}
+
+impl Pod {
+    pub fn target(&self) -> String {
+        format!("{}/{}", self.node, self.name)
+    }
+}
+
+impl Cluster {
+    /// The plugin's config on a node, as flannel's kube manifest writes it plus per-node paths.
+    pub fn cni_conf(&self, node: &str, version: &str) -> serde_json::Value {
+        let dir = self.lab.node_dir(node).unwrap();
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": self.env_path(node),
+            "dataDir": dir.join("flannel"),
+            "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+            "ipam": {"dataDir": dir.join("ipam")},
+        })
+    }
+
+    /// Runs the plugin on a node like a runtime would; returns (exit code, stdout).
+    pub fn cni(&self, node: &str, env: &[(&str, &str)], stdin: &str) -> (i32, String) {
+        let mut cmd = self.lab.command(node, &[PODNET_CNI]).unwrap();
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `CNI_COMMAND` etc. for an attachment.
+    pub fn attach_env<'a>(
+        cmd: &'a str,
+        container: &'a str,
+        netns: &'a str,
+        ifname: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+    }
+
+    /// Creates a pod namespace and ADDs it through the plugin.
+    pub fn add_pod(&mut self, node: &str, name: &str, version: &str) -> Pod {
+        let netns = format!("/run/netns/{}", self.lab.pod_add(node, name).unwrap());
+        let container = format!("ctr-{node}-{name}");
+        let conf = self.cni_conf(node, version).to_string();
+        let (code, out) = self.cni(
+            node,
+            &Self::attach_env("ADD", &container, &netns, "eth0"),
+            &conf,
+        );
+        assert_eq!(code, 0, "ADD {node}/{name}: {out}");
+        let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Pod {
+            node: node.into(),
+            name: name.into(),
+            netns,
+            container,
+            ip,
+            result,
+        }
+    }
+
+    pub fn del_pod(&self, pod: &Pod, netns: &str) -> (i32, String) {
+        let conf = self.cni_conf(&pod.node, "1.0.0").to_string();
+        self.cni(
+            &pod.node,
+            &Self::attach_env("DEL", &pod.container, netns, "eth0"),
+            &conf,
+        )
+    }
+
+    /// Allocation files in a node's IPAM directory (without the lock and last-reserved files).
+    pub fn allocations(&self, node: &str) -> Vec<String> {
+        let dir = self.lab.node_dir(node).unwrap().join("ipam").join("cbr0");
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.retain(|f| f.parse::<std::net::IpAddr>().is_ok());
+        v.sort();
+        v
+    }
+
+    /// veth links on a node.
+    pub fn veths(&self, node: &str) -> Vec<String> {
+        self.ip_json(node, &["link", "show", "type", "veth"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .filter(|n| n != "eth0")
+            .collect()
+    }
+}

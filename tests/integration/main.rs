@@ -7,4 +7,5 @@ mod cluster;
 mod lab;
 mod lease;
 mod outage;
+mod pods;
 mod support;

@@ -1,0 +1,577 @@
+//! What the runtime hands the plugin: the `CNI_*` environment and the network config on stdin.
+//!
+//! The config is flannel's plugin config, so an unchanged kube-flannel conflist works with the
+//! plugin installed as `flannel`: `subnetFile`, `dataDir`, `delegate` (bridge options) and
+//! `ipam` (overrides). Bridge options are also accepted at the top level, where a conflist
+//! written for podnet would put them; `delegate` wins. `runtimeConfig` keys are matched
+//! case-insensitively because containerd sends `PortMappings`/`Dns` and podman `portMappings`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+
+use super::spec::{self, CniError, CniResult, code};
+
+/// The verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Status,
+    Gc,
+    Version,
+}
+
+/// `CNI_*` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub command: Command,
+    pub container_id: String,
+    /// Empty on the second DEL containerd sends.
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    /// `CNI_ARGS` as key/value pairs.
+    pub args: Vec<(String, String)>,
+}
+
+/// CNI_ARGS keys podnet understands; anything else needs `IgnoreUnknown=1`.
+const KNOWN_ARGS: [&str; 6] = [
+    "IgnoreUnknown",
+    "IP",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_INFRA_CONTAINER_ID",
+    "K8S_POD_UID",
+];
+
+impl Args {
+    /// Reads the environment through `get` (so tests need not touch the process environment).
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Args, CniError> {
+        let command = match get("CNI_COMMAND").as_deref() {
+            Some("ADD") => Command::Add,
+            Some("DEL") => Command::Del,
+            Some("CHECK") => Command::Check,
+            Some("STATUS") => Command::Status,
+            Some("GC") => Command::Gc,
+            Some("VERSION") => Command::Version,
+            Some(other) => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("unknown CNI_COMMAND {other:?}"),
+                ));
+            }
+            None => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    "required env variable CNI_COMMAND missing",
+                ));
+            }
+        };
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
+        let mut missing = Vec::new();
+        if needs_attachment {
+            if nonempty("CNI_CONTAINERID").is_none() {
+                missing.push("CNI_CONTAINERID");
+            }
+            // DEL may come without a namespace (containerd's second DEL, a vanished pod).
+            if command != Command::Del && nonempty("CNI_NETNS").is_none() {
+                missing.push("CNI_NETNS");
+            }
+            if nonempty("CNI_IFNAME").is_none() {
+                missing.push("CNI_IFNAME");
+            }
+        }
+        if !missing.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("required env variables [{}] missing", missing.join(",")),
+            ));
+        }
+        let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
+        if needs_attachment
+            && (ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace))
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+            ));
+        }
+        let mut args = Vec::new();
+        if let Some(raw) = nonempty("CNI_ARGS") {
+            for pair in raw.split(';').filter(|p| !p.is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(CniError::new(
+                        code::INVALID_ENV,
+                        format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
+                    ));
+                };
+                args.push((k.to_string(), v.to_string()));
+            }
+        }
+        let ignore_unknown = args
+            .iter()
+            .any(|(k, v)| k == "IgnoreUnknown" && (v == "1" || v.eq_ignore_ascii_case("true")));
+        if !ignore_unknown
+            && let Some((k, _)) = args.iter().find(|(k, _)| !KNOWN_ARGS.contains(&k.as_str()))
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_ARGS: unknown argument {k:?} (set IgnoreUnknown=1 to ignore it)"),
+            ));
+        }
+        Ok(Args {
+            command,
+            container_id: nonempty("CNI_CONTAINERID").unwrap_or_default(),
+            netns: nonempty("CNI_NETNS").map(PathBuf::from),
+            ifname,
+            args,
+        })
+    }
+
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One IPAM range override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeOverride {
+    pub subnet: IpNet,
+    pub start: Option<IpAddr>,
+    pub end: Option<IpAddr>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// podnet's plugin config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub subnet_file: PathBuf,
+    /// flannel's delegate-config directory; podnet needs no state there but removes flannel's
+    /// leftovers on DEL so a migrated node does not accumulate them.
+    pub data_dir: PathBuf,
+    pub bridge: String,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub hairpin: bool,
+    /// `None`: the opposite of `FLANNEL_IPMASQ` (flannel's rule).
+    pub ip_masq: Option<bool>,
+    pub mtu: Option<u32>,
+    pub ipam_ranges: Vec<RangeOverride>,
+    pub ipam_routes: Vec<spec::RouteEntry>,
+    pub ipam_data_dir: PathBuf,
+    /// DNS for the result: `runtimeConfig.dns`, else the config's `dns`.
+    pub dns: Value,
+    /// `runtimeConfig.ips` (static addresses).
+    pub requested_ips: Vec<IpAddr>,
+    pub prev_result: Option<CniResult>,
+    /// GC: attachments to keep, as (container ID, interface).
+    pub valid_attachments: Option<Vec<(String, String)>>,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
+pub const DEFAULT_IPAM_DIR: &str = "/var/lib/cni/networks";
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// Case-insensitive lookup in a JSON object (Go's decoder rule).
+fn get_ci<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    m.get(key)
+        .or_else(|| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+fn get_bool(m: &Map<String, Value>, key: &str, field: &str) -> Result<Option<bool>, CniError> {
+    match get_ci(m, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(format!("{field}: expected true or false, got {v}"))),
+    }
+}
+
+fn get_str<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Option<&'a str>, CniError> {
+    match get_ci(m, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(format!("{field}: expected a string, got {v}"))),
+    }
+}
+
+fn parse_ip(field: &str, v: &Value) -> Result<IpAddr, CniError> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(format!("{field}: {v} is not an IP address")))
+}
+
+impl NetConf {
+    /// Parses stdin. Only the protocol fields are needed for VERSION/STATUS/GC; the rest is
+    /// validated for every command so a bad config fails loudly even on DEL.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(code::DECODE, "failed to decode the network config")
+                .with_details(e.to_string())
+        })?;
+        let Value::Object(m) = v else {
+            return Err(CniError::new(
+                code::DECODE,
+                "the network config must be a JSON object",
+            ));
+        };
+        let cni_version = get_str(&m, "cniVersion", "cniVersion")?
+            .unwrap_or("0.1.0")
+            .to_string();
+        spec::check_version(&cni_version)?;
+        let name = get_str(&m, "name", "name")?.unwrap_or("").to_string();
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid_name {
+            return Err(invalid(format!(
+                "name {name:?}: a network needs a name of letters, digits, '_', '.', '-'"
+            )));
+        }
+        let empty = Map::new();
+        let delegate = match get_ci(&m, "delegate") {
+            None => &empty,
+            Some(Value::Object(d)) => d,
+            Some(v) => return Err(invalid(format!("delegate: expected an object, got {v}"))),
+        };
+        // A delegate value wins over a top-level one.
+        let pick_bool = |key: &str| -> Result<Option<bool>, CniError> {
+            Ok(get_bool(delegate, key, &format!("delegate.{key}"))?.or(get_bool(&m, key, key)?))
+        };
+        if let Some(t) = get_str(delegate, "type", "delegate.type")?
+            && t != "bridge"
+        {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!(
+                    "delegate.type {t:?}: podnet wires pods into a bridge itself; only \"bridge\" is supported"
+                ),
+            ));
+        }
+        let bridge = get_str(delegate, "bridge", "delegate.bridge")?
+            .or(get_str(&m, "bridge", "bridge")?)
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
+        if bridge.is_empty() || bridge.len() > 15 {
+            return Err(invalid(format!(
+                "bridge {bridge:?}: not a valid interface name"
+            )));
+        }
+        let mtu = match get_ci(delegate, "mtu").or_else(|| get_ci(&m, "mtu")) {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if (68..=65535).contains(&n) => Some(n as u32),
+                _ => {
+                    return Err(invalid(format!(
+                        "mtu: {v} is not an MTU between 68 and 65535"
+                    )));
+                }
+            },
+        };
+        let is_default_gateway = pick_bool("isDefaultGateway")?.unwrap_or(false);
+        let is_gateway = pick_bool("isGateway")?.unwrap_or(true) || is_default_gateway;
+        let ipam = match get_ci(&m, "ipam") {
+            None => &empty,
+            Some(Value::Object(i)) => i,
+            Some(v) => return Err(invalid(format!("ipam: expected an object, got {v}"))),
+        };
+        if let Some(t) = get_str(ipam, "type", "ipam.type")?
+            && t != "host-local"
+        {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!(
+                    "ipam.type {t:?}: podnet allocates addresses itself, host-local style; only \"host-local\" is supported"
+                ),
+            ));
+        }
+        let mut ipam_ranges = Vec::new();
+        if let Some(rs) = get_ci(ipam, "ranges") {
+            let sets = rs
+                .as_array()
+                .ok_or_else(|| invalid("ipam.ranges: expected a list of range sets"))?;
+            for set in sets {
+                for r in set
+                    .as_array()
+                    .ok_or_else(|| invalid("ipam.ranges: each range set must be a list"))?
+                {
+                    let o = r
+                        .as_object()
+                        .ok_or_else(|| invalid("ipam.ranges: each range must be an object"))?;
+                    let subnet = get_str(o, "subnet", "ipam.ranges[].subnet")?
+                        .and_then(|s| s.parse::<IpNet>().ok())
+                        .ok_or_else(|| invalid("ipam.ranges[].subnet: missing or not a CIDR"))?;
+                    let f = |k: &str| {
+                        get_ci(o, k)
+                            .map(|v| parse_ip(&format!("ipam.ranges[].{k}"), v))
+                            .transpose()
+                    };
+                    ipam_ranges.push(RangeOverride {
+                        subnet: subnet.trunc(),
+                        start: f("rangeStart")?,
+                        end: f("rangeEnd")?,
+                        gateway: f("gateway")?,
+                    });
+                }
+            }
+        }
+        let mut ipam_routes = Vec::new();
+        if let Some(rs) = get_ci(ipam, "routes") {
+            for r in rs
+                .as_array()
+                .ok_or_else(|| invalid("ipam.routes: expected a list"))?
+            {
+                let o = r
+                    .as_object()
+                    .ok_or_else(|| invalid("ipam.routes: each route must be an object"))?;
+                let dst = get_str(o, "dst", "ipam.routes[].dst")?
+                    .and_then(|s| s.parse::<IpNet>().ok())
+                    .ok_or_else(|| {
+                        invalid(format!("ipam.routes[].dst: missing or not a CIDR in {r}"))
+                    })?;
+                let gw = get_ci(o, "gw")
+                    .map(|v| parse_ip("ipam.routes[].gw", v))
+                    .transpose()?;
+                ipam_routes.push(spec::RouteEntry {
+                    dst: dst.trunc(),
+                    gw,
+                });
+            }
+        }
+        let runtime = match get_ci(&m, "runtimeConfig") {
+            Some(Value::Object(r)) => r.clone(),
+            _ => Map::new(),
+        };
+        let dns = get_ci(&runtime, "dns")
+            .map(lower_dns)
+            .or_else(|| get_ci(&m, "dns").cloned())
+            .unwrap_or(Value::Null);
+        let mut requested_ips = Vec::new();
+        if let Some(ips) = get_ci(&runtime, "ips").and_then(|v| v.as_array()) {
+            for ip in ips {
+                // Runtimes send "10.244.3.7/24" or a bare address.
+                let s = ip.as_str().unwrap_or_default();
+                let addr = s.split('/').next().unwrap_or_default();
+                requested_ips.push(
+                    addr.parse()
+                        .map_err(|_| invalid(format!("runtimeConfig.ips: {ip} is not an IP")))?,
+                );
+            }
+        }
+        let prev_result = match get_ci(&m, "prevResult") {
+            Some(p) => Some(CniResult::parse(p)?),
+            None => None,
+        };
+        let valid_attachments = match m.get("cni.dev/valid-attachments") {
+            None => None,
+            Some(Value::Array(list)) => Some(
+                list.iter()
+                    .map(|a| {
+                        let id = a["containerID"].as_str().unwrap_or_default().to_string();
+                        let ifname = a["ifname"].as_str().unwrap_or_default().to_string();
+                        (id, ifname)
+                    })
+                    .collect(),
+            ),
+            Some(v) => {
+                return Err(invalid(format!(
+                    "cni.dev/valid-attachments: expected a list, got {v}"
+                )));
+            }
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            subnet_file: PathBuf::from(
+                get_str(&m, "subnetFile", "subnetFile")?.unwrap_or(crate::subnet_env::DEFAULT_PATH),
+            ),
+            data_dir: PathBuf::from(get_str(&m, "dataDir", "dataDir")?.unwrap_or(DEFAULT_DATA_DIR)),
+            bridge,
+            is_gateway,
+            is_default_gateway,
+            hairpin: pick_bool("hairpinMode")?.unwrap_or(false),
+            ip_masq: pick_bool("ipMasq")?,
+            mtu,
+            ipam_ranges,
+            ipam_routes,
+            ipam_data_dir: PathBuf::from(
+                get_str(ipam, "dataDir", "ipam.dataDir")?.unwrap_or(DEFAULT_IPAM_DIR),
+            ),
+            dns,
+            requested_ips,
+            prev_result,
+            valid_attachments,
+        })
+    }
+}
+
+/// containerd sends `{"Servers":..,"Searches":..,"Options":..}`; results use lower case names.
+fn lower_dns(v: &Value) -> Value {
+    let Some(o) = v.as_object() else {
+        return v.clone();
+    };
+    let map: HashMap<&str, &str> = [
+        ("servers", "nameservers"),
+        ("nameservers", "nameservers"),
+        ("searches", "search"),
+        ("search", "search"),
+        ("options", "options"),
+        ("domain", "domain"),
+    ]
+    .into_iter()
+    .collect();
+    let mut out = Map::new();
+    for (k, val) in o {
+        if let Some(name) = map.get(k.to_ascii_lowercase().as_str()) {
+            out.insert(name.to_string(), val.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_parsing_and_errors() {
+        let a = Args::from_env(&env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_UID=u;IgnoreUnknown=1;FOO=bar"),
+        ]))
+        .unwrap();
+        assert_eq!(a.command, Command::Add);
+        assert_eq!(a.arg("FOO"), Some("bar"));
+        let e = Args::from_env(&env(&[("CNI_COMMAND", "ADD")])).unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (
+                4,
+                "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing"
+            )
+        );
+        // DEL without a namespace is fine (containerd's second DEL).
+        let d = Args::from_env(&env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", "eth0"),
+        ]))
+        .unwrap();
+        assert_eq!(d.netns, None);
+        let e = Args::from_env(&env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "FOO=bar"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code, 4);
+        assert!(e.msg.contains("unknown argument \"FOO\""));
+        assert_eq!(
+            Args::from_env(&env(&[("CNI_COMMAND", "FROB")]))
+                .unwrap_err()
+                .code,
+            4
+        );
+        assert_eq!(
+            Args::from_env(&env(&[])).unwrap_err().msg,
+            "required env variable CNI_COMMAND missing"
+        );
+    }
+
+    #[test]
+    fn the_kube_flannel_conflist_entry_parses() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "cni0");
+        assert!(c.hairpin && c.is_default_gateway && c.is_gateway);
+        assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(c.ipam_data_dir, PathBuf::from("/var/lib/cni/networks"));
+        assert_eq!(c.ip_masq, None);
+    }
+
+    #[test]
+    fn overrides_and_runtime_config_in_both_spellings() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"podnet","bridge":"br-top","mtu":1400,"delegate":{"bridge":"br-del","ipMasq":true},
+                "ipam":{"dataDir":"/tmp/x","ranges":[[{"subnet":"10.244.3.0/24","rangeStart":"10.244.3.10","rangeEnd":"10.244.3.20"}]],"routes":[{"dst":"192.0.2.0/24"}]},
+                "runtimeConfig":{"PortMappings":[{"HostPort":8080}],"Dns":{"Servers":["10.96.0.10"],"Searches":["svc"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "br-del");
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.ip_masq, Some(true));
+        assert_eq!(c.ipam_ranges[0].start, Some("10.244.3.10".parse().unwrap()));
+        assert_eq!(c.ipam_routes[0].dst.to_string(), "192.0.2.0/24");
+        assert_eq!(
+            c.dns,
+            serde_json::json!({"nameservers":["10.96.0.10"],"search":["svc"]})
+        );
+        let p = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":1}],"dns":{"nameservers":["1.1.1.1"]}}}"#).unwrap();
+        assert_eq!(p.dns, serde_json::json!({"nameservers":["1.1.1.1"]}));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let err = |s: &str| NetConf::parse(s.as_bytes()).unwrap_err();
+        assert_eq!(err("{").code, 6);
+        assert_eq!(err(r#"{"cniVersion":"9.9.9","name":"n"}"#).code, 1);
+        assert_eq!(err(r#"{"cniVersion":"1.0.0","name":""}"#).code, 7);
+        let e = err(r#"{"cniVersion":"1.0.0","name":"n","mtu":9}"#);
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (7, "mtu: 9 is not an MTU between 68 and 65535")
+        );
+        let e = err(r#"{"cniVersion":"1.0.0","name":"n","delegate":{"type":"macvlan"}}"#);
+        assert_eq!(e.code, 2);
+        let e = err(r#"{"cniVersion":"1.0.0","name":"n","ipam":{"routes":[{"gw":"10.0.0.1"}]}}"#);
+        assert!(e.msg.starts_with("ipam.routes[].dst: missing"), "{}", e.msg);
+        let e = err(r#"{"cniVersion":"1.0.0","name":"n","delegate":{"hairpinMode":"yes"}}"#);
+        assert_eq!(
+            e.msg,
+            "delegate.hairpinMode: expected true or false, got \"yes\""
+        );
+    }
+}

@@ -1,0 +1,601 @@
+//! The plugin's verbs: pure functions of (args, config) that act on the kernel and the disk and
+//! return a result or an error with a CNI code; the framework in `super` does the I/O with the
+//! runtime.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::Value;
+
+use super::conf::{Args, NetConf};
+use super::ipam::{Range, Store};
+use super::spec::{self, CniError, CniResult, Interface, IpConfig, RouteEntry, code};
+use super::{bridge, veth};
+use crate::firewall;
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns::NetNs;
+use crate::kernel::{KernelError, nft};
+use crate::subnet_env::SubnetEnv;
+
+/// Reads `subnet.env`; a missing file means the node agent is not ready yet (try again later).
+pub fn load_subnet_env(path: &Path) -> Result<SubnetEnv, CniError> {
+    let env = match SubnetEnv::read(path) {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("{} does not exist: the node agent (podnetd or flanneld) writes it once the node is ready", path.display()),
+            )
+            .with_details("check the node agent's log on this node"));
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                code::SUBNET_FILE_INVALID,
+                format!("invalid subnet file: {e}"),
+            ));
+        }
+    };
+    let mut missing = Vec::new();
+    if env.networks.is_empty() && env.ipv6_networks.is_empty() {
+        missing.push("FLANNEL_NETWORK");
+    }
+    if env.subnet.is_none() && env.ipv6_subnet.is_none() {
+        missing.push("FLANNEL_SUBNET");
+    }
+    if env.mtu.is_none() {
+        missing.push("FLANNEL_MTU");
+    }
+    if env.ipmasq.is_none() {
+        missing.push("FLANNEL_IPMASQ");
+    }
+    if !missing.is_empty() {
+        return Err(CniError::new(
+            code::SUBNET_FILE_INVALID,
+            format!(
+                "invalid subnet file {}: {} missing",
+                path.display(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(env)
+}
+
+/// Everything ADD derives from `subnet.env` and the config.
+struct Layout {
+    /// Per family: the range to allocate from and the gateway (with the subnet's prefix).
+    families: Vec<(Range, IpNet)>,
+    networks: Vec<IpNet>,
+    mtu: u32,
+    masq: bool,
+    masq_networks: Vec<Ipv4Net>,
+}
+
+impl Layout {
+    fn new(env: &SubnetEnv, conf: &NetConf) -> Result<Layout, CniError> {
+        let mut families = Vec::new();
+        let subnets: Vec<IpNet> = env.gateways();
+        for gw in subnets {
+            let subnet = gw.trunc();
+            let over: Vec<_> = conf
+                .ipam_ranges
+                .iter()
+                .filter(|r| r.subnet.addr().is_ipv4() == subnet.addr().is_ipv4())
+                .collect();
+            let range = match over.first() {
+                None => Range::for_subnet(subnet, Some(gw.addr())),
+                Some(o) => {
+                    if o.subnet != subnet {
+                        return Err(CniError::new(
+                            code::INVALID_CONFIG,
+                            format!(
+                                "ipam.ranges: subnet {} is not this node's pod subnet {subnet}",
+                                o.subnet
+                            ),
+                        ));
+                    }
+                    let mut r = Range::for_subnet(subnet, Some(o.gateway.unwrap_or(gw.addr())));
+                    if let Some(s) = o.start {
+                        r.start = s;
+                    }
+                    if let Some(e) = o.end {
+                        r.end = e;
+                    }
+                    if !subnet.contains(&r.start) || !subnet.contains(&r.end) || r.start > r.end {
+                        return Err(CniError::new(
+                            code::INVALID_CONFIG,
+                            format!(
+                                "ipam.ranges: {}-{} is not a range inside {subnet}",
+                                r.start, r.end
+                            ),
+                        ));
+                    }
+                    r
+                }
+            };
+            let gw_addr = range.gateway.unwrap_or(gw.addr());
+            let gw_net = IpNet::new(gw_addr, subnet.prefix_len()).expect("prefix from a subnet");
+            families.push((range, gw_net));
+        }
+        let networks: Vec<IpNet> = env
+            .networks
+            .iter()
+            .map(|n| IpNet::V4(*n))
+            .chain(env.ipv6_networks.iter().map(|n| IpNet::V6(*n)))
+            .collect();
+        Ok(Layout {
+            families,
+            networks,
+            mtu: conf.mtu.or(env.mtu).expect("checked by load_subnet_env"),
+            // flannel's rule: the plugin masquerades when the daemon does not.
+            masq: conf.ip_masq.unwrap_or(!env.ipmasq.unwrap_or(false)),
+            masq_networks: env.networks.clone(),
+        })
+    }
+}
+
+fn open_netns(path: &Path) -> Result<NetNs, CniError> {
+    NetNs::open_path(path).map_err(|e| match e.errno() {
+        Some(libc::ENOENT) => CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} does not exist", path.display()),
+        ),
+        _ => CniError::new(
+            code::IO,
+            format!("cannot open network namespace {}", path.display()),
+        )
+        .with_details(e.to_string()),
+    })
+}
+
+fn kernel(what: &str, e: KernelError) -> CniError {
+    CniError::new(code::KERNEL, what.to_string()).with_details(e.to_string())
+}
+
+/// The address the runtime asked for: `CNI_ARGS` `IP=`, else `runtimeConfig.ips`.
+fn requested(args: &Args, conf: &NetConf, v4: bool) -> Result<Option<IpAddr>, CniError> {
+    if let Some(ip) = args.arg("IP") {
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_ARGS IP={ip}: not an IP address"),
+            )
+        })?;
+        return Ok((ip.is_ipv4() == v4).then_some(ip));
+    }
+    Ok(conf
+        .requested_ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == v4))
+}
+
+/// Steps to take back if ADD fails half-way, newest first.
+#[derive(Default)]
+struct Undo {
+    steps: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Undo {
+    fn push(&mut self, f: impl FnOnce() + 'static) {
+        self.steps.push(Box::new(f));
+    }
+
+    fn run(self) {
+        for f in self.steps.into_iter().rev() {
+            f();
+        }
+    }
+
+    fn forget(mut self) {
+        self.steps.clear();
+    }
+}
+
+/// ADD: wire a pod in. Any failure undoes what was done and returns a specific error.
+pub fn add(args: &Args, conf: &NetConf) -> Result<CniResult, CniError> {
+    let mut undo = Undo::default();
+    match add_steps(args, conf, &mut undo) {
+        Ok(r) => {
+            undo.forget();
+            Ok(r)
+        }
+        Err(e) => {
+            undo.run();
+            Err(e)
+        }
+    }
+}
+
+fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let env = load_subnet_env(&conf.subnet_file)?;
+    let layout = Layout::new(&env, conf)?;
+    let netns_path = args.netns.as_ref().expect("ADD requires CNI_NETNS");
+    let pod_ns = open_netns(netns_path)?;
+
+    // Addresses first: without one there is nothing to wire.
+    let mut ips: Vec<(IpAddr, IpNet)> = Vec::new();
+    {
+        let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
+        for (i, (range, gw)) in layout.families.iter().enumerate() {
+            let want = requested(args, conf, gw.addr().is_ipv4())?;
+            let ip = store.allocate(&args.container_id, &args.ifname, range, i, want)?;
+            let (dir, id, ifname) = (
+                conf.ipam_data_dir.clone(),
+                conf.name.clone(),
+                (args.container_id.clone(), args.ifname.clone()),
+            );
+            undo.push(move || {
+                if let Ok(s) = Store::open(&dir, &id) {
+                    s.release_ip(ip, &ifname.0, &ifname.1);
+                }
+            });
+            ips.push((ip, *gw));
+        }
+    }
+
+    let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
+    let gateways: Vec<IpNet> = if conf.is_gateway {
+        layout.families.iter().map(|(_, g)| *g).collect()
+    } else {
+        Vec::new()
+    };
+    let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
+    let host_name = veth::host_name(&args.container_id, &args.ifname);
+    let host_end = veth::create(
+        &mut host,
+        &pod_ns,
+        &host_name,
+        &args.ifname,
+        layout.mtu,
+        br.index,
+        conf.hairpin,
+    )?;
+    let idx = host_end.index;
+    undo.push(move || {
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = nl.del_link(idx);
+        }
+    });
+
+    let addrs: Vec<IpNet> = ips
+        .iter()
+        .map(|(ip, gw)| IpNet::new(*ip, gw.prefix_len()).expect("prefix from a subnet"))
+        .collect();
+    let gw_for = |dst: &IpNet| {
+        ips.iter()
+            .find(|(_, g)| g.addr().is_ipv4() == dst.addr().is_ipv4())
+            .map(|(_, g)| g.addr())
+    };
+    let mut result_routes: Vec<RouteEntry> = Vec::new();
+    let mut kernel_routes: Vec<(IpNet, IpAddr)> = Vec::new();
+    for dst in layout.networks.iter().copied() {
+        if let Some(gw) = gw_for(&dst) {
+            result_routes.push(RouteEntry { dst, gw: None });
+            kernel_routes.push((dst, gw));
+        }
+    }
+    for r in &conf.ipam_routes {
+        if let Some(gw) = r.gw.or_else(|| gw_for(&r.dst)) {
+            result_routes.push(r.clone());
+            kernel_routes.push((r.dst, gw));
+        }
+    }
+    if conf.is_default_gateway {
+        for (_, gw) in &ips {
+            let any: IpNet = if gw.addr().is_ipv4() {
+                "0.0.0.0/0".parse().expect("constant")
+            } else {
+                "::/0".parse().expect("constant")
+            };
+            result_routes.push(RouteEntry {
+                dst: any,
+                gw: Some(gw.addr()),
+            });
+            kernel_routes.push((any, gw.addr()));
+        }
+    }
+    let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
+    let pod_end = veth::configure_pod(
+        &mut pod,
+        &veth::PodSide {
+            ifname: &args.ifname,
+            addrs: &addrs,
+            routes: &kernel_routes,
+        },
+    )?;
+
+    if layout.masq
+        && let Some(IpAddr::V4(v4)) = ips.iter().map(|(ip, _)| *ip).find(|ip| ip.is_ipv4())
+    {
+        nft::apply(&firewall::pod_masq_add(&layout.masq_networks, v4))
+            .map_err(|e| kernel("set up ipMasq", e))?;
+        undo.push(move || {
+            let _ = nft::apply(&firewall::pod_masq_remove(v4));
+        });
+    }
+
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface {
+                name: conf.bridge.clone(),
+                mac: br.mac.map(|m| m.to_string()),
+                sandbox: None,
+                mtu: None,
+            },
+            Interface {
+                name: host_name,
+                mac: host_end.mac.map(|m| m.to_string()),
+                sandbox: None,
+                mtu: Some(layout.mtu),
+            },
+            Interface {
+                name: args.ifname.clone(),
+                mac: pod_end.mac.map(|m| m.to_string()),
+                sandbox: Some(netns_path.display().to_string()),
+                mtu: Some(layout.mtu),
+            },
+        ],
+        ips: ips
+            .iter()
+            .zip(&addrs)
+            .map(|((_, gw), a)| IpConfig {
+                interface: Some(2),
+                address: *a,
+                gateway: Some(gw.addr()),
+            })
+            .collect(),
+        routes: result_routes,
+        dns: conf.dns.clone(),
+    };
+    // Chained after another plugin: keep what it reported.
+    if let Some(prev) = &conf.prev_result {
+        let mut all = prev.clone();
+        all.append(result);
+        result = all;
+    }
+    // flannel's plugin keeps a copy of its delegate config per container; podnet needs none.
+    Ok(result)
+}
+
+/// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released.
+pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
+    let mut errors: Vec<String> = Vec::new();
+    let mut pod_ips: Vec<IpAddr> = Vec::new();
+    if let Some(path) = &args.netns
+        && let Ok(ns) = NetNs::open_path(path)
+        && let Ok(mut nl) = Netlink::open_in(&ns)
+        && let Ok(Some(link)) = nl.link(&args.ifname)
+    {
+        pod_ips = nl
+            .addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.index == link.index)
+            .map(|a| a.net.addr())
+            .collect();
+        // Deleting the pod end also removes the host end, whatever it is called (pods
+        // wired by flannel's bridge plugin have random host names).
+        if let Err(e) = nl.del_link(link.index) {
+            errors.push(format!("delete {} in the pod: {e}", args.ifname));
+        }
+    }
+    match Netlink::open() {
+        Ok(mut host) => {
+            if let Err(e) = host.del_link_named(&veth::host_name(&args.container_id, &args.ifname))
+            {
+                errors.push(format!("delete the host end: {e}"));
+            }
+        }
+        Err(e) => errors.push(format!("open netlink: {e}")),
+    }
+    let released = match Store::open(&conf.ipam_data_dir, &conf.name) {
+        Ok(store) => {
+            let mut done: Vec<IpAddr> = pod_ips
+                .iter()
+                .copied()
+                .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
+                .collect();
+            if done.is_empty() {
+                done = store.release(&args.container_id, &args.ifname);
+            }
+            done
+        }
+        Err(e) => {
+            errors.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
+        (Some(m), _) => m,
+        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
+        (None, Err(_)) => false,
+    };
+    if masq {
+        for ip in released.iter().filter_map(|ip| match ip {
+            IpAddr::V4(v) => Some(*v),
+            _ => None,
+        }) {
+            // Absent from the set is the state we want.
+            let _ = nft::apply(&firewall::pod_masq_remove(ip));
+        }
+    }
+    let flannel_state = conf.data_dir.join(&args.container_id);
+    if flannel_state.exists() {
+        let _ = std::fs::remove_file(flannel_state);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(
+            CniError::new(code::KERNEL, "DEL could not remove everything")
+                .with_details(errors.join("; ")),
+        )
+    }
+}
+
+fn check_failed(msg: String) -> CniError {
+    CniError::new(code::CHECK_FAILED, msg)
+}
+
+/// CHECK: the interface, addresses and routes of the previous result are all there.
+pub fn check(args: &Args, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs prevResult (the result of ADD)",
+        )
+    })?;
+    let netns_path = args.netns.as_ref().expect("CHECK requires CNI_NETNS");
+    let pod_ns = open_netns(netns_path)?;
+    let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
+    let link = pod
+        .link(&args.ifname)
+        .map_err(|e| kernel("look up the pod interface", e))?
+        .ok_or_else(|| {
+            check_failed(format!(
+                "interface {} not found in {}",
+                args.ifname,
+                netns_path.display()
+            ))
+        })?;
+    if !link.up {
+        return Err(check_failed(format!("interface {} is down", args.ifname)));
+    }
+    let addrs: Vec<IpNet> = pod
+        .addrs()
+        .map_err(|e| kernel("read pod addresses", e))?
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.net)
+        .collect();
+    let sandbox_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == args.ifname && i.sandbox.is_some());
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none() || ip.interface == sandbox_index)
+    {
+        if !addrs.contains(&ip.address) {
+            return Err(check_failed(format!(
+                "Failed to match addr {} on interface {}",
+                ip.address, args.ifname
+            )));
+        }
+    }
+    let routes = pod.routes().map_err(|e| kernel("read pod routes", e))?;
+    for r in &prev.routes {
+        let gw = r.gw.or_else(|| {
+            prev.ips
+                .iter()
+                .find(|ip| ip.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
+                .and_then(|ip| ip.gateway)
+        });
+        let found = routes
+            .iter()
+            .any(|k| k.dst == r.dst && k.table == 254 && (gw.is_none() || k.gateway == gw));
+        if !found {
+            return Err(check_failed(format!(
+                "Failed to match route {} via {:?} in the pod",
+                r.dst, gw
+            )));
+        }
+    }
+    let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
+    let br = host
+        .link(&conf.bridge)
+        .map_err(|e| kernel("look up the bridge", e))?
+        .ok_or_else(|| check_failed(format!("bridge {} not found", conf.bridge)))?;
+    let host_name = veth::host_name(&args.container_id, &args.ifname);
+    let h = host
+        .link(&host_name)
+        .map_err(|e| kernel("look up the host end", e))?
+        .ok_or_else(|| check_failed(format!("host end {host_name} not found")))?;
+    if h.master != Some(br.index) {
+        return Err(check_failed(format!(
+            "{host_name} is not attached to {}",
+            conf.bridge
+        )));
+    }
+    let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
+    let held = store.find(&args.container_id, &args.ifname);
+    for ip in &prev.ips {
+        if !held.contains(&ip.address.addr()) {
+            return Err(check_failed(format!(
+                "{} is not allocated to this container in {}",
+                ip.address.addr(),
+                store.dir().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// STATUS: ready when `subnet.env` is readable and valid.
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    load_subnet_env(&conf.subnet_file).map(|_| ()).map_err(|e| {
+        CniError::new(
+            code::NOT_AVAILABLE,
+            format!("plugin not available: {}", e.msg),
+        )
+        .with_details(e.details)
+    })
+}
+
+/// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
+    let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
+    let mut errors = Vec::new();
+    let mut released_v4: Vec<Ipv4Addr> = Vec::new();
+    for (ip, id, ifname) in store.allocations() {
+        let keep = valid
+            .iter()
+            .any(|(v_id, v_if)| *v_id == id && (ifname.is_empty() || *v_if == ifname));
+        if keep {
+            continue;
+        }
+        if !ifname.is_empty()
+            && let Err(e) = host.del_link_named(&veth::host_name(&id, &ifname))
+        {
+            errors.push(format!("delete the link of {id}/{ifname}: {e}"));
+        }
+        if std::fs::remove_file(store.dir().join(ip.to_string())).is_ok()
+            && let IpAddr::V4(v) = ip
+        {
+            released_v4.push(v);
+        }
+    }
+    if !released_v4.is_empty()
+        && nft::list_table(firewall::FAMILY, firewall::POD_MASQ_TABLE)
+            .ok()
+            .flatten()
+            .is_some()
+    {
+        for ip in released_v4 {
+            let _ = nft::apply(&firewall::pod_masq_remove(ip));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(
+            CniError::new(code::KERNEL, "GC could not remove everything")
+                .with_details(errors.join("; ")),
+        )
+    }
+}
+
+/// The VERSION answer for a stdin that may or may not parse.
+pub fn version(stdin: &[u8]) -> String {
+    let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(|c| c.as_str())
+            .map(String::from)
+    });
+    spec::version_info(requested.as_deref())
+}

@@ -1,0 +1,257 @@
+//! The firewall thread: applies podnet's table, keeps the tunnel guard's peer set current one
+//! element at a time, and every `--iptables-resync` seconds checks that the table is intact
+//! (restoring it if not) and looks for foreign masquerade rules.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::firewall::foreign::{self, ForeignRule, Probe};
+use crate::firewall::{self, FirewallSpec};
+use crate::kernel::{KernelError, nft};
+
+#[derive(Debug, Clone, Default)]
+pub struct FirewallStats {
+    pub applied: u64,
+    /// Times the table was found changed and restored.
+    pub restored: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub foreign: Vec<ForeignRule>,
+    pub guard_peers: usize,
+}
+
+enum Cmd {
+    Add(Ipv4Addr),
+    Remove(Ipv4Addr),
+    Peers(Vec<Ipv4Addr>),
+}
+
+#[derive(Clone)]
+pub struct Firewall {
+    tx: mpsc::Sender<Cmd>,
+    stats: Arc<Mutex<FirewallStats>>,
+}
+
+/// Splits a listing into the table without the guard's elements, and the elements sorted
+/// (nft orders and wraps them its own way).
+pub fn normalize(listing: &str) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut elems = Vec::new();
+    let mut in_elems = false;
+    for line in listing.lines() {
+        let t = line.trim();
+        let body = if in_elems {
+            Some(t)
+        } else if let Some(rest) = t.strip_prefix("elements = {") {
+            in_elems = true;
+            Some(rest)
+        } else {
+            None
+        };
+        match body {
+            Some(b) => {
+                let (b, done) = match b.strip_suffix('}') {
+                    Some(x) => (x, true),
+                    None => (b, false),
+                };
+                elems.extend(
+                    b.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty()),
+                );
+                if done {
+                    in_elems = false;
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    elems.sort();
+    (out, elems)
+}
+
+struct State {
+    spec: FirewallSpec,
+    probes: Vec<Probe>,
+    peers: BTreeMap<Ipv4Addr, usize>,
+    stats: Arc<Mutex<FirewallStats>>,
+}
+
+impl State {
+    fn peer_list(&self) -> Vec<Ipv4Addr> {
+        self.peers.keys().copied().collect()
+    }
+
+    fn fail(&self, what: &str, e: KernelError) {
+        tracing::warn!("{what}: {e}");
+        let mut s = self.stats.lock().expect("stats lock");
+        s.errors += 1;
+        s.last_error = Some(format!("{what}: {e}"));
+    }
+
+    fn apply_all(&self) -> Result<(), KernelError> {
+        nft::apply(&self.spec.render_apply(&self.peer_list()))?;
+        let mut s = self.stats.lock().expect("stats lock");
+        s.applied += 1;
+        s.guard_peers = self.peers.len();
+        Ok(())
+    }
+
+    fn guard_change(&self, script: String) {
+        if self.spec.guard.is_none() {
+            return;
+        }
+        if let Err(e) = nft::apply(&script) {
+            // The set may have been removed with the table: the next check restores everything.
+            self.fail("update the tunnel guard", e);
+        }
+        self.stats.lock().expect("stats lock").guard_peers = self.peers.len();
+    }
+
+    fn check(&self) {
+        let want = if self.spec.is_empty() {
+            None
+        } else {
+            let elems: Vec<String> = self.peer_list().iter().map(|p| p.to_string()).collect();
+            let mut sorted = elems;
+            sorted.sort();
+            Some((normalize(&self.spec.render_table(&[])).0, sorted))
+        };
+        let have = match nft::list_table(firewall::FAMILY, firewall::TABLE) {
+            Ok(l) => l.map(|l| normalize(&l)),
+            Err(e) => return self.fail("read podnet's nftables table", e),
+        };
+        if have != want {
+            tracing::warn!("podnet's nftables rules were changed or removed; restoring them");
+            match self.apply_all() {
+                Ok(()) => self.stats.lock().expect("stats lock").restored += 1,
+                Err(e) => self.fail("restore podnet's nftables rules", e),
+            }
+        }
+        let ruleset = match nft::ruleset_json() {
+            Ok(r) => r,
+            Err(e) => return self.fail("read the nftables ruleset", e),
+        };
+        let mut found: Vec<ForeignRule> = Vec::new();
+        for p in &self.probes {
+            for r in foreign::find(&ruleset, p, firewall::FAMILY, firewall::TABLE) {
+                if !found.contains(&r) {
+                    found.push(r);
+                }
+            }
+        }
+        let mut s = self.stats.lock().expect("stats lock");
+        for r in found.iter().filter(|r| !s.foreign.contains(r)) {
+            tracing::warn!(
+                "a masquerade rule outside podnet rewrites pod-to-pod traffic, so pods on other nodes see this \
+                 node's address instead of the pod's: {r}; remove it or exclude the cluster network from it"
+            );
+        }
+        if found.is_empty() && !s.foreign.is_empty() {
+            tracing::info!(
+                "the foreign masquerade rule is gone; pod addresses are preserved again"
+            );
+        }
+        s.foreign = found;
+    }
+}
+
+impl Firewall {
+    /// Applies the table now (start-up waits for it) and starts the thread.
+    pub fn start(
+        spec: FirewallSpec,
+        probes: Vec<Probe>,
+        peers: &[Ipv4Addr],
+        resync: Duration,
+    ) -> Result<Firewall, KernelError> {
+        let stats = Arc::new(Mutex::new(FirewallStats::default()));
+        let mut st = State {
+            spec,
+            probes,
+            peers: BTreeMap::new(),
+            stats: stats.clone(),
+        };
+        for p in peers {
+            *st.peers.entry(*p).or_default() += 1;
+        }
+        st.apply_all()?;
+        st.check();
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("firewall".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(resync) {
+                        Ok(Cmd::Add(ip)) => {
+                            let n = st.peers.entry(ip).or_default();
+                            *n += 1;
+                            if *n == 1 {
+                                st.guard_change(firewall::guard_add(ip));
+                            }
+                        }
+                        Ok(Cmd::Remove(ip)) => {
+                            if let Some(n) = st.peers.get_mut(&ip) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    st.peers.remove(&ip);
+                                    st.guard_change(firewall::guard_remove(ip));
+                                }
+                            }
+                        }
+                        Ok(Cmd::Peers(list)) => {
+                            st.peers.clear();
+                            for p in list {
+                                *st.peers.entry(p).or_default() += 1;
+                            }
+                            if let Err(e) = st.apply_all() {
+                                st.fail("apply podnet's nftables rules", e);
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => st.check(),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .map_err(|e| KernelError::Other(format!("start firewall thread: {e}")))?;
+        Ok(Firewall { tx, stats })
+    }
+
+    pub fn add_peer(&self, ip: Ipv4Addr) {
+        let _ = self.tx.send(Cmd::Add(ip));
+    }
+
+    pub fn remove_peer(&self, ip: Ipv4Addr) {
+        let _ = self.tx.send(Cmd::Remove(ip));
+    }
+
+    pub fn set_peers(&self, ips: Vec<Ipv4Addr>) {
+        let _ = self.tx.send(Cmd::Peers(ips));
+    }
+
+    pub fn stats(&self) -> Arc<Mutex<FirewallStats>> {
+        self.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_ignores_element_order_and_wrapping() {
+        let a = "table inet podnet {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.2, 10.0.0.1,\n\t\t\t     10.0.0.3 }\n\t}\n}\n";
+        let b = "table inet podnet {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1, 10.0.0.3, 10.0.0.2 }\n\t}\n}\n";
+        assert_eq!(normalize(a), normalize(b));
+        assert_eq!(normalize(a).1, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(
+            normalize(a).0,
+            "table inet podnet {\n\tset s {\n\t\ttype ipv4_addr\n\t}\n}\n"
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The rules podnet wants, rendered as one nftables table, `inet podnet`.
+//!
+//! Masquerade, with the semantics of flanneld's iptables mode (its nftables mode differs in the
+//! fourth rule; we follow iptables, which is what clusters have run for years):
+//! 1. packets kube-proxy marked (0x4000) are left to kube-proxy, which masquerades them itself;
+//! 2. pod → cluster network: source kept;
+//! 3. cluster network → our pods: source kept;
+//! 4. outside → our pods: source kept;
+//! 5. cluster network → anywhere else but multicast: masquerade;
+//! 6. outside → other nodes' pods (routed through us): masquerade.
+//!
+//! Forward: accept to and from the cluster network (flannel's FLANNEL-FWD). In nftables a
+//! packet dropped by any other table's chain stays dropped, so this helps only against
+//! podnet-unaware defaults that accept; a foreign DROP policy is reported by `podnetctl doctor`.
+//!
+//! Tunnel guard (podnet's own): the tunnel's UDP port accepts packets only from the public
+//! addresses of current peers, a set changed one element at a time as leases come and go.
+//!
+//! The whole table is replaced in one transaction, so there is never a moment with half the
+//! rules, and rules of an earlier config disappear with it. Nothing outside this table is
+//! ever changed.
+
+pub mod foreign;
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const FAMILY: &str = "inet";
+pub const TABLE: &str = "podnet";
+pub const GUARD_SET: &str = "tunnel-peers";
+/// kube-proxy's masquerade mark.
+pub const KUBE_PROXY_MARK: u32 = 0x4000;
+
+/// The tunnel guard's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub port: u16,
+}
+
+/// What to render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSpec {
+    pub network: Ipv4Net,
+    pub pod_subnet: Ipv4Net,
+    pub masquerade: bool,
+    pub fully_random: bool,
+    pub forward: bool,
+    pub guard: Option<Guard>,
+}
+
+impl FirewallSpec {
+    /// Whether the table has anything in it.
+    pub fn is_empty(&self) -> bool {
+        !self.masquerade && !self.forward && self.guard.is_none()
+    }
+
+    /// The table's contents (what `nft -s list table inet podnet` shows, modulo nft's own layout).
+    pub fn render_table(&self, peers: &[Ipv4Addr]) -> String {
+        let net = self.network;
+        let pod = self.pod_subnet;
+        let rnd = if self.fully_random {
+            " fully-random"
+        } else {
+            ""
+        };
+        let mut t = format!("table {FAMILY} {TABLE} {{\n");
+        if let Some(g) = &self.guard {
+            let _ = write!(t, "\tset {GUARD_SET} {{\n\t\ttype ipv4_addr\n");
+            if !peers.is_empty() {
+                let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+                let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
+            }
+            t.push_str("\t}\n\n");
+            let _ = write!(
+                t,
+                "\tchain tunnel-guard {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
+                 \t\tudp dport {} ip saddr != @{GUARD_SET} counter drop comment \"tunnel packets from a non-peer\"\n\t}}\n\n",
+                g.port
+            );
+        }
+        if self.masquerade {
+            let _ = write!(
+                t,
+                "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tmeta mark & 0x{KUBE_PROXY_MARK:08x} == 0x{KUBE_PROXY_MARK:08x} return comment \"kube-proxy masquerades what it marked\"\n\
+                 \t\tip saddr {pod} ip daddr {net} return comment \"pod to cluster: keep the pod address\"\n\
+                 \t\tip saddr {net} ip daddr {pod} return comment \"cluster to local pod\"\n\
+                 \t\tip saddr != {net} ip daddr {pod} return comment \"outside to local pod\"\n\
+                 \t\tip saddr {net} ip daddr != 224.0.0.0/4 masquerade{rnd} comment \"pod to outside\"\n\
+                 \t\tip saddr != {net} ip daddr {net} masquerade{rnd} comment \"outside to remote pod\"\n\t}}\n\n"
+            );
+        }
+        if self.forward {
+            let _ = write!(
+                t,
+                "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+                 \t\tip saddr {net} accept\n\t\tip daddr {net} accept\n\t}}\n\n"
+            );
+        }
+        while t.ends_with("\n\n") {
+            t.pop();
+        }
+        t.push_str("}\n");
+        t
+    }
+
+    /// One transaction that replaces the table (or removes it when nothing is wanted).
+    pub fn render_apply(&self, peers: &[Ipv4Addr]) -> String {
+        // Declaring the table first makes the delete succeed whether or not it existed.
+        let mut s = format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
+        if !self.is_empty() {
+            s.push_str(&self.render_table(peers));
+        }
+        s
+    }
+}
+
+/// Adds one peer to the tunnel guard.
+pub fn guard_add(ip: Ipv4Addr) -> String {
+    format!("add element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+}
+
+/// Removes one peer from the tunnel guard.
+pub fn guard_remove(ip: Ipv4Addr) -> String {
+    format!("delete element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+}
+
+/// The CNI plugin's own table for `ipMasq`: pods whose traffic leaving the cluster network is
+/// masqueraded by the node (flannel's default when its daemon runs without `--ip-masq`).
+/// Unlike the reference bridge plugin, which excludes only the node's own subnet, traffic to
+/// the rest of the cluster network keeps the pod's address.
+pub const POD_MASQ_TABLE: &str = "podnet-cni";
+pub const POD_MASQ_SET: &str = "masq-pods";
+
+/// Declares the table (idempotently: the chain is flushed and refilled in the same
+/// transaction, so concurrent ADDs never leave two copies of the rule) and adds one pod.
+pub fn pod_masq_add(networks: &[Ipv4Net], pod: Ipv4Addr) -> String {
+    let mut excluded: Vec<String> = networks.iter().map(|n| n.to_string()).collect();
+    excluded.push("224.0.0.0/4".into());
+    format!(
+        "add table {FAMILY} {POD_MASQ_TABLE}
+         add set {FAMILY} {POD_MASQ_TABLE} {POD_MASQ_SET} {{ type ipv4_addr; }}
+         add chain {FAMILY} {POD_MASQ_TABLE} postrouting {{ type nat hook postrouting priority srcnat + 1; policy accept; }}
+         flush chain {FAMILY} {POD_MASQ_TABLE} postrouting
+         add rule {FAMILY} {POD_MASQ_TABLE} postrouting ip saddr @{POD_MASQ_SET} ip daddr != {{ {} }} masquerade comment \"pod ipMasq\"
+         add element {FAMILY} {POD_MASQ_TABLE} {POD_MASQ_SET} {{ {pod} }}
+",
+        excluded.join(", ")
+    )
+}
+
+/// Removes one pod from the masquerade set.
+pub fn pod_masq_remove(pod: Ipv4Addr) -> String {
+    format!(
+        "delete element {FAMILY} {POD_MASQ_TABLE} {POD_MASQ_SET} {{ {pod} }}
+"
+    )
+}
+
+/// Removes podnet's table.
+pub fn render_teardown() -> String {
+    format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FirewallSpec {
+        FirewallSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            masquerade: true,
+            fully_random: true,
+            forward: true,
+            guard: Some(Guard { port: 8472 }),
+        }
+    }
+
+    #[test]
+    fn golden_full_table() {
+        let peers = [
+            "198.18.0.12".parse().unwrap(),
+            "198.18.0.13".parse().unwrap(),
+        ];
+        assert_eq!(
+            spec().render_table(&peers),
+            "table inet podnet {
+\tset tunnel-peers {
+\t\ttype ipv4_addr
+\t\telements = { 198.18.0.12, 198.18.0.13 }
+\t}
+
+\tchain tunnel-guard {
+\t\ttype filter hook input priority filter - 10; policy accept;
+\t\tudp dport 8472 ip saddr != @tunnel-peers counter drop comment \"tunnel packets from a non-peer\"
+\t}
+
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & 0x00004000 == 0x00004000 return comment \"kube-proxy masquerades what it marked\"
+\t\tip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return comment \"pod to cluster: keep the pod address\"
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"cluster to local pod\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"outside to local pod\"
+\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"pod to outside\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"outside to remote pod\"
+\t}
+
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.244.0.0/16 accept
+\t\tip daddr 10.244.0.0/16 accept
+\t}
+}
+"
+        );
+    }
+
+    #[test]
+    fn options_shape_the_table() {
+        let mut s = spec();
+        s.fully_random = false;
+        s.guard = None;
+        s.forward = false;
+        let t = s.render_table(&[]);
+        assert!(!t.contains("fully-random") && !t.contains("tunnel") && !t.contains("forward"));
+        assert!(t.contains("masquerade comment"));
+        s.masquerade = false;
+        assert!(s.is_empty());
+        assert_eq!(
+            s.render_apply(&[]),
+            "table inet podnet\ndelete table inet podnet\n"
+        );
+        assert_eq!(
+            guard_add("198.18.0.9".parse().unwrap()),
+            "add element inet podnet tunnel-peers { 198.18.0.9 }\n"
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! The CNI plugin, called the way runtimes call it, on lab nodes running podnetd.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, PODNET_CNI, Pod};
+use crate::support::{ok, poll};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn cluster(prefix: &str, nodes: usize) -> Cluster {
+    let mut c = Cluster::small(prefix, nodes);
+    c.put_config(VXLAN);
+    for i in 1..=nodes {
+        c.start(&format!("node{i}"), &[]);
+    }
+    for i in 1..=nodes {
+        c.wait_ready(&format!("node{i}"));
+    }
+    c
+}
+
+fn mac(c: &Cluster, target: &str, dev: &str) -> String {
+    c.ip_json(target, &["link", "show", dev])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn ping(c: &Cluster, from: &str, to: impl std::fmt::Display) -> bool {
+    c.lab
+        .exec(from, &["ping", "-c1", "-W2", &to.to_string()])
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn pods_on_two_nodes_reach_everything_and_results_are_golden() {
+    let mut c = cluster("cp", 2);
+    let pods = vec![
+        c.add_pod("node1", "a", "0.4.0"),
+        c.add_pod("node1", "b", "1.0.0"),
+        c.add_pod("node2", "a", "1.0.0"),
+        c.add_pod("node2", "b", "0.4.0"),
+    ];
+    // Golden results, with the addresses and MACs the kernel actually has.
+    for p in &pods {
+        let v = p.result["cniVersion"].as_str().unwrap();
+        let host = crate::cluster::Cluster::veths(&c, &p.node)
+            .into_iter()
+            .find(|n| *n == podnet::cni::veth::host_name(&p.container, "eth0"))
+            .unwrap();
+        let env = c.wait_ready(&p.node);
+        let gw = env.subnet.unwrap().addr();
+        let version_field = if v == "0.4.0" {
+            r#","version":"4""#
+        } else {
+            ""
+        };
+        let expected = format!(
+            r#"{{"cniVersion":"{v}","dns":{{}},"interfaces":[{{"mac":"{}","name":"cni0"}},{{"mac":"{}","name":"{host}"}},{{"mac":"{}","name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{}/24","gateway":"{gw}","interface":2{version_field}}}],"routes":[{{"dst":"10.244.0.0/16"}},{{"dst":"0.0.0.0/0","gw":"{gw}"}}]}}"#,
+            mac(&c, &p.node, "cni0"),
+            mac(&c, &p.node, &host),
+            mac(&c, &p.target(), "eth0"),
+            p.netns,
+            p.ip,
+        );
+        assert_eq!(p.result.to_string(), expected);
+        // The pod's MTU is the one in subnet.env.
+        assert_eq!(
+            c.ip_json(&p.target(), &["link", "show", "eth0"])[0]["mtu"],
+            1450
+        );
+    }
+    let node_ip = |n: &str| c.lab.plan().host(n).unwrap().ip();
+    for a in &pods {
+        for b in &pods {
+            if a.target() != b.target() {
+                assert!(
+                    ping(&c, &a.target(), b.ip),
+                    "{} -> {}",
+                    a.target(),
+                    b.target()
+                );
+            }
+        }
+        assert!(
+            ping(&c, &a.target(), node_ip(&a.node)),
+            "{} -> its node",
+            a.target()
+        );
+        let other = if a.node == "node1" { "node2" } else { "node1" };
+        assert!(
+            ping(&c, &a.target(), node_ip(other)),
+            "{} -> the other node",
+            a.target()
+        );
+    }
+    // A node reaches its pods and the other node's.
+    assert!(ping(&c, "node1", pods[3].ip));
+}
+
+#[test]
+fn two_hundred_add_del_cycles_leave_nothing_behind() {
+    let mut c = cluster("cc", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "cycle").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let mut seen = HashSet::new();
+    for i in 0..200 {
+        let id = format!("cycle-{i}");
+        let (code, out) = c.cni(
+            "node1",
+            &Cluster::attach_env("ADD", &id, &ns, "eth0"),
+            &conf,
+        );
+        assert_eq!(code, 0, "ADD {i}: {out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        seen.insert(v["ips"][0]["address"].as_str().unwrap().to_string());
+        let (code, out) = c.cni(
+            "node1",
+            &Cluster::attach_env("DEL", &id, &ns, "eth0"),
+            &conf,
+        );
+        assert_eq!(code, 0, "DEL {i}: {out}");
+    }
+    // Allocation moves on after each release, as host-local does.
+    assert!(seen.len() > 100, "{}", seen.len());
+    assert!(
+        c.allocations("node1").is_empty(),
+        "{:?}",
+        c.allocations("node1")
+    );
+    assert!(c.veths("node1").is_empty(), "{:?}", c.veths("node1"));
+    let pod_links = c.ip_json("node1/cycle", &["link"]);
+    assert_eq!(
+        pod_links.as_array().unwrap().len(),
+        1,
+        "only lo left in the pod: {pod_links}"
+    );
+}
+
+#[test]
+fn sixteen_concurrent_adds_get_sixteen_addresses() {
+    let mut c = cluster("c16", 1);
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let namespaces: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "/run/netns/{}",
+                c.lab.pod_add("node1", &format!("p{i}")).unwrap()
+            )
+        })
+        .collect();
+    let children: Vec<_> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let id = format!("conc-{i}");
+            let mut cmd = c.lab.command("node1", &[PODNET_CNI]).unwrap();
+            cmd.envs(Cluster::attach_env("ADD", &id, ns, "eth0"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
+            child
+        })
+        .collect();
+    let mut ips = HashSet::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ips.insert(v["ips"][0]["address"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ips.len(), 16, "{ips:?}");
+    assert_eq!(c.allocations("node1").len(), 16);
+    assert_eq!(c.veths("node1").len(), 16);
+    let gw = c.wait_ready("node1").subnet.unwrap().addr();
+    for i in 0..16 {
+        assert!(ping(&c, &format!("node1/p{i}"), gw));
+    }
+}
+
+/// Runs a bad invocation and checks its code, message, and that nothing is left.
+fn rejected(c: &Cluster, env: &[(&str, &str)], stdin: &str, code: u64, msg: &str) {
+    let before_veths = c.veths("node1");
+    let before_alloc = c.allocations("node1");
+    let (exit, out) = c.cni("node1", env, stdin);
+    assert_eq!(exit, 1, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["code"], code, "{out}");
+    let text = format!(
+        "{} {}",
+        v["msg"].as_str().unwrap_or(""),
+        v["details"].as_str().unwrap_or("")
+    );
+    assert!(text.contains(msg), "{msg:?} not in {out}");
+    assert_eq!(c.veths("node1"), before_veths, "links left behind by {out}");
+    assert_eq!(
+        c.allocations("node1"),
+        before_alloc,
+        "addresses left behind by {out}"
+    );
+}
+
+#[test]
+fn malformed_inputs_get_their_codes_and_leave_nothing() {
+    let mut c = cluster("cbad", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "x").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0");
+    let add = Cluster::attach_env("ADD", "bad-1", &ns, "eth0");
+    // Missing environment variable.
+    rejected(
+        &c,
+        &[("CNI_COMMAND", "ADD"), ("CNI_NETNS", &ns)],
+        &conf.to_string(),
+        4,
+        "required env variables [CNI_CONTAINERID,CNI_IFNAME] missing",
+    );
+    // Bad JSON.
+    rejected(
+        &c,
+        &add,
+        "{\"cniVersion\":",
+        6,
+        "failed to decode the network config",
+    );
+    // Unknown version.
+    let mut v = conf.clone();
+    v["cniVersion"] = json!("7.0.0");
+    rejected(&c, &add, &v.to_string(), 1, "incompatible CNI versions");
+    // Missing subnet.env.
+    let mut v = conf.clone();
+    v["subnetFile"] = json!("/nonexistent/subnet.env");
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        11,
+        "/nonexistent/subnet.env does not exist",
+    );
+    // Broken subnet.env.
+    let broken = c.lab.node_dir("node1").unwrap().join("broken.env");
+    std::fs::write(
+        &broken,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=lots\n",
+    )
+    .unwrap();
+    let mut v = conf.clone();
+    v["subnetFile"] = json!(broken);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        100,
+        "FLANNEL_MTU=lots: not a number",
+    );
+    let incomplete = c.lab.node_dir("node1").unwrap().join("incomplete.env");
+    std::fs::write(&incomplete, "FLANNEL_NETWORK=10.244.0.0/16\n").unwrap();
+    v["subnetFile"] = json!(incomplete);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        100,
+        "FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ missing",
+    );
+    // A namespace that does not exist.
+    rejected(
+        &c,
+        &Cluster::attach_env("ADD", "bad-2", "/run/netns/pnl-does-not-exist", "eth0"),
+        &conf.to_string(),
+        3,
+        "network namespace /run/netns/pnl-does-not-exist does not exist",
+    );
+    // An exhausted subnet: a range of two addresses, both taken.
+    let subnet = c.wait_ready("node1").subnet.unwrap().trunc();
+    let base = u32::from(subnet.network());
+    let mut small = conf.clone();
+    small["ipam"]["ranges"] = json!([[{
+        "subnet": subnet.to_string(),
+        "rangeStart": std::net::Ipv4Addr::from(base + 10).to_string(),
+        "rangeEnd": std::net::Ipv4Addr::from(base + 11).to_string(),
+    }]]);
+    let small = small.to_string();
+    for i in 0..2 {
+        let n = format!(
+            "/run/netns/{}",
+            c.lab.pod_add("node1", &format!("full{i}")).unwrap()
+        );
+        let (code, out) = c.cni(
+            "node1",
+            &Cluster::attach_env("ADD", &format!("full-{i}"), &n, "eth0"),
+            &small,
+        );
+        assert_eq!(code, 0, "{out}");
+    }
+    rejected(&c, &add, &small, 101, "no free address in");
+    // A range outside the node's subnet is a config error.
+    let mut v = conf.clone();
+    v["ipam"]["ranges"] = json!([[{"subnet": "10.244.254.0/24"}]]);
+    rejected(&c, &add, &v.to_string(), 7, "is not this node's pod subnet");
+    // The pod already has eth0: refused, and the address taken for it given back.
+    let (code, out) = c.cni(
+        "node1",
+        &Cluster::attach_env("ADD", "first", &ns, "eth0"),
+        &conf.to_string(),
+    );
+    assert_eq!(code, 0, "{out}");
+    rejected(
+        &c,
+        &Cluster::attach_env("ADD", "second", &ns, "eth0"),
+        &conf.to_string(),
+        104,
+        "already has an interface named eth0",
+    );
+}
+
+#[test]
+fn check_status_and_gc() {
+    let mut c = cluster("cchk", 1);
+    let a = c.add_pod("node1", "a", "1.1.0");
+    let b = c.add_pod("node1", "b", "1.1.0");
+    let mut conf = c.cni_conf("node1", "1.1.0");
+    conf["prevResult"] = a.result.clone();
+    let check = Cluster::attach_env("CHECK", &a.container, &a.netns, "eth0");
+    let (code, out) = c.cni("node1", &check, &conf.to_string());
+    assert_eq!((code, out.as_str()), (0, ""));
+    // Take the address away: CHECK says which.
+    ok(c.lab
+        .exec(&a.target(), &["ip", "addr", "flush", "dev", "eth0"])
+        .unwrap());
+    let (code, out) = c.cni("node1", &check, &conf.to_string());
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!(
+            "Failed to match addr {}/24 on interface eth0",
+            a.ip
+        )),
+        "{out}"
+    );
+    // CHECK is not a 0.3.1 verb.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.3.1");
+    let (_, out) = c.cni("node1", &check, &old.to_string());
+    assert!(
+        out.contains(r#""code":1"#) && out.contains("does not allow CHECK"),
+        "{out}"
+    );
+    // STATUS: ready while subnet.env is there.
+    let status = [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")];
+    assert_eq!(
+        c.cni("node1", &status, &c.cni_conf("node1", "1.1.0").to_string()),
+        (0, String::new())
+    );
+    let mut gone = c.cni_conf("node1", "1.1.0");
+    gone["subnetFile"] = json!("/nonexistent");
+    let (code, out) = c.cni("node1", &status, &gone.to_string());
+    assert_eq!(code, 1);
+    assert!(out.contains(r#""code":50"#), "{out}");
+    // GC: only b is still a valid attachment; a's address and link go.
+    let mut gc = c.cni_conf("node1", "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": b.container, "ifname": "eth0"}]);
+    let (code, out) = c.cni(
+        "node1",
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &gc.to_string(),
+    );
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert_eq!(c.allocations("node1"), vec![b.ip.to_string()]);
+    assert_eq!(
+        c.veths("node1"),
+        vec![podnet::cni::veth::host_name(&b.container, "eth0")]
+    );
+}
+
+#[test]
+fn del_is_idempotent_in_every_way_runtimes_call_it() {
+    let mut c = cluster("cdel", 1);
+    let p = c.add_pod("node1", "a", "1.0.0");
+    // Unknown container.
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    assert_eq!(
+        c.cni(
+            "node1",
+            &Cluster::attach_env("DEL", "never-added", &p.netns, "eth0"),
+            &conf
+        )
+        .0,
+        0
+    );
+    // containerd: first with the namespace, then again without one.
+    assert_eq!(c.del_pod(&p, &p.netns).0, 0);
+    assert_eq!(c.del_pod(&p, "").0, 0);
+    // The namespace already gone.
+    c.lab.pod_del("node1", "a").unwrap();
+    assert_eq!(c.del_pod(&p, &p.netns).0, 0);
+    assert!(c.allocations("node1").is_empty());
+    assert!(c.veths("node1").is_empty());
+    // A pod whose namespace vanished before any DEL: the address is still released.
+    let q = c.add_pod("node1", "q", "1.0.0");
+    c.lab.pod_del("node1", "q").unwrap();
+    assert_eq!(c.del_pod(&q, &q.netns).0, 0);
+    assert!(c.allocations("node1").is_empty());
+    poll(
+        "the kernel to drop the veth with the namespace",
+        Duration::from_secs(5),
+        || c.veths("node1").is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_node_that_used_host_local_keeps_its_allocations() {
+    let mut c = cluster("cmig", 1);
+    let dir = c.lab.node_dir("node1").unwrap();
+    let env = c.wait_ready("node1");
+    let subnet = env.subnet.unwrap().trunc();
+    // A pod wired by Debian's reference bridge + host-local, as flannel's plugin would delegate.
+    let legacy_ns = format!("/run/netns/{}", c.lab.pod_add("node1", "legacy").unwrap());
+    let legacy = json!({
+        "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cni0", "isGateway": true, "mtu": 1450,
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam"), "ranges": [[{"subnet": subnet.to_string()}]], "routes": [{"dst": "10.244.0.0/16"}]}
+    });
+    let mut cmd = c.lab.command("node1", &["/usr/lib/cni/bridge"]).unwrap();
+    cmd.envs(Cluster::attach_env("ADD", "legacy-ctr", &legacy_ns, "eth0"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        legacy.to_string().as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let legacy_ip = c.allocations("node1")[0].clone();
+    // host-local's own file format, which podnet writes too.
+    let content = std::fs::read_to_string(dir.join("ipam/cbr0").join(&legacy_ip)).unwrap();
+    assert_eq!(content, "legacy-ctr\r\neth0");
+    // podnet continues after host-local's last reservation and does not reuse its address.
+    let p = c.add_pod("node1", "new", "1.0.0");
+    assert_ne!(p.ip.to_string(), legacy_ip);
+    assert!(
+        ping(&c, "node1/new", &legacy_ip),
+        "old and new pods share the bridge"
+    );
+    // podnet's DEL releases the legacy pod (random host veth name and all).
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let (code, out) = c.cni(
+        "node1",
+        &Cluster::attach_env("DEL", "legacy-ctr", &legacy_ns, "eth0"),
+        &conf,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.allocations("node1"), vec![p.ip.to_string()]);
+    assert_eq!(c.veths("node1").len(), 1);
+}
+
+/// A conflist executed the way libcni does: ADD in order with prevResult, DEL in reverse.
+fn run_chain(
+    c: &Cluster,
+    node: &str,
+    plugins: &[Value],
+    cmd: &str,
+    container: &str,
+    netns: &str,
+    runtime: &Value,
+) -> Value {
+    let mut prev: Option<Value> = None;
+    let order: Vec<&Value> = if cmd == "DEL" {
+        plugins.iter().rev().collect()
+    } else {
+        plugins.iter().collect()
+    };
+    for p in order {
+        let mut conf = p.clone();
+        conf["name"] = json!("cbr0");
+        conf["cniVersion"] = json!("1.0.0");
+        if let Some(caps) = p.get("capabilities").and_then(|c| c.as_object()) {
+            let mut rc = serde_json::Map::new();
+            for (k, v) in caps {
+                if v == &json!(true) && runtime.get(k).is_some() {
+                    rc.insert(k.clone(), runtime[k].clone());
+                }
+            }
+            conf["runtimeConfig"] = Value::Object(rc);
+        }
+        if let Some(pr) = &prev {
+            conf["prevResult"] = pr.clone();
+        }
+        let binary = if p["type"] == "flannel" {
+            PODNET_CNI.to_string()
+        } else {
+            format!("/usr/lib/cni/{}", p["type"].as_str().unwrap())
+        };
+        let mut command = c.lab.command(node, &[binary.as_str()]).unwrap();
+        command
+            .envs(Cluster::attach_env(cmd, container, netns, "eth0"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            conf.to_string().as_bytes(),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{cmd} {}: {text}", p["type"]);
+        if cmd == "ADD" {
+            prev = Some(serde_json::from_str(&text).unwrap());
+        }
+    }
+    prev.unwrap_or(Value::Null)
+}
+
+#[test]
+fn debians_portmap_and_bandwidth_chain_after_podnet() {
+    let mut c = cluster("cchain", 1);
+    let dir = c.lab.node_dir("node1").unwrap();
+    let mut first = c.cni_conf("node1", "1.0.0");
+    first.as_object_mut().unwrap().remove("cniVersion");
+    first["dataDir"] = json!(dir.join("flannel"));
+    let plugins = vec![
+        first,
+        json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+    ];
+    // podman's lowercase keys for portmap; containerd-style for bandwidth.
+    let runtime = json!({
+        "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 1_000_000, "ingressBurst": 100_000, "egressRate": 1_000_000, "egressBurst": 100_000},
+    });
+    let netns = format!("/run/netns/{}", c.lab.pod_add("node1", "web").unwrap());
+    let result = run_chain(&c, "node1", &plugins, "ADD", "chain-ctr", &netns, &runtime);
+    assert_eq!(result["ips"].as_array().unwrap().len(), 1, "{result}");
+    let host = podnet::cni::veth::host_name("chain-ctr", "eth0");
+    // portmap's DNAT and bandwidth's shaping exist, on podnet's interfaces.
+    let rules = ok(c.lab.exec("node1", &["nft", "list", "ruleset"]).unwrap());
+    assert!(rules.contains("dport 18080"), "{rules}");
+    let qdisc = ok(c
+        .lab
+        .exec("node1", &["tc", "qdisc", "show", "dev", &host])
+        .unwrap());
+    assert!(
+        qdisc.contains("ingress") || qdisc.contains("tbf"),
+        "{qdisc}"
+    );
+    run_chain(&c, "node1", &plugins, "DEL", "chain-ctr", &netns, &runtime);
+    assert!(c.allocations("node1").is_empty());
+    assert!(c.veths("node1").is_empty());
+}
