@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, PODNET_CNI, Pod};
+use crate::cluster::{Cluster, PODNET_CNI};
 use crate::support::{ok, poll};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
