@@ -1,0 +1,343 @@
+//! Masquerade, forwarding and the tunnel guard, observed the way a user would: who a server
+//! sees as the client, what `nft` lists, which packets a counter saw.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use podnet::firewall::{FirewallSpec, Guard};
+
+use crate::cluster::{Cluster, PREFIX, Pod};
+use crate::support::{ok, poll};
+
+/// Starts a one-shot TCP server inside `target`'s namespace; returns its port and the client
+/// address it will report.
+fn server(c: &Cluster, target: &str) -> (u16, std::sync::mpsc::Receiver<SocketAddr>) {
+    let ns = c.lab.netns(target).unwrap();
+    let listener = ns.run(|| TcpListener::bind("0.0.0.0:0")).unwrap().unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((_, peer)) = listener.accept() {
+            let _ = tx.send(peer);
+        }
+    });
+    (port, rx)
+}
+
+/// Connects from `target` to `dst:port` and returns the source address the server saw.
+fn seen_as(c: &Cluster, target: &str, dst: Ipv4Addr, server_target: &str) -> Ipv4Addr {
+    let (port, rx) = server(c, server_target);
+    let ns = c.lab.netns(target).unwrap();
+    let addr = SocketAddr::from((dst, port));
+    let _stream: TcpStream = ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{target} -> {addr}: {e}"));
+    match rx.recv_timeout(Duration::from_secs(5)).unwrap().ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        other => panic!("unexpected {other}"),
+    }
+}
+
+const OUTSIDE: &str = "198.19.200.2";
+
+/// An "outside" host reachable only through node1 (198.19.200.0/24 on a link of its own).
+fn outside(c: &mut Cluster) -> String {
+    c.lab.pod_add("node1", "outside").unwrap();
+    let ns = c.lab.plan().pod_netns("node1", "outside");
+    for (target, cmd) in [
+        (
+            "node1",
+            format!("ip link add out0 type veth peer name eth0 netns {ns}"),
+        ),
+        ("node1", "ip addr add 198.19.200.1/24 dev out0".into()),
+        ("node1", "ip link set out0 up".into()),
+        (
+            "node1/outside",
+            format!("ip addr add {OUTSIDE}/24 dev eth0"),
+        ),
+        ("node1/outside", "ip link set eth0 up".into()),
+        ("node1/outside", "ip link set lo up".into()),
+        (
+            "node1/outside",
+            "ip route add default via 198.19.200.1".into(),
+        ),
+        (
+            "router",
+            "ip route add 198.19.200.0/24 via 198.18.0.11".into(),
+        ),
+    ] {
+        let argv: Vec<&str> = cmd.split(' ').collect();
+        ok(c.lab.exec(target, &argv).unwrap());
+    }
+    "node1/outside".to_string()
+}
+
+fn podnetd(c: &Cluster, node: &str) -> podnet::lab::process::ProcRecord {
+    c.lab
+        .state()
+        .procs
+        .iter()
+        .rev()
+        .find(|p| p.host == node && p.argv[0].ends_with("podnetd"))
+        .unwrap()
+        .clone()
+}
+
+fn docker_rule(c: &Cluster, node: &str, subnet: &str) {
+    for rule in [
+        "add table ip nat".to_string(),
+        "add chain ip nat POSTROUTING { type nat hook postrouting priority srcnat; policy accept; }".to_string(),
+        format!("add rule ip nat POSTROUTING ip saddr {subnet} oifname != \"docker0\" masquerade"),
+    ] {
+        ok(c.lab.exec(node, &["nft", &rule]).unwrap());
+    }
+}
+
+fn source_addresses(config: &str) {
+    let mut c = Cluster::small("fw", 2);
+    c.put_config(config);
+    for n in ["node1", "node2"] {
+        c.start(n, &["--ip-masq", "--iptables-resync=1"]);
+    }
+    let env2 = c.wait_ready("node2");
+    c.wait_ready("node1");
+    assert!(
+        std::fs::read_to_string(c.env_path("node2"))
+            .unwrap()
+            .contains("FLANNEL_IPMASQ=true")
+    );
+    let srv: Pod = c.add_pod("node1", "srv", "1.0.0");
+    let cli: Pod = c.add_pod("node2", "cli", "1.0.0");
+    let out = outside(&mut c);
+    // Pod to pod across nodes: the server sees the client pod.
+    poll("pod-to-pod connectivity", Duration::from_secs(10), || {
+        c.lab
+            .exec(&cli.target(), &["ping", "-c1", "-W1", &srv.ip.to_string()])
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(seen_as(&c, &cli.target(), srv.ip, &srv.target()), cli.ip);
+    // Pod to the outside: the server sees node2.
+    assert_eq!(
+        seen_as(&c, &cli.target(), OUTSIDE.parse().unwrap(), &out),
+        "198.18.0.12".parse::<Ipv4Addr>().unwrap()
+    );
+
+    // Someone adds Docker's classic rule on node2: podnetd says so, and sources are rewritten.
+    let subnet = env2.subnet.unwrap().trunc().to_string();
+    docker_rule(&c, "node2", &subnet);
+    let log = c.wait_log(
+        &podnetd(&c, "node2"),
+        "a masquerade rule outside podnet rewrites pod-to-pod traffic",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains(&format!("table ip nat chain POSTROUTING handle"))
+            && log.contains(&format!("ip saddr == {subnet}")),
+        "{log}"
+    );
+    assert_ne!(
+        seen_as(&c, &cli.target(), srv.ip, &srv.target()),
+        cli.ip,
+        "the foreign rule should rewrite the source"
+    );
+    // Removed: the pod's address is seen again.
+    ok(c.lab
+        .exec("node2", &["nft", "delete", "table", "ip", "nat"])
+        .unwrap());
+    c.wait_log(
+        &podnetd(&c, "node2"),
+        "pod addresses are preserved again",
+        Duration::from_secs(10),
+    );
+    assert_eq!(seen_as(&c, &cli.target(), srv.ip, &srv.target()), cli.ip);
+}
+
+#[test]
+fn sources_preserved_in_the_cluster_and_masqueraded_outside_with_vxlan() {
+    source_addresses(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+}
+
+#[test]
+fn sources_preserved_in_the_cluster_and_masqueraded_outside_with_host_gw() {
+    source_addresses(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
+}
+
+#[test]
+fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
+    let mut c = Cluster::small("fwg", 2);
+    c.put_config(r#"{"Network":"10.244.0.0/17","Backend":{"Type":"vxlan"}}"#);
+    let args = ["--ip-masq", "--iptables-resync=1"];
+    c.start("node1", &args);
+    c.start("node2", &args);
+    let subnet1 = c.wait_ready("node1").subnet.unwrap().trunc();
+    c.wait_ready("node2");
+    let golden = FirewallSpec {
+        network: "10.244.0.0/17".parse().unwrap(),
+        pod_subnet: subnet1,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    }
+    .render_table(&["198.18.0.12".parse().unwrap()]);
+    // Empty while the table is missing.
+    let listing = |c: &Cluster| {
+        let out = c
+            .lab
+            .exec("node1", &["nft", "-s", "list", "table", "inet", "podnet"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    poll("node2 in the tunnel guard", Duration::from_secs(10), || {
+        (listing(&c) == golden).then_some(())
+    });
+    // Deleted by hand: back within the resync period.
+    ok(c.lab
+        .exec("node1", &["nft", "delete", "table", "inet", "podnet"])
+        .unwrap());
+    poll("the table restored", Duration::from_secs(5), || {
+        (listing(&c) == golden).then_some(())
+    });
+    let log = c.log(&podnetd(&c, "node1"));
+    assert!(
+        log.contains("podnet's nftables rules were changed or removed; restoring them"),
+        "{log}"
+    );
+    // A rule changed by hand is put back too.
+    ok(c.lab
+        .exec(
+            "node1",
+            &["nft", "flush", "chain", "inet", "podnet", "postrouting"],
+        )
+        .unwrap());
+    poll("the chain restored", Duration::from_secs(5), || {
+        (listing(&c) == golden).then_some(())
+    });
+    // Nothing outside podnet's table was touched.
+    let tables = ok(c.lab.exec("node1", &["nft", "list", "tables"]).unwrap());
+    assert_eq!(tables.trim(), "table inet podnet");
+
+    // A new network: the old rules go with the old config.
+    let rec = podnetd(&c, "node1");
+    c.lab.stop(rec.id.pid).unwrap();
+    c.put_config(r#"{"Network":"10.244.128.0/17","Backend":{"Type":"vxlan"}}"#);
+    std::fs::remove_file(c.env_path("node1")).unwrap();
+    c.start("node1", &args);
+    c.wait_ready("node1");
+    let l = listing(&c);
+    assert!(
+        l.contains("10.244.128.0/17") && !l.contains("10.244.0.0/17"),
+        "{l}"
+    );
+}
+
+fn guard_drops(c: &Cluster, node: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&ok(c
+        .lab
+        .exec(
+            node,
+            &[
+                "nft",
+                "-j",
+                "list",
+                "chain",
+                "inet",
+                "podnet",
+                "tunnel-guard",
+            ],
+        )
+        .unwrap()))
+    .unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
+        .unwrap()
+}
+
+#[test]
+fn the_tunnel_guard_admits_peers_only() {
+    let mut c = Cluster::small("fwt", 3);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    c.start("node1", &[]);
+    c.start("node2", &[]);
+    c.wait_ready("node1");
+    c.wait_ready("node2");
+    let a = c.add_pod("node1", "a", "1.0.0");
+    let b = c.add_pod("node2", "b", "1.0.0");
+    let ping = |c: &Cluster, from: &Pod, to: Ipv4Addr| {
+        c.lab
+            .exec(&from.target(), &["ping", "-c1", "-W1", &to.to_string()])
+            .unwrap()
+            .status
+            .success()
+    };
+    poll("peers' tunnel traffic", Duration::from_secs(10), || {
+        ping(&c, &a, b.ip).then_some(())
+    });
+    let before = guard_drops(&c, "node1");
+    // A forged VXLAN packet from the router, which holds no lease.
+    let rt = c.lab.netns("router").unwrap();
+    rt.run(|| {
+        let s = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let mut frame = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        frame.extend_from_slice(&[0xff; 64]);
+        for _ in 0..3 {
+            s.send_to(&frame, "198.18.0.11:8472").unwrap();
+        }
+    })
+    .unwrap();
+    poll(
+        "the forged packets to be counted",
+        Duration::from_secs(5),
+        || (guard_drops(&c, "node1") >= before + 3).then_some(()),
+    );
+    // Peers still pass, and are not counted as drops.
+    let after_forgery = guard_drops(&c, "node1");
+    assert!(ping(&c, &a, b.ip));
+    assert_eq!(guard_drops(&c, "node1"), after_forgery);
+    // A new node: its traffic passes as soon as node1 has seen its lease.
+    c.start("node3", &[]);
+    c.wait_ready("node3");
+    let n3 = c.add_pod("node3", "n", "1.0.0");
+    poll("the new peer's traffic", Duration::from_secs(10), || {
+        ping(&c, &a, n3.ip).then_some(())
+    });
+    assert_eq!(guard_drops(&c, "node1"), after_forgery);
+    let set = ok(c
+        .lab
+        .exec(
+            "node1",
+            &["nft", "list", "set", "inet", "podnet", "tunnel-peers"],
+        )
+        .unwrap());
+    assert!(
+        set.contains("198.18.0.13") && set.contains("198.18.0.12"),
+        "{set}"
+    );
+    // A peer that leaves is taken out of the set again.
+    let rec = podnetd(&c, "node3");
+    c.lab.stop(rec.id.pid).unwrap();
+    let key = format!(
+        "{PREFIX}/subnets/{}-24",
+        c.wait_ready("node3").subnet.unwrap().trunc().network()
+    );
+    c.etcdctl(&["del", &key]);
+    poll("node3 out of the guard", Duration::from_secs(10), || {
+        let set = ok(c
+            .lab
+            .exec(
+                "node1",
+                &["nft", "list", "set", "inet", "podnet", "tunnel-peers"],
+            )
+            .unwrap());
+        (!set.contains("198.18.0.13")).then_some(())
+    });
+}
