@@ -135,7 +135,7 @@ fn source_addresses(config: &str) {
         Duration::from_secs(10),
     );
     assert!(
-        log.contains(&format!("table ip nat chain POSTROUTING handle"))
+        log.contains("table ip nat chain POSTROUTING handle")
             && log.contains(&format!("ip saddr == {subnet}")),
         "{log}"
     );
