@@ -12,6 +12,7 @@ packages=(
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types, to build the etcd client
   util-linux procps ca-certificates  # setpriv, pgrep
   openssl                            # test PKI for etcd mutual TLS
+  containerd runc busybox-static     # a real runtime (containerd's CRI) for the CNI plugin's tests
 )
 
 sudo=""
@@ -30,6 +31,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "setup: all Debian packages present"
+fi
+
+# Python stubs for containerd's CRI API, to drive it the way kubelet does (tests only).
+if ! python3 -c 'import cri_api.v1.api_pb2' 2>/dev/null; then
+  echo "setup: installing the CRI API client for python3"
+  python3 -m pip install --quiet --disable-pip-version-check container-runtime-interface-api==2.0.1
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }

@@ -4,6 +4,7 @@
 
 mod backend;
 mod cluster;
+mod cri;
 mod firewall;
 mod lab;
 mod lease;
