@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   etcd-server etcd-client            # the lease store (the lab runs real etcd)
   iproute2 nftables                  # ip, bridge, nft: what tests read kernel state with
-  iputils-ping iperf3 tcpdump        # traffic checks and benchmarks
+  iputils-ping iperf3 tcpdump ethtool  # traffic checks, benchmarks, offload settings
   containernetworking-plugins        # Debian's reference bridge/host-local/portmap, for comparisons
   iptables                           # what Debian's portmap plugin programs (chaining tests)
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types, to build the etcd client

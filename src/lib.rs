@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod firewall;
+pub mod httpget;
 pub mod kernel;
 pub mod lab;
 pub mod lease;

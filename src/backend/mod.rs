@@ -531,25 +531,37 @@ impl Reconciler {
                 Change::ReplaceRoute(r) => {
                     drift.missing.push(format!("route {}", describe_route(&r)))
                 }
-                Change::ReplaceNeighbour(n) => drift
-                    .missing
-                    .push(format!("neighbour {} lladdr {:?}", n.ip, n.mac)),
+                Change::ReplaceNeighbour(n) => {
+                    drift
+                        .missing
+                        .push(format!("neighbour {} lladdr {}", n.ip, show(n.mac)))
+                }
                 Change::ReplaceFdb(f) => {
-                    drift.missing.push(format!("fdb {} dst {:?}", f.mac, f.dst))
+                    drift
+                        .missing
+                        .push(format!("fdb {} dst {}", f.mac, show(f.dst)))
                 }
                 Change::DelRoute(r) => drift
                     .unexpected
                     .push(format!("route {}", describe_route(&r))),
-                Change::DelNeighbour(n) => drift
-                    .unexpected
-                    .push(format!("neighbour {} lladdr {:?}", n.ip, n.mac)),
-                Change::DelFdb(f) => drift
-                    .unexpected
-                    .push(format!("fdb {} dst {:?}", f.mac, f.dst)),
+                Change::DelNeighbour(n) => {
+                    drift
+                        .unexpected
+                        .push(format!("neighbour {} lladdr {}", n.ip, show(n.mac)))
+                }
+                Change::DelFdb(f) => {
+                    drift
+                        .unexpected
+                        .push(format!("fdb {} dst {}", f.mac, show(f.dst)))
+                }
             }
         }
         Ok(drift)
     }
+}
+
+fn show<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn describe_route(r: &Route) -> String {

@@ -137,6 +137,7 @@ impl Vxlan {
             tracing::info!(device = %self.name, mac = %self.mac, mtu = self.mtu, "created VXLAN device");
         }
         let l = nl.require_link(&self.name)?;
+        self.checksum_workaround();
         if l.mac != Some(self.mac) {
             tracing::warn!(device = %self.name, found = ?l.mac, wanted = %self.mac, "VTEP MAC was changed; setting it back");
             nl.set_link(
@@ -158,6 +159,40 @@ impl Vxlan {
         }
         self.index = Some(l.index);
         Ok(l.index)
+    }
+}
+
+/// Whether VXLAN's transmit checksum offload corrupts packets here: kernels before 5.7 with
+/// kube-proxy's `--random-fully` masquerade (fixed by ea64d8d6c675), and a public address that
+/// is NAT'ed on any kernel (flannel #1279, #2152).
+pub fn checksum_offload_unsafe(kernel: Option<(u32, u32)>, nat: bool) -> bool {
+    nat || kernel.is_some_and(|v| v < (5, 7))
+}
+
+impl Vxlan {
+    fn checksum_workaround(&self) {
+        let nat = self.ext.ext_addr != self.ext.iface_addr;
+        if !checksum_offload_unsafe(crate::kernel::ethtool::kernel_version(), nat) {
+            return;
+        }
+        match crate::kernel::ethtool::feature(&self.name, "tx-checksum-ip-generic") {
+            Ok(Some(true)) => match crate::kernel::ethtool::set_feature(
+                &self.name,
+                "tx-checksum-ip-generic",
+                false,
+            ) {
+                Ok(()) => tracing::info!(
+                    device = %self.name,
+                    nat,
+                    "turned off tx-checksum-ip-generic: this kernel or a NAT'ed public address corrupts VXLAN checksums with it on"
+                ),
+                Err(e) => {
+                    tracing::warn!(device = %self.name, "could not turn off tx-checksum-ip-generic: {e}")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(device = %self.name, "could not read offload features: {e}"),
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub enum LabCmd {
     Pod(PodCmd),
     /// Remove labs whose owning process died and lab namespaces no lab claims.
     Sweep,
+    /// A whole podnet cluster: lab, etcd, podnetd on every node, two pods per node, and a
+    /// reachability matrix.
+    Demo(super::demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +179,7 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             Lab::open(&name)?.pod_del(&node, &pod)?;
             Ok(0)
         }
+        LabCmd::Demo(_) => unreachable!("dispatched by ctl::main"),
         LabCmd::Sweep => {
             for r in lab::sweep()? {
                 println!("removed {r}");

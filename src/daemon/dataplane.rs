@@ -11,6 +11,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use super::metrics::{Metrics, label};
 use crate::backend::{
     Backend, BackendError, Drift, PathCounts, PeerPath, Reconciler, Registration, Report,
 };
@@ -25,8 +26,6 @@ pub struct DataplaneStats {
     pub objects_applied: u64,
     pub errors: u64,
     pub last_error: Option<String>,
-    /// Durations of passes in seconds, drained by the metrics collector.
-    pub durations: Vec<f64>,
     pub paths: PathCounts,
     pub peers: Vec<(Lease, PeerPath)>,
 }
@@ -54,7 +53,10 @@ fn gone() -> BackendError {
 
 impl Dataplane {
     /// Starts the thread with its own netlink socket (in the daemon's namespace).
-    pub fn start(backend: Box<dyn Backend>) -> Result<Dataplane, BackendError> {
+    pub fn start(
+        backend: Box<dyn Backend>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Dataplane, BackendError> {
         let nl = Netlink::open()?;
         let devices = backend.device_names();
         let (tx, rx) = mpsc::channel();
@@ -62,7 +64,7 @@ impl Dataplane {
         let s2 = stats.clone();
         thread::Builder::new()
             .name("dataplane".into())
-            .spawn(move || run(Reconciler::new(backend, nl), rx, s2))
+            .spawn(move || run(Reconciler::new(backend, nl), rx, s2, metrics))
             .map_err(|e| BackendError::Invalid(format!("start data-plane thread: {e}")))?;
         if !devices.is_empty() {
             let tx2 = tx.clone();
@@ -140,7 +142,16 @@ impl Dataplane {
     }
 }
 
-fn record(stats: &Mutex<DataplaneStats>, rec: &Reconciler, report: &Report) {
+fn record(stats: &Mutex<DataplaneStats>, rec: &Reconciler, report: &Report, m: &Metrics) {
+    m.reconcile_runs
+        .get_or_create(&label(
+            "kind",
+            if report.full { "full" } else { "incremental" },
+        ))
+        .inc();
+    m.reconcile_duration.observe(report.duration.as_secs_f64());
+    m.kernel_changes.inc_by(report.applied as u64);
+    m.reconcile_errors.inc_by(report.errors.len() as u64);
     let mut s = stats.lock().expect("stats lock");
     if report.full {
         s.full_passes += 1;
@@ -151,9 +162,6 @@ fn record(stats: &Mutex<DataplaneStats>, rec: &Reconciler, report: &Report) {
     s.errors += report.errors.len() as u64;
     if let Some(e) = report.errors.first() {
         s.last_error = Some(e.clone());
-    }
-    if s.durations.len() < 10_000 {
-        s.durations.push(report.duration.as_secs_f64());
     }
     s.paths = rec.paths();
     s.peers = rec.peer_paths();
@@ -175,7 +183,12 @@ fn log_report(what: &str, report: &Report) {
     }
 }
 
-fn run(mut rec: Reconciler, rx: mpsc::Receiver<Cmd>, stats: Arc<Mutex<DataplaneStats>>) {
+fn run(
+    mut rec: Reconciler,
+    rx: mpsc::Receiver<Cmd>,
+    stats: Arc<Mutex<DataplaneStats>>,
+    metrics: Arc<Metrics>,
+) {
     let mut peers: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
     let mut ready = false;
     while let Ok(cmd) = rx.recv() {
@@ -191,7 +204,7 @@ fn run(mut rec: Reconciler, rx: mpsc::Receiver<Cmd>, stats: Arc<Mutex<DataplaneS
                 let all: Vec<Lease> = peers.values().cloned().collect();
                 let r = rec.full(&all);
                 if let Ok(report) = &r {
-                    record(&stats, &rec, report);
+                    record(&stats, &rec, report, &metrics);
                     log_report("full pass", report);
                 }
                 ready = true;
@@ -201,7 +214,7 @@ fn run(mut rec: Reconciler, rx: mpsc::Receiver<Cmd>, stats: Arc<Mutex<DataplaneS
                 peers.insert(l.key, l.clone());
                 if ready {
                     let report = rec.add(&l);
-                    record(&stats, &rec, &report);
+                    record(&stats, &rec, &report, &metrics);
                     log_report(&format!("peer {} ({})", l.key, l.attrs.public_ip), &report);
                 }
             }
@@ -209,7 +222,7 @@ fn run(mut rec: Reconciler, rx: mpsc::Receiver<Cmd>, stats: Arc<Mutex<DataplaneS
                 peers.remove(&k);
                 if ready {
                     let report = rec.remove(&k);
-                    record(&stats, &rec, &report);
+                    record(&stats, &rec, &report, &metrics);
                     log_report(&format!("peer {k} removed"), &report);
                 }
             }
@@ -221,10 +234,11 @@ fn run(mut rec: Reconciler, rx: mpsc::Receiver<Cmd>, stats: Arc<Mutex<DataplaneS
                 let all: Vec<Lease> = peers.values().cloned().collect();
                 match rec.full(&all) {
                     Ok(report) => {
-                        record(&stats, &rec, &report);
+                        record(&stats, &rec, &report, &metrics);
                         log_report(&format!("resync ({why})"), &report);
                     }
                     Err(e) => {
+                        metrics.reconcile_errors.inc();
                         let mut s = stats.lock().expect("stats lock");
                         s.errors += 1;
                         s.last_error = Some(e.to_string());

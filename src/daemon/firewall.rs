@@ -8,6 +8,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::metrics::Metrics;
 use crate::firewall::foreign::{self, ForeignRule, Probe};
 use crate::firewall::{self, FirewallSpec};
 use crate::kernel::{KernelError, nft};
@@ -81,6 +82,7 @@ struct State {
     probes: Vec<Probe>,
     peers: BTreeMap<Ipv4Addr, usize>,
     stats: Arc<Mutex<FirewallStats>>,
+    metrics: Arc<Metrics>,
 }
 
 impl State {
@@ -90,6 +92,7 @@ impl State {
 
     fn fail(&self, what: &str, e: KernelError) {
         tracing::warn!("{what}: {e}");
+        self.metrics.firewall_errors.inc();
         let mut s = self.stats.lock().expect("stats lock");
         s.errors += 1;
         s.last_error = Some(format!("{what}: {e}"));
@@ -100,6 +103,7 @@ impl State {
         let mut s = self.stats.lock().expect("stats lock");
         s.applied += 1;
         s.guard_peers = self.peers.len();
+        self.metrics.tunnel_guard_peers.set(self.peers.len() as i64);
         Ok(())
     }
 
@@ -112,6 +116,7 @@ impl State {
             self.fail("update the tunnel guard", e);
         }
         self.stats.lock().expect("stats lock").guard_peers = self.peers.len();
+        self.metrics.tunnel_guard_peers.set(self.peers.len() as i64);
     }
 
     fn check(&self) {
@@ -130,7 +135,10 @@ impl State {
         if have != want {
             tracing::warn!("podnet's nftables rules were changed or removed; restoring them");
             match self.apply_all() {
-                Ok(()) => self.stats.lock().expect("stats lock").restored += 1,
+                Ok(()) => {
+                    self.stats.lock().expect("stats lock").restored += 1;
+                    self.metrics.firewall_restores.inc();
+                }
                 Err(e) => self.fail("restore podnet's nftables rules", e),
             }
         }
@@ -158,6 +166,9 @@ impl State {
                 "the foreign masquerade rule is gone; pod addresses are preserved again"
             );
         }
+        self.metrics
+            .foreign_masquerade_rules
+            .set(found.len() as i64);
         s.foreign = found;
     }
 }
@@ -169,6 +180,7 @@ impl Firewall {
         probes: Vec<Probe>,
         peers: &[Ipv4Addr],
         resync: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Firewall, KernelError> {
         let stats = Arc::new(Mutex::new(FirewallStats::default()));
         let mut st = State {
@@ -176,6 +188,7 @@ impl Firewall {
             probes,
             peers: BTreeMap::new(),
             stats: stats.clone(),
+            metrics,
         };
         for p in peers {
             *st.peers.entry(*p).or_default() += 1;

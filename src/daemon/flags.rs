@@ -92,6 +92,10 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     pub healthz_port: u16,
 
+    /// Local socket serving /status (for `podnetctl status`), /readyz and /metrics.
+    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    pub status_socket: PathBuf,
+
     /// Use the Kubernetes API instead of etcd (not supported yet).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub kube_subnet_mgr: bool,

@@ -13,7 +13,9 @@
 pub mod dataplane;
 pub mod firewall;
 pub mod flags;
+pub mod http;
 pub mod iface;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ use crate::lease::{AcquireRequest, Lease, LeaseAttrs, LeaseEvent, PeerSet, Subne
 use crate::subnet_env::{self, SubnetEnv};
 use dataplane::Dataplane;
 use flags::Flags;
+use http::Shared;
+use metrics::label;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -127,13 +131,21 @@ where
 }
 
 async fn run(flags: Flags) -> Result<(), DaemonError> {
+    let shared = Shared::new(&flags.subnet_file);
+    let tcp = (flags.healthz_port != 0)
+        .then(|| std::net::SocketAddr::new(flags.healthz_ip, flags.healthz_port));
+    http::serve(shared.clone(), tcp, &flags.status_socket)
+        .await
+        .map_err(DaemonError::Flags)?;
     tokio::select! {
-        r = run_until_error(flags) => r,
+        r = run_until_error(flags, shared) => r,
         _ = shutdown_signal() => Ok(()),
     }
 }
 
-async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
+async fn run_until_error(flags: Flags, shared: std::sync::Arc<Shared>) -> Result<(), DaemonError> {
+    let metrics = shared.metrics.clone();
+    shared.phase("connecting to etcd");
     let opts = etcd_options(&flags);
     // A wrong flag combination will not fix itself: fail at once.
     if let Err(LeaseError::Config(msg)) = EtcdStore::connect(&EtcdOptions {
@@ -154,6 +166,7 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
     })
     .await;
     tracing::info!(endpoints = store.endpoints(), "connected to etcd");
+    shared.phase("waiting for the network config in etcd");
 
     let config_key = store.config_key();
     let cfg_text = retry("read the network config", || async {
@@ -193,8 +206,17 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
         "external interface"
     );
 
-    let dp = Dataplane::start(backend::new(&cfg, &ext)?)?;
+    {
+        let mut st = shared.state.lock().expect("state lock");
+        st.iface = Some(ext.name.clone());
+        st.public_ip = ext.ext_addr.map(|a| a.to_string());
+        st.backend = Some(cfg.backend.type_name().to_string());
+    }
+    shared.phase("preparing the backend");
+    let dp = Dataplane::start(backend::new(&cfg, &ext)?, metrics.clone())?;
+    *shared.dataplane.lock().expect("dataplane lock") = Some(dp.clone());
     let reg = dp.prepare().await?;
+    shared.state.lock().expect("state lock").mtu = Some(reg.mtu);
 
     let previous = match SubnetEnv::read(&flags.subnet_file) {
         Ok(Some(env)) => {
@@ -225,7 +247,9 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
         previous,
         ttl: flags.subnet_lease_ttl,
     };
+    shared.phase("acquiring a lease");
     let mut own = retry_acquire(&store, &cfg, &req).await?;
+    shared.state.lock().expect("state lock").lease = Some(own.clone());
     tracing::info!(
         subnet = %own.key,
         reservation = own.is_reservation(),
@@ -234,6 +258,7 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
     dp.set_own(own.clone()).await?;
 
     // Follow the other leases; the first update is always a complete list.
+    shared.phase("programming peers");
     let (wtx, mut wrx) = mpsc::channel::<WatchUpdate>(1024);
     tokio::spawn(store.clone().watch(wtx));
     let mut peers = PeerSet::new(own.key);
@@ -280,8 +305,10 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
         probes,
         &peer_ips.values().copied().collect::<Vec<_>>(),
         Duration::from_secs(flags.iptables_resync),
+        metrics.clone(),
     )
     .map_err(DaemonError::Firewall)?;
+    *shared.firewall.lock().expect("firewall lock") = Some(fw.clone());
 
     let env = SubnetEnv::for_lease(
         cfg.v4.as_ref().map(|f| f.network),
@@ -297,10 +324,17 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
             msg: e.to_string(),
         }
     })?;
-    tracing::info!(path = %flags.subnet_file.display(), "ready: subnet file written");
-
     let margin = flags.subnet_lease_renew_margin;
     let mut next_renew = renew_deadline(&store, &own, flags.subnet_lease_ttl, margin).await;
+    let set_expiry = |next: Option<Instant>| {
+        shared.state.lock().expect("state lock").lease_expiry = next.map(|t| {
+            std::time::SystemTime::now() + t.saturating_duration_since(Instant::now()) + margin
+        });
+    };
+    set_expiry(next_renew);
+    tracing::info!(path = %flags.subnet_file.display(), "ready: subnet file written");
+    shared.set_ready();
+    http::notify_ready();
     let mut renew_backoff = Duration::from_secs(1);
     let mut resync = tokio::time::interval(flags.resync_period);
     resync.tick().await;
@@ -336,6 +370,8 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                     }
                     WatchUpdate::Delete(k) => peers.delete(&k).into_iter().collect(),
                     WatchUpdate::Disconnected(e) => {
+                        metrics.etcd_errors.get_or_create(&label("op", "watch")).inc();
+                        shared.state.lock().expect("state lock").last_etcd_error = Some(e.clone());
                         if !disconnected_logged {
                             tracing::warn!("lease watch lost etcd: {e}; the data path stays as it is while reconnecting");
                             disconnected_logged = true;
@@ -343,9 +379,11 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                         Vec::new()
                     }
                 };
+                shared.state.lock().expect("state lock").lease = Some(own.clone());
                 for ev in events {
                     match ev {
                         LeaseEvent::Added(l) => {
+                            metrics.lease_events.get_or_create(&label("type", "added")).inc();
                             tracing::info!(peer = %l.key, public_ip = %l.attrs.public_ip, "peer added");
                             // Let its tunnel packets in before its routes exist.
                             if let Some(old) = peer_ips.insert(l.key, l.attrs.public_ip) {
@@ -355,6 +393,7 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                             dp.add(l);
                         }
                         LeaseEvent::Removed(l) => {
+                            metrics.lease_events.get_or_create(&label("type", "removed")).inc();
                             tracing::info!(peer = %l.key, public_ip = %l.attrs.public_ip, "peer removed");
                             dp.remove(l.key);
                             if let Some(old) = peer_ips.remove(&l.key) {
@@ -368,8 +407,10 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                 match store.renew(&own).await {
                     Ok(Renewal::Renewed(ttl)) => {
                         tracing::debug!(ttl, "lease renewed");
+                        metrics.lease_renewals.inc();
                         renew_backoff = Duration::from_secs(1);
                         next_renew = Some(Instant::now() + Duration::from_secs(ttl as u64).saturating_sub(margin).max(Duration::from_secs(1)));
+                        set_expiry(next_renew);
                     }
                     Ok(Renewal::Reservation) => next_renew = None,
                     Ok(Renewal::Gone) => {
@@ -377,6 +418,8 @@ async fn run_until_error(flags: Flags) -> Result<(), DaemonError> {
                         next_renew = renew_deadline(&store, &own, flags.subnet_lease_ttl, margin).await;
                     }
                     Err(e) => {
+                        metrics.etcd_errors.get_or_create(&label("op", "renew")).inc();
+                        shared.state.lock().expect("state lock").last_etcd_error = Some(e.to_string());
                         tracing::warn!("renewing the lease failed: {e}; retrying in {renew_backoff:?}");
                         next_renew = Some(Instant::now() + renew_backoff);
                         renew_backoff = (renew_backoff * 2).min(Duration::from_secs(30));

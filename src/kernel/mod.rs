@@ -3,6 +3,7 @@
 //! Everything else in podnet works on plain values (routes, links, rulesets) and hands them to
 //! this module to read or apply.
 
+pub mod ethtool;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -934,6 +934,16 @@ fn set_rcvbuf(fd: RawFd, size: usize) {
     }
 }
 
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        16 => <[u8; 16]>::try_from(b)
+            .ok()
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        _ => None,
+    }
+}
+
 fn family_of(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -1221,6 +1231,8 @@ fn parse_fdb(m: &NeighbourMessage) -> Option<Fdb> {
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
                 dst = Some(IpAddr::V6(*a))
             }
+            // AF_BRIDGE entries do not say which family the VTEP address is: its length does.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => dst = ip_from_bytes(b),
             _ => {}
         }
     }

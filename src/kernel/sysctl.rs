@@ -23,3 +23,16 @@ pub fn set(key: &str, value: &str) -> Result<(), KernelError> {
     std::fs::write(path(key), value)
         .map_err(|e| KernelError::io(format!("set sysctl {key}={value}"), e))
 }
+
+/// An interface's IPv4 setting (`net/ipv4/conf/<iface>/<leaf>`); interface names may contain
+/// dots (`flannel.1`), which the dotted key form cannot express.
+pub fn get_conf(iface: &str, leaf: &str) -> Result<Option<String>, KernelError> {
+    let path = PathBuf::from("/proc/sys/net/ipv4/conf")
+        .join(iface)
+        .join(leaf);
+    match std::fs::read_to_string(&path) {
+        Ok(v) => Ok(Some(v.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(KernelError::io(format!("read {}", path.display()), e)),
+    }
+}

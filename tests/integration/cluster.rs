@@ -65,12 +65,27 @@ impl Cluster {
 
     /// podnetd's usual arguments in the lab, plus `extra`.
     pub fn podnetd_args(&self, node: &str, extra: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = vec![
-            PODNETD.into(),
+        let defaults = [
             format!("--etcd-endpoints={}", self.eps),
             format!("--subnet-file={}", self.env_path(node).display()),
             "--resync-period=1s".into(),
+            format!(
+                "--status-socket={}",
+                self.lab
+                    .node_dir(node)
+                    .unwrap()
+                    .join("podnetd.sock")
+                    .display()
+            ),
         ];
+        // A flag in `extra` replaces the default of the same name.
+        let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+        let mut argv: Vec<String> = vec![PODNETD.into()];
+        argv.extend(
+            defaults
+                .into_iter()
+                .filter(|d| !extra.iter().any(|e| flag(e) == flag(d))),
+        );
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
     }

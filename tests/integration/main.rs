@@ -8,6 +8,7 @@ mod cri;
 mod firewall;
 mod lab;
 mod lease;
+mod ops;
 mod outage;
 mod pods;
 mod support;

@@ -1,0 +1,588 @@
+//! `podnetctl doctor`: the misconfigurations flannel users hit most, checked on this node, each
+//! with a verdict and what to do about it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use clap::Args;
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::{Value, json};
+
+use crate::firewall::{self, foreign};
+use crate::kernel::netlink::{Link, Netlink};
+use crate::kernel::{ethtool, nft, sysctl};
+use crate::subnet_env::SubnetEnv;
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The node's subnet.env.
+    #[arg(long, default_value = crate::subnet_env::DEFAULT_PATH)]
+    pub subnet_file: PathBuf,
+    /// The pods' bridge.
+    #[arg(long, default_value = "cni0")]
+    pub bridge: String,
+    /// The local agent's socket, for the lease and the peers.
+    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    pub socket: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn check(
+    name: &'static str,
+    verdict: Verdict,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> Check {
+    Check {
+        name,
+        verdict,
+        detail: detail.into(),
+        fix: fix.map(String::from),
+    }
+}
+
+/// What the checks look at, gathered once.
+struct Node {
+    env: Result<SubnetEnv, String>,
+    status: Option<Value>,
+    links: Vec<Link>,
+    nl: Netlink,
+}
+
+impl Node {
+    fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    fn tunnels(&self) -> Vec<&Link> {
+        self.links
+            .iter()
+            .filter(|l| l.kind.as_deref() == Some("vxlan") && l.name.starts_with("flannel."))
+            .collect()
+    }
+
+    fn ext_iface(&self) -> Option<&Link> {
+        let name = self
+            .status
+            .as_ref()
+            .and_then(|s| s["node"]["iface"].as_str().map(String::from));
+        match name {
+            Some(n) => self.link(&n),
+            None => None,
+        }
+    }
+}
+
+fn ip_forward() -> Check {
+    match sysctl::get("net.ipv4.ip_forward") {
+        Ok(Some(v)) if v == "1" => {
+            check("ip-forward", Verdict::Pass, "net.ipv4.ip_forward = 1", None)
+        }
+        Ok(v) => check(
+            "ip-forward",
+            Verdict::Fail,
+            format!(
+                "net.ipv4.ip_forward = {}: the node drops every packet between pods and the network",
+                v.unwrap_or_default()
+            ),
+            Some("sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/"),
+        ),
+        Err(e) => check("ip-forward", Verdict::Skip, e.to_string(), None),
+    }
+}
+
+fn br_netfilter() -> Check {
+    match sysctl::get("net.bridge.bridge-nf-call-iptables") {
+        Ok(Some(v)) if v == "1" => check(
+            "br-netfilter",
+            Verdict::Pass,
+            "bridged pod traffic passes the firewall (bridge-nf-call-iptables = 1)",
+            None,
+        ),
+        Ok(Some(v)) => check(
+            "br-netfilter",
+            Verdict::Fail,
+            format!(
+                "net.bridge.bridge-nf-call-iptables = {v}: traffic between pods on one node skips kube-proxy, so Services and DNS fail"
+            ),
+            Some(
+                "sysctl -w net.bridge.bridge-nf-call-iptables=1, and persist it in /etc/sysctl.d/",
+            ),
+        ),
+        Ok(None) => check(
+            "br-netfilter",
+            Verdict::Fail,
+            "br_netfilter is not loaded: Services and DNS fail for pods talking to pods on the same node",
+            Some(
+                "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf",
+            ),
+        ),
+        Err(e) => check("br-netfilter", Verdict::Skip, e.to_string(), None),
+    }
+}
+
+fn rp_filter(node: &mut Node, bridge: &str) -> Check {
+    let all = sysctl::get("net.ipv4.conf.all.rp_filter")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut names: Vec<String> = node.tunnels().iter().map(|l| l.name.clone()).collect();
+    names.push(bridge.to_string());
+    if let Some(e) = node.ext_iface() {
+        names.push(e.name.clone());
+    }
+    let strict: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            let own = sysctl::get_conf(n, "rp_filter")
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<u32>().ok());
+            own.is_some() && own.unwrap_or(0).max(all) == 1
+        })
+        .collect();
+    if strict.is_empty() {
+        return check(
+            "rp-filter",
+            Verdict::Pass,
+            "reverse-path filtering is loose or off on the pod interfaces",
+            None,
+        );
+    }
+    let Some(status) = node.status.clone() else {
+        return check(
+            "rp-filter",
+            Verdict::Warn,
+            format!(
+                "strict reverse-path filtering on {} and podnetd is not reachable to check paths",
+                strict.join(", ")
+            ),
+            Some("sysctl -w net.ipv4.conf.all.rp_filter=2 (loose)"),
+        );
+    };
+    // A peer's packets arrive on the tunnel (or, direct, on the external interface); strict mode
+    // drops them unless the route back to their source leaves by that same interface.
+    let tunnel = node.tunnels().first().map(|l| (l.index, l.name.clone()));
+    let ext = node.ext_iface().map(|l| (l.index, l.name.clone()));
+    let mut asymmetric = Vec::new();
+    for p in status["peers"].as_array().into_iter().flatten() {
+        let Some(subnet) = p["subnet"].as_str().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
+            continue;
+        };
+        let arrives = match p["path"].as_str() {
+            Some("tunnel") => tunnel.clone(),
+            Some("direct") => ext.clone(),
+            _ => None,
+        };
+        let Some((idx, name)) = arrives else { continue };
+        if !strict.contains(&name) {
+            continue;
+        }
+        let probe = IpAddr::V4(Ipv4Addr::from(u32::from(subnet.network()) + 1));
+        if let Ok(r) = node.nl.route_get(probe)
+            && r.oif != Some(idx)
+        {
+            let back = r
+                .oif
+                .and_then(|i| node.links.iter().find(|l| l.index == i))
+                .map(|l| l.name.clone())
+                .unwrap_or_default();
+            asymmetric.push(format!(
+                "{subnet} arrives on {name} but its route back leaves by {back}"
+            ));
+        }
+    }
+    if asymmetric.is_empty() {
+        check(
+            "rp-filter",
+            Verdict::Pass,
+            format!(
+                "strict on {}, but every peer's reply path matches the interface its packets arrive on",
+                strict.join(", ")
+            ),
+            None,
+        )
+    } else {
+        check(
+            "rp-filter",
+            Verdict::Fail,
+            format!(
+                "strict reverse-path filtering drops traffic: {}",
+                asymmetric.join("; ")
+            ),
+            Some(
+                "sysctl -w net.ipv4.conf.all.rp_filter=2 (loose), or remove the route that sends replies elsewhere",
+            ),
+        )
+    }
+}
+
+fn mtu(node: &Node, bridge: &str) -> Check {
+    let env = match &node.env {
+        Ok(e) => e,
+        Err(e) => return check("mtu", Verdict::Skip, e.clone(), None),
+    };
+    let Some(want) = env.mtu else {
+        return check(
+            "mtu",
+            Verdict::Fail,
+            "subnet.env has no FLANNEL_MTU",
+            Some("restart the node agent to rewrite subnet.env"),
+        );
+    };
+    let mut wrong = Vec::new();
+    for t in node.tunnels() {
+        if t.mtu != want {
+            wrong.push(format!(
+                "{} has MTU {} but subnet.env says {want}",
+                t.name, t.mtu
+            ));
+        }
+    }
+    if let Some(br) = node.link(bridge) {
+        for port in node.links.iter().filter(|l| l.master == Some(br.index)) {
+            if port.mtu != want {
+                wrong.push(format!(
+                    "pod link {} on {bridge} has MTU {} but subnet.env says {want}",
+                    port.name, port.mtu
+                ));
+            }
+        }
+    }
+    if let (Some(ext), Some(backend)) = (
+        node.ext_iface(),
+        node.status
+            .as_ref()
+            .and_then(|s| s["node"]["backend"].as_str()),
+    ) {
+        let overhead = match backend {
+            "vxlan" => 50,
+            "udp" => 28,
+            _ => 0,
+        };
+        if want + overhead > ext.mtu {
+            wrong.push(format!("{backend} needs {overhead} bytes on {} (MTU {}), so pods must use at most {}, not {want}", ext.name, ext.mtu, ext.mtu - overhead));
+        }
+    }
+    if wrong.is_empty() {
+        check(
+            "mtu",
+            Verdict::Pass,
+            format!("subnet.env, the tunnel and the pod links agree on {want}"),
+            None,
+        )
+    } else {
+        check(
+            "mtu",
+            Verdict::Fail,
+            wrong.join("; "),
+            Some(
+                "restart the node agent (it sets the tunnel MTU and rewrites subnet.env); pods created with another MTU need recreating",
+            ),
+        )
+    }
+}
+
+fn bridge_address(node: &mut Node, bridge: &str) -> Check {
+    let env = match &node.env {
+        Ok(e) => e,
+        Err(e) => return check("bridge-address", Verdict::Skip, e.clone(), None),
+    };
+    let Some(br) = node.link(bridge).cloned() else {
+        return check(
+            "bridge-address",
+            Verdict::Pass,
+            format!("{bridge} does not exist yet (the first pod creates it)"),
+            None,
+        );
+    };
+    let Some(subnet) = env.subnet.map(|s| s.trunc()) else {
+        return check(
+            "bridge-address",
+            Verdict::Skip,
+            "subnet.env has no IPv4 subnet",
+            None,
+        );
+    };
+    let addrs: Vec<IpNet> = node
+        .nl
+        .addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.index == br.index)
+        .map(|a| a.net)
+        .collect();
+    let outside: Vec<String> = addrs
+        .iter()
+        .filter(|a| matches!(a.addr(), IpAddr::V4(v) if !subnet.contains(&v)))
+        .map(|a| a.to_string())
+        .collect();
+    if outside.is_empty() {
+        check(
+            "bridge-address",
+            Verdict::Pass,
+            format!("{bridge}'s addresses are inside this node's subnet {subnet}"),
+            None,
+        )
+    } else {
+        check(
+            "bridge-address",
+            Verdict::Fail,
+            format!(
+                "{bridge} has {} outside this node's subnet {subnet} (\"{bridge} already has an IP address different from ...\"): new pods cannot be wired",
+                outside.join(", ")
+            ),
+            Some(&format!(
+                "drain the node, then: ip link delete {bridge}; new pods recreate it with the right address"
+            )),
+        )
+    }
+}
+
+fn foreign_masquerade(node: &Node) -> Check {
+    let env = match &node.env {
+        Ok(e) => e,
+        Err(e) => return check("foreign-masquerade", Verdict::Skip, e.clone(), None),
+    };
+    let (Some(subnet), Some(network)) = (env.subnet.map(|s| s.trunc()), env.networks.first())
+    else {
+        return check(
+            "foreign-masquerade",
+            Verdict::Skip,
+            "subnet.env has no IPv4 network",
+            None,
+        );
+    };
+    let ruleset = match nft::ruleset_json() {
+        Ok(r) => r,
+        Err(e) => return check("foreign-masquerade", Verdict::Skip, e.to_string(), None),
+    };
+    let src = Ipv4Addr::from(u32::from(subnet.network()) + 2);
+    let first = Ipv4Addr::from(u32::from(network.network()) + 2);
+    let dst = if subnet.contains(&first) {
+        Ipv4Addr::from(u32::from(network.broadcast()) - 1)
+    } else {
+        first
+    };
+    let mut oifs: Vec<String> = node.tunnels().iter().map(|l| l.name.clone()).collect();
+    if let Some(e) = node.ext_iface() {
+        oifs.push(e.name.clone());
+    }
+    let mut found: Vec<String> = Vec::new();
+    for oif in oifs {
+        let probe = foreign::Probe {
+            src,
+            dst,
+            iif: "cni0".into(),
+            oif,
+            mark: 0,
+        };
+        for r in foreign::find(&ruleset, &probe, firewall::FAMILY, firewall::TABLE) {
+            let s = r.to_string();
+            if !found.contains(&s) {
+                found.push(s);
+            }
+        }
+    }
+    if found.is_empty() {
+        check(
+            "foreign-masquerade",
+            Verdict::Pass,
+            "no rule outside podnet rewrites pod-to-pod traffic",
+            None,
+        )
+    } else {
+        check(
+            "foreign-masquerade",
+            Verdict::Fail,
+            format!(
+                "pods on other nodes see this node's address instead of the pod's because of: {}",
+                found.join("; ")
+            ),
+            Some(&format!(
+                "delete the rule, or exclude the cluster network from it (ip daddr != {network})"
+            )),
+        )
+    }
+}
+
+fn lease_agreement(node: &Node) -> Check {
+    let env = match &node.env {
+        Ok(e) => e,
+        Err(e) => return check("lease", Verdict::Skip, e.clone(), None),
+    };
+    let Some(status) = &node.status else {
+        return check(
+            "lease",
+            Verdict::Skip,
+            "podnetd is not reachable on this node",
+            None,
+        );
+    };
+    let lease = status["lease"]["subnet"]
+        .as_str()
+        .and_then(|s| s.parse::<Ipv4Net>().ok());
+    let file = env.subnet.map(|s| s.trunc());
+    match (lease, file) {
+        (Some(l), Some(f)) if l == f => check(
+            "lease",
+            Verdict::Pass,
+            format!("subnet.env and the lease agree on {l}"),
+            None,
+        ),
+        (Some(l), f) => check(
+            "lease",
+            Verdict::Fail,
+            format!(
+                "subnet.env says {} but this node's lease is {l}: new pods get addresses routed to another node",
+                f.map(|x| x.to_string()).unwrap_or_else(|| "nothing".into())
+            ),
+            Some(
+                "restart the node agent so it rewrites subnet.env, then recreate pods created since",
+            ),
+        ),
+        (None, _) => check("lease", Verdict::Skip, "the agent holds no lease yet", None),
+    }
+}
+
+fn vxlan_checksum(node: &Node) -> Check {
+    let tunnels = node.tunnels();
+    if tunnels.is_empty() {
+        return check("vxlan-checksum", Verdict::Pass, "no VXLAN device", None);
+    }
+    let kernel = ethtool::kernel_version();
+    let local: Vec<IpAddr> = node.nl_addrs();
+    let mut bad = Vec::new();
+    for t in tunnels {
+        let nat = t
+            .vxlan
+            .as_ref()
+            .and_then(|v| v.local)
+            .is_some_and(|ip| !local.contains(&ip));
+        if !crate::backend::vxlan::checksum_offload_unsafe(kernel, nat) {
+            continue;
+        }
+        if let Ok(Some(true)) = ethtool::feature(&t.name, "tx-checksum-ip-generic") {
+            let why = if nat {
+                "its public address is NAT'ed"
+            } else {
+                "this kernel predates the 5.7 fix"
+            };
+            bad.push(format!("{} has tx-checksum-ip-generic on and {why}: VXLAN packets reach peers with bad UDP checksums", t.name));
+        }
+    }
+    if bad.is_empty() {
+        check(
+            "vxlan-checksum",
+            Verdict::Pass,
+            "checksum offload is safe here (kernel 5.7+, public address not NAT'ed) or already off",
+            None,
+        )
+    } else {
+        check(
+            "vxlan-checksum",
+            Verdict::Fail,
+            bad.join("; "),
+            Some(
+                "ethtool -K flannel.1 tx-checksum-ip-generic off (podnetd does this itself when it creates the device)",
+            ),
+        )
+    }
+}
+
+impl Node {
+    fn nl_addrs(&self) -> Vec<IpAddr> {
+        // A fresh socket: the borrow checker would not let the checks share `self.nl` here.
+        Netlink::open()
+            .and_then(|mut nl| nl.addrs())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.net.addr())
+            .collect()
+    }
+}
+
+/// Runs every check on this node.
+pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
+    let env = match SubnetEnv::read(&args.subnet_file) {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) => Err(format!(
+            "{} does not exist (the node agent writes it when ready)",
+            args.subnet_file.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    let status = crate::httpget::unix(&args.socket, "/status")
+        .ok()
+        .filter(|(c, _)| *c == 200)
+        .and_then(|(_, b)| serde_json::from_str(&b).ok());
+    let mut nl = Netlink::open()?;
+    let links = nl.links()?;
+    let mut node = Node {
+        env,
+        status,
+        links,
+        nl,
+    };
+    let mut out = vec![ip_forward(), br_netfilter()];
+    out.push(rp_filter(&mut node, &args.bridge));
+    out.push(mtu(&node, &args.bridge));
+    out.push(bridge_address(&mut node, &args.bridge));
+    out.push(foreign_masquerade(&node));
+    out.push(lease_agreement(&node));
+    out.push(vxlan_checksum(&node));
+    Ok(out)
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
+    let results = checks(&args)?;
+    if args.json {
+        let v: Vec<Value> = results
+            .iter()
+            .map(|c| json!({"check": c.name, "verdict": c.verdict.label().to_lowercase(), "detail": c.detail, "fix": c.fix}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for c in &results {
+            println!("{:<19} {:<5} {}", c.name, c.verdict.label(), c.detail);
+            if let (Some(fix), Verdict::Fail | Verdict::Warn) = (&c.fix, c.verdict) {
+                println!("{:<25} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(if results.iter().any(|c| c.verdict == Verdict::Fail) {
+        1
+    } else {
+        0
+    })
+}

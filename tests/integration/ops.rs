@@ -1,0 +1,449 @@
+//! Operating podnet: health and readiness, metrics, status and drift, doctor, the demo.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, PODNETCTL, PREFIX};
+use crate::support::{ok, poll, unique};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
+    let addr: SocketAddr = format!("{}:9099", c.lab.plan().host(node).unwrap().ip())
+        .parse()
+        .unwrap();
+    c.lab
+        .netns(node)
+        .unwrap()
+        .run(|| podnet::httpget::tcp(addr, path).ok())
+        .unwrap()
+}
+
+/// Prometheus text → sample name with labels → value. Fails on anything malformed.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            assert!(
+                line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF"
+                    || line.trim().is_empty(),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let base = name.split('{').next().unwrap();
+        assert!(
+            base.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name:?}"
+        );
+        out.insert(name.to_string(), v);
+    }
+    out
+}
+
+#[test]
+fn readyz_metrics_and_no_churn() {
+    let mut c = Cluster::small("ohz", 2);
+    let n1 = c.start("node1", &["--healthz-port=9099"]);
+    // Up but not ready: there is no network config yet.
+    let (code, body) = poll("/healthz", Duration::from_secs(10), || {
+        get(&c, "node1", "/healthz")
+    });
+    assert_eq!((code, body.as_str()), (200, "podnetd is running\n"));
+    let (code, body) = get(&c, "node1", "/readyz").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("waiting for the network config"), "{body}");
+    c.put_config(VXLAN);
+    poll("/readyz to turn 200", Duration::from_secs(20), || {
+        get(&c, "node1", "/readyz").filter(|(c, _)| *c == 200)
+    });
+    c.wait_ready("node1");
+    let metrics = |c: &Cluster| parse_metrics(&get(c, "node1", "/metrics").unwrap().1);
+    let m = metrics(&c);
+    assert_eq!(m["podnet_ready"], 1.0);
+    assert!(m["podnet_lease_seconds_remaining"] > 86000.0);
+    assert!(m["podnet_reconcile_runs_total{kind=\"full\"}"] >= 1.0);
+    assert!(m.contains_key("podnet_reconcile_duration_seconds_bucket{le=\"+Inf\"}"));
+    let added = |m: &HashMap<String, f64>| {
+        m.get("podnet_lease_events_total{type=\"added\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let removed = |m: &HashMap<String, f64>| {
+        m.get("podnet_lease_events_total{type=\"removed\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let before = added(&m);
+    // A peer comes: the event counter and the tunnel gauge move.
+    c.start("node2", &[]);
+    c.wait_ready("node2");
+    let m = poll("the added event", Duration::from_secs(10), || {
+        Some(metrics(&c)).filter(|m| added(m) > before)
+    });
+    poll("the tunnel gauge", Duration::from_secs(5), || {
+        (metrics(&c)["podnet_peers{path=\"tunnel\"}"] == 1.0).then_some(())
+    });
+    assert!(
+        m["podnet_kernel_changes_total"] >= 3.0,
+        "neighbour, FDB entry and route"
+    );
+    // Steady state: resync passes (every second here) change nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = metrics(&c)["podnet_kernel_changes_total"];
+    std::thread::sleep(Duration::from_secs(3));
+    let m = metrics(&c);
+    assert_eq!(
+        m["podnet_kernel_changes_total"], settled,
+        "full passes must not rewrite what is already right"
+    );
+    assert!(m["podnet_reconcile_runs_total{kind=\"full\"}"] >= 4.0);
+    // A peer goes.
+    let before_removed = removed(&m);
+    let n2 = c
+        .lab
+        .state()
+        .procs
+        .iter()
+        .rev()
+        .find(|p| p.host == "node2" && p.argv[0].ends_with("podnetd"))
+        .unwrap()
+        .clone();
+    c.lab.stop(n2.id.pid).unwrap();
+    let key = format!(
+        "{PREFIX}/subnets/{}-24",
+        c.wait_ready("node2").subnet.unwrap().trunc().network()
+    );
+    c.etcdctl(&["del", &key]);
+    poll("the removed event", Duration::from_secs(10), || {
+        (removed(&metrics(&c)) > before_removed).then_some(())
+    });
+    poll("the tunnel gauge to drop", Duration::from_secs(5), || {
+        (metrics(&c)["podnet_peers{path=\"tunnel\"}"] == 0.0).then_some(())
+    });
+    drop(n1);
+}
+
+fn socket(c: &Cluster, node: &str) -> String {
+    c.lab
+        .node_dir(node)
+        .unwrap()
+        .join("podnetd.sock")
+        .display()
+        .to_string()
+}
+
+fn start_with_socket(c: &mut Cluster, node: &str, extra: &[&str]) {
+    let sock = format!("--status-socket={}", socket(c, node));
+    let mut args: Vec<&str> = vec![&sock];
+    args.extend_from_slice(extra);
+    c.start(node, &args);
+}
+
+#[test]
+fn status_shows_peers_and_drift() {
+    let mut c = Cluster::small("ost", 2);
+    c.put_config(VXLAN);
+    // A long resync period keeps a hand-made change in place long enough to see it.
+    start_with_socket(&mut c, "node1", &["--resync-period=1h"]);
+    start_with_socket(&mut c, "node2", &[]);
+    let s1 = c.wait_ready("node1").subnet.unwrap().trunc();
+    let s2 = c.wait_ready("node2").subnet.unwrap().trunc();
+    let status = |c: &Cluster, json: bool| {
+        let sock = socket(c, "node1");
+        let mut argv = vec![PODNETCTL, "status", "--socket", &sock];
+        if json {
+            argv.push("--json");
+        }
+        ok(c.lab.exec("node1", &argv).unwrap())
+    };
+    poll("node1 to see node2", Duration::from_secs(10), || {
+        status(&c, false).contains(&s2.to_string()).then_some(())
+    });
+    let text = status(&c, false);
+    assert!(text.contains(&format!("lease     {s1} (23h5")), "{text}");
+    assert!(text.contains("backend   vxlan, pod MTU 1450"), "{text}");
+    assert!(
+        text.contains(&format!("  {:<20} 198.18.0.12      tunnel", s2.to_string())),
+        "{text}"
+    );
+    assert!(
+        text.contains("drift     none: the kernel matches"),
+        "{text}"
+    );
+    ok(c.lab
+        .exec("node1", &["ip", "route", "del", &s2.to_string()])
+        .unwrap());
+    let text = status(&c, false);
+    assert!(text.contains("drift     1 missing, 0 unexpected"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "missing     route {s2} via {} dev #",
+            s2.network()
+        )),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&status(&c, true)).unwrap();
+    assert_eq!(v["drift"]["missing"].as_array().unwrap().len(), 1);
+    assert_eq!(v["ready"], true);
+}
+
+fn doctor(c: &Cluster, node: &str) -> HashMap<String, (String, String)> {
+    let env = c.env_path(node).display().to_string();
+    let sock = socket(c, node);
+    let out = c
+        .lab
+        .exec(
+            node,
+            &[
+                PODNETCTL,
+                "doctor",
+                "--json",
+                "--subnet-file",
+                &env,
+                "--socket",
+                &sock,
+            ],
+        )
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let fails = v.as_array().unwrap().iter().any(|c| c["verdict"] == "fail");
+    assert_eq!(
+        out.status.code(),
+        Some(if fails { 1 } else { 0 }),
+        "exit code follows the verdicts"
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                (
+                    c["verdict"].as_str().unwrap().to_string(),
+                    c["detail"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn verdict(c: &Cluster, node: &str, check: &str, want: &str, detail: &str) {
+    let all = doctor(c, node);
+    let (v, d) = &all[check];
+    assert_eq!(v, want, "{check}: {d}\nall: {all:#?}");
+    assert!(d.contains(detail), "{check}: {d:?} lacks {detail:?}");
+}
+
+fn sh(c: &Cluster, node: &str, cmd: &str) {
+    let argv: Vec<&str> = cmd.split(' ').collect();
+    ok(c.lab.exec(node, &argv).unwrap());
+}
+
+#[test]
+fn every_doctor_check_fails_on_a_broken_node_and_passes_on_a_healthy_one() {
+    let mut c = Cluster::small("odoc", 2);
+    c.put_config(VXLAN);
+    start_with_socket(&mut c, "node1", &["--resync-period=1h", "--ip-masq"]);
+    start_with_socket(&mut c, "node2", &[]);
+    let env1 = c.wait_ready("node1");
+    let s2 = c.wait_ready("node2").subnet.unwrap().trunc();
+    c.add_pod("node1", "a", "1.0.0");
+    poll("node1 to see node2", Duration::from_secs(10), || {
+        c.ip_json("node1", &["route", "show", "proto", "86"])
+            .as_array()
+            .unwrap()
+            .len()
+            .eq(&1)
+            .then_some(())
+    });
+    // Healthy: every check passes.
+    let healthy = doctor(&c, "node1");
+    for (name, (v, d)) in &healthy {
+        assert_eq!(v, "pass", "{name}: {d}");
+    }
+    assert_eq!(healthy.len(), 8);
+
+    sh(&c, "node1", "sysctl -qw net.ipv4.ip_forward=0");
+    verdict(&c, "node1", "ip-forward", "fail", "net.ipv4.ip_forward = 0");
+    sh(&c, "node1", "sysctl -qw net.ipv4.ip_forward=1");
+
+    sh(
+        &c,
+        "node1",
+        "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
+    );
+    verdict(
+        &c,
+        "node1",
+        "br-netfilter",
+        "fail",
+        "bridge-nf-call-iptables = 0",
+    );
+    sh(
+        &c,
+        "node1",
+        "sysctl -qw net.bridge.bridge-nf-call-iptables=1",
+    );
+
+    // Strict rp_filter alone is fine; with replies routed elsewhere it drops traffic.
+    sh(&c, "node1", "sysctl -qw net.ipv4.conf.all.rp_filter=1");
+    verdict(
+        &c,
+        "node1",
+        "rp-filter",
+        "pass",
+        "every peer's reply path matches",
+    );
+    let half = format!("{}/25", s2.network());
+    sh(
+        &c,
+        "node1",
+        &format!("ip route add {half} via 198.18.0.12 dev eth0"),
+    );
+    verdict(
+        &c,
+        "node1",
+        "rp-filter",
+        "fail",
+        &format!("{s2} arrives on flannel.1 but its route back leaves by eth0"),
+    );
+    sh(&c, "node1", &format!("ip route del {half}"));
+    sh(&c, "node1", "sysctl -qw net.ipv4.conf.all.rp_filter=0");
+
+    sh(&c, "node1", "ip link set flannel.1 mtu 1400");
+    verdict(
+        &c,
+        "node1",
+        "mtu",
+        "fail",
+        "flannel.1 has MTU 1400 but subnet.env says 1450",
+    );
+    sh(&c, "node1", "ip link set flannel.1 mtu 1450");
+
+    sh(&c, "node1", "ip addr add 10.244.250.1/24 dev cni0");
+    verdict(
+        &c,
+        "node1",
+        "bridge-address",
+        "fail",
+        "cni0 has 10.244.250.1/24 outside this node's subnet",
+    );
+    sh(&c, "node1", "ip addr del 10.244.250.1/24 dev cni0");
+
+    let own = env1.subnet.unwrap().trunc().to_string();
+    for rule in [
+        "add table ip nat".to_string(),
+        "add chain ip nat POSTROUTING { type nat hook postrouting priority srcnat; }".to_string(),
+        format!("add rule ip nat POSTROUTING ip saddr {own} oifname != \"docker0\" masquerade"),
+    ] {
+        ok(c.lab.exec("node1", &["nft", &rule]).unwrap());
+    }
+    verdict(
+        &c,
+        "node1",
+        "foreign-masquerade",
+        "fail",
+        "table ip nat chain POSTROUTING",
+    );
+    sh(&c, "node1", "nft delete table ip nat");
+
+    let path = c.env_path("node1");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace(
+            &format!("FLANNEL_SUBNET={}", env1.subnet.unwrap()),
+            "FLANNEL_SUBNET=10.244.251.1/24",
+        ),
+    )
+    .unwrap();
+    verdict(
+        &c,
+        "node1",
+        "lease",
+        "fail",
+        &format!("subnet.env says 10.244.251.0/24 but this node's lease is {own}"),
+    );
+    std::fs::write(&path, good).unwrap();
+
+    // VXLAN checksum offload: podnetd turned it off itself on a node whose public address is NAT'ed...
+    let mut n = Cluster::small("ocsum", 1);
+    n.put_config(VXLAN);
+    start_with_socket(&mut n, "node1", &["--public-ip=198.19.77.1"]);
+    n.wait_ready("node1");
+    let off = ok(n
+        .lab
+        .exec("node1", &["ethtool", "-k", "flannel.1"])
+        .unwrap());
+    assert!(off.contains("tx-checksum-ip-generic: off"), "{off}");
+    verdict(&n, "node1", "vxlan-checksum", "pass", "safe here");
+    // ...and someone turned it back on.
+    sh(
+        &n,
+        "node1",
+        "ethtool -K flannel.1 tx-checksum-ip-generic on",
+    );
+    verdict(
+        &n,
+        "node1",
+        "vxlan-checksum",
+        "fail",
+        "its public address is NAT'ed",
+    );
+
+    // All healthy again on the first node.
+    for (name, (v, d)) in doctor(&c, "node1") {
+        assert_eq!(v, "pass", "{name}: {d}");
+    }
+}
+
+#[test]
+fn the_demo_runs_and_cleans_up() {
+    let name = unique("demo");
+    let out = std::process::Command::new(PODNETCTL)
+        .args(["lab", "demo", "--nodes", "2", "--name", &name])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("12 of 12 pod pairs reach each other"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("drift     none: the kernel matches"),
+        "{stdout}"
+    );
+    assert!(!podnet::lab::state::state_path(&name).exists());
+    let left: Vec<String> = podnet::kernel::netns::NetNs::list_named()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.contains(&name))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
