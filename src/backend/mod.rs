@@ -124,7 +124,14 @@ pub trait Backend: Send {
 }
 
 /// Builds the backend the config asks for.
-pub fn new(cfg: &NetworkConfig, ext: &ExternalInterface) -> Result<Box<dyn Backend>, BackendError> {
+/// Builds the backend the config asks for. `previous` is this node's lease as etcd still has it
+/// (from before a restart or a reboot, or written by flanneld on a node being migrated): the
+/// identity it published is kept.
+pub fn new(
+    cfg: &NetworkConfig,
+    ext: &ExternalInterface,
+    previous: Option<&Lease>,
+) -> Result<Box<dyn Backend>, BackendError> {
     if cfg.v4.is_none() || cfg.v6.is_some() {
         return Err(BackendError::Invalid(
             "EnableIPv6: podnet's data paths carry IPv4 pod traffic only; IPv6 and dual-stack networks are \
@@ -133,7 +140,11 @@ pub fn new(cfg: &NetworkConfig, ext: &ExternalInterface) -> Result<Box<dyn Backe
         ));
     }
     match &cfg.backend {
-        BackendConfig::Vxlan(o) => Ok(Box::new(vxlan::Vxlan::new(o.clone(), ext.clone())?)),
+        BackendConfig::Vxlan(o) => Ok(Box::new(vxlan::Vxlan::new(
+            o.clone(),
+            ext.clone(),
+            previous,
+        )?)),
         BackendConfig::HostGw => Ok(Box::new(host_gw::HostGw::new(ext.clone())?)),
         BackendConfig::Udp(_) => Err(BackendError::Invalid(
             "Backend.Type \"udp\": the udp backend is not built yet; use vxlan".into(),

@@ -11,10 +11,11 @@
 //!   a gateway) get only `<peer subnet> via <peer public IP> dev <ext iface>`.
 //!
 //! Invariants: exactly one neighbour, one FDB entry and one route per tunnelled peer, nothing
-//! else on the device. The VtepMAC is derived from the public IP and the VNI, so it is the same
-//! after a restart or a reboot whether or not the kernel kept the device (flannel #1795: a MAC
-//! that changes leaves stale entries on every peer); a device whose MAC was changed behind our
-//! back gets it set back. A device with other attributes (VNI, port, local address, underlay
+//! else on the device. The VtepMAC is the one in this node's lease if etcd still has it (after a
+//! restart, a reboot, or when taking a node over from flanneld), else one derived from the public
+//! IP and the VNI — so it stays the same whether or not the kernel kept the device (flannel
+//! #1795: a MAC that changes leaves stale entries on every peer); a device whose MAC was changed
+//! behind our back gets it set back. A device with other attributes (VNI, port, local address, underlay
 //! device) is not ours to bend: it is deleted and recreated, and the next full pass re-adds every
 //! peer (flannel recreates the device but forgets its peers).
 
@@ -71,7 +72,11 @@ fn vtep_mac(lease: &Lease) -> Option<Mac> {
 }
 
 impl Vxlan {
-    pub fn new(opts: VxlanOptions, ext: ExternalInterface) -> Result<Vxlan, BackendError> {
+    pub fn new(
+        opts: VxlanOptions,
+        ext: ExternalInterface,
+        previous: Option<&Lease>,
+    ) -> Result<Vxlan, BackendError> {
         let local = ext.ext_addr.ok_or_else(|| {
             BackendError::Invalid(format!(
                 "vxlan needs an IPv4 public address; {} has none",
@@ -87,7 +92,10 @@ impl Vxlan {
             })?;
         Ok(Vxlan {
             name: format!("flannel.{}", opts.vni),
-            mac: derived_mac(IpAddr::V4(local), opts.vni),
+            // The MAC peers already know, if this node had a lease; else a stable derived one.
+            mac: previous
+                .and_then(vtep_mac)
+                .unwrap_or_else(|| derived_mac(IpAddr::V4(local), opts.vni)),
             local,
             mtu,
             opts,

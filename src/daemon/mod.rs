@@ -213,7 +213,16 @@ async fn run_until_error(flags: Flags, shared: std::sync::Arc<Shared>) -> Result
         st.backend = Some(cfg.backend.type_name().to_string());
     }
     shared.phase("preparing the backend");
-    let dp = Dataplane::start(backend::new(&cfg, &ext)?, metrics.clone())?;
+    // This node's lease as etcd has it (same public IP), so the backend keeps its identity.
+    let previous_lease = store.list().await.ok().and_then(|(leases, _)| {
+        leases
+            .into_iter()
+            .find(|l| Some(l.attrs.public_ip) == ext.ext_addr && l.key.fits(&cfg))
+    });
+    let dp = Dataplane::start(
+        backend::new(&cfg, &ext, previous_lease.as_ref())?,
+        metrics.clone(),
+    )?;
     *shared.dataplane.lock().expect("dataplane lock") = Some(dp.clone());
     let reg = dp.prepare().await?;
     shared.state.lock().expect("state lock").mtu = Some(reg.mtu);

@@ -686,3 +686,49 @@ fn stale_objects_from_an_earlier_run_are_removed_at_start() {
         1
     );
 }
+
+#[test]
+fn taking_a_node_over_from_flanneld_keeps_its_lease_and_vtep_mac() {
+    let mut c = Cluster::small("bmig", 2);
+    c.put_config(VXLAN);
+    // What flanneld left on node1: its lease with a random VtepMAC, and the device with that MAC.
+    let mac = "0a:bb:cc:00:11:22";
+    c.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.244.42.0-24"),
+        &format!(r#"{{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#),
+    ]);
+    for cmd in [
+        format!(
+            "ip link add flannel.1 address {mac} type vxlan id 1 local 198.18.0.11 dev eth0 dstport 8472 nolearning"
+        ),
+        "ip link set flannel.1 mtu 1450".to_string(),
+        "ip addr add 10.244.42.0/32 dev flannel.1".to_string(),
+        "ip link set flannel.1 up".to_string(),
+    ] {
+        let argv: Vec<&str> = cmd.split(' ').collect();
+        ok(c.lab.exec("node1", &argv).unwrap());
+    }
+    let index_before = c.ip_json("node1", &["link", "show", "flannel.1"])[0]["ifindex"].clone();
+    let nodes = boot(&mut c, VXLAN, &[]);
+    assert_eq!(nodes[0].subnet, "10.244.42.0/24", "the lease flanneld held");
+    let link = &c.ip_json("node1", &["link", "show", "flannel.1"])[0];
+    assert_eq!(link["address"], mac, "peers keep the VtepMAC they know");
+    assert_eq!(
+        link["ifindex"], index_before,
+        "the device was adopted, not recreated"
+    );
+    let leases: HashMap<String, String> = c.leases().into_iter().collect();
+    assert!(leases["10.244.42.0-24"].contains(mac), "{leases:?}");
+    wait_converged(&c, &nodes, |_, b, r| tunnelled(b, r));
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    assert!(ping_from(
+        &c,
+        &nodes[1],
+        nodes[1].gateway(),
+        nodes[0].gateway(),
+        &[]
+    ));
+}
