@@ -10,5 +10,6 @@ mod lab;
 mod lease;
 mod ops;
 mod outage;
+mod packaging;
 mod pods;
 mod support;
