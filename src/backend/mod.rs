@@ -560,6 +560,7 @@ impl Reconciler {
                         .unexpected
                         .push(format!("neighbour {} lladdr {}", n.ip, show(n.mac)))
                 }
+                Change::LinkUp(_) | Change::AddAddr(_) => {}
                 Change::DelFdb(f) => {
                     drift
                         .unexpected

@@ -60,13 +60,20 @@ pub fn ensure(
             ),
         ));
     }
-    let addrs: Vec<IpNet> = nl
-        .addrs()
-        .map_err(|e| kernel(format!("read addresses of {name}"), e))?
-        .into_iter()
-        .filter(|a| a.index == link.index)
-        .map(|a| a.net)
-        .collect();
+    // Per family: the host namespace holds an IPv6 link-local address per pod, so a dump of
+    // every family grows with the pods on the node.
+    let mut addrs: Vec<IpNet> = Vec::new();
+    for v4 in [true, false] {
+        if gateways.iter().any(|g| g.addr().is_ipv4() == v4) {
+            addrs.extend(
+                nl.addrs_v(v4)
+                    .map_err(|e| kernel(format!("read addresses of {name}"), e))?
+                    .into_iter()
+                    .filter(|a| a.index == link.index)
+                    .map(|a| a.net),
+            );
+        }
+    }
     for gw in gateways {
         let same_family: Vec<&IpNet> = addrs
             .iter()

@@ -98,6 +98,12 @@ pub fn handle(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Output {
 
 /// The plugin binary: process environment and stdin in, stdout and exit code out.
 pub fn main() -> i32 {
+    if std::env::var_os(plugin::REAP_ENV).is_some() {
+        return match veth::reap() {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+    }
     let mut stdin = Vec::new();
     if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
         let err = CniError::new(code::IO, "cannot read the network config from stdin")

@@ -243,16 +243,18 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     };
     let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
     let host_name = veth::host_name(&args.container_id, &args.ifname);
-    let host_end = veth::create(
+    let pair = veth::create(
         &mut host,
         &pod_ns,
-        &host_name,
-        &args.ifname,
-        layout.mtu,
-        br.index,
-        conf.hairpin,
+        &veth::VethSpec {
+            host_name: &host_name,
+            ifname: &args.ifname,
+            mtu: layout.mtu,
+            bridge: br.index,
+            hairpin: conf.hairpin,
+        },
     )?;
-    let idx = host_end.index;
+    let idx = pair.host.index;
     undo.push(move || {
         if let Ok(mut nl) = Netlink::open() {
             let _ = nl.del_link(idx);
@@ -297,7 +299,7 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         }
     }
     let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
-    let pod_end = veth::configure_pod(
+    veth::configure_pod(
         &mut pod,
         &veth::PodSide {
             ifname: &args.ifname,
@@ -326,13 +328,13 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
             },
             Interface {
                 name: host_name,
-                mac: host_end.mac.map(|m| m.to_string()),
+                mac: pair.host.mac.map(|m| m.to_string()),
                 sandbox: None,
                 mtu: Some(layout.mtu),
             },
             Interface {
                 name: args.ifname.clone(),
-                mac: pod_end.mac.map(|m| m.to_string()),
+                mac: Some(pair.pod_mac.to_string()),
                 sandbox: Some(netns_path.display().to_string()),
                 mtu: Some(layout.mtu),
             },
@@ -359,10 +361,12 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     Ok(result)
 }
 
-/// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released.
+/// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released. The
+/// pair is retired at once and deleted in the background (see `veth`).
 pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     let mut pod_ips: Vec<IpAddr> = Vec::new();
+    let mut pod_end: Option<(NetNs, u32)> = None;
     if let Some(path) = &args.netns
         && let Ok(ns) = NetNs::open_path(path)
         && let Ok(mut nl) = Netlink::open_in(&ns)
@@ -375,19 +379,33 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
             .filter(|a| a.index == link.index)
             .map(|a| a.net.addr())
             .collect();
-        // Deleting the pod end also removes the host end, whatever it is called (pods
-        // wired by flannel's bridge plugin have random host names).
-        if let Err(e) = nl.del_link(link.index) {
-            errors.push(format!("delete {} in the pod: {e}", args.ifname));
+        if let Err(e) = veth::retire(&mut nl, &args.ifname, false) {
+            errors.push(format!(
+                "take {} in the pod out of service: {e}",
+                args.ifname
+            ));
         }
+        pod_end = Some((ns, link.index));
     }
     match Netlink::open() {
-        Ok(mut host) => {
-            if let Err(e) = host.del_link_named(&veth::host_name(&args.container_id, &args.ifname))
-            {
-                errors.push(format!("delete the host end: {e}"));
+        Ok(mut host) => match veth::retire(
+            &mut host,
+            &veth::host_name(&args.container_id, &args.ifname),
+            true,
+        ) {
+            Ok(true) => spawn_reaper(),
+            Ok(false) => {
+                // No host end by podnet's name: a pod wired by flannel's bridge plugin (random
+                // host name). Deleting its pod end takes the pair with it, the slow way.
+                if let Some((ns, index)) = &pod_end
+                    && let Ok(mut nl) = Netlink::open_in(ns)
+                    && let Err(e) = nl.del_link(*index)
+                {
+                    errors.push(format!("delete {} in the pod: {e}", args.ifname));
+                }
             }
-        }
+            Err(e) => errors.push(format!("take the host end out of service: {e}")),
+        },
         Err(e) => errors.push(format!("open netlink: {e}")),
     }
     let released = match Store::open(&conf.ipam_data_dir, &conf.name) {
@@ -570,6 +588,9 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             released_v4.push(v);
         }
     }
+    if let Err(e) = veth::reap() {
+        errors.push(format!("delete retired links: {e}"));
+    }
     if !released_v4.is_empty()
         && nft::list_table(firewall::FAMILY, firewall::POD_MASQ_TABLE)
             .ok()
@@ -599,3 +620,28 @@ pub fn version(stdin: &[u8]) -> String {
     });
     spec::version_info(requested.as_deref())
 }
+
+/// Starts a detached reaper for retired pairs (this same binary, in this namespace). It
+/// outlives the plugin, which returns to the runtime without waiting for the kernel.
+fn spawn_reaper() {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.env(REAP_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    // If it cannot start, GC or the next DEL's reaper deletes the retired pair.
+    let _ = cmd.spawn();
+}
+
+/// Set in the reaper's environment.
+pub const REAP_ENV: &str = "PODNET_CNI_REAP";

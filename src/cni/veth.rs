@@ -1,18 +1,34 @@
 //! The veth pair between the node bridge and the pod. The host end's name is derived from the
 //! container ID and interface, so DEL finds it without any saved state.
+//!
+//! Deleting a veth makes the kernel wait for an RCU grace period (~25 ms on the machines we
+//! measured), and every plugin that deletes synchronously pays it on each DEL. podnet's DEL
+//! instead *retires* the pair: both ends go down (no traffic in either direction), get names
+//! of their own (a new ADD in the same namespace can use `eth0` at once) and join the
+//! `RETIRED_GROUP` link group; a detached reaper then deletes the whole group in one request,
+//! so the kernel batches the wait for all pairs retired meanwhile.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::spec::{CniError, code};
+use crate::kernel::Mac;
 use crate::kernel::netlink::{
-    Link, LinkChange, Netlink, NewLink, NewLinkKind, Route, SCOPE_UNIVERSE,
+    Addr, Change, Link, LinkChange, Netlink, NewLink, NewLinkKind, RTPROT_BOOT, Route,
+    SCOPE_UNIVERSE,
 };
 use crate::kernel::netns::NetNs;
 
-/// `veth` + 8 hex digits: stable for an attachment, at most 15 bytes.
-pub fn host_name(container_id: &str, ifname: &str) -> String {
+const LOOPBACK_INDEX: u32 = 1;
+/// How long a reaper waits for more retired pairs before deleting: one batch for a burst of
+/// DELs instead of one RTNL-holding grace period each.
+const REAP_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Link group of retired pairs ("pnd").
+pub const RETIRED_GROUP: u32 = 0x0070_6e64;
+
+fn hash(container_id: &str, ifname: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in container_id
         .bytes()
@@ -22,11 +38,94 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
         h ^= b as u32;
         h = h.wrapping_mul(0x0100_0193);
     }
-    format!("veth{h:08x}")
+    h
+}
+
+/// `veth` + 8 hex digits: stable for an attachment, at most 15 bytes.
+pub fn host_name(container_id: &str, ifname: &str) -> String {
+    format!("veth{:08x}", hash(container_id, ifname))
 }
 
 fn kernel(what: String, e: crate::kernel::KernelError) -> CniError {
     CniError::new(code::KERNEL, what).with_details(e.to_string())
+}
+
+/// The two ends as created.
+pub struct Pair {
+    pub host: Link,
+    pub pod_mac: Mac,
+}
+
+/// What the veth needs.
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub ifname: &'a str,
+    pub mtu: u32,
+    pub bridge: u32,
+    pub hairpin: bool,
+}
+
+/// Creates the pair in one request: the host end already on the bridge and up, the pod end
+/// directly in the pod's namespace, both with MACs we chose (so nothing has to be read back).
+pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result<Pair, CniError> {
+    let host_mac = Mac::random();
+    let pod_mac = Mac::random();
+    let new = NewLink {
+        name: spec.host_name,
+        kind: NewLinkKind::Veth {
+            peer: spec.ifname,
+            peer_ns: Some(pod_ns),
+            peer_mac: Some(pod_mac),
+        },
+        mtu: Some(spec.mtu),
+        mac: Some(host_mac),
+        master: Some(spec.bridge),
+        up: true,
+    };
+    let mut made = host.add_link(&new);
+    if matches!(&made, Err(e) if e.errno() == Some(libc::EEXIST))
+        && let Ok(Some(stale)) = host.link(spec.host_name)
+    {
+        // Left by an ADD that died half-way for this same attachment.
+        host.del_link(stale.index)
+            .map_err(|e| kernel(format!("remove stale {}", spec.host_name), e))?;
+        made = host.add_link(&new);
+    }
+    if let Err(e) = made {
+        if e.errno() == Some(libc::EEXIST) {
+            return Err(CniError::new(
+                code::INTERFACE_EXISTS,
+                format!(
+                    "the pod's network namespace already has an interface named {}",
+                    spec.ifname
+                ),
+            ));
+        }
+        return Err(kernel(
+            format!("create veth {}/{}", spec.host_name, spec.ifname),
+            e,
+        ));
+    }
+    let link = host
+        .require_link(spec.host_name)
+        .map_err(|e| kernel(format!("look up {}", spec.host_name), e))?;
+    if spec.hairpin {
+        host.set_link(
+            link.index,
+            &LinkChange {
+                hairpin: Some(true),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| kernel(format!("set hairpin on {}", spec.host_name), e))?;
+    }
+    Ok(Pair {
+        host: Link {
+            mac: Some(host_mac),
+            ..link
+        },
+        pod_mac,
+    })
 }
 
 /// What the pod end gets.
@@ -37,119 +136,102 @@ pub struct PodSide<'a> {
     pub routes: &'a [(IpNet, IpAddr)],
 }
 
-/// Creates the pair with the pod end directly in the pod's namespace, puts the host end on the
-/// bridge (hairpin if asked) and brings it up. Returns the host end.
-pub fn create(
-    host: &mut Netlink,
-    pod_ns: &NetNs,
-    host_name: &str,
-    ifname: &str,
-    mtu: u32,
-    bridge: u32,
-    hairpin: bool,
-) -> Result<Link, CniError> {
-    if let Some(stale) = host
-        .link(host_name)
-        .map_err(|e| kernel(format!("look up {host_name}"), e))?
-    {
-        // Left by an ADD that died half-way for this same attachment.
-        host.del_link(stale.index)
-            .map_err(|e| kernel(format!("remove stale {host_name}"), e))?;
-    }
-    let made = host.add_link(&NewLink {
-        name: host_name,
-        kind: NewLinkKind::Veth {
-            peer: ifname,
-            peer_ns: Some(pod_ns),
-        },
-        mtu: Some(mtu),
-        mac: None,
-        master: None,
-        up: false,
-    });
-    if let Err(e) = made {
-        if e.errno() == Some(libc::EEXIST) {
-            return Err(CniError::new(
-                code::INTERFACE_EXISTS,
-                format!("the pod's network namespace already has an interface named {ifname}"),
-            ));
-        }
-        return Err(kernel(format!("create veth {host_name}/{ifname}"), e));
-    }
-    let link = host
-        .require_link(host_name)
-        .map_err(|e| kernel(format!("look up {host_name}"), e))?;
-    let attach = LinkChange {
-        master: Some(bridge),
-        ..Default::default()
-    };
-    host.set_link(link.index, &attach)
-        .map_err(|e| kernel(format!("attach {host_name} to the bridge"), e))?;
-    if hairpin {
-        host.set_link(
-            link.index,
-            &LinkChange {
-                hairpin: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| kernel(format!("set hairpin on {host_name}"), e))?;
-    }
-    host.set_link(
-        link.index,
-        &LinkChange {
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| kernel(format!("bring {host_name} up"), e))?;
-    host.link_by_index(link.index)
-        .map_err(|e| kernel(format!("look up {host_name}"), e))?
-        .ok_or_else(|| {
-            CniError::new(
-                code::KERNEL,
-                format!("{host_name} vanished while being set up"),
-            )
-        })
-}
-
-/// Inside the pod: loopback up, addresses, the interface up, routes. Returns the pod end.
-pub fn configure_pod(pod: &mut Netlink, side: &PodSide<'_>) -> Result<Link, CniError> {
-    let lo = pod
-        .require_link("lo")
-        .map_err(|e| kernel("look up lo in the pod".into(), e))?;
-    if !lo.up {
-        pod.set_link(
-            lo.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| kernel("bring lo up in the pod".into(), e))?;
-    }
+/// Inside the pod: loopback up, addresses, the interface up, routes — in one pipelined batch.
+pub fn configure_pod(pod: &mut Netlink, side: &PodSide<'_>) -> Result<(), CniError> {
     let link = pod
         .require_link(side.ifname)
         .map_err(|e| kernel(format!("look up {} in the pod", side.ifname), e))?;
-    for a in side.addrs {
-        pod.add_addr(link.index, *a)
-            .map_err(|e| kernel(format!("add {a} to {}", side.ifname), e))?;
-    }
-    pod.set_link(
-        link.index,
-        &LinkChange {
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| kernel(format!("bring {} up", side.ifname), e))?;
+    // Loopback is ifindex 1 in every namespace.
+    let mut changes = vec![Change::LinkUp(LOOPBACK_INDEX)];
+    changes.extend(side.addrs.iter().map(|a| {
+        Change::AddAddr(Addr {
+            index: link.index,
+            net: *a,
+        })
+    }));
+    changes.push(Change::LinkUp(link.index));
     for (dst, gw) in side.routes {
-        let mut r = Route::unicast(*dst, crate::kernel::netlink::RTPROT_BOOT);
+        let mut r = Route::unicast(*dst, RTPROT_BOOT);
         r.gateway = Some(*gw);
         r.oif = Some(link.index);
         r.scope = SCOPE_UNIVERSE;
-        pod.replace_route(&r)
-            .map_err(|e| kernel(format!("add route {dst} via {gw} in the pod"), e))?;
+        changes.push(Change::ReplaceRoute(r));
     }
-    Ok(link)
+    for (c, result) in changes.iter().zip(pod.apply(&changes)) {
+        result.map_err(|e| kernel(format!("in the pod: {c:?}"), e))?;
+    }
+    Ok(())
+}
+
+/// Takes a link out of service without waiting for the kernel to delete it: down, renamed,
+/// and (for the host end) in `RETIRED_GROUP` for the reaper. Returns whether it did anything.
+pub fn retire(
+    nl: &mut Netlink,
+    name: &str,
+    mark: bool,
+) -> Result<bool, crate::kernel::KernelError> {
+    let Some(link) = nl.link(name)? else {
+        return Ok(false);
+    };
+    // A name of its own frees the old one for a new pod at once; a link must be down to be
+    // renamed. The group comes with the new name, so a reaper never deletes a link before it
+    // has been renamed (and a link a reaper already took is as retired as it gets).
+    let retired = format!("pnd{:08x}", rand::random::<u32>());
+    let steps = [
+        LinkChange {
+            up: Some(false),
+            ..Default::default()
+        },
+        LinkChange {
+            name: Some(&retired),
+            group: mark.then_some(RETIRED_GROUP),
+            ..Default::default()
+        },
+    ];
+    for step in &steps {
+        match nl.set_link(link.index, step) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(true),
+            r => r?,
+        }
+    }
+    Ok(true)
+}
+
+/// Deletes every retired pair in this namespace. One reaper at a time per namespace (a lock
+/// file named after it); after releasing the lock it looks once more, so a pair retired while
+/// it was finishing is never left behind.
+pub fn reap() -> Result<(), crate::kernel::KernelError> {
+    let ns = NetNs::current()?;
+    let (dev, ino) = ns.id()?;
+    let dir = std::path::Path::new("/run/podnet");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| crate::kernel::KernelError::io("create /run/podnet", e))?;
+    let lock_path = dir.join(format!("cni-reaper-{dev:x}-{ino:x}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| crate::kernel::KernelError::io(format!("open {}", lock_path.display()), e))?;
+    let mut nl = Netlink::open()?;
+    let pending = |nl: &mut Netlink| -> Result<bool, crate::kernel::KernelError> {
+        Ok(nl.links()?.iter().any(|l| l.group == RETIRED_GROUP))
+    };
+    loop {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            // Another reaper runs; it looks again after it unlocks.
+            return Ok(());
+        }
+        while pending(&mut nl)? {
+            std::thread::sleep(REAP_DEBOUNCE);
+            nl.del_link_group(RETIRED_GROUP)?;
+        }
+        // SAFETY: as above.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+        if !pending(&mut nl)? {
+            return Ok(());
+        }
+    }
 }

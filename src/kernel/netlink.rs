@@ -81,6 +81,8 @@ pub struct Link {
     pub vxlan: Option<Vxlan>,
     /// Bridge port option, when this link is a bridge port.
     pub hairpin: Option<bool>,
+    /// Link group (`ip link set ... group N`).
+    pub group: u32,
 }
 
 /// The VXLAN attributes podnet cares about, both for creating a device and for comparing one.
@@ -104,6 +106,7 @@ pub enum NewLinkKind<'a> {
     Veth {
         peer: &'a str,
         peer_ns: Option<&'a NetNs>,
+        peer_mac: Option<Mac>,
     },
     Vxlan(Vxlan),
 }
@@ -132,6 +135,7 @@ pub struct LinkChange<'a> {
     pub netns: Option<&'a NetNs>,
     /// Bridge port option (only for links that are bridge ports).
     pub hairpin: Option<bool>,
+    pub group: Option<u32>,
 }
 
 /// An interface address.
@@ -199,6 +203,10 @@ pub struct Fdb {
 /// One change for `Netlink::apply`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Bring a link up.
+    LinkUp(u32),
+    /// Add an address (one already there is replaced, which counts as done).
+    AddAddr(Addr),
     ReplaceRoute(Route),
     DelRoute(Route),
     ReplaceNeighbour(Neighbour),
@@ -210,6 +218,8 @@ pub enum Change {
 impl Change {
     fn describe(&self) -> String {
         match self {
+            Change::LinkUp(i) => format!("bring link #{i} up"),
+            Change::AddAddr(a) => format!("add address {}", a.net),
             Change::ReplaceRoute(r) => format!("replace route {}", r.dst),
             Change::DelRoute(r) => format!("delete route {}", r.dst),
             Change::ReplaceNeighbour(n) => format!("replace neighbour {}", n.ip),
@@ -222,6 +232,17 @@ impl Change {
     fn message(&self) -> (RouteNetlinkMessage, u16) {
         const REPLACE: u16 = NLM_F_CREATE | NLM_F_REPLACE;
         match self {
+            Change::LinkUp(i) => {
+                let mut msg = LinkMessage::default();
+                msg.header.index = *i;
+                msg.header.flags = LinkFlags::Up;
+                msg.header.change_mask = LinkFlags::Up;
+                (RouteNetlinkMessage::NewLink(msg), 0)
+            }
+            Change::AddAddr(a) => (
+                RouteNetlinkMessage::NewAddress(addr_message(a.index, a.net)),
+                REPLACE,
+            ),
             Change::ReplaceRoute(r) => (RouteNetlinkMessage::NewRoute(route_message(r)), REPLACE),
             Change::DelRoute(r) => (RouteNetlinkMessage::DelRoute(route_message(r)), 0),
             Change::ReplaceNeighbour(n) => (
@@ -589,11 +610,20 @@ impl Netlink {
         }
         let info = match &spec.kind {
             NewLinkKind::Bridge => vec![LinkInfo::Kind(InfoKind::Bridge)],
-            NewLinkKind::Veth { peer, peer_ns } => {
+            NewLinkKind::Veth {
+                peer,
+                peer_ns,
+                peer_mac,
+            } => {
                 let mut peer_msg = LinkMessage::default();
                 peer_msg
                     .attributes
                     .push(LinkAttribute::IfName(peer.to_string()));
+                if let Some(mac) = peer_mac {
+                    peer_msg
+                        .attributes
+                        .push(LinkAttribute::Address(mac.0.to_vec()));
+                }
                 if let Some(mtu) = spec.mtu {
                     peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
                 }
@@ -664,6 +694,9 @@ impl Netlink {
         if let Some(ns) = change.netns {
             msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
         }
+        if let Some(g) = change.group {
+            msg.attributes.push(LinkAttribute::Group(g));
+        }
         if let Some(hairpin) = change.hairpin {
             msg.attributes.push(LinkAttribute::LinkInfo(vec![
                 LinkInfo::PortKind(InfoPortKind::Bridge),
@@ -693,6 +726,21 @@ impl Netlink {
         }
     }
 
+    /// Deletes every link in a group with one request: the kernel unregisters them as a batch
+    /// and waits for one RCU grace period instead of one per link.
+    pub fn del_link_group(&mut self, group: u32) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match self.exec(
+            &format!("delete link group {group}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Deletes a link by name; absent is not an error.
     pub fn del_link_named(&mut self, name: &str) -> Result<(), KernelError> {
         match self.link(name)? {
@@ -709,6 +757,24 @@ impl Netlink {
             "dump addresses",
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(&a),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Addresses of one family (a smaller dump than `addrs` when a host has many links).
+    pub fn addrs_v(&mut self, v4: bool) -> Result<Vec<Addr>, KernelError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let msgs = self.dump("dump addresses", RouteNetlinkMessage::GetAddress(msg))?;
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
@@ -980,6 +1046,7 @@ fn parse_link(l: &LinkMessage) -> Link {
         parent: None,
         vxlan: None,
         hairpin: None,
+        group: 0,
     };
     for a in &l.attributes {
         match a {
@@ -988,6 +1055,7 @@ fn parse_link(l: &LinkMessage) -> Link {
             LinkAttribute::Address(b) => link.mac = Mac::from_slice(b),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::Link(p) => link.parent = Some(*p),
+            LinkAttribute::Group(g) => link.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {

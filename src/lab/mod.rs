@@ -581,6 +581,7 @@ fn plug(
         kind: NewLinkKind::Veth {
             peer: inner,
             peer_ns: Some(ns),
+            peer_mac: None,
         },
         mtu: None,
         mac: None,

@@ -299,14 +299,24 @@ impl Cluster {
         v
     }
 
-    /// veth links on a node.
+    /// veth links on a node, once the plugin's reaper has deleted the pairs DEL retired.
     pub fn veths(&self, node: &str) -> Vec<String> {
-        self.ip_json(node, &["link", "show", "type", "veth"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(String::from))
-            .filter(|n| n != "eth0")
-            .collect()
+        let list = || -> Vec<String> {
+            self.ip_json(node, &["link", "show", "type", "veth"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l["ifname"].as_str().map(String::from))
+                .filter(|n| n != "eth0")
+                .collect()
+        };
+        poll(
+            "retired pairs to be deleted",
+            Duration::from_secs(10),
+            || {
+                let l = list();
+                (!l.iter().any(|n| n.starts_with("pnd"))).then_some(l)
+            },
+        )
     }
 }

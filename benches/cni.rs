@@ -1,0 +1,201 @@
+//! Pod setup: CNI ADD and DEL wall time per pod, podnet's plugin against Debian's reference chain
+//! (bridge + host-local, configured exactly as flannel's plugin renders its delegate config), on
+//! the same lab node, interleaved in one run, sequentially and 8 at once.
+//!
+//!   sudo cargo bench --bench cni            (BENCH_RUNS=3, BENCH_PODS=200 by default)
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::*;
+use podnet::lab::{Lab, LabSpec};
+use serde_json::json;
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet");
+
+#[derive(Clone, Copy, PartialEq)]
+enum System {
+    Podnet,
+    Reference,
+}
+
+struct Bench {
+    lab: Lab,
+    podnet_conf: String,
+    ref_conf: String,
+}
+
+impl Bench {
+    /// One plugin invocation; returns its wall time (spawn to exit), panics on failure.
+    fn call(&self, sys: System, cmd: &str, id: &str, netns: &str) -> f64 {
+        let (bin, conf) = match sys {
+            System::Podnet => (PLUGIN, &self.podnet_conf),
+            System::Reference => ("/usr/lib/cni/bridge", &self.ref_conf),
+        };
+        let mut c = self.lab.command("node1", &[bin]).unwrap();
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{cmd} {id}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        dt
+    }
+}
+
+fn main() {
+    require_root();
+    let pods: usize = std::env::var("BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let runs = runs(3);
+    let lab = Lab::up(&LabSpec::new(unique("bcni"), 1)).unwrap();
+    let dir = lab.node_dir("node1").unwrap();
+    // What podnetd writes with --ip-masq (so neither plugin adds masquerade rules).
+    std::fs::write(
+        dir.join("subnet.env"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    let podnet_conf = json!({
+        "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+        "subnetFile": dir.join("subnet.env"),
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+        "ipam": {"dataDir": dir.join("ipam-podnet")},
+    })
+    .to_string();
+    // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
+    let ref_conf = json!({
+        "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
+        "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": false, "mtu": 1450,
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam-ref"),
+                 "ranges": [[{"subnet": "10.244.2.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
+    })
+    .to_string();
+    let mut b = Bench {
+        lab,
+        podnet_conf,
+        ref_conf,
+    };
+    let ns: Vec<(String, String)> = (0..pods)
+        .map(|i| {
+            let p = format!(
+                "/run/netns/{}",
+                b.lab.pod_add("node1", &format!("p{i}")).unwrap()
+            );
+            let r = format!(
+                "/run/netns/{}",
+                b.lab.pod_add("node1", &format!("r{i}")).unwrap()
+            );
+            (p, r)
+        })
+        .collect();
+    // Warm-up: the first call of each creates its bridge and directories.
+    b.call(System::Podnet, "ADD", "warm", &ns[0].0);
+    b.call(System::Podnet, "DEL", "warm", &ns[0].0);
+    b.call(System::Reference, "ADD", "warm", &ns[0].1);
+    b.call(System::Reference, "DEL", "warm", &ns[0].1);
+
+    // results[system][op] = per-run medians; all[system][op] = every sample
+    let ops = [
+        "ADD sequential",
+        "DEL sequential",
+        "ADD 8 at once",
+        "DEL 8 at once",
+    ];
+    let mut medians = vec![vec![Vec::new(); ops.len()]; 2];
+    let mut all = vec![vec![Vec::new(); ops.len()]; 2];
+    for run in 0..runs {
+        let mut samples = vec![vec![Vec::new(); ops.len()]; 2];
+        // Sequential, interleaved one pod at a time.
+        for (i, (p, r)) in ns.iter().enumerate() {
+            samples[0][0].push(b.call(System::Podnet, "ADD", &format!("p{run}-{i}"), p));
+            samples[1][0].push(b.call(System::Reference, "ADD", &format!("r{run}-{i}"), r));
+        }
+        for (i, (p, r)) in ns.iter().enumerate() {
+            samples[0][1].push(b.call(System::Podnet, "DEL", &format!("p{run}-{i}"), p));
+            samples[1][1].push(b.call(System::Reference, "DEL", &format!("r{run}-{i}"), r));
+        }
+        // Eight at once, interleaved batch by batch.
+        for (op, cmd) in [(2, "ADD"), (3, "DEL")] {
+            for chunk in ns.chunks(8).enumerate().collect::<Vec<_>>() {
+                for (s, sys) in [(0, System::Podnet), (1, System::Reference)] {
+                    let (ci, batch) = chunk;
+                    let times: Vec<f64> = std::thread::scope(|sc| {
+                        let hs: Vec<_> = batch
+                            .iter()
+                            .enumerate()
+                            .map(|(j, (p, r))| {
+                                let b = &b;
+                                let id = format!("c{s}{run}-{ci}-{j}");
+                                let netns = if sys == System::Podnet {
+                                    p.clone()
+                                } else {
+                                    r.clone()
+                                };
+                                sc.spawn(move || b.call(sys, cmd, &id, &netns))
+                            })
+                            .collect();
+                        hs.into_iter().map(|h| h.join().unwrap()).collect()
+                    });
+                    samples[s][op].extend(times);
+                }
+            }
+        }
+        for s in 0..2 {
+            for op in 0..ops.len() {
+                medians[s][op].push(summarize(&samples[s][op]).median);
+                all[s][op].extend(samples[s][op].iter().copied());
+            }
+        }
+        eprintln!("run {}/{runs} done", run + 1);
+    }
+    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam-podnet/cbr0"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!(
+        "\nCNI pod setup, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
+    );
+    println!("| operation | podnet | reference (bridge + host-local) | ratio |");
+    println!("|---|---|---|---|");
+    for (op, name) in ops.iter().enumerate() {
+        let p = summarize(&medians[0][op]);
+        let r = summarize(&medians[1][op]);
+        println!(
+            "| {name} | {} | {} | {:.1}× |",
+            ms(p),
+            ms(r),
+            r.median / p.median
+        );
+    }
+    println!("\nAll samples (ms, median (min–max)):");
+    for (op, name) in ops.iter().enumerate() {
+        println!(
+            "  {name}: podnet {} reference {}",
+            ms(summarize(&all[0][op])),
+            ms(summarize(&all[1][op]))
+        );
+    }
+    println!(
+        "podnet IPAM files left after all DELs: {leftovers} (lock and last_reserved_ip.0 expected)"
+    );
+    let _ = &mut b;
+}
