@@ -208,6 +208,7 @@ fn run(
                     log_report("full pass", report);
                 }
                 ready = true;
+                super::memory::release_free();
                 let _ = reply.send(r);
             }
             Cmd::Add(l) => {
@@ -236,6 +237,7 @@ fn run(
                     Ok(report) => {
                         record(&stats, &rec, &report, &metrics);
                         log_report(&format!("resync ({why})"), &report);
+                        super::memory::release_free();
                     }
                     Err(e) => {
                         metrics.reconcile_errors.inc();

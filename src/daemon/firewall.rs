@@ -77,6 +77,13 @@ pub fn normalize(listing: &str) -> (String, Vec<String>) {
     (out, elems)
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Ensured {
+    AsWanted,
+    Created,
+    Replaced,
+}
+
 struct State {
     spec: FirewallSpec,
     probes: Vec<Probe>,
@@ -98,13 +105,35 @@ impl State {
         s.last_error = Some(format!("{what}: {e}"));
     }
 
-    fn apply_all(&self) -> Result<(), KernelError> {
-        nft::apply(&self.spec.render_apply(&self.peer_list()))?;
+    /// Makes the table what it should be with as few transactions as possible. Replacing the
+    /// table is the slow path (the kernel waits for a grace period when it unhooks chains), so an
+    /// unchanged table is left alone and an absent one is created without the replace.
+    fn ensure(&self) -> Result<Ensured, KernelError> {
+        let peers = self.peer_list();
+        let want = if self.spec.is_empty() {
+            None
+        } else {
+            let mut elems: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+            elems.sort();
+            Some((normalize(&self.spec.render_table(&[])).0, elems))
+        };
+        let have = nft::list_table(firewall::FAMILY, firewall::TABLE)?.map(|l| normalize(&l));
+        let done = if have == want {
+            Ensured::AsWanted
+        } else if have.is_none() {
+            nft::apply(&self.spec.render_table(&peers))?;
+            Ensured::Created
+        } else {
+            nft::apply(&self.spec.render_apply(&peers))?;
+            Ensured::Replaced
+        };
         let mut s = self.stats.lock().expect("stats lock");
-        s.applied += 1;
+        if done != Ensured::AsWanted {
+            s.applied += 1;
+        }
         s.guard_peers = self.peers.len();
         self.metrics.tunnel_guard_peers.set(self.peers.len() as i64);
-        Ok(())
+        Ok(done)
     }
 
     fn guard_change(&self, script: String) {
@@ -120,27 +149,14 @@ impl State {
     }
 
     fn check(&self) {
-        let want = if self.spec.is_empty() {
-            None
-        } else {
-            let elems: Vec<String> = self.peer_list().iter().map(|p| p.to_string()).collect();
-            let mut sorted = elems;
-            sorted.sort();
-            Some((normalize(&self.spec.render_table(&[])).0, sorted))
-        };
-        let have = match nft::list_table(firewall::FAMILY, firewall::TABLE) {
-            Ok(l) => l.map(|l| normalize(&l)),
-            Err(e) => return self.fail("read podnet's nftables table", e),
-        };
-        if have != want {
-            tracing::warn!("podnet's nftables rules were changed or removed; restoring them");
-            match self.apply_all() {
-                Ok(()) => {
-                    self.stats.lock().expect("stats lock").restored += 1;
-                    self.metrics.firewall_restores.inc();
-                }
-                Err(e) => self.fail("restore podnet's nftables rules", e),
+        match self.ensure() {
+            Ok(Ensured::AsWanted) => {}
+            Ok(_) => {
+                tracing::warn!("podnet's nftables rules were changed or removed; restored them");
+                self.stats.lock().expect("stats lock").restored += 1;
+                self.metrics.firewall_restores.inc();
             }
+            Err(e) => return self.fail("restore podnet's nftables rules", e),
         }
         let ruleset = match nft::ruleset_json() {
             Ok(r) => r,
@@ -193,12 +209,15 @@ impl Firewall {
         for p in peers {
             *st.peers.entry(*p).or_default() += 1;
         }
-        st.apply_all()?;
-        st.check();
+        let done = st.ensure()?;
+        tracing::debug!(?done, "podnet's nftables table");
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("firewall".into())
             .spawn(move || {
+                // The first integrity check runs here rather than before returning: it costs
+                // two nft round trips that start-up does not need to wait for.
+                st.check();
                 loop {
                     match rx.recv_timeout(resync) {
                         Ok(Cmd::Add(ip)) => {
@@ -222,7 +241,7 @@ impl Firewall {
                             for p in list {
                                 *st.peers.entry(p).or_default() += 1;
                             }
-                            if let Err(e) = st.apply_all() {
+                            if let Err(e) = st.ensure() {
                                 st.fail("apply podnet's nftables rules", e);
                             }
                         }

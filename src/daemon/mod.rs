@@ -15,6 +15,7 @@ pub mod firewall;
 pub mod flags;
 pub mod http;
 pub mod iface;
+pub mod memory;
 pub mod metrics;
 
 use std::time::Duration;
@@ -56,8 +57,10 @@ pub enum DaemonError {
 
 /// Runs podnetd; returns the process exit code.
 pub fn main() -> i32 {
+    memory::limit_arenas();
     let flags = Flags::from_env();
     crate::logging::init(flags.verbosity);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "podnetd starting");
     if let Err(e) = flags.validate() {
         tracing::error!("{e}");
         return 1;
@@ -282,14 +285,6 @@ async fn run_until_error(flags: Flags, shared: std::sync::Arc<Shared>) -> Result
             None => return Err(DaemonError::Flags("lease watch ended".into())),
         }
     }
-    let report = dp.full(peers.peers().cloned().collect()).await?;
-    tracing::info!(
-        peers = peers.len(),
-        changes = report.applied,
-        took_ms = report.duration.as_millis() as u64,
-        "peers programmed"
-    );
-
     let fw_spec = FirewallSpec {
         network: cfg
             .v4
@@ -309,14 +304,27 @@ async fn run_until_error(flags: Flags, shared: std::sync::Arc<Shared>) -> Result
     let probes = probes(&fw_spec, &ext.name, reg.tunnel_device.as_deref());
     let mut peer_ips: std::collections::HashMap<SubnetKey, std::net::Ipv4Addr> =
         peers.peers().map(|l| (l.key, l.attrs.public_ip)).collect();
-    let fw = firewall::Firewall::start(
-        fw_spec,
-        probes,
-        &peer_ips.values().copied().collect::<Vec<_>>(),
-        Duration::from_secs(flags.iptables_resync),
-        metrics.clone(),
-    )
-    .map_err(DaemonError::Firewall)?;
+    // The firewall and the peer routes are independent kernel state: program both at once.
+    let fw_start = {
+        let peer_list: Vec<std::net::Ipv4Addr> = peer_ips.values().copied().collect();
+        let resync = Duration::from_secs(flags.iptables_resync);
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            firewall::Firewall::start(fw_spec, probes, &peer_list, resync, metrics)
+        })
+    };
+    let report = dp.full(peers.peers().cloned().collect()).await?;
+    tracing::info!(
+        peers = peers.len(),
+        changes = report.applied,
+        took_ms = report.duration.as_millis() as u64,
+        "peers programmed"
+    );
+
+    let fw = fw_start
+        .await
+        .map_err(|e| DaemonError::Flags(format!("firewall start-up task: {e}")))?
+        .map_err(DaemonError::Firewall)?;
     *shared.firewall.lock().expect("firewall lock") = Some(fw.clone());
 
     let env = SubnetEnv::for_lease(

@@ -987,6 +987,77 @@ impl LinkEvents {
     }
 }
 
+/// A route was added or removed.
+#[derive(Debug, Clone)]
+pub enum RouteEvent {
+    New(Route),
+    Deleted(Route),
+}
+
+/// IPv4 route notifications (`ip monitor route`), for timing how fast routes appear.
+pub struct RouteEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// Multicast group for IPv4 route notifications (RTNLGRP_IPV4_ROUTE).
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+
+impl RouteEvents {
+    /// Subscribes in the calling thread's namespace.
+    pub fn subscribe() -> Result<RouteEvents, KernelError> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::io("bind netlink socket", e))?;
+        socket
+            .add_membership(RTNLGRP_IPV4_ROUTE)
+            .map_err(|e| KernelError::io("join netlink route group", e))?;
+        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
+        Ok(RouteEvents {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Blocks until the next batch of events.
+    pub fn recv(&mut self) -> Result<Vec<RouteEvent>, KernelError> {
+        self.buf.clear();
+        loop {
+            match self.socket.recv(&mut self.buf, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(KernelError::io("receive route events", e)),
+            }
+        }
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset + 16 <= self.buf.len() {
+            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
+                as usize;
+            if len < 16 || offset + len > self.buf.len() {
+                break;
+            }
+            if let Ok(m) =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
+            {
+                match m.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                        out.extend(parse_route(&r).map(RouteEvent::New))
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => {
+                        out.extend(parse_route(&r).map(RouteEvent::Deleted))
+                    }
+                    _ => {}
+                }
+            }
+            offset += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+}
+
 fn set_rcvbuf(fd: RawFd, size: usize) {
     let size = size as libc::c_int;
     // SO_RCVBUFFORCE exceeds rmem_max when we have CAP_NET_ADMIN; fall back silently otherwise.

@@ -204,7 +204,7 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     });
     let log = c.log(&podnetd(&c, "node1"));
     assert!(
-        log.contains("podnet's nftables rules were changed or removed; restoring them"),
+        log.contains("podnet's nftables rules were changed or removed; restored them"),
         "{log}"
     );
     // A rule changed by hand is put back too.

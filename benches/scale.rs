@@ -1,0 +1,490 @@
+//! Control plane at scale: with N fake peer leases in etcd (addresses on the node's own L2),
+//! for host-gw and vxlan — podnetd start to all peers programmed, one more lease programmed
+//! after its put (and its delete), resident memory, start-up to subnet.env — against the floor:
+//! the same kernel objects installed by a single `ip -batch` run on a twin node, same run.
+//!
+//!   sudo cargo bench --bench scale          (BENCH_SIZES=100,1000,5000 by default)
+//!
+//! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map after sync, BENCH_SHOW_LOG=1 the
+//! start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under a wrapper.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use podnet::backend::vxlan::derived_mac;
+use podnet::kernel::netlink::{RouteEvent, RouteEvents};
+use podnet::lab::{Lab, LabSpec};
+
+const PODNETD: &str = env!("CARGO_BIN_EXE_podnetd");
+const PREFIX: &str = "/coreos.com/network";
+
+fn subnet(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i as u32 + 1) * 8)
+}
+
+fn public(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32)
+}
+
+fn lease_value(backend: &str, i: usize) -> String {
+    if backend == "vxlan" {
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            public(i),
+            derived_mac(public(i).into(), 1)
+        )
+    } else {
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+            public(i)
+        )
+    }
+}
+
+/// "2026-11-22T14:28:17.971205Z" at the start of a log line → seconds since the epoch.
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some((days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + frac)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Runs async etcd work from inside node1's namespace.
+fn etcd<T: Send>(
+    lab: &Lab,
+    eps: &str,
+    f: impl FnOnce(Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send,
+) -> T {
+    lab.netns("node1")
+        .unwrap()
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let c = Client::connect([eps], None).await.unwrap();
+                f(c).await
+            })
+        })
+        .unwrap()
+}
+
+fn wait_log(path: &std::path::Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?} in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if std::env::var_os("BENCH_SHOW_RSS").is_some() {
+        for l in s
+            .lines()
+            .filter(|l| l.starts_with("Rss") || l.starts_with("VmRSS") || l.starts_with("Threads"))
+        {
+            eprintln!("  {l}");
+        }
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let mut cur = String::new();
+        for l in smaps.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() >= 5 && f[0].contains('-') && !l.starts_with(' ') && !f[0].ends_with(':') {
+                cur = format!("{} {}", f[0], f.get(5).unwrap_or(&"[anon]"));
+            } else if f.first() == Some(&"Rss:") && f[1].parse::<u64>().unwrap_or(0) >= 256 {
+                eprintln!("    {} kB {cur}", f[1]);
+            }
+        }
+    }
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct Row {
+    backend: &'static str,
+    n: usize,
+    start_to_programmed: f64,
+    pass: f64,
+    floor: f64,
+    add: common::Summary,
+    add_after_event: common::Summary,
+    del: common::Summary,
+    rss: f64,
+}
+
+fn scenario(backend: &'static str, n: usize) -> Row {
+    let mut lab = Lab::up(&LabSpec::new(unique("bsc"), 2)).unwrap();
+    let eps = lab.etcd_endpoints();
+    // podnetd's own subnet comes from above the fake peers' (10.244.0.8 up to 10.244.157.0).
+    let config = format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    // N peers, written in transactions of 128 puts.
+    let values: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("{PREFIX}/subnets/{}-29", subnet(i)),
+                lease_value(backend, i),
+            )
+        })
+        .collect();
+    etcd(&lab, &eps, move |mut c| {
+        Box::pin(async move {
+            c.put(format!("{PREFIX}/config"), config, None)
+                .await
+                .unwrap();
+            for chunk in values.chunks(128) {
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None::<PutOptions>))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await.unwrap();
+            }
+        })
+    });
+    // Route notifications on node1, timestamped as they arrive.
+    let (tx, rx) = mpsc::channel::<(f64, RouteEvent)>();
+    let mut events = lab
+        .netns("node1")
+        .unwrap()
+        .run(RouteEvents::subscribe)
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        loop {
+            // An overrun while thousands of routes go in is fine: only later events are timed.
+            let Ok(batch) = events.recv() else { continue };
+            let t = now();
+            for e in batch {
+                if tx.send((t, e)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let dir = lab.node_dir("node1").unwrap();
+    let mut argv: Vec<String> = std::env::var("BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    argv.extend([
+        PODNETD.into(),
+        format!("--etcd-endpoints={eps}"),
+        format!("--subnet-file={}", dir.join("subnet.env").display()),
+        format!("--status-socket={}", dir.join("podnetd.sock").display()),
+        "--resync-period=1h".into(),
+    ]);
+    let t0 = now();
+    let rec = lab.spawn("node1", &argv, &[]).unwrap();
+    let programmed = wait_log(&rec.log, "peers programmed", Duration::from_secs(120));
+    let start_to_programmed = log_time(&programmed).unwrap() - t0;
+    let pass = field(&programmed, "took_ms") / 1e3;
+    let routes = lab
+        .exec("node1", &["ip", "-j", "route", "show", "proto", "86"])
+        .unwrap();
+    let count = serde_json::from_slice::<serde_json::Value>(&routes.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(count, n, "every peer has its route");
+    wait_log(
+        &rec.log,
+        "ready: subnet file written",
+        Duration::from_secs(30),
+    );
+    while rx.try_recv().is_ok() {}
+
+    // One more lease, 20 times: from the put to its route, and from podnetd seeing it.
+    let mut add = Vec::new();
+    let mut add_after_event = Vec::new();
+    let mut del = Vec::new();
+    for j in 0..20 {
+        let i = n + j;
+        let dst = format!("{}/29", subnet(i));
+        let (key, value) = (
+            format!("{PREFIX}/subnets/{}-29", subnet(i)),
+            lease_value(backend, i),
+        );
+        let k2 = key.clone();
+        let t_put = now();
+        etcd(&lab, &eps, move |mut c| {
+            Box::pin(async move {
+                c.put(k2, value, None).await.unwrap();
+            })
+        });
+        let t_route = loop {
+            let (t, e) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("route for the new lease");
+            if let RouteEvent::New(r) = e
+                && r.dst.to_string() == dst
+            {
+                break t;
+            }
+        };
+        // Let the log catch up, then read when podnetd received the event.
+        let line = wait_log(
+            &rec.log,
+            &format!("peer added peer={}-29", subnet(i)),
+            Duration::from_secs(5),
+        );
+        add.push(t_route - t_put);
+        add_after_event.push(t_route - log_time(&line).unwrap());
+        let k3 = key.clone();
+        let t_del = now();
+        etcd(&lab, &eps, move |mut c| {
+            Box::pin(async move {
+                c.delete(k3, None).await.unwrap();
+            })
+        });
+        let t_gone = loop {
+            let (t, e) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("route removal");
+            if let RouteEvent::Deleted(r) = e
+                && r.dst.to_string() == dst
+            {
+                break t;
+            }
+        };
+        del.push(t_gone - t_del);
+    }
+    let rss = rss_mb(rec.id.pid);
+
+    // The floor: the same objects, one `ip -batch` on node2 (device made beforehand).
+    let mut batch = String::new();
+    let mut fdb = String::new();
+    if backend == "vxlan" {
+        for cmd in [
+            "ip link add flannel.1 type vxlan id 1 dev eth0 local 198.18.0.12 dstport 8472 nolearning",
+            "ip link set flannel.1 up",
+        ] {
+            let a: Vec<&str> = cmd.split(' ').collect();
+            assert!(lab.exec("node2", &a).unwrap().status.success());
+        }
+        for i in 0..n {
+            let mac = derived_mac(public(i).into(), 1);
+            batch += &format!(
+                "neigh replace {} lladdr {mac} dev flannel.1 nud permanent\n",
+                subnet(i)
+            );
+            fdb += &format!(
+                "fdb replace {mac} dev flannel.1 dst {} self permanent\n",
+                public(i)
+            );
+            batch += &format!(
+                "route replace {}/29 via {} dev flannel.1 onlink proto 86\n",
+                subnet(i),
+                subnet(i)
+            );
+        }
+    } else {
+        for i in 0..n {
+            batch += &format!(
+                "route replace {}/29 via {} dev eth0 proto 86\n",
+                subnet(i),
+                public(i)
+            );
+        }
+    }
+    let file = lab.node_dir("node2").unwrap().join("floor.batch");
+    let fdb_file = lab.node_dir("node2").unwrap().join("floor.fdb");
+    std::fs::write(&file, batch).unwrap();
+    std::fs::write(&fdb_file, fdb).unwrap();
+    let t = Instant::now();
+    // FDB entries first (the `bridge` tool's), as podnet orders them before routes.
+    if backend == "vxlan" {
+        let out = lab
+            .exec(
+                "node2",
+                &["bridge", "-batch", &fdb_file.display().to_string()],
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = lab
+        .exec("node2", &["ip", "-batch", &file.display().to_string()])
+        .unwrap();
+    let floor = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.stop(rec.id.pid).unwrap();
+    Row {
+        backend,
+        n,
+        start_to_programmed,
+        pass,
+        floor,
+        add: summarize(&add),
+        add_after_event: summarize(&add_after_event),
+        del: summarize(&del),
+        rss,
+    }
+}
+
+/// podnetd start to subnet.env (and /readyz 200, flipped in the same step), 0 peers, restarts.
+fn startup(runs: usize) -> (common::Summary, common::Summary) {
+    let mut lab = Lab::up(&LabSpec::new(unique("bst"), 1)).unwrap();
+    let eps = lab.etcd_endpoints();
+    etcd(&lab, &eps, |mut c| {
+        Box::pin(async move {
+            c.put(
+                format!("{PREFIX}/config"),
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+                None,
+            )
+            .await
+            .unwrap();
+        })
+    });
+    let dir = lab.node_dir("node1").unwrap();
+    let mut first = Vec::new();
+    let mut again = Vec::new();
+    for r in 0..runs {
+        // A first start (new lease, new device) and a restart of the same node.
+        for restart in [false, true] {
+            if !restart {
+                etcd(&lab, &eps, |mut c| {
+                    Box::pin(async move {
+                        c.delete(
+                            format!("{PREFIX}/subnets/"),
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        )
+                        .await
+                        .unwrap();
+                    })
+                });
+                let _ = lab.exec("node1", &["ip", "link", "del", "flannel.1"]);
+                let _ = std::fs::remove_file(dir.join("subnet.env"));
+            }
+            let argv: Vec<String> = vec![
+                PODNETD.into(),
+                format!("--etcd-endpoints={eps}"),
+                format!("--subnet-file={}", dir.join("subnet.env").display()),
+                format!("--status-socket={}", dir.join("podnetd.sock").display()),
+            ];
+            let t0 = now();
+            let rec = lab.spawn("node1", &argv, &[]).unwrap();
+            let line = wait_log(
+                &rec.log,
+                "ready: subnet file written",
+                Duration::from_secs(30),
+            );
+            let dt = log_time(&line).unwrap() - t0;
+            if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+                eprintln!("{}", std::fs::read_to_string(&rec.log).unwrap_or_default());
+            }
+            if restart {
+                again.push(dt)
+            } else {
+                first.push(dt)
+            }
+            lab.stop(rec.id.pid).unwrap();
+        }
+        eprintln!("start-up run {}/{runs}", r + 1);
+    }
+    (summarize(&first), summarize(&again))
+}
+
+fn main() {
+    require_root();
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "100,1000,5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let (first, again) = startup(runs(5));
+    let mut rows = Vec::new();
+    for backend in ["host-gw", "vxlan"] {
+        for &n in &sizes {
+            eprintln!("{backend} with {n} peers...");
+            rows.push(scenario(backend, n));
+        }
+    }
+    println!(
+        "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, ms median (min–max):"
+    );
+    println!("  first start (new lease, new device): {}", ms(first));
+    println!("  restart (lease and device kept):     {}", ms(again));
+    println!(
+        "\nControl plane at scale; times in ms; one-more-lease figures are median (min–max) of 20\n"
+    );
+    println!(
+        "| backend | peers | start → all programmed | full pass | `ip -batch` floor | pass / floor | one more lease, from put | from podnetd seeing it | lease delete, from delete | RSS MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.1} |",
+            r.backend,
+            r.n,
+            r.start_to_programmed * 1e3,
+            r.pass * 1e3,
+            r.floor * 1e3,
+            r.pass / r.floor,
+            ms(r.add),
+            ms(r.add_after_event),
+            ms(r.del),
+            r.rss
+        );
+    }
+}

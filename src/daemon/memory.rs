@@ -1,0 +1,23 @@
+//! podnetd's heap. glibc gives each allocating thread its own arena and keeps the pages freed
+//! after a burst (the first pass over thousands of peers, a netlink dump) mapped; in an agent
+//! that runs for months that is resident memory for nothing. podnetd's few threads rarely
+//! allocate at the same moment, so one arena serves them all, and big passes hand their free
+//! pages back.
+
+/// Call before any thread is started.
+pub fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns freed heap pages to the kernel.
+pub fn release_free() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim is thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
