@@ -1,0 +1,405 @@
+//! Data path: TCP throughput (iperf3, one stream) and round-trip latency (ping) between pods on
+//! two nodes, per backend, against (a) the same kernel configuration made by hand with `ip`,
+//! `bridge` and `nft` on a twin pair of nodes and (b) the bare underlay between those nodes;
+//! interleaved round by round in one run so that machine noise hits all three alike.
+//!
+//!   sudo cargo bench --bench datapath       (BENCH_RUNS=5, BENCH_SECONDS=3,
+//!                                            BENCH_BACKENDS=host-gw,vxlan by default)
+//!
+//! Lab: nodes 1 and 2 run podnetd and get their pods from podnet's CNI plugin; nodes 3 and 4 are
+//! built by hand. The hand-made nodes also get the nftables ruleset of their podnet twin
+//! (addresses swapped), so that both sides pay for the same hooks and connection tracking.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use podnet::lab::{Lab, LabSpec};
+use serde_json::{Value, json};
+
+const PODNETD: &str = env!("CARGO_BIN_EXE_podnetd");
+const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet");
+const PREFIX: &str = "/coreos.com/network";
+const HAND_MAC: [&str; 2] = ["02:70:6e:00:00:03", "02:70:6e:00:00:04"];
+
+fn run(lab: &Lab, target: &str, argv: &[&str]) -> String {
+    let out = lab.exec(target, argv).unwrap();
+    assert!(
+        out.status.success(),
+        "{target}: {argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node_ip(lab: &Lab, node: &str) -> Ipv4Addr {
+    lab.plan().host(node).unwrap().addr.addr()
+}
+
+/// podnet's plugin, ADD, as a runtime calls it; returns the pod's address.
+fn cni_add(lab: &Lab, node: &str, pod: &str, netns: &str) -> Ipv4Addr {
+    let dir = lab.node_dir(node).unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+        "subnetFile": dir.join("subnet.env"),
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+        "ipam": {"dataDir": dir.join("ipam")},
+    })
+    .to_string();
+    let mut c = lab.command(node, &[PLUGIN]).unwrap();
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", pod)
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI ADD: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The same objects as podnetd and the plugin create, made with `ip` and `bridge` by hand:
+/// node `me` (index 0 or 1 in the hand pair) with pod subnet 10.244.20x.0/24.
+fn hand_node(lab: &mut Lab, backend: &str, me: usize) -> Ipv4Addr {
+    let nodes = ["node3", "node4"];
+    let (node, peer) = (nodes[me], nodes[1 - me]);
+    let (sub, peer_sub) = (201 + me, 201 + (1 - me));
+    let peer_ip = node_ip(lab, peer).to_string();
+    let mtu = if backend == "vxlan" { "1450" } else { "1500" };
+    let pod_ns = lab.pod_add(node, "hand").unwrap();
+    let pod = format!("{node}/hand");
+    let gw = format!("10.244.{sub}.1");
+    let mut cmds: Vec<Vec<String>> = Vec::new();
+    let mut add = |s: String| cmds.push(s.split_whitespace().map(String::from).collect());
+    add(format!("ip link add cni0 mtu {mtu} type bridge"));
+    add(format!("ip addr add {gw}/24 dev cni0"));
+    add("ip link set cni0 up".into());
+    add(format!(
+        "ip link add vethhand mtu {mtu} type veth peer name eth0 netns {pod_ns}"
+    ));
+    add("ip link set vethhand master cni0 up".into());
+    add("ip link set vethhand type bridge_slave hairpin on".into());
+    match backend {
+        "host-gw" => add(format!(
+            "ip route add 10.244.{peer_sub}.0/24 via {peer_ip} dev eth0"
+        )),
+        _ => {
+            add(format!(
+                "ip link add flannel.1 address {} mtu 1450 type vxlan id 1 local {} dev eth0 dstport 8472 nolearning",
+                HAND_MAC[me],
+                node_ip(lab, node)
+            ));
+            add(format!("ip addr add 10.244.{sub}.0/32 dev flannel.1"));
+            add("ip link set flannel.1 up".into());
+            add(format!(
+                "ip neigh replace 10.244.{peer_sub}.0 lladdr {} dev flannel.1 nud permanent",
+                HAND_MAC[1 - me]
+            ));
+            add(format!(
+                "bridge fdb append {} dev flannel.1 dst {peer_ip} self permanent",
+                HAND_MAC[1 - me]
+            ));
+            add(format!(
+                "ip route add 10.244.{peer_sub}.0/24 via 10.244.{peer_sub}.0 dev flannel.1 onlink"
+            ));
+        }
+    }
+    for c in &cmds {
+        let argv: Vec<&str> = c.iter().map(String::as_str).collect();
+        run(lab, node, &argv);
+    }
+    let ip = format!("10.244.{sub}.2");
+    for c in [
+        "ip link set lo up".to_string(),
+        format!("ip addr add {ip}/24 dev eth0"),
+        "ip link set eth0 up".into(),
+        format!("ip route add 10.244.0.0/16 via {gw} dev eth0"),
+        format!("ip route add default via {gw} dev eth0"),
+    ] {
+        let argv: Vec<&str> = c.split_whitespace().collect();
+        run(lab, &pod, &argv);
+    }
+    ip.parse().unwrap()
+}
+
+struct Path {
+    name: &'static str,
+    client: String,
+    server_ip: Ipv4Addr,
+}
+
+/// One iperf3 run; bits per second received.
+fn throughput(lab: &Lab, p: &Path, seconds: u32) -> f64 {
+    let out = run(
+        lab,
+        &p.client,
+        &[
+            "iperf3",
+            "-J",
+            "-c",
+            &p.server_ip.to_string(),
+            "-t",
+            &seconds.to_string(),
+        ],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Mean round trip of 200 pings 2 ms apart, in seconds.
+fn latency(lab: &Lab, p: &Path) -> f64 {
+    let out = run(
+        lab,
+        &p.client,
+        &[
+            "ping",
+            "-q",
+            "-c",
+            "200",
+            "-i",
+            "0.002",
+            &p.server_ip.to_string(),
+        ],
+    );
+    // rtt min/avg/max/mdev = 0.021/0.034/0.104/0.011 ms
+    let line = out.lines().find(|l| l.contains("min/avg/max")).unwrap();
+    let avg: f64 = line
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    avg / 1e3
+}
+
+struct Row {
+    backend: String,
+    path: &'static str,
+    gbps: Summary,
+    rtt: Summary,
+}
+
+fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
+    let mut lab = Lab::up(&LabSpec::new(unique("bdp"), 4)).unwrap();
+    let eps = lab.etcd_endpoints();
+    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
+    run(
+        &lab,
+        "node1",
+        &[
+            "etcdctl",
+            "--endpoints",
+            &eps,
+            "put",
+            &format!("{PREFIX}/config"),
+            &config,
+        ],
+    );
+    for node in ["node1", "node2"] {
+        let dir = lab.node_dir(node).unwrap();
+        let argv = vec![
+            PODNETD.to_string(),
+            format!("--etcd-endpoints={eps}"),
+            format!("--subnet-file={}", dir.join("subnet.env").display()),
+            format!("--status-socket={}", dir.join("podnetd.sock").display()),
+        ];
+        lab.spawn(node, &argv, &[]).unwrap();
+    }
+    let mut pods = Vec::new();
+    for node in ["node1", "node2"] {
+        let env = lab.node_dir(node).unwrap().join("subnet.env");
+        poll("subnet.env", Duration::from_secs(20), || {
+            env.exists().then_some(())
+        });
+        let ns = lab.pod_add(node, "pod").unwrap();
+        pods.push(cni_add(&lab, node, &format!("bench-{node}"), &ns));
+    }
+    // Both podnetd have programmed each other.
+    for (node, other) in [("node1", pods[1]), ("node2", pods[0])] {
+        poll("the peer reachable", Duration::from_secs(20), || {
+            let p = format!("{node}/pod");
+            lab.exec(&p, &["ping", "-c1", "-W1", &other.to_string()])
+                .unwrap()
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+    let hand = [
+        hand_node(&mut lab, backend, 0),
+        hand_node(&mut lab, backend, 1),
+    ];
+    // The ruleset of each podnet node (podnetd's table and the plugin's ipMasq table, whose NAT
+    // hook turns on connection tracking), on its hand-made twin with the addresses swapped.
+    for (me, (twin, node)) in [("node1", "node3"), ("node2", "node4")]
+        .into_iter()
+        .enumerate()
+    {
+        let ruleset = run(&lab, twin, &["nft", "list", "ruleset"])
+            .replace(
+                &node_ip(&lab, ["node2", "node1"][me]).to_string(),
+                &node_ip(&lab, ["node4", "node3"][me]).to_string(),
+            )
+            .replace(&pods[me].to_string(), &hand[me].to_string());
+        let mut c = lab.command(node, &["nft", "-f", "-"]).unwrap();
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), ruleset.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft on {node}");
+    }
+    poll("the hand-made path", Duration::from_secs(10), || {
+        lab.exec("node3/hand", &["ping", "-c1", "-W1", &hand[1].to_string()])
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+    if std::env::var_os("BENCH_DUMP").is_some() {
+        for t in ["node1", "node3", "node1/pod", "node3/hand"] {
+            for cmd in [
+                &["ip", "-d", "link"][..],
+                &[
+                    "sh",
+                    "-c",
+                    "sysctl -a 2>/dev/null | grep -E 'bridge-nf|forwarding|rp_filter|gro|tcp_' | sort",
+                ][..],
+                &["ip", "route"][..],
+                &["nft", "list", "ruleset"][..],
+            ] {
+                eprintln!("== {t}: {cmd:?}\n{}", run(&lab, t, cmd));
+            }
+        }
+    }
+    let paths = [
+        Path {
+            name: "podnet",
+            client: "node1/pod".into(),
+            server_ip: pods[1],
+        },
+        Path {
+            name: "by hand",
+            client: "node3/hand".into(),
+            server_ip: hand[1],
+        },
+        Path {
+            name: "bare underlay",
+            client: "node3".into(),
+            server_ip: node_ip(&lab, "node4"),
+        },
+    ];
+    for server in ["node2/pod", "node4/hand", "node4"] {
+        lab.spawn(server, &["iperf3".to_string(), "-s".into()], &[])
+            .unwrap();
+    }
+    for p in &paths {
+        poll("iperf3 server", Duration::from_secs(10), || {
+            lab.exec(
+                &p.client,
+                &["iperf3", "-c", &p.server_ip.to_string(), "-t", "1"],
+            )
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+        });
+    }
+    let mut bps = vec![Vec::new(); paths.len()];
+    let mut rtt = vec![Vec::new(); paths.len()];
+    for r in 0..runs {
+        // Rotate the order so that no path is always first after an idle moment.
+        for k in 0..paths.len() {
+            let i = (k + r) % paths.len();
+            bps[i].push(throughput(&lab, &paths[i], seconds) / 1e9);
+            rtt[i].push(latency(&lab, &paths[i]));
+        }
+        eprintln!("{backend}: round {}/{runs}", r + 1);
+    }
+    let rows = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row {
+            backend: backend.to_string(),
+            path: p.name,
+            gbps: summarize(&bps[i]),
+            rtt: summarize(&rtt[i]),
+        })
+        .collect();
+    lab.down().unwrap();
+    rows
+}
+
+fn main() {
+    require_root();
+    let runs = runs(5);
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan".into());
+    let mut rows = Vec::new();
+    for b in backends.split(',') {
+        rows.extend(bench_backend(b.trim(), runs, seconds));
+    }
+    println!(
+        "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one stream, 200 pings; median (min–max)\n"
+    );
+    println!("| backend | path | TCP Gbit/s | vs by hand | RTT µs | vs by hand |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let hand = rows
+            .iter()
+            .find(|h| h.backend == r.backend && h.path == "by hand")
+            .unwrap();
+        println!(
+            "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.1} ({:.1}–{:.1}) | {:.3} |",
+            r.backend,
+            r.path,
+            r.gbps.median,
+            r.gbps.min,
+            r.gbps.max,
+            r.gbps.median / hand.gbps.median,
+            r.rtt.median * 1e6,
+            r.rtt.min * 1e6,
+            r.rtt.max * 1e6,
+            r.rtt.median / hand.rtt.median,
+        );
+    }
+}
