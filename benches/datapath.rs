@@ -1,14 +1,16 @@
 //! Data path: TCP throughput (iperf3, one stream) and round-trip latency (ping) between pods on
-//! two nodes, per backend, against (a) the same kernel configuration made by hand with `ip`,
-//! `bridge` and `nft` on a twin pair of nodes and (b) the bare underlay between those nodes;
+//! two nodes, per backend, against a reference on a twin pair of nodes — for the kernel
+//! backends the same kernel configuration made by hand with `ip`, `bridge` and `nft`, for the
+//! udp backend podnet's kernel VXLAN — and against the bare underlay between the twins;
 //! interleaved round by round in one run so that machine noise hits all three alike.
 //!
 //!   sudo cargo bench --bench datapath       (BENCH_RUNS=5, BENCH_SECONDS=3,
-//!                                            BENCH_BACKENDS=host-gw,vxlan by default)
+//!                                            BENCH_BACKENDS=host-gw,vxlan,udp by default)
 //!
 //! Lab: nodes 1 and 2 run podnetd and get their pods from podnet's CNI plugin; nodes 3 and 4 are
-//! built by hand. The hand-made nodes also get the nftables ruleset of their podnet twin
-//! (addresses swapped), so that both sides pay for the same hooks and connection tracking.
+//! the reference: built by hand (and given the nftables ruleset of their podnet twin, addresses
+//! swapped, so that both sides pay for the same hooks and connection tracking), or running
+//! podnetd with vxlan under a second etcd prefix.
 
 mod common;
 
@@ -213,47 +215,50 @@ fn latency(lab: &Lab, p: &Path) -> f64 {
 struct Row {
     backend: String,
     path: &'static str,
+    /// The path the others are compared with.
+    reference: bool,
     gbps: Summary,
     rtt: Summary,
 }
 
-fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
-    let mut lab = Lab::up(&LabSpec::new(unique("bdp"), 4)).unwrap();
+/// podnetd on two nodes with `backend`, under its own etcd prefix, and a pod on each from the
+/// plugin; returns the pods' addresses once they reach each other.
+fn podnet_pair(lab: &mut Lab, backend: &str, nodes: [&str; 2], prefix: &str) -> [Ipv4Addr; 2] {
     let eps = lab.etcd_endpoints();
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
     run(
-        &lab,
-        "node1",
+        lab,
+        nodes[0],
         &[
             "etcdctl",
             "--endpoints",
             &eps,
             "put",
-            &format!("{PREFIX}/config"),
+            &format!("{prefix}/config"),
             &config,
         ],
     );
-    for node in ["node1", "node2"] {
+    for node in nodes {
         let dir = lab.node_dir(node).unwrap();
         let argv = vec![
             PODNETD.to_string(),
             format!("--etcd-endpoints={eps}"),
+            format!("--etcd-prefix={prefix}"),
             format!("--subnet-file={}", dir.join("subnet.env").display()),
             format!("--status-socket={}", dir.join("podnetd.sock").display()),
         ];
         lab.spawn(node, &argv, &[]).unwrap();
     }
     let mut pods = Vec::new();
-    for node in ["node1", "node2"] {
+    for node in nodes {
         let env = lab.node_dir(node).unwrap().join("subnet.env");
         poll("subnet.env", Duration::from_secs(20), || {
             env.exists().then_some(())
         });
         let ns = lab.pod_add(node, "pod").unwrap();
-        pods.push(cni_add(&lab, node, &format!("bench-{node}"), &ns));
+        pods.push(cni_add(lab, node, &format!("bench-{node}"), &ns));
     }
-    // Both podnetd have programmed each other.
-    for (node, other) in [("node1", pods[1]), ("node2", pods[0])] {
+    for (node, other) in [(nodes[0], pods[1]), (nodes[1], pods[0])] {
         poll("the peer reachable", Duration::from_secs(20), || {
             let p = format!("{node}/pod");
             lab.exec(&p, &["ping", "-c1", "-W1", &other.to_string()])
@@ -263,20 +268,22 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
                 .then_some(())
         });
     }
-    let hand = [
-        hand_node(&mut lab, backend, 0),
-        hand_node(&mut lab, backend, 1),
-    ];
-    // The ruleset of each podnet node (podnetd's table and the plugin's ipMasq table, whose NAT
-    // hook turns on connection tracking), on its hand-made twin with the addresses swapped.
+    [pods[0], pods[1]]
+}
+
+/// The twin pair (nodes 3 and 4) built by hand like podnet's pair: objects from `ip` and
+/// `bridge`, and each podnet node's nftables ruleset (podnetd's table and the plugin's ipMasq
+/// table, whose NAT hook turns on connection tracking) with the addresses swapped.
+fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2] {
+    let hand = [hand_node(lab, backend, 0), hand_node(lab, backend, 1)];
     for (me, (twin, node)) in [("node1", "node3"), ("node2", "node4")]
         .into_iter()
         .enumerate()
     {
-        let ruleset = run(&lab, twin, &["nft", "list", "ruleset"])
+        let ruleset = run(lab, twin, &["nft", "list", "ruleset"])
             .replace(
-                &node_ip(&lab, ["node2", "node1"][me]).to_string(),
-                &node_ip(&lab, ["node4", "node3"][me]).to_string(),
+                &node_ip(lab, ["node2", "node1"][me]).to_string(),
+                &node_ip(lab, ["node4", "node3"][me]).to_string(),
             )
             .replace(&pods[me].to_string(), &hand[me].to_string());
         let mut c = lab.command(node, &["nft", "-f", "-"]).unwrap();
@@ -292,6 +299,26 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             .success()
             .then_some(())
     });
+    hand
+}
+
+fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
+    let mut lab = Lab::up(&LabSpec::new(unique("bdp"), 4)).unwrap();
+    let pods = podnet_pair(&mut lab, backend, ["node1", "node2"], PREFIX);
+    // Kernel backends are compared with the same kernel objects made by hand; the userspace
+    // tunnel with podnet's kernel VXLAN.
+    let (ref_name, ref_pods, ref_targets) = if backend == "udp" {
+        let p = podnet_pair(
+            &mut lab,
+            "vxlan",
+            ["node3", "node4"],
+            "/podnet-bench-vxlan/network",
+        );
+        ("podnet vxlan", p, ["node3/pod", "node4/pod"])
+    } else {
+        let p = hand_pair(&mut lab, backend, pods);
+        ("by hand", p, ["node3/hand", "node4/hand"])
+    };
     if std::env::var_os("BENCH_DUMP").is_some() {
         for t in ["node1", "node3", "node1/pod", "node3/hand"] {
             for cmd in [
@@ -315,9 +342,9 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             server_ip: pods[1],
         },
         Path {
-            name: "by hand",
-            client: "node3/hand".into(),
-            server_ip: hand[1],
+            name: ref_name,
+            client: ref_targets[0].into(),
+            server_ip: ref_pods[1],
         },
         Path {
             name: "bare underlay",
@@ -325,7 +352,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             server_ip: node_ip(&lab, "node4"),
         },
     ];
-    for server in ["node2/pod", "node4/hand", "node4"] {
+    for server in ["node2/pod", ref_targets[1], "node4"] {
         lab.spawn(server, &["iperf3".to_string(), "-s".into()], &[])
             .unwrap();
     }
@@ -340,6 +367,60 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             .success()
             .then_some(())
         });
+    }
+    if let Ok(out) = std::env::var("BENCH_PERF") {
+        // A profile of both podnetd processes while the podnet path carries one iperf3 run.
+        let pids: Vec<String> = lab
+            .processes()
+            .iter()
+            .filter(|p| p.argv.first().is_some_and(|a| a == PODNETD))
+            .take(2)
+            .map(|p| p.id.pid.to_string())
+            .collect();
+        let perf_args: Vec<String> = if out.starts_with("stat") {
+            "stat -e syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmsg,syscalls:sys_enter_poll,syscalls:sys_enter_ppoll --per-thread -p"
+                .split(' ')
+                .map(String::from)
+                .chain([pids.join(","), "--".into(), "sleep".into(), "3".into()])
+                .collect()
+        } else {
+            [
+                "record",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &pids.join(","),
+                "--",
+                "sleep",
+                "4",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let mut perf = std::process::Command::new("perf")
+            .args(&perf_args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let top = std::process::Command::new("sh")
+            .args(["-c", "sleep 1; top -b -H -n 2 -d 1 | tail -n +$(( $(top -b -H -n 1 | wc -l) )) | head -25"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let gbps = throughput(&lab, &paths[0], 3) / 1e9;
+        perf.wait().unwrap();
+        eprintln!(
+            "== {gbps:.2} Gbit/s; top:\n{}",
+            String::from_utf8_lossy(&top.wait_with_output().unwrap().stdout)
+        );
+        for p in lab.processes() {
+            eprintln!(
+                "== log of {:?}\n{}",
+                p.argv.first(),
+                podnet::lab::tail(&p.log, 20)
+            );
+        }
     }
     let mut bps = vec![Vec::new(); paths.len()];
     let mut rtt = vec![Vec::new(); paths.len()];
@@ -358,6 +439,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         .map(|(i, p)| Row {
             backend: backend.to_string(),
             path: p.name,
+            reference: i == 1,
             gbps: summarize(&bps[i]),
             rtt: summarize(&rtt[i]),
         })
@@ -373,7 +455,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan".into());
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan,udp".into());
     let mut rows = Vec::new();
     for b in backends.split(',') {
         rows.extend(bench_backend(b.trim(), runs, seconds));
@@ -381,17 +463,21 @@ fn main() {
     println!(
         "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one stream, 200 pings; median (min–max)\n"
     );
-    println!("| backend | path | TCP Gbit/s | vs by hand | RTT µs | vs by hand |");
+    println!("| backend | path | TCP Gbit/s | vs reference | RTT µs | vs reference |");
     println!("|---|---|---|---|---|---|");
     for r in &rows {
         let hand = rows
             .iter()
-            .find(|h| h.backend == r.backend && h.path == "by hand")
+            .find(|h| h.backend == r.backend && h.reference)
             .unwrap();
         println!(
             "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.1} ({:.1}–{:.1}) | {:.3} |",
             r.backend,
-            r.path,
+            if r.reference {
+                format!("{} (reference)", r.path)
+            } else {
+                r.path.to_string()
+            },
             r.gbps.median,
             r.gbps.min,
             r.gbps.max,

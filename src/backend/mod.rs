@@ -11,6 +11,7 @@
 //! disappears. Between passes a peer that comes or goes costs only its own few messages.
 
 pub mod host_gw;
+pub mod udp;
 pub mod vxlan;
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,6 +117,13 @@ pub trait Backend: Send {
     /// The objects that make one peer reachable.
     fn plan_peer(&mut self, nl: &mut Netlink, peer: &Lease) -> PeerPlan;
 
+    /// A userspace data path keeps its own table of peers; these keep it in step with what the
+    /// reconciler programmed. Kernel backends have nothing to do.
+    fn peer_up(&mut self, _peer: &Lease) {}
+    fn peer_down(&mut self, _key: &SubnetKey) {}
+    /// After a full pass: exactly these peers.
+    fn peers_reset(&mut self, _peers: &[&Lease]) {}
+
     /// Links whose permanent neighbour and FDB entries are all podnet's.
     fn owned_links(&self) -> Vec<u32>;
 
@@ -146,9 +154,11 @@ pub fn new(
             previous,
         )?)),
         BackendConfig::HostGw => Ok(Box::new(host_gw::HostGw::new(ext.clone())?)),
-        BackendConfig::Udp(_) => Err(BackendError::Invalid(
-            "Backend.Type \"udp\": the udp backend is not built yet; use vxlan".into(),
-        )),
+        BackendConfig::Udp(o) => Ok(Box::new(udp::Udp::new(
+            o.clone(),
+            cfg.v4.as_ref().expect("checked above").network,
+            ext.clone(),
+        )?)),
     }
 }
 
@@ -415,6 +425,13 @@ impl Reconciler {
                 None => self.other_backend += 1,
             }
         }
+        let reachable: Vec<&Lease> = self
+            .programmed
+            .values()
+            .filter(|(_, plan)| !matches!(plan.path, PeerPath::Skipped(_)))
+            .map(|(l, _)| l)
+            .collect();
+        self.backend.peers_reset(&reachable);
         let desired = self.desired();
         let actual = self.actual()?;
         let changes = Reconciler::diff(&desired, &actual);
@@ -485,6 +502,11 @@ impl Reconciler {
                 .cloned()
                 .map(Change::DelNeighbour),
         );
+        if matches!(plan.path, PeerPath::Skipped(_)) {
+            self.backend.peer_down(&peer.key);
+        } else {
+            self.backend.peer_up(peer);
+        }
         self.programmed.insert(peer.key, (peer.clone(), plan));
         self.apply(changes, &mut report);
         report.duration = start.elapsed();
@@ -496,6 +518,7 @@ impl Reconciler {
         let start = Instant::now();
         let mut report = Report::default();
         self.logged_skips.remove(key);
+        self.backend.peer_down(key);
         let Some((_, plan)) = self.programmed.remove(key) else {
             return report;
         };

@@ -46,11 +46,10 @@ pub fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
         nl.del_route(&r)?;
         removed.push(format!("route {}", r.dst));
     }
-    for l in nl
-        .links()?
-        .into_iter()
-        .filter(|l| l.kind.as_deref() == Some("vxlan") && l.name.starts_with("flannel."))
-    {
+    for l in nl.links()?.into_iter().filter(|l| {
+        (l.kind.as_deref() == Some("vxlan") && l.name.starts_with("flannel."))
+            || (l.kind.as_deref() == Some("tun") && l.name == crate::backend::udp::DEVICE)
+    }) {
         nl.del_link(l.index)?;
         removed.push(format!("device {}", l.name));
     }

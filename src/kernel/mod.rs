@@ -1,4 +1,5 @@
-//! The only code that talks to the kernel: namespaces, rtnetlink, nftables and sysctls.
+//! The only code that talks to the kernel: namespaces, rtnetlink, nftables, sysctls, and the
+//! TUN device and UDP sockets of the userspace data path.
 //!
 //! Everything else in podnet works on plain values (routes, links, rulesets) and hands them to
 //! this module to read or apply.
@@ -8,6 +9,8 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod tun;
+pub mod udp;
 
 use std::fmt;
 use std::io;
@@ -134,6 +137,18 @@ impl<'de> serde::Deserialize<'de> for Mac {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Waits until one of `fds` is readable, or `timeout_ms` passes.
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout_ms: u16) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the caller owns the descriptors for the duration of the call.
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(*fd) }, PollFlags::POLLIN))
+        .collect();
+    let _ = poll(&mut pfds, PollTimeout::from(timeout_ms));
 }
 
 #[cfg(test)]

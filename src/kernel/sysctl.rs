@@ -36,3 +36,12 @@ pub fn get_conf(iface: &str, leaf: &str) -> Result<Option<String>, KernelError> 
         Err(e) => Err(KernelError::io(format!("read {}", path.display()), e)),
     }
 }
+
+/// Sets an interface's IPv4 setting (see `get_conf`).
+pub fn set_conf(iface: &str, leaf: &str, value: &str) -> Result<(), KernelError> {
+    let path = PathBuf::from("/proc/sys/net/ipv4/conf")
+        .join(iface)
+        .join(leaf);
+    std::fs::write(&path, value)
+        .map_err(|e| KernelError::io(format!("write {} = {value}", path.display()), e))
+}

@@ -13,3 +13,4 @@ mod outage;
 mod packaging;
 mod pods;
 mod support;
+mod udp;
