@@ -131,14 +131,14 @@ pub trait Backend: Send {
     fn device_names(&self) -> Vec<String>;
 }
 
-/// Builds the backend the config asks for.
 /// Builds the backend the config asks for. `previous` is this node's lease as etcd still has it
 /// (from before a restart or a reboot, or written by flanneld on a node being migrated): the
-/// identity it published is kept.
+/// identity it published is kept. `udp_stats` are the counters the udp data path reports to.
 pub fn new(
     cfg: &NetworkConfig,
     ext: &ExternalInterface,
     previous: Option<&Lease>,
+    udp_stats: std::sync::Arc<udp::Stats>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     if cfg.v4.is_none() || cfg.v6.is_some() {
         return Err(BackendError::Invalid(
@@ -158,6 +158,7 @@ pub fn new(
             o.clone(),
             cfg.v4.as_ref().expect("checked above").network,
             ext.clone(),
+            udp_stats,
         )?)),
     }
 }

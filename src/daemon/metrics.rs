@@ -28,6 +28,8 @@ pub struct Metrics {
     pub firewall_errors: Counter,
     pub foreign_masquerade_rules: Gauge,
     pub tunnel_guard_peers: Gauge,
+    /// The udp backend's packet counters, handed to its workers.
+    pub udp: std::sync::Arc<crate::backend::udp::Stats>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -52,6 +54,7 @@ impl Metrics {
             firewall_errors: Counter::default(),
             foreign_masquerade_rules: Gauge::default(),
             tunnel_guard_peers: Gauge::default(),
+            udp: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,7 +127,37 @@ impl Metrics {
             "Addresses the tunnel guard admits",
             m.tunnel_guard_peers.clone(),
         );
-        Metrics { registry, ..m }
+        let udp_packets = Family::<Labels, Counter>::default();
+        let udp_dropped = Family::<Labels, Counter>::default();
+        let udp_errors = Counter::default();
+        // A family's guard holds its lock while it lives: take each counter in its own call.
+        let counter = |f: &Family<Labels, Counter>, k: &str, v: &str| -> Counter {
+            f.get_or_create(&label(k, v)).clone()
+        };
+        let udp = std::sync::Arc::new(crate::backend::udp::Stats {
+            encapsulated: counter(&udp_packets, "direction", "out"),
+            decapsulated: counter(&udp_packets, "direction", "in"),
+            no_route: counter(&udp_dropped, "reason", "no_route"),
+            ttl_expired: counter(&udp_dropped, "reason", "ttl_expired"),
+            malformed: counter(&udp_dropped, "reason", "malformed"),
+            errors: udp_errors.clone(),
+        });
+        registry.register(
+            "udp_packets",
+            "Packets the udp backend carried, by direction (out: to a peer, in: from a peer)",
+            udp_packets,
+        );
+        registry.register(
+            "udp_dropped",
+            "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable)",
+            udp_dropped,
+        );
+        registry.register(
+            "udp_errors",
+            "System calls of the udp data path that failed",
+            udp_errors,
+        );
+        Metrics { registry, udp, ..m }
     }
 
     /// The Prometheus text exposition.

@@ -223,7 +223,7 @@ async fn run_until_error(flags: Flags, shared: std::sync::Arc<Shared>) -> Result
             .find(|l| Some(l.attrs.public_ip) == ext.ext_addr && l.key.fits(&cfg))
     });
     let dp = Dataplane::start(
-        backend::new(&cfg, &ext, previous_lease.as_ref())?,
+        backend::new(&cfg, &ext, previous_lease.as_ref(), metrics.udp.clone())?,
         metrics.clone(),
     )?;
     *shared.dataplane.lock().expect("dataplane lock") = Some(dp.clone());

@@ -175,6 +175,22 @@ fn udp_three_nodes_on_two_segments_wire_format_and_unreachable() {
     assert_eq!(&inner[16..20], &b.ip.octets());
     assert_eq!(inner[20], 8, "echo request");
 
+    // The data path's counters: packets both ways, none dropped yet.
+    let metric = |node: &str, name: &str| -> f64 {
+        let sock = c.lab.node_dir(node).unwrap().join("podnetd.sock");
+        let (code, text) = podnet::httpget::unix(&sock, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(metric(&a.node, "podnet_udp_packets_total{direction=\"out\"}") > 1000.0);
+    assert!(metric(&a.node, "podnet_udp_packets_total{direction=\"in\"}") > 10.0);
+    assert_eq!(
+        metric(&a.node, "podnet_udp_dropped_total{reason=\"no_route\"}"),
+        0.0
+    );
+
     // A subnet nobody leases: net unreachable, from this node's flannel0 address.
     let taken: Vec<String> = c.leases().into_iter().map(|(k, _)| k).collect();
     let free = (1..=255u8)
@@ -192,6 +208,10 @@ fn udp_three_nodes_on_two_segments_wire_format_and_unreachable() {
     assert!(
         text.contains("Destination Net Unreachable") && text.contains(&format!("From {a_base}")),
         "{text}"
+    );
+    assert_eq!(
+        metric(&a.node, "podnet_udp_dropped_total{reason=\"no_route\"}"),
+        1.0
     );
 }
 

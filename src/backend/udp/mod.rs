@@ -75,6 +75,7 @@ impl Udp {
         opts: UdpOptions,
         network: Ipv4Net,
         ext: ExternalInterface,
+        stats: Arc<Stats>,
     ) -> Result<Udp, BackendError> {
         let bind = ext.iface_addr.ok_or_else(|| {
             BackendError::Invalid(format!(
@@ -104,14 +105,9 @@ impl Udp {
             workers,
             peers: Arc::new(RwLock::new(PeerTable::default())),
             local: Arc::new(AtomicU32::new(0)),
-            stats: Arc::new(Stats::default()),
+            stats,
             running: None,
         })
-    }
-
-    /// Packet counters of all workers.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
     }
 
     fn open_device(&self, nl: &mut Netlink) -> Result<Vec<tun::TunQueue>, BackendError> {

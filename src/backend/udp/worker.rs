@@ -8,9 +8,11 @@
 
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 use super::packet;
 use super::peers::PeerTable;
@@ -28,21 +30,15 @@ const ROUNDS: usize = 8;
 /// ICMP errors per worker and second, like the kernel's own rate limit.
 const ICMP_PER_SECOND: u32 = 1000;
 
-/// Counters shared by all workers.
+/// Counters shared by all workers: Prometheus counters (atomics), exported as they are.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub encapsulated: AtomicU64,
-    pub decapsulated: AtomicU64,
-    pub no_route: AtomicU64,
-    pub ttl_expired: AtomicU64,
-    pub malformed: AtomicU64,
-    pub errors: AtomicU64,
-}
-
-impl Stats {
-    fn add(c: &AtomicU64, n: usize) {
-        c.fetch_add(n as u64, Ordering::Relaxed);
-    }
+    pub encapsulated: Counter,
+    pub decapsulated: Counter,
+    pub no_route: Counter,
+    pub ttl_expired: Counter,
+    pub malformed: Counter,
+    pub errors: Counter,
 }
 
 /// What a worker needs; the table and the address are shared with the backend, which updates
@@ -118,7 +114,7 @@ pub fn run(w: WorkerSpec) {
     };
     let mut last_error: Option<Instant> = None;
     let mut report = |what: &str, e: &std::io::Error| {
-        w.stats.errors.fetch_add(1, Ordering::Relaxed);
+        w.stats.errors.inc();
         if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             tracing::warn!("udp backend: {what}: {e}");
             last_error = Some(Instant::now());
@@ -212,7 +208,7 @@ fn encapsulate(
         let (off, len) = (i * stride, b.sizes[i]);
         let pkt = &mut b.from_tun[off..off + len];
         let Some(dst) = packet::ipv4_dst(pkt) else {
-            w.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            w.stats.malformed.inc();
             continue;
         };
         let to = match cached {
@@ -224,14 +220,14 @@ fn encapsulate(
             }
         };
         let Some(to) = to else {
-            w.stats.no_route.fetch_add(1, Ordering::Relaxed);
+            w.stats.no_route.inc();
             if budget.take() {
                 answer_unreachable(w, pkt, &mut b.icmp, &mut b.gro, report);
             }
             continue;
         };
         if !packet::decrement_ttl(pkt) {
-            w.stats.ttl_expired.fetch_add(1, Ordering::Relaxed);
+            w.stats.ttl_expired.inc();
             continue;
         }
         let extends = run.as_ref().is_some_and(|r| {
@@ -261,7 +257,7 @@ fn encapsulate(
     if let Some(r) = run {
         sent += flush(w, &b.from_tun, &r, stride, report);
     }
-    Stats::add(&w.stats.encapsulated, sent);
+    w.stats.encapsulated.inc_by(sent as u64);
 }
 
 fn flush(
@@ -323,7 +319,7 @@ fn decapsulate(
         }
         for dgram in b.rx[m][..meta.len].chunks(stride) {
             if packet::ipv4_dst(dgram).is_none() {
-                w.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                w.stats.malformed.inc();
                 continue;
             }
             if out == b.to_tun.len() {
@@ -335,7 +331,7 @@ fn decapsulate(
             buf.resize(VIRTIO_NET_HDR_LEN, 0);
             buf.extend_from_slice(dgram);
             if !packet::decrement_ttl(&mut buf[VIRTIO_NET_HDR_LEN..]) {
-                w.stats.ttl_expired.fetch_add(1, Ordering::Relaxed);
+                w.stats.ttl_expired.inc();
                 continue;
             }
             out += 1;
@@ -344,7 +340,7 @@ fn decapsulate(
     if out > 0 {
         written += write_tun(w, &mut b.gro, &mut b.to_tun[..out], report);
     }
-    Stats::add(&w.stats.decapsulated, written);
+    w.stats.decapsulated.inc_by(written as u64);
 }
 
 fn write_tun(
