@@ -449,7 +449,8 @@ impl Reconciler {
             return report;
         }
         let Some(plan) = self.plan(peer) else {
-            return report;
+            // The lease is now for another backend: what we programmed for it goes.
+            return self.unprogram(&peer.key, start);
         };
         let old = self
             .programmed
@@ -516,9 +517,12 @@ impl Reconciler {
 
     /// A peer went away.
     pub fn remove(&mut self, key: &SubnetKey) -> Report {
-        let start = Instant::now();
-        let mut report = Report::default();
         self.logged_skips.remove(key);
+        self.unprogram(key, Instant::now())
+    }
+
+    fn unprogram(&mut self, key: &SubnetKey, start: Instant) -> Report {
+        let mut report = Report::default();
         self.backend.peer_down(key);
         let Some((_, plan)) = self.programmed.remove(key) else {
             return report;

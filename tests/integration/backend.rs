@@ -342,7 +342,8 @@ fn direct_routing_uses_the_tunnel_only_across_the_router() {
 #[test]
 fn leases_coming_and_going_reach_every_kernel() {
     let mut c = Cluster::small("bchurn", 3);
-    let nodes = boot(&mut c, VXLAN, &[]);
+    // Events alone must do it: no full pass comes to the rescue during this test.
+    let nodes = boot(&mut c, VXLAN, &["--resync-period=1h"]);
     wait_converged(&c, &nodes, |_, b, r| tunnelled(b, r));
     // A new peer appears in etcd.
     c.etcdctl(&[
@@ -364,6 +365,26 @@ fn leases_coming_and_going_reach_every_kernel() {
         &format!("{PREFIX}/subnets/10.244.251.0-24"),
         r#"{"PublicIP":"198.18.0.98","PublicIPv6":null,"BackendType":"host-gw"}"#,
     ]);
+    // A programmed peer whose lease turns into another backend's loses what was programmed.
+    c.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.244.250.0-24"),
+        r#"{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ]);
+    for n in &nodes {
+        poll(
+            "the switched peer's route to go",
+            Duration::from_secs(10),
+            || {
+                (!routes(&c, &n.name)
+                    .iter()
+                    .any(|r| r["dst"] == "10.244.250.0/24"))
+                .then_some(())
+            },
+        );
+        let neigh = c.ip_json(&n.name, &["neigh", "show", "dev", "flannel.1"]);
+        assert!(!neigh.to_string().contains("10.244.250.0"), "{neigh}");
+    }
     // node3 is decommissioned (its agent stopped, then its lease deleted): its subnet
     // disappears from the others. (A running agent would take a deleted lease back.)
     let n3 = c
