@@ -95,6 +95,26 @@ fn udp_three_nodes_on_two_segments_wire_format_and_unreachable() {
             }
         }
     }
+    // A full-MTU packet with DF set crosses: 1472 inner bytes make a 1500-byte UDP packet.
+    let df = |size: &str| {
+        c.lab
+            .exec(
+                &pods[0].target(),
+                &[
+                    "ping",
+                    "-c1",
+                    "-W2",
+                    "-M",
+                    "do",
+                    "-s",
+                    size,
+                    &pods[2].ip.to_string(),
+                ],
+            )
+            .unwrap()
+    };
+    ok(df("1444"));
+    assert!(!df("1445").status.success(), "larger than the pod MTU");
     // TCP with full-sized segments, both ways: the offload paths.
     let srv = &pods[2];
     let server = c
