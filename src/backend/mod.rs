@@ -208,8 +208,10 @@ pub struct Reconciler {
     backend: Box<dyn Backend>,
     nl: Netlink,
     own: Option<Lease>,
-    /// Peers as last programmed.
-    programmed: BTreeMap<SubnetKey, (Lease, PeerPlan)>,
+    /// Every peer lease known (other backends' too): the data path's one copy of them.
+    leases: BTreeMap<SubnetKey, Lease>,
+    /// Plans of the peers of our backend, as last programmed.
+    programmed: BTreeMap<SubnetKey, PeerPlan>,
     other_backend: usize,
     /// Skip reasons already logged, so a steady state does not log on every pass.
     logged_skips: HashMap<SubnetKey, String>,
@@ -243,6 +245,7 @@ impl Reconciler {
             backend,
             nl,
             own: None,
+            leases: BTreeMap::new(),
             programmed: BTreeMap::new(),
             other_backend: 0,
             logged_skips: HashMap::new(),
@@ -326,7 +329,7 @@ impl Reconciler {
 
     fn desired(&self) -> PeerObjects {
         let mut d = PeerObjects::default();
-        for (_, plan) in self.programmed.values() {
+        for plan in self.programmed.values() {
             d.neighbours.extend(plan.objects.neighbours.iter().cloned());
             d.fdb.extend(plan.objects.fdb.iter().cloned());
             d.routes.extend(plan.objects.routes.iter().cloned());
@@ -402,7 +405,27 @@ impl Reconciler {
     }
 
     /// A full pass over this set of peers.
-    pub fn full(&mut self, peers: &[Lease]) -> Result<Report, BackendError> {
+    pub fn full(&mut self, peers: Vec<Lease>) -> Result<Report, BackendError> {
+        let own = self.own.as_ref().map(|o| o.key);
+        self.leases = peers
+            .into_iter()
+            .filter(|l| Some(l.key) != own)
+            .map(|l| (l.key, l))
+            .collect();
+        self.resync()
+    }
+
+    /// Peers known before the first full pass (which replaces them all).
+    pub fn remember(&mut self, peer: Lease) {
+        self.leases.insert(peer.key, peer);
+    }
+
+    pub fn forget(&mut self, key: &SubnetKey) {
+        self.leases.remove(key);
+    }
+
+    /// A full pass over the peers known now.
+    pub fn resync(&mut self) -> Result<Report, BackendError> {
         let start = Instant::now();
         let mut report = Report {
             full: true,
@@ -415,22 +438,21 @@ impl Reconciler {
         self.backend.ensure_local(&mut self.nl, &own)?;
         self.programmed.clear();
         self.other_backend = 0;
-        for p in peers {
-            if p.key == own.key {
-                continue;
-            }
+        let leases = std::mem::take(&mut self.leases);
+        for p in leases.values() {
             match self.plan(p) {
                 Some(plan) => {
-                    self.programmed.insert(p.key, (p.clone(), plan));
+                    self.programmed.insert(p.key, plan);
                 }
                 None => self.other_backend += 1,
             }
         }
+        self.leases = leases;
         let reachable: Vec<&Lease> = self
             .programmed
-            .values()
+            .iter()
             .filter(|(_, plan)| !matches!(plan.path, PeerPath::Skipped(_)))
-            .map(|(l, _)| l)
+            .filter_map(|(k, _)| self.leases.get(k))
             .collect();
         self.backend.peers_reset(&reachable);
         let desired = self.desired();
@@ -448,6 +470,7 @@ impl Reconciler {
         if self.own.as_ref().is_some_and(|o| o.key == peer.key) {
             return report;
         }
+        self.leases.insert(peer.key, peer.clone());
         let Some(plan) = self.plan(peer) else {
             // The lease is now for another backend: what we programmed for it goes.
             return self.unprogram(&peer.key, start);
@@ -455,7 +478,7 @@ impl Reconciler {
         let old = self
             .programmed
             .remove(&peer.key)
-            .map(|(_, p)| p.objects)
+            .map(|p| p.objects)
             .unwrap_or_default();
         let new = &plan.objects;
         let mut changes: Vec<Change> = Vec::new();
@@ -509,7 +532,7 @@ impl Reconciler {
         } else {
             self.backend.peer_up(peer);
         }
-        self.programmed.insert(peer.key, (peer.clone(), plan));
+        self.programmed.insert(peer.key, plan);
         self.apply(changes, &mut report);
         report.duration = start.elapsed();
         report
@@ -518,13 +541,14 @@ impl Reconciler {
     /// A peer went away.
     pub fn remove(&mut self, key: &SubnetKey) -> Report {
         self.logged_skips.remove(key);
+        self.leases.remove(key);
         self.unprogram(key, Instant::now())
     }
 
     fn unprogram(&mut self, key: &SubnetKey, start: Instant) -> Report {
         let mut report = Report::default();
         self.backend.peer_down(key);
-        let Some((_, plan)) = self.programmed.remove(key) else {
+        let Some(plan) = self.programmed.remove(key) else {
             return report;
         };
         let o = plan.objects;
@@ -542,7 +566,7 @@ impl Reconciler {
             other_backend: self.other_backend,
             ..Default::default()
         };
-        for (_, plan) in self.programmed.values() {
+        for plan in self.programmed.values() {
             match plan.path {
                 PeerPath::Direct => c.direct += 1,
                 PeerPath::Tunnel => c.tunnel += 1,
@@ -555,8 +579,8 @@ impl Reconciler {
     /// Every programmed peer with its path.
     pub fn peer_paths(&self) -> Vec<(Lease, PeerPath)> {
         self.programmed
-            .values()
-            .map(|(l, p)| (l.clone(), p.path.clone()))
+            .iter()
+            .filter_map(|(k, p)| Some((self.leases.get(k)?.clone(), p.path.clone())))
             .collect()
     }
 

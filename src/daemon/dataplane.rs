@@ -4,7 +4,6 @@
 //! runtime. The thread keeps its own copy of the peer set, so a resync (timer or a deleted
 //! device seen by the link watcher) needs no input from the async side.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -27,7 +26,6 @@ pub struct DataplaneStats {
     pub errors: u64,
     pub last_error: Option<String>,
     pub paths: PathCounts,
-    pub peers: Vec<(Lease, PeerPath)>,
 }
 
 enum Cmd {
@@ -36,6 +34,7 @@ enum Cmd {
     Full(Vec<Lease>, oneshot::Sender<Result<Report, BackendError>>),
     Add(Lease),
     Remove(SubnetKey),
+    Peers(oneshot::Sender<Vec<(Lease, PeerPath)>>),
     Resync(&'static str),
     Drift(oneshot::Sender<Result<Drift, BackendError>>),
 }
@@ -131,6 +130,15 @@ impl Dataplane {
         let _ = self.tx.send(Cmd::Resync("timer"));
     }
 
+    /// Every programmed peer with how it is reached (for status).
+    pub async fn peers(&self) -> Vec<(Lease, PeerPath)> {
+        let (t, r) = oneshot::channel();
+        if self.tx.send(Cmd::Peers(t)).is_err() {
+            return Vec::new();
+        }
+        r.await.unwrap_or_default()
+    }
+
     pub async fn drift(&self) -> Result<Drift, BackendError> {
         let (t, r) = oneshot::channel();
         self.tx.send(Cmd::Drift(t)).map_err(|_| gone())?;
@@ -164,7 +172,6 @@ fn record(stats: &Mutex<DataplaneStats>, rec: &Reconciler, report: &Report, m: &
         s.last_error = Some(e.clone());
     }
     s.paths = rec.paths();
-    s.peers = rec.peer_paths();
 }
 
 fn log_report(what: &str, report: &Report) {
@@ -189,7 +196,6 @@ fn run(
     stats: Arc<Mutex<DataplaneStats>>,
     metrics: Arc<Metrics>,
 ) {
-    let mut peers: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
     let mut ready = false;
     while let Ok(cmd) = rx.recv() {
         match cmd {
@@ -200,9 +206,7 @@ fn run(
                 let _ = reply.send(rec.set_own(own));
             }
             Cmd::Full(list, reply) => {
-                peers = list.into_iter().map(|l| (l.key, l)).collect();
-                let all: Vec<Lease> = peers.values().cloned().collect();
-                let r = rec.full(&all);
+                let r = rec.full(list);
                 if let Ok(report) = &r {
                     record(&stats, &rec, report, &metrics);
                     log_report("full pass", report);
@@ -212,28 +216,32 @@ fn run(
                 let _ = reply.send(r);
             }
             Cmd::Add(l) => {
-                peers.insert(l.key, l.clone());
                 if ready {
                     let report = rec.add(&l);
                     record(&stats, &rec, &report, &metrics);
                     log_report(&format!("peer {} ({})", l.key, l.attrs.public_ip), &report);
+                } else {
+                    rec.remember(l);
                 }
             }
             Cmd::Remove(k) => {
-                peers.remove(&k);
                 if ready {
                     let report = rec.remove(&k);
                     record(&stats, &rec, &report, &metrics);
                     log_report(&format!("peer {k} removed"), &report);
+                } else {
+                    rec.forget(&k);
                 }
+            }
+            Cmd::Peers(reply) => {
+                let _ = reply.send(rec.peer_paths());
             }
             Cmd::Resync(why) => {
                 // Never before the first full list of peers: it would delete what is still wanted.
                 if !ready {
                     continue;
                 }
-                let all: Vec<Lease> = peers.values().cloned().collect();
-                match rec.full(&all) {
+                match rec.resync() {
                     Ok(report) => {
                         record(&stats, &rec, &report, &metrics);
                         log_report(&format!("resync ({why})"), &report);

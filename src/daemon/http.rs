@@ -138,8 +138,9 @@ pub async fn status_json(sh: &Shared) -> Value {
     let (peers, dp_info) = match &dp {
         Some(d) => {
             let st = d.stats().lock().expect("stats lock").clone();
-            let peers: Vec<Value> = st
-                .peers
+            let peers: Vec<Value> = d
+                .peers()
+                .await
                 .iter()
                 .map(|(l, p)| {
                     json!({

@@ -57,7 +57,9 @@ const RTNLGRP_LINK: u32 = 1;
 /// Requests packed into one `send`; also bounds the acks queued in the receive buffer.
 const BATCH_MESSAGES: usize = 256;
 const BATCH_BYTES: usize = 64 * 1024;
-const RECV_BUF: usize = 1 << 20;
+/// The kernel fills dump replies up to the size of the buffer we receive into, so this bounds
+/// the memory a big dump touches; single messages are far smaller.
+const RECV_BUF: usize = 256 * 1024;
 const SOCKET_RCVBUF: usize = 8 << 20;
 const DUMP_RETRIES: usize = 8;
 

@@ -35,7 +35,7 @@ use super::{
     Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::config::UdpOptions;
-use crate::kernel::netlink::{LinkChange, Netlink, Route};
+use crate::kernel::netlink::{LinkChange, Netlink, RTPROT_BOOT, Route};
 use crate::kernel::sysctl;
 use crate::kernel::tun::{self, TunSpec};
 use crate::kernel::udp::UdpPort;
@@ -47,8 +47,6 @@ pub use worker::Stats;
 pub const DEVICE: &str = "flannel0";
 /// Outer IPv4 header (20) + UDP header (8).
 pub const OVERHEAD: u32 = 28;
-/// `RTPROT_BOOT`: the protocol of routes added without one (flannel's whole-network route).
-const RTPROT_BOOT: u8 = 3;
 const MAX_WORKERS: usize = 4;
 
 struct Running {
