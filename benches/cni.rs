@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Instant;
 
 use common::*;
@@ -35,21 +34,15 @@ impl Bench {
             System::Podnet => (PLUGIN, &self.podnet_conf),
             System::Reference => ("/usr/lib/cni/bridge", &self.ref_conf),
         };
-        let mut c = self.lab.command("node1", &[bin]).unwrap();
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", cmd)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let env = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
         let t = Instant::now();
-        let mut child = c.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = self.lab.cni("node1", bin, &env, conf).unwrap();
         let dt = t.elapsed().as_secs_f64();
         assert!(
             out.status.success(),

@@ -62,20 +62,15 @@ fn cni_add(lab: &Lab, node: &str, pod: &str, netns: &str) -> Ipv4Addr {
         "ipam": {"dataDir": dir.join("ipam")},
     })
     .to_string();
-    let mut c = lab.command(node, &[PLUGIN]).unwrap();
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", pod)
-        .env("CNI_NETNS", format!("/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let netns = format!("/run/netns/{netns}");
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", pod),
+        ("CNI_NETNS", &netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let out = lab.cni(node, PLUGIN, &env, &conf).unwrap();
     assert!(
         out.status.success(),
         "CNI ADD: {}",
@@ -319,22 +314,6 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         let p = hand_pair(&mut lab, backend, pods);
         ("by hand", p, ["node3/hand", "node4/hand"])
     };
-    if std::env::var_os("BENCH_DUMP").is_some() {
-        for t in ["node1", "node3", "node1/pod", "node3/hand"] {
-            for cmd in [
-                &["ip", "-d", "link"][..],
-                &[
-                    "sh",
-                    "-c",
-                    "sysctl -a 2>/dev/null | grep -E 'bridge-nf|forwarding|rp_filter|gro|tcp_' | sort",
-                ][..],
-                &["ip", "route"][..],
-                &["nft", "list", "ruleset"][..],
-            ] {
-                eprintln!("== {t}: {cmd:?}\n{}", run(&lab, t, cmd));
-            }
-        }
-    }
     let paths = [
         Path {
             name: "podnet",

@@ -18,9 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use ipnet::{IpNet, Ipv4Net};
+
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::kernel::KernelError;
-use crate::kernel::netlink::{Change, Fdb, Neighbour, Netlink, Route};
+use crate::kernel::netlink::{Change, Fdb, LinkChange, Neighbour, Netlink, Route};
 use crate::lease::{Lease, SubnetKey};
 
 /// Route protocol number marking podnet's routes (`ip route show proto 86`).
@@ -161,6 +163,37 @@ pub fn new(
             udp_stats,
         )?)),
     }
+}
+
+/// Makes `<subnet>/32` of this node's lease the only IPv4 address of a backend's device (as
+/// flannel does: a source address for node-to-pod traffic, no broadcast routes) and brings the
+/// device up, with `mtu` when given.
+fn own_address_up(
+    nl: &mut Netlink,
+    device: &str,
+    index: u32,
+    subnet: Ipv4Net,
+    mtu: Option<u32>,
+) -> Result<(), BackendError> {
+    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
+    for a in nl
+        .addrs_v(true)?
+        .into_iter()
+        .filter(|a| a.index == index && a.net != want)
+    {
+        tracing::info!(device, address = %a.net, "removing a stale address");
+        nl.del_addr(index, a.net)?;
+    }
+    nl.add_addr(index, want)?;
+    nl.set_link(
+        index,
+        &LinkChange {
+            up: Some(true),
+            mtu,
+            ..Default::default()
+        },
+    )?;
+    Ok(())
 }
 
 /// Decides whether `ip` is on the same L2 as `ext`: the kernel reaches it through `ext` with no
@@ -643,7 +676,7 @@ fn describe_route(r: &Route) -> String {
 }
 
 /// The first address of a subnet (`.0`), which flannel's VXLAN uses as the peer's gateway.
-pub fn subnet_base(sn: &ipnet::Ipv4Net) -> Ipv4Addr {
+pub fn subnet_base(sn: &Ipv4Net) -> Ipv4Addr {
     sn.network()
 }
 

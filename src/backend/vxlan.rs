@@ -21,8 +21,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
-
 use super::{
     Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, RTPROT_PODNET,
     Registration,
@@ -227,26 +225,7 @@ impl Backend for Vxlan {
             .key
             .v4
             .ok_or_else(|| BackendError::Invalid("vxlan needs an IPv4 lease".into()))?;
-        let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
-        for a in nl
-            .addrs()?
-            .into_iter()
-            .filter(|a| a.index == index && a.net.addr().is_ipv4())
-        {
-            if a.net != want {
-                tracing::info!(device = %self.name, address = %a.net, "removing a stale address");
-                nl.del_addr(index, a.net)?;
-            }
-        }
-        nl.add_addr(index, want)?;
-        nl.set_link(
-            index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )?;
-        Ok(())
+        super::own_address_up(nl, &self.name, index, subnet, None)
     }
 
     fn plan_peer(&mut self, nl: &mut Netlink, peer: &Lease) -> PeerPlan {

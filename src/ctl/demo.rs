@@ -270,20 +270,19 @@ fn cni_add(
         "delegate": {"hairpinMode": true, "isDefaultGateway": true},
         "ipam": {"dataDir": dir.join("ipam")},
     });
-    let mut cmd = lab.command(node, &[plugin.display().to_string()])?;
-    cmd.env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/")))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    std::io::Write::write_all(
-        &mut child.stdin.take().expect("piped"),
-        conf.to_string().as_bytes(),
-    )?;
-    let out = child.wait_with_output()?;
+    let cni_path = plugin
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", container),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", &cni_path),
+    ];
+    let out = lab.cni(node, &plugin.display().to_string(), &env, &conf.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         anyhow::bail!("CNI ADD for {node}: {text}");

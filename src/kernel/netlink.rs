@@ -319,35 +319,10 @@ impl Netlink {
         &mut self,
         op: &str,
     ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, KernelError> {
-        self.buf.clear();
-        loop {
-            match self.socket.recv(&mut self.buf, 0) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(KernelError::io(format!("{op}: receive netlink reply"), e)),
-            }
-        }
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset + 16 <= self.buf.len() {
-            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
-                as usize;
-            if len < 16 || offset + len > self.buf.len() {
-                return Err(KernelError::decode(
-                    op,
-                    format!(
-                        "netlink message of length {len} in a {}-byte reply",
-                        self.buf.len()
-                    ),
-                ));
-            }
-            let msg =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
-                    .map_err(|e| KernelError::decode(op, e.to_string()))?;
-            out.push(msg);
-            offset += (len + 3) & !3;
-        }
-        Ok(out)
+        recv_datagram(&self.socket, &mut self.buf, op)?;
+        split_messages(&self.buf)
+            .map(|m| m.map_err(|e| KernelError::decode(op, e)))
+            .collect()
     }
 
     /// Sends one request and waits for its acknowledgement.
@@ -916,11 +891,85 @@ impl Netlink {
     }
 }
 
-/// Link notifications (`ip monitor link`), for noticing a device deleted behind our back.
-pub struct LinkEvents {
+/// Receives one datagram into `buf` (replacing what it held), retrying when interrupted.
+fn recv_datagram(socket: &Socket, buf: &mut Vec<u8>, op: &str) -> Result<(), KernelError> {
+    buf.clear();
+    loop {
+        match socket.recv(buf, 0) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(KernelError::io(format!("{op}: receive from netlink"), e)),
+        }
+    }
+}
+
+/// The netlink messages packed in one datagram, in order; an error for one that does not
+/// decode, and a last one when the framing is broken.
+fn split_messages(
+    buf: &[u8],
+) -> impl Iterator<Item = Result<NetlinkMessage<RouteNetlinkMessage>, String>> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || offset + len > buf.len() {
+            let msg = format!(
+                "netlink message of length {len} in a {}-byte datagram",
+                buf.len()
+            );
+            offset = buf.len();
+            return Some(Err(msg));
+        }
+        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..offset + len])
+            .map_err(|e| e.to_string());
+        offset += (len + 3) & !3;
+        Some(m)
+    })
+}
+
+/// A socket joined to one rtnetlink multicast group.
+struct Subscription {
     socket: Socket,
     buf: Vec<u8>,
+    what: &'static str,
 }
+
+impl Subscription {
+    /// Subscribes in the calling thread's namespace.
+    fn open(group: u32, what: &'static str) -> Result<Subscription, KernelError> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::io("bind netlink socket", e))?;
+        socket
+            .add_membership(group)
+            .map_err(|e| KernelError::io(format!("join netlink {what} group"), e))?;
+        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
+        Ok(Subscription {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+            what,
+        })
+    }
+
+    /// Blocks until the next batch of notifications; ones that do not decode are skipped. An
+    /// overrun (ENOBUFS) is an error, so the caller can fall back to a full resync.
+    fn recv(&mut self) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        recv_datagram(&self.socket, &mut self.buf, self.what)?;
+        Ok(split_messages(&self.buf)
+            .filter_map(|m| match m.ok()?.payload {
+                NetlinkPayload::InnerMessage(inner) => Some(inner),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// Link notifications (`ip monitor link`), for noticing a device deleted behind our back.
+pub struct LinkEvents(Subscription);
 
 /// A link appeared, changed or disappeared.
 #[derive(Debug, Clone)]
@@ -932,60 +981,26 @@ pub enum LinkEvent {
 impl LinkEvents {
     /// Subscribes in the calling thread's namespace.
     pub fn subscribe() -> Result<LinkEvents, KernelError> {
-        let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| KernelError::io("bind netlink socket", e))?;
-        socket
-            .add_membership(RTNLGRP_LINK)
-            .map_err(|e| KernelError::io("join netlink link group", e))?;
-        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
-        Ok(LinkEvents {
-            socket,
-            buf: Vec::with_capacity(RECV_BUF),
-        })
+        Subscription::open(RTNLGRP_LINK, "link events").map(LinkEvents)
     }
 
     /// Blocks until the next batch of events. An overrun (ENOBUFS) is reported as an error so
     /// the caller can fall back to a full resync.
     pub fn recv(&mut self) -> Result<Vec<LinkEvent>, KernelError> {
-        self.buf.clear();
-        loop {
-            match self.socket.recv(&mut self.buf, 0) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(KernelError::io("receive link events", e)),
-            }
-        }
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset + 16 <= self.buf.len() {
-            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
-                as usize;
-            if len < 16 || offset + len > self.buf.len() {
-                break;
-            }
-            if let Ok(m) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
-            {
-                match m.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                        out.push(LinkEvent::New(parse_link(&l)))
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                        out.push(LinkEvent::Deleted(parse_link(&l)))
-                    }
-                    _ => {}
-                }
-            }
-            offset += (len + 3) & !3;
-        }
-        Ok(out)
+        Ok(self
+            .0
+            .recv()?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(LinkEvent::New(parse_link(&l))),
+                RouteNetlinkMessage::DelLink(l) => Some(LinkEvent::Deleted(parse_link(&l))),
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+        self.0.socket.as_raw_fd()
     }
 }
 
@@ -997,10 +1012,7 @@ pub enum RouteEvent {
 }
 
 /// IPv4 route notifications (`ip monitor route`), for timing how fast routes appear.
-pub struct RouteEvents {
-    socket: Socket,
-    buf: Vec<u8>,
-}
+pub struct RouteEvents(Subscription);
 
 /// Multicast group for IPv4 route notifications (RTNLGRP_IPV4_ROUTE).
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
@@ -1008,55 +1020,21 @@ const RTNLGRP_IPV4_ROUTE: u32 = 7;
 impl RouteEvents {
     /// Subscribes in the calling thread's namespace.
     pub fn subscribe() -> Result<RouteEvents, KernelError> {
-        let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| KernelError::io("bind netlink socket", e))?;
-        socket
-            .add_membership(RTNLGRP_IPV4_ROUTE)
-            .map_err(|e| KernelError::io("join netlink route group", e))?;
-        set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
-        Ok(RouteEvents {
-            socket,
-            buf: Vec::with_capacity(RECV_BUF),
-        })
+        Subscription::open(RTNLGRP_IPV4_ROUTE, "route events").map(RouteEvents)
     }
 
     /// Blocks until the next batch of events.
     pub fn recv(&mut self) -> Result<Vec<RouteEvent>, KernelError> {
-        self.buf.clear();
-        loop {
-            match self.socket.recv(&mut self.buf, 0) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(KernelError::io("receive route events", e)),
-            }
-        }
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset + 16 <= self.buf.len() {
-            let len = u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
-                as usize;
-            if len < 16 || offset + len > self.buf.len() {
-                break;
-            }
-            if let Ok(m) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..offset + len])
-            {
-                match m.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-                        out.extend(parse_route(&r).map(RouteEvent::New))
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => {
-                        out.extend(parse_route(&r).map(RouteEvent::Deleted))
-                    }
-                    _ => {}
-                }
-            }
-            offset += (len + 3) & !3;
-        }
-        Ok(out)
+        Ok(self
+            .0
+            .recv()?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(&r).map(RouteEvent::New),
+                RouteNetlinkMessage::DelRoute(r) => parse_route(&r).map(RouteEvent::Deleted),
+                _ => None,
+            })
+            .collect())
     }
 }
 

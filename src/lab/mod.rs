@@ -251,6 +251,32 @@ impl Lab {
             .map_err(|e| LabError::io(format!("run {} on {target}", argv[0].as_ref()), e))
     }
 
+    /// Runs a CNI plugin in `target` the way a runtime does: nothing in its environment but
+    /// `PATH` and `env` (the `CNI_*` variables), the network config on standard input.
+    pub fn cni(
+        &self,
+        target: &str,
+        plugin: &str,
+        env: &[(&str, &str)],
+        conf: &str,
+    ) -> Result<Output, LabError> {
+        let op = || format!("run {plugin} on {target}");
+        let mut cmd = self.command(target, &[plugin])?;
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        cmd.env_clear()
+            .env("PATH", path)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| LabError::io(op(), e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A plugin that exits without reading its config closes the pipe: not our error.
+            let _ = std::io::Write::write_all(&mut stdin, conf.as_bytes());
+        }
+        child.wait_with_output().map_err(|e| LabError::io(op(), e))
+    }
+
     /// Starts a background process in `target`, remembered by PID and stopped by `down`.
     pub fn spawn(
         &mut self,

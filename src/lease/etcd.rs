@@ -559,9 +559,7 @@ impl EtcdStore {
                         rev + 1
                     }
                     Err(e) => {
-                        let _ = tx.send(WatchUpdate::Disconnected(e.to_string())).await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        disconnected(&tx, &mut backoff, e.to_string()).await;
                         continue;
                     }
                 },
@@ -571,11 +569,7 @@ impl EtcdStore {
             let mut stream = match c.watch(self.subnets_prefix(), Some(opts)).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx
-                        .send(WatchUpdate::Disconnected(self.err("watch", e).to_string()))
-                        .await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    disconnected(&tx, &mut backoff, self.err("watch", e).to_string()).await;
                     continue;
                 }
             };
@@ -592,14 +586,12 @@ impl EtcdStore {
                             break;
                         }
                         if resp.canceled() {
-                            let _ = tx
-                                .send(WatchUpdate::Disconnected(format!(
-                                    "watch canceled: {}",
-                                    resp.cancel_reason()
-                                )))
-                                .await;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                            disconnected(
+                                &tx,
+                                &mut backoff,
+                                format!("watch canceled: {}", resp.cancel_reason()),
+                            )
+                            .await;
                             break;
                         }
                         backoff = BACKOFF_MIN;
@@ -628,19 +620,11 @@ impl EtcdStore {
                         }
                     }
                     Ok(None) => {
-                        let _ = tx
-                            .send(WatchUpdate::Disconnected("watch stream closed".into()))
-                            .await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        disconnected(&tx, &mut backoff, "watch stream closed".into()).await;
                         break;
                     }
                     Err(e) => {
-                        let _ = tx
-                            .send(WatchUpdate::Disconnected(self.err("watch", e).to_string()))
-                            .await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        disconnected(&tx, &mut backoff, self.err("watch", e).to_string()).await;
                         break;
                     }
                 }
@@ -670,4 +654,10 @@ impl EtcdStore {
     pub fn endpoints(&self) -> &str {
         &self.endpoints
     }
+}
+/// Reports a broken watch and waits before the next attempt, longer each time.
+async fn disconnected(tx: &mpsc::Sender<WatchUpdate>, backoff: &mut Duration, why: String) {
+    let _ = tx.send(WatchUpdate::Disconnected(why)).await;
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }

@@ -79,6 +79,38 @@ fn ping_from(c: &Cluster, from: &Node, src: Ipv4Addr, dst: Ipv4Addr, extra: &[&s
     c.lab.exec(&from.name, &argv).unwrap().status.success()
 }
 
+/// Every node reaches every other node's subnet gateway from its own.
+fn every_gateway_answers_every_node(c: &Cluster, nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes {
+            if a.name != b.name {
+                assert!(
+                    ping_from(c, a, a.gateway(), b.gateway(), &[]),
+                    "{} -> {}",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
+}
+
+/// An IPv4 packet of exactly `mtu` bytes with DF set crosses from `a`'s subnet to `b`'s; one
+/// byte more does not (ICMP echo: 28 bytes of headers).
+fn assert_path_mtu(c: &Cluster, a: &Node, b: &Node, mtu: u32) {
+    let ping = |size: u32| {
+        ping_from(
+            c,
+            a,
+            a.gateway(),
+            b.gateway(),
+            &["-M", "do", "-s", &(size - 28).to_string()],
+        )
+    };
+    assert!(ping(mtu), "{mtu} bytes with DF");
+    assert!(!ping(mtu + 1), "{} bytes with DF", mtu + 1);
+}
+
 fn routes(c: &Cluster, node: &str) -> Vec<Value> {
     c.ip_json(node, &["route", "show", "proto", "86"])
         .as_array()
@@ -130,33 +162,9 @@ fn host_gw_three_nodes_route_to_each_other() {
             "host-gw keeps the interface MTU: {env}"
         );
     }
-    for a in &nodes {
-        for b in &nodes {
-            if a.name != b.name {
-                assert!(
-                    ping_from(&c, a, a.gateway(), b.gateway(), &[]),
-                    "{} -> {}",
-                    a.name,
-                    b.name
-                );
-            }
-        }
-    }
+    every_gateway_answers_every_node(&c, &nodes);
     // MTU: 1500-byte packets with DF pass between subnets; 1501 do not.
-    assert!(ping_from(
-        &c,
-        &nodes[0],
-        nodes[0].gateway(),
-        nodes[1].gateway(),
-        &["-M", "do", "-s", "1472"]
-    ));
-    assert!(!ping_from(
-        &c,
-        &nodes[0],
-        nodes[0].gateway(),
-        nodes[1].gateway(),
-        &["-M", "do", "-s", "1473"]
-    ));
+    assert_path_mtu(&c, &nodes[0], &nodes[1], 1500);
 }
 
 #[test]
@@ -251,33 +259,9 @@ fn vxlan_four_nodes_on_two_segments() {
     for n in &nodes {
         fake_cni0(&c, n);
     }
-    for a in &nodes {
-        for b in &nodes {
-            if a.name != b.name {
-                assert!(
-                    ping_from(&c, a, a.gateway(), b.gateway(), &[]),
-                    "{} -> {}",
-                    a.name,
-                    b.name
-                );
-            }
-        }
-    }
+    every_gateway_answers_every_node(&c, &nodes);
     // MTU: a DF packet of the full 1450 bytes crosses the router through the tunnel; 1451 does not.
-    assert!(ping_from(
-        &c,
-        &nodes[0],
-        nodes[0].gateway(),
-        nodes[3].gateway(),
-        &["-M", "do", "-s", "1422"]
-    ));
-    assert!(!ping_from(
-        &c,
-        &nodes[0],
-        nodes[0].gateway(),
-        nodes[3].gateway(),
-        &["-M", "do", "-s", "1423"]
-    ));
+    assert_path_mtu(&c, &nodes[0], &nodes[3], 1450);
 }
 
 fn tx_packets(c: &Cluster, node: &str, dev: &str) -> u64 {

@@ -213,16 +213,7 @@ impl Cluster {
 
     /// Runs the plugin on a node like a runtime would; returns (exit code, stdout).
     pub fn cni(&self, node: &str, env: &[(&str, &str)], stdin: &str) -> (i32, String) {
-        let mut cmd = self.lab.command(node, &[PODNET_CNI]).unwrap();
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = self.lab.cni(node, PODNET_CNI, env, stdin).unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

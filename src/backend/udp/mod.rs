@@ -35,7 +35,7 @@ use super::{
     Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::config::UdpOptions;
-use crate::kernel::netlink::{LinkChange, Netlink, RTPROT_BOOT, Route};
+use crate::kernel::netlink::{Netlink, RTPROT_BOOT, Route};
 use crate::kernel::sysctl;
 use crate::kernel::tun::{self, TunSpec};
 use crate::kernel::udp::UdpPort;
@@ -232,27 +232,10 @@ impl Backend for Udp {
             }
             self.start(nl)?;
         }
-        let index = nl.require_link(DEVICE)?.index;
+        let index = self.running.as_ref().expect("started above").index;
         self.local
             .store(u32::from(subnet.network()), Ordering::Relaxed);
-        let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
-        for a in nl
-            .addrs_v(true)?
-            .into_iter()
-            .filter(|a| a.index == index && a.net != want)
-        {
-            tracing::info!(device = DEVICE, address = %a.net, "removing a stale address");
-            nl.del_addr(index, a.net)?;
-        }
-        nl.add_addr(index, want)?;
-        nl.set_link(
-            index,
-            &LinkChange {
-                up: Some(true),
-                mtu: Some(self.mtu),
-                ..Default::default()
-            },
-        )?;
+        super::own_address_up(nl, DEVICE, index, subnet, Some(self.mtu))?;
         // Our ICMP errors come out of the device from this node's own address, and the kernel
         // drops a packet that arrives with a local source address as a martian unless told not to.
         sysctl::set_conf(DEVICE, "accept_local", "1")?;
