@@ -68,9 +68,17 @@ fn readyz_metrics_and_no_churn() {
         get(&c, "node1", "/healthz")
     });
     assert_eq!((code, body.as_str()), (200, "podnetd is running\n"));
-    let (code, body) = get(&c, "node1", "/readyz").unwrap();
-    assert_eq!(code, 503);
-    assert!(body.contains("waiting for the network config"), "{body}");
+    // Not ready at any moment before the config exists; it gets as far as waiting for it.
+    poll(
+        "/readyz to wait for the config",
+        Duration::from_secs(10),
+        || {
+            let (code, body) = get(&c, "node1", "/readyz").unwrap();
+            assert_eq!(code, 503, "{body}");
+            body.contains("waiting for the network config")
+                .then_some(())
+        },
+    );
     c.put_config(VXLAN);
     poll("/readyz to turn 200", Duration::from_secs(20), || {
         get(&c, "node1", "/readyz").filter(|(c, _)| *c == 200)
