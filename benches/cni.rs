@@ -10,10 +10,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use podnet::lab::{Lab, LabSpec};
+use podnet::lab::LabSpec;
+use podnet::lab::cluster::{Cluster, attach_env};
 use serde_json::json;
-
-const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet");
 
 #[derive(Clone, Copy, PartialEq)]
 enum System {
@@ -22,7 +21,7 @@ enum System {
 }
 
 struct Bench {
-    lab: Lab,
+    c: Cluster,
     podnet_conf: String,
     ref_conf: String,
 }
@@ -30,19 +29,16 @@ struct Bench {
 impl Bench {
     /// One plugin invocation; returns its wall time (spawn to exit), panics on failure.
     fn call(&self, sys: System, cmd: &str, id: &str, netns: &str) -> f64 {
-        let (bin, conf) = match sys {
-            System::Podnet => (PLUGIN, &self.podnet_conf),
-            System::Reference => ("/usr/lib/cni/bridge", &self.ref_conf),
-        };
-        let env = [
-            ("CNI_COMMAND", cmd),
-            ("CNI_CONTAINERID", id),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ];
+        let env = attach_env(cmd, id, netns, "eth0");
         let t = Instant::now();
-        let out = self.lab.cni("node1", bin, &env, conf).unwrap();
+        let out = match sys {
+            System::Podnet => self.c.cni("node1", &env, &self.podnet_conf),
+            System::Reference => {
+                let bridge = "/usr/lib/cni/bridge";
+                self.c.lab.cni("node1", bridge, &env, &self.ref_conf)
+            }
+        }
+        .unwrap();
         let dt = t.elapsed().as_secs_f64();
         assert!(
             out.status.success(),
@@ -60,21 +56,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let runs = runs(3);
-    let lab = Lab::up(&LabSpec::new(unique("bcni"), 1)).unwrap();
-    let dir = lab.node_dir("node1").unwrap();
+    let c = Cluster::up(&LabSpec::new(unique("bcni"), 1), binaries()).unwrap();
+    let dir = c.node_dir("node1").unwrap();
     // What podnetd writes with --ip-masq (so neither plugin adds masquerade rules).
     std::fs::write(
         dir.join("subnet.env"),
         "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
     )
     .unwrap();
-    let podnet_conf = json!({
-        "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
-        "subnetFile": dir.join("subnet.env"),
-        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-        "ipam": {"dataDir": dir.join("ipam-podnet")},
-    })
-    .to_string();
+    let podnet_conf = c.cni_conf("node1", "1.0.0").unwrap().to_string();
     // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
     let ref_conf = json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
@@ -84,7 +74,7 @@ fn main() {
     })
     .to_string();
     let mut b = Bench {
-        lab,
+        c,
         podnet_conf,
         ref_conf,
     };
@@ -92,11 +82,11 @@ fn main() {
         .map(|i| {
             let p = format!(
                 "/run/netns/{}",
-                b.lab.pod_add("node1", &format!("p{i}")).unwrap()
+                b.c.lab.pod_add("node1", &format!("p{i}")).unwrap()
             );
             let r = format!(
                 "/run/netns/{}",
-                b.lab.pod_add("node1", &format!("r{i}")).unwrap()
+                b.c.lab.pod_add("node1", &format!("r{i}")).unwrap()
             );
             (p, r)
         })

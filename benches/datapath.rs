@@ -19,11 +19,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
 use serde_json::{Value, json};
 
-const PODNETD: &str = env!("CARGO_BIN_EXE_podnetd");
-const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet");
 const PREFIX: &str = "/coreos.com/network";
 const HAND_MAC: [&str; 2] = ["02:70:6e:00:00:03", "02:70:6e:00:00:04"];
 
@@ -50,41 +49,6 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
 
 fn node_ip(lab: &Lab, node: &str) -> Ipv4Addr {
     lab.plan().host(node).unwrap().addr.addr()
-}
-
-/// podnet's plugin, ADD, as a runtime calls it; returns the pod's address.
-fn cni_add(lab: &Lab, node: &str, pod: &str, netns: &str) -> Ipv4Addr {
-    let dir = lab.node_dir(node).unwrap();
-    let conf = json!({
-        "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
-        "subnetFile": dir.join("subnet.env"),
-        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-        "ipam": {"dataDir": dir.join("ipam")},
-    })
-    .to_string();
-    let netns = format!("/run/netns/{netns}");
-    let env = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", pod),
-        ("CNI_NETNS", &netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/usr/lib/cni"),
-    ];
-    let out = lab.cni(node, PLUGIN, &env, &conf).unwrap();
-    assert!(
-        out.status.success(),
-        "CNI ADD: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// The same objects as podnetd and the plugin create, made with `ip` and `bridge` by hand:
@@ -218,45 +182,24 @@ struct Row {
 
 /// podnetd on two nodes with `backend`, under its own etcd prefix, and a pod on each from the
 /// plugin; returns the pods' addresses once they reach each other.
-fn podnet_pair(lab: &mut Lab, backend: &str, nodes: [&str; 2], prefix: &str) -> [Ipv4Addr; 2] {
-    let eps = lab.etcd_endpoints();
+fn podnet_pair(c: &mut Cluster, backend: &str, nodes: [&str; 2], prefix: &str) -> [Ipv4Addr; 2] {
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
-    run(
-        lab,
-        nodes[0],
-        &[
-            "etcdctl",
-            "--endpoints",
-            &eps,
-            "put",
-            &format!("{prefix}/config"),
-            &config,
-        ],
-    );
+    c.etcdctl(&["put", &format!("{prefix}/config"), &config])
+        .unwrap();
+    let prefix_flag = format!("--etcd-prefix={prefix}");
     for node in nodes {
-        let dir = lab.node_dir(node).unwrap();
-        let argv = vec![
-            PODNETD.to_string(),
-            format!("--etcd-endpoints={eps}"),
-            format!("--etcd-prefix={prefix}"),
-            format!("--subnet-file={}", dir.join("subnet.env").display()),
-            format!("--status-socket={}", dir.join("podnetd.sock").display()),
-        ];
-        lab.spawn(node, &argv, &[]).unwrap();
+        c.start(node, &[&prefix_flag]).unwrap();
     }
     let mut pods = Vec::new();
     for node in nodes {
-        let env = lab.node_dir(node).unwrap().join("subnet.env");
-        poll("subnet.env", Duration::from_secs(20), || {
-            env.exists().then_some(())
-        });
-        let ns = lab.pod_add(node, "pod").unwrap();
-        pods.push(cni_add(lab, node, &format!("bench-{node}"), &ns));
+        c.wait_ready(node, Duration::from_secs(20)).unwrap();
+        pods.push(c.add_pod(node, "pod", "1.0.0").unwrap().ip);
     }
     for (node, other) in [(nodes[0], pods[1]), (nodes[1], pods[0])] {
         poll("the peer reachable", Duration::from_secs(20), || {
             let p = format!("{node}/pod");
-            lab.exec(&p, &["ping", "-c1", "-W1", &other.to_string()])
+            c.lab
+                .exec(&p, &["ping", "-c1", "-W1", &other.to_string()])
                 .unwrap()
                 .status
                 .success()
@@ -298,22 +241,23 @@ fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2]
 }
 
 fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
-    let mut lab = Lab::up(&LabSpec::new(unique("bdp"), 4)).unwrap();
-    let pods = podnet_pair(&mut lab, backend, ["node1", "node2"], PREFIX);
+    let mut c = Cluster::up(&LabSpec::new(unique("bdp"), 4), binaries()).unwrap();
+    let pods = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX);
     // Kernel backends are compared with the same kernel objects made by hand; the userspace
     // tunnel with podnet's kernel VXLAN.
     let (ref_name, ref_pods, ref_targets) = if backend == "udp" {
         let p = podnet_pair(
-            &mut lab,
+            &mut c,
             "vxlan",
             ["node3", "node4"],
             "/podnet-bench-vxlan/network",
         );
         ("podnet vxlan", p, ["node3/pod", "node4/pod"])
     } else {
-        let p = hand_pair(&mut lab, backend, pods);
+        let p = hand_pair(&mut c.lab, backend, pods);
         ("by hand", p, ["node3/hand", "node4/hand"])
     };
+    let lab = &mut c.lab;
     let paths = [
         Path {
             name: "podnet",
@@ -328,7 +272,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         Path {
             name: "bare underlay",
             client: "node3".into(),
-            server_ip: node_ip(&lab, "node4"),
+            server_ip: node_ip(lab, "node4"),
         },
     ];
     for server in ["node2/pod", ref_targets[1], "node4"] {
@@ -352,7 +296,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         let pids: Vec<String> = lab
             .processes()
             .iter()
-            .filter(|p| p.argv.first().is_some_and(|a| a == PODNETD))
+            .filter(|p| p.argv.first().is_some_and(|a| a.ends_with("podnetd")))
             .take(2)
             .map(|p| p.id.pid.to_string())
             .collect();
@@ -387,7 +331,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let gbps = throughput(&lab, &paths[0], 3) / 1e9;
+        let gbps = throughput(lab, &paths[0], 3) / 1e9;
         perf.wait().unwrap();
         eprintln!(
             "== {gbps:.2} Gbit/s; top:\n{}",
@@ -407,8 +351,8 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         // Rotate the order so that no path is always first after an idle moment.
         for k in 0..paths.len() {
             let i = (k + r) % paths.len();
-            bps[i].push(throughput(&lab, &paths[i], seconds) / 1e9);
-            rtt[i].push(latency(&lab, &paths[i]));
+            bps[i].push(throughput(lab, &paths[i], seconds) / 1e9);
+            rtt[i].push(latency(lab, &paths[i]));
         }
         eprintln!("{backend}: round {}/{runs}", r + 1);
     }
@@ -423,7 +367,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             rtt: summarize(&rtt[i]),
         })
         .collect();
-    lab.down().unwrap();
+    c.lab.down().unwrap();
     rows
 }
 

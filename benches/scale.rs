@@ -18,9 +18,9 @@ use common::*;
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use podnet::backend::vxlan::derived_mac;
 use podnet::kernel::netlink::{RouteEvent, RouteEvents};
+use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
 
-const PODNETD: &str = env!("CARGO_BIN_EXE_podnetd");
 const PREFIX: &str = "/coreos.com/network";
 
 fn subnet(i: usize) -> Ipv4Addr {
@@ -165,8 +165,8 @@ struct Row {
 }
 
 fn scenario(backend: &'static str, n: usize) -> Row {
-    let mut lab = Lab::up(&LabSpec::new(unique("bsc"), 2)).unwrap();
-    let eps = lab.etcd_endpoints();
+    let mut c = Cluster::up(&LabSpec::new(unique("bsc"), 2), binaries()).unwrap();
+    let eps = c.eps.clone();
     // podnetd's own subnet comes from above the fake peers' (10.244.0.8 up to 10.244.157.0).
     let config = format!(
         r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
@@ -180,11 +180,9 @@ fn scenario(backend: &'static str, n: usize) -> Row {
             )
         })
         .collect();
-    etcd(&lab, &eps, move |mut c| {
+    c.put_config(&config).unwrap();
+    etcd(&c.lab, &eps, move |mut c| {
         Box::pin(async move {
-            c.put(format!("{PREFIX}/config"), config, None)
-                .await
-                .unwrap();
             for chunk in values.chunks(128) {
                 let ops: Vec<TxnOp> = chunk
                     .iter()
@@ -196,7 +194,8 @@ fn scenario(backend: &'static str, n: usize) -> Row {
     });
     // Route notifications on node1, timestamped as they arrive.
     let (tx, rx) = mpsc::channel::<(f64, RouteEvent)>();
-    let mut events = lab
+    let mut events = c
+        .lab
         .netns("node1")
         .unwrap()
         .run(RouteEvents::subscribe)
@@ -214,17 +213,11 @@ fn scenario(backend: &'static str, n: usize) -> Row {
             }
         }
     });
-    let dir = lab.node_dir("node1").unwrap();
     let mut argv: Vec<String> = std::env::var("BENCH_WRAP")
         .map(|w| w.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
-    argv.extend([
-        PODNETD.into(),
-        format!("--etcd-endpoints={eps}"),
-        format!("--subnet-file={}", dir.join("subnet.env").display()),
-        format!("--status-socket={}", dir.join("podnetd.sock").display()),
-        "--resync-period=1h".into(),
-    ]);
+    argv.extend(c.podnetd_args("node1", &["--resync-period=1h"]).unwrap());
+    let lab = &mut c.lab;
     let t0 = now();
     let rec = lab.spawn("node1", &argv, &[]).unwrap();
     let programmed = wait_log(&rec.log, "peers programmed", Duration::from_secs(120));
@@ -259,7 +252,7 @@ fn scenario(backend: &'static str, n: usize) -> Row {
         );
         let k2 = key.clone();
         let t_put = now();
-        etcd(&lab, &eps, move |mut c| {
+        etcd(lab, &eps, move |mut c| {
             Box::pin(async move {
                 c.put(k2, value, None).await.unwrap();
             })
@@ -284,7 +277,7 @@ fn scenario(backend: &'static str, n: usize) -> Row {
         add_after_event.push(t_route - log_time(&line).unwrap());
         let k3 = key.clone();
         let t_del = now();
-        etcd(&lab, &eps, move |mut c| {
+        etcd(lab, &eps, move |mut c| {
             Box::pin(async move {
                 c.delete(k3, None).await.unwrap();
             })
@@ -383,27 +376,20 @@ fn scenario(backend: &'static str, n: usize) -> Row {
 
 /// podnetd start to subnet.env (and /readyz 200, flipped in the same step), 0 peers, restarts.
 fn startup(runs: usize) -> (common::Summary, common::Summary) {
-    let mut lab = Lab::up(&LabSpec::new(unique("bst"), 1)).unwrap();
-    let eps = lab.etcd_endpoints();
-    etcd(&lab, &eps, |mut c| {
-        Box::pin(async move {
-            c.put(
-                format!("{PREFIX}/config"),
-                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
-                None,
-            )
-            .await
-            .unwrap();
-        })
-    });
-    let dir = lab.node_dir("node1").unwrap();
+    let mut c = Cluster::up(&LabSpec::new(unique("bst"), 1), binaries()).unwrap();
+    let eps = c.eps.clone();
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .unwrap();
+    let dir = c.node_dir("node1").unwrap();
+    let argv = c.podnetd_args("node1", &[]).unwrap();
+    let lab = &mut c.lab;
     let mut first = Vec::new();
     let mut again = Vec::new();
     for r in 0..runs {
         // A first start (new lease, new device) and a restart of the same node.
         for restart in [false, true] {
             if !restart {
-                etcd(&lab, &eps, |mut c| {
+                etcd(lab, &eps, |mut c| {
                     Box::pin(async move {
                         c.delete(
                             format!("{PREFIX}/subnets/"),
@@ -416,12 +402,6 @@ fn startup(runs: usize) -> (common::Summary, common::Summary) {
                 let _ = lab.exec("node1", &["ip", "link", "del", "flannel.1"]);
                 let _ = std::fs::remove_file(dir.join("subnet.env"));
             }
-            let argv: Vec<String> = vec![
-                PODNETD.into(),
-                format!("--etcd-endpoints={eps}"),
-                format!("--subnet-file={}", dir.join("subnet.env").display()),
-                format!("--status-socket={}", dir.join("podnetd.sock").display()),
-            ];
             let t0 = now();
             let rec = lab.spawn("node1", &argv, &[]).unwrap();
             let line = wait_log(

@@ -103,7 +103,7 @@ pub struct Family6 {
     pub subnet_max: Ipv6Addr,
 }
 
-/// A JSON object whose keys are looked up case-insensitively (a later key wins, as in Go).
+/// A JSON object whose keys are looked up case-insensitively, as Go's decoder does.
 struct Fields<'a> {
     path: &'a str,
     map: &'a Map<String, Value>,
@@ -119,16 +119,7 @@ impl<'a> Fields<'a> {
     }
 
     fn get(&self, key: &str) -> Option<&'a Value> {
-        let mut found = None;
-        for (k, v) in self.map {
-            if k.eq_ignore_ascii_case(key) {
-                found = Some(v);
-                if k == key {
-                    return Some(v);
-                }
-            }
-        }
-        found.filter(|v| !v.is_null())
+        crate::util::json::get_ci(self.map, key)
     }
 
     fn string(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {

@@ -13,4 +13,7 @@ pub mod kernel;
 pub mod lab;
 pub mod lease;
 pub mod logging;
+pub mod owned;
+pub mod status;
 pub mod subnet_env;
+pub mod util;

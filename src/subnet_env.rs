@@ -12,9 +12,7 @@
 //! The subnet lines carry the node subnet's first address (the bridge gateway) with the subnet's
 //! prefix length. Lines appear in exactly this order, each family only when enabled.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -205,34 +203,10 @@ pub fn first_host(net: IpNet) -> IpAddr {
     }
 }
 
-/// Replaces `path` atomically: readers see the old file or the new one, never a mix. Keeps an
-/// existing file's permissions, else 0644; creates the directory (0755) if needed.
-pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("subnet.env");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Writes `subnet.env` atomically: the plugin reads the old file or the new one, never a mix.
+/// The mode of an existing file is kept, else 0644 (flannel's).
+pub fn write(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
+    crate::util::files::write_atomic(path, env.render().as_bytes(), None)
 }
 
 #[cfg(test)]
@@ -294,27 +268,5 @@ mod tests {
         let e =
             SubnetEnv::parse("FLANNEL_NETWORK=10.1.0.0/16,10.2.0.0/16\n# note\nOTHER=x\n").unwrap();
         assert_eq!(e.networks.len(), 2);
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_keeps_mode() {
-        let dir = std::env::temp_dir().join(format!("podnet-senv-{}", rand::random::<u32>()));
-        let path = dir.join("sub/subnet.env");
-        write_atomic(&path, "A=1\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=1\n");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write_atomic(&path, "A=2\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=2\n");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temp files left");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,16 @@
 
 use std::time::Duration;
 
+use podnet::lab::cluster::Binaries;
+
+/// This package's podnetd and CNI plugin.
+pub fn binaries() -> Binaries {
+    Binaries {
+        podnetd: env!("CARGO_BIN_EXE_podnetd").into(),
+        plugin: env!("CARGO_BIN_EXE_podnet").into(),
+    }
+}
+
 /// Median, min and max of a sample.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {

@@ -11,11 +11,11 @@
 use std::net::IpAddr;
 
 use super::{
-    Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, RTPROT_PODNET,
-    Registration,
+    Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::kernel::netlink::{Netlink, Route};
 use crate::lease::Lease;
+use crate::owned::RTPROT_PODNET;
 
 pub struct HostGw {
     ext: ExternalInterface,
@@ -48,6 +48,7 @@ impl Backend for HostGw {
             backend_type: "host-gw",
             backend_data: None,
             mtu: self.ext.mtu,
+            overhead: 0,
             tunnel_port: None,
             tunnel_device: None,
         })

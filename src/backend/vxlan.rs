@@ -22,8 +22,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
-    Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, RTPROT_PODNET,
-    Registration,
+    Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::config::VxlanOptions;
 use crate::kernel::Mac;
@@ -31,6 +30,7 @@ use crate::kernel::netlink::{
     Fdb, LinkChange, Neighbour, Netlink, NewLink, NewLinkKind, Route, Vxlan as VxlanAttrs,
 };
 use crate::lease::Lease;
+use crate::owned::RTPROT_PODNET;
 
 /// Bytes VXLAN adds over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const OVERHEAD_V4: u32 = 50;
@@ -89,7 +89,7 @@ impl Vxlan {
                 BackendError::Invalid(format!("underlay MTU {underlay} is too small for VXLAN"))
             })?;
         Ok(Vxlan {
-            name: format!("flannel.{}", opts.vni),
+            name: crate::owned::vxlan_device(opts.vni),
             // The MAC peers already know, if this node had a lease; else a stable derived one.
             mac: previous
                 .and_then(vtep_mac)
@@ -168,17 +168,10 @@ impl Vxlan {
     }
 }
 
-/// Whether VXLAN's transmit checksum offload corrupts packets here: kernels before 5.7 with
-/// kube-proxy's `--random-fully` masquerade (fixed by ea64d8d6c675), and a public address that
-/// is NAT'ed on any kernel (flannel #1279, #2152).
-pub fn checksum_offload_unsafe(kernel: Option<(u32, u32)>, nat: bool) -> bool {
-    nat || kernel.is_some_and(|v| v < (5, 7))
-}
-
 impl Vxlan {
     fn checksum_workaround(&self) {
         let nat = self.ext.ext_addr != self.ext.iface_addr;
-        if !checksum_offload_unsafe(crate::kernel::ethtool::kernel_version(), nat) {
+        if !crate::kernel::ethtool::vxlan_checksum_offload_unsafe(nat) {
             return;
         }
         match crate::kernel::ethtool::feature(&self.name, "tx-checksum-ip-generic") {
@@ -214,6 +207,7 @@ impl Backend for Vxlan {
             backend_type: "vxlan",
             backend_data: Some(data.to_string()),
             mtu: self.mtu,
+            overhead: OVERHEAD_V4,
             tunnel_port: Some(self.opts.port),
             tunnel_device: Some(self.name.clone()),
         })

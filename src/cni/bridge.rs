@@ -38,7 +38,7 @@ pub fn ensure(
         match made {
             Ok(()) => {}
             // Another ADD created it at the same moment.
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            Err(e) if e.is_exists() => {}
             Err(e) => return Err(kernel(format!("create bridge {name}"), e)),
         }
         link = nl

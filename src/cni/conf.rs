@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
+use crate::util::json::get_ci;
+
 use super::spec::{self, CniError, CniResult, code};
 
 /// The verb.
@@ -182,17 +184,6 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
 pub const DEFAULT_IPAM_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
-/// Case-insensitive lookup in a JSON object (Go's decoder rule).
-fn get_ci<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    m.get(key)
-        .or_else(|| {
-            m.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v)
-        })
-        .filter(|v| !v.is_null())
-}
-
 fn invalid(msg: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg)
 }
@@ -223,6 +214,205 @@ fn parse_ip(field: &str, v: &Value) -> Result<IpAddr, CniError> {
         .ok_or_else(|| invalid(format!("{field}: {v} is not an IP address")))
 }
 
+/// `field` as an object (absent: empty).
+fn object<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+    empty: &'a Map<String, Value>,
+) -> Result<&'a Map<String, Value>, CniError> {
+    match get_ci(m, key) {
+        None => Ok(empty),
+        Some(Value::Object(o)) => Ok(o),
+        Some(v) => Err(invalid(format!("{field}: expected an object, got {v}"))),
+    }
+}
+
+fn parse_name(m: &Map<String, Value>) -> Result<String, CniError> {
+    let name = get_str(m, "name", "name")?.unwrap_or("").to_string();
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid {
+        return Err(invalid(format!(
+            "name {name:?}: a network needs a name of letters, digits, '_', '.', '-'"
+        )));
+    }
+    Ok(name)
+}
+
+/// The bridge's settings: a `delegate` value (flannel's way) wins over a top-level one.
+struct BridgeOpts {
+    bridge: String,
+    mtu: Option<u32>,
+    is_gateway: bool,
+    is_default_gateway: bool,
+    hairpin: bool,
+    ip_masq: Option<bool>,
+}
+
+impl BridgeOpts {
+    fn parse(
+        m: &Map<String, Value>,
+        delegate: &Map<String, Value>,
+    ) -> Result<BridgeOpts, CniError> {
+        let pick_bool = |key: &str| -> Result<Option<bool>, CniError> {
+            Ok(get_bool(delegate, key, &format!("delegate.{key}"))?.or(get_bool(m, key, key)?))
+        };
+        if let Some(t) = get_str(delegate, "type", "delegate.type")?
+            && t != "bridge"
+        {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!(
+                    "delegate.type {t:?}: podnet wires pods into a bridge itself; only \"bridge\" is supported"
+                ),
+            ));
+        }
+        let bridge = get_str(delegate, "bridge", "delegate.bridge")?
+            .or(get_str(m, "bridge", "bridge")?)
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
+        if bridge.is_empty() || bridge.len() > 15 {
+            return Err(invalid(format!(
+                "bridge {bridge:?}: not a valid interface name"
+            )));
+        }
+        let mtu = match get_ci(delegate, "mtu").or_else(|| get_ci(m, "mtu")) {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if (68..=65535).contains(&n) => Some(n as u32),
+                _ => {
+                    return Err(invalid(format!(
+                        "mtu: {v} is not an MTU between 68 and 65535"
+                    )));
+                }
+            },
+        };
+        let is_default_gateway = pick_bool("isDefaultGateway")?.unwrap_or(false);
+        Ok(BridgeOpts {
+            bridge,
+            mtu,
+            is_gateway: pick_bool("isGateway")?.unwrap_or(true) || is_default_gateway,
+            is_default_gateway,
+            hairpin: pick_bool("hairpinMode")?.unwrap_or(false),
+            ip_masq: pick_bool("ipMasq")?,
+        })
+    }
+}
+
+fn parse_ranges(ipam: &Map<String, Value>) -> Result<Vec<RangeOverride>, CniError> {
+    let Some(rs) = get_ci(ipam, "ranges") else {
+        return Ok(Vec::new());
+    };
+    let sets = rs
+        .as_array()
+        .ok_or_else(|| invalid("ipam.ranges: expected a list of range sets"))?;
+    let mut out = Vec::new();
+    for set in sets {
+        let set = set
+            .as_array()
+            .ok_or_else(|| invalid("ipam.ranges: each range set must be a list"))?;
+        for r in set {
+            let o = r
+                .as_object()
+                .ok_or_else(|| invalid("ipam.ranges: each range must be an object"))?;
+            let subnet = get_str(o, "subnet", "ipam.ranges[].subnet")?
+                .and_then(|s| s.parse::<IpNet>().ok())
+                .ok_or_else(|| invalid("ipam.ranges[].subnet: missing or not a CIDR"))?;
+            let f = |k: &str| {
+                get_ci(o, k)
+                    .map(|v| parse_ip(&format!("ipam.ranges[].{k}"), v))
+                    .transpose()
+            };
+            out.push(RangeOverride {
+                subnet: subnet.trunc(),
+                start: f("rangeStart")?,
+                end: f("rangeEnd")?,
+                gateway: f("gateway")?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_routes(ipam: &Map<String, Value>) -> Result<Vec<spec::RouteEntry>, CniError> {
+    let Some(rs) = get_ci(ipam, "routes") else {
+        return Ok(Vec::new());
+    };
+    let list = rs
+        .as_array()
+        .ok_or_else(|| invalid("ipam.routes: expected a list"))?;
+    let mut out = Vec::new();
+    for r in list {
+        let o = r
+            .as_object()
+            .ok_or_else(|| invalid("ipam.routes: each route must be an object"))?;
+        let dst = get_str(o, "dst", "ipam.routes[].dst")?
+            .and_then(|s| s.parse::<IpNet>().ok())
+            .ok_or_else(|| invalid(format!("ipam.routes[].dst: missing or not a CIDR in {r}")))?;
+        let gw = get_ci(o, "gw")
+            .map(|v| parse_ip("ipam.routes[].gw", v))
+            .transpose()?;
+        out.push(spec::RouteEntry {
+            dst: dst.trunc(),
+            gw,
+        });
+    }
+    Ok(out)
+}
+
+/// `runtimeConfig`: DNS for the result and requested static addresses.
+fn parse_runtime(m: &Map<String, Value>) -> Result<(Value, Vec<IpAddr>), CniError> {
+    let empty = Map::new();
+    let runtime = object(m, "runtimeConfig", "runtimeConfig", &empty).unwrap_or(&empty);
+    let dns = get_ci(runtime, "dns")
+        .map(lower_dns)
+        .or_else(|| get_ci(m, "dns").cloned())
+        .unwrap_or(Value::Null);
+    let mut ips = Vec::new();
+    for ip in get_ci(runtime, "ips")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        // Runtimes send "10.244.3.7/24" or a bare address.
+        let s = ip.as_str().unwrap_or_default();
+        let addr = s.split('/').next().unwrap_or_default();
+        let addr = addr
+            .parse()
+            .map_err(|_| invalid(format!("runtimeConfig.ips: {ip} is not an IP")))?;
+        ips.push(addr);
+    }
+    Ok((dns, ips))
+}
+
+type Attachments = Option<Vec<(String, String)>>;
+
+fn parse_valid_attachments(m: &Map<String, Value>) -> Result<Attachments, CniError> {
+    match m.get("cni.dev/valid-attachments") {
+        None => Ok(None),
+        Some(Value::Array(list)) => Ok(Some(
+            list.iter()
+                .map(|a| {
+                    let field = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default();
+                    (
+                        field("containerID").to_string(),
+                        field("ifname").to_string(),
+                    )
+                })
+                .collect(),
+        )),
+        Some(v) => Err(invalid(format!(
+            "cni.dev/valid-attachments: expected a list, got {v}"
+        ))),
+    }
+}
+
 impl NetConf {
     /// Parses stdin. Only the protocol fields are needed for VERSION/STATUS/GC; the rest is
     /// validated for every command so a bad config fails loudly even on DEL.
@@ -241,67 +431,11 @@ impl NetConf {
             .unwrap_or("0.1.0")
             .to_string();
         spec::check_version(&cni_version)?;
-        let name = get_str(&m, "name", "name")?.unwrap_or("").to_string();
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid_name {
-            return Err(invalid(format!(
-                "name {name:?}: a network needs a name of letters, digits, '_', '.', '-'"
-            )));
-        }
+        let name = parse_name(&m)?;
         let empty = Map::new();
-        let delegate = match get_ci(&m, "delegate") {
-            None => &empty,
-            Some(Value::Object(d)) => d,
-            Some(v) => return Err(invalid(format!("delegate: expected an object, got {v}"))),
-        };
-        // A delegate value wins over a top-level one.
-        let pick_bool = |key: &str| -> Result<Option<bool>, CniError> {
-            Ok(get_bool(delegate, key, &format!("delegate.{key}"))?.or(get_bool(&m, key, key)?))
-        };
-        if let Some(t) = get_str(delegate, "type", "delegate.type")?
-            && t != "bridge"
-        {
-            return Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                format!(
-                    "delegate.type {t:?}: podnet wires pods into a bridge itself; only \"bridge\" is supported"
-                ),
-            ));
-        }
-        let bridge = get_str(delegate, "bridge", "delegate.bridge")?
-            .or(get_str(&m, "bridge", "bridge")?)
-            .unwrap_or(DEFAULT_BRIDGE)
-            .to_string();
-        if bridge.is_empty() || bridge.len() > 15 {
-            return Err(invalid(format!(
-                "bridge {bridge:?}: not a valid interface name"
-            )));
-        }
-        let mtu = match get_ci(delegate, "mtu").or_else(|| get_ci(&m, "mtu")) {
-            None => None,
-            Some(v) => match v.as_u64() {
-                Some(n) if (68..=65535).contains(&n) => Some(n as u32),
-                _ => {
-                    return Err(invalid(format!(
-                        "mtu: {v} is not an MTU between 68 and 65535"
-                    )));
-                }
-            },
-        };
-        let is_default_gateway = pick_bool("isDefaultGateway")?.unwrap_or(false);
-        let is_gateway = pick_bool("isGateway")?.unwrap_or(true) || is_default_gateway;
-        let ipam = match get_ci(&m, "ipam") {
-            None => &empty,
-            Some(Value::Object(i)) => i,
-            Some(v) => return Err(invalid(format!("ipam: expected an object, got {v}"))),
-        };
+        let delegate = object(&m, "delegate", "delegate", &empty)?;
+        let b = BridgeOpts::parse(&m, delegate)?;
+        let ipam = object(&m, "ipam", "ipam", &empty)?;
         if let Some(t) = get_str(ipam, "type", "ipam.type")?
             && t != "host-local"
         {
@@ -312,122 +446,37 @@ impl NetConf {
                 ),
             ));
         }
-        let mut ipam_ranges = Vec::new();
-        if let Some(rs) = get_ci(ipam, "ranges") {
-            let sets = rs
-                .as_array()
-                .ok_or_else(|| invalid("ipam.ranges: expected a list of range sets"))?;
-            for set in sets {
-                for r in set
-                    .as_array()
-                    .ok_or_else(|| invalid("ipam.ranges: each range set must be a list"))?
-                {
-                    let o = r
-                        .as_object()
-                        .ok_or_else(|| invalid("ipam.ranges: each range must be an object"))?;
-                    let subnet = get_str(o, "subnet", "ipam.ranges[].subnet")?
-                        .and_then(|s| s.parse::<IpNet>().ok())
-                        .ok_or_else(|| invalid("ipam.ranges[].subnet: missing or not a CIDR"))?;
-                    let f = |k: &str| {
-                        get_ci(o, k)
-                            .map(|v| parse_ip(&format!("ipam.ranges[].{k}"), v))
-                            .transpose()
-                    };
-                    ipam_ranges.push(RangeOverride {
-                        subnet: subnet.trunc(),
-                        start: f("rangeStart")?,
-                        end: f("rangeEnd")?,
-                        gateway: f("gateway")?,
-                    });
-                }
-            }
-        }
-        let mut ipam_routes = Vec::new();
-        if let Some(rs) = get_ci(ipam, "routes") {
-            for r in rs
-                .as_array()
-                .ok_or_else(|| invalid("ipam.routes: expected a list"))?
-            {
-                let o = r
-                    .as_object()
-                    .ok_or_else(|| invalid("ipam.routes: each route must be an object"))?;
-                let dst = get_str(o, "dst", "ipam.routes[].dst")?
-                    .and_then(|s| s.parse::<IpNet>().ok())
-                    .ok_or_else(|| {
-                        invalid(format!("ipam.routes[].dst: missing or not a CIDR in {r}"))
-                    })?;
-                let gw = get_ci(o, "gw")
-                    .map(|v| parse_ip("ipam.routes[].gw", v))
-                    .transpose()?;
-                ipam_routes.push(spec::RouteEntry {
-                    dst: dst.trunc(),
-                    gw,
-                });
-            }
-        }
-        let runtime = match get_ci(&m, "runtimeConfig") {
-            Some(Value::Object(r)) => r.clone(),
-            _ => Map::new(),
-        };
-        let dns = get_ci(&runtime, "dns")
-            .map(lower_dns)
-            .or_else(|| get_ci(&m, "dns").cloned())
-            .unwrap_or(Value::Null);
-        let mut requested_ips = Vec::new();
-        if let Some(ips) = get_ci(&runtime, "ips").and_then(|v| v.as_array()) {
-            for ip in ips {
-                // Runtimes send "10.244.3.7/24" or a bare address.
-                let s = ip.as_str().unwrap_or_default();
-                let addr = s.split('/').next().unwrap_or_default();
-                requested_ips.push(
-                    addr.parse()
-                        .map_err(|_| invalid(format!("runtimeConfig.ips: {ip} is not an IP")))?,
-                );
-            }
-        }
+        let (dns, requested_ips) = parse_runtime(&m)?;
         let prev_result = match get_ci(&m, "prevResult") {
             Some(p) => Some(CniResult::parse(p)?),
             None => None,
         };
-        let valid_attachments = match m.get("cni.dev/valid-attachments") {
-            None => None,
-            Some(Value::Array(list)) => Some(
-                list.iter()
-                    .map(|a| {
-                        let id = a["containerID"].as_str().unwrap_or_default().to_string();
-                        let ifname = a["ifname"].as_str().unwrap_or_default().to_string();
-                        (id, ifname)
-                    })
-                    .collect(),
-            ),
-            Some(v) => {
-                return Err(invalid(format!(
-                    "cni.dev/valid-attachments: expected a list, got {v}"
-                )));
-            }
+        let path = |map: &Map<String, Value>, key: &str, field: &str, default: &str| {
+            Ok::<_, CniError>(PathBuf::from(get_str(map, key, field)?.unwrap_or(default)))
         };
         Ok(NetConf {
             cni_version,
             name,
-            subnet_file: PathBuf::from(
-                get_str(&m, "subnetFile", "subnetFile")?.unwrap_or(crate::subnet_env::DEFAULT_PATH),
-            ),
-            data_dir: PathBuf::from(get_str(&m, "dataDir", "dataDir")?.unwrap_or(DEFAULT_DATA_DIR)),
-            bridge,
-            is_gateway,
-            is_default_gateway,
-            hairpin: pick_bool("hairpinMode")?.unwrap_or(false),
-            ip_masq: pick_bool("ipMasq")?,
-            mtu,
-            ipam_ranges,
-            ipam_routes,
-            ipam_data_dir: PathBuf::from(
-                get_str(ipam, "dataDir", "ipam.dataDir")?.unwrap_or(DEFAULT_IPAM_DIR),
-            ),
+            subnet_file: path(
+                &m,
+                "subnetFile",
+                "subnetFile",
+                crate::subnet_env::DEFAULT_PATH,
+            )?,
+            data_dir: path(&m, "dataDir", "dataDir", DEFAULT_DATA_DIR)?,
+            bridge: b.bridge,
+            is_gateway: b.is_gateway,
+            is_default_gateway: b.is_default_gateway,
+            hairpin: b.hairpin,
+            ip_masq: b.ip_masq,
+            mtu: b.mtu,
+            ipam_ranges: parse_ranges(ipam)?,
+            ipam_routes: parse_routes(ipam)?,
+            ipam_data_dir: path(ipam, "dataDir", "ipam.dataDir", DEFAULT_IPAM_DIR)?,
             dns,
             requested_ips,
             prev_result,
-            valid_attachments,
+            valid_attachments: parse_valid_attachments(&m)?,
         })
     }
 }

@@ -4,15 +4,17 @@
 //! and `lock` is flock'ed around every change. Allocation continues after the last reserved
 //! address and wraps, skipping the gateway, as host-local does.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
 use super::spec::{CniError, code};
+use crate::util::files::{Lock, LockError};
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const LOCK: &str = "lock";
@@ -74,32 +76,31 @@ impl Range {
 /// The allocation directory of one network, locked while this value lives.
 pub struct Store {
     dir: PathBuf,
-    _lock: File,
+    _lock: Lock,
 }
+
+/// How long an ADD or DEL waits for another one on the same network.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn io_err(what: String, e: std::io::Error) -> CniError {
     CniError::new(code::IO, what).with_details(e.to_string())
 }
 
 impl Store {
+    /// Opens and locks a network's allocation directory. The directory is root's alone (0700,
+    /// the lock file 0600): allocations are not other users' business.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
         let dir = data_dir.join(network);
-        std::fs::create_dir_all(&dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| io_err(format!("create {}", dir.display()), e))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err(format!("open {}", lock_path.display()), e))?;
-        // SAFETY: flock on a descriptor we own; released when it closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(
-                format!("lock {}", lock_path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let lock =
+            Lock::acquire(&dir.join(LOCK), 0o600, Some(LOCK_TIMEOUT)).map_err(|e| match e {
+                LockError::Timeout { .. } => CniError::new(code::TRY_AGAIN_LATER, e.to_string()),
+                e => CniError::new(code::IO, e.to_string()),
+            })?;
         Ok(Store { dir, _lock: lock })
     }
 

@@ -16,6 +16,7 @@ use crate::firewall;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::NetNs;
 use crate::kernel::{KernelError, nft};
+use crate::owned;
 use crate::subnet_env::SubnetEnv;
 
 /// Reads `subnet.env`; a missing file means the node agent is not ready yet (try again later).
@@ -136,16 +137,19 @@ impl Layout {
 }
 
 fn open_netns(path: &Path) -> Result<NetNs, CniError> {
-    NetNs::open_path(path).map_err(|e| match e.errno() {
-        Some(libc::ENOENT) => CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", path.display()),
-        ),
-        _ => CniError::new(
-            code::IO,
-            format!("cannot open network namespace {}", path.display()),
-        )
-        .with_details(e.to_string()),
+    NetNs::open_path(path).map_err(|e| {
+        if e.is_not_found() {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("network namespace {} does not exist", path.display()),
+            )
+        } else {
+            CniError::new(
+                code::IO,
+                format!("cannot open network namespace {}", path.display()),
+            )
+            .with_details(e.to_string())
+        }
     })
 }
 
@@ -592,7 +596,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         errors.push(format!("delete retired links: {e}"));
     }
     if !released_v4.is_empty()
-        && nft::list_table(firewall::FAMILY, firewall::POD_MASQ_TABLE)
+        && nft::list_table(owned::NFT_FAMILY, owned::NFT_POD_MASQ_TABLE)
             .ok()
             .flatten()
             .is_some()

@@ -19,6 +19,7 @@ use crate::kernel::netlink::{
     SCOPE_UNIVERSE,
 };
 use crate::kernel::netns::NetNs;
+use crate::util::files::{Lock, LockError};
 
 const LOOPBACK_INDEX: u32 = 1;
 /// How long a reaper waits for more retired pairs before deleting: one batch for a burst of
@@ -83,7 +84,7 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
         up: true,
     };
     let mut made = host.add_link(&new);
-    if matches!(&made, Err(e) if e.errno() == Some(libc::EEXIST))
+    if matches!(&made, Err(e) if e.is_exists())
         && let Ok(Some(stale)) = host.link(spec.host_name)
     {
         // Left by an ADD that died half-way for this same attachment.
@@ -92,7 +93,7 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
         made = host.add_link(&new);
     }
     if let Err(e) = made {
-        if e.errno() == Some(libc::EEXIST) {
+        if e.is_exists() {
             return Err(CniError::new(
                 code::INTERFACE_EXISTS,
                 format!(
@@ -190,7 +191,7 @@ pub fn retire(
     ];
     for step in &steps {
         match nl.set_link(link.index, step) {
-            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(true),
+            Err(e) if e.is_not_found() => return Ok(true),
             r => r?,
         }
     }
@@ -207,29 +208,21 @@ pub fn reap() -> Result<(), crate::kernel::KernelError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::kernel::KernelError::io("create /run/podnet", e))?;
     let lock_path = dir.join(format!("cni-reaper-{dev:x}-{ino:x}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| crate::kernel::KernelError::io(format!("open {}", lock_path.display()), e))?;
     let mut nl = Netlink::open()?;
     let pending = |nl: &mut Netlink| -> Result<bool, crate::kernel::KernelError> {
         Ok(nl.links()?.iter().any(|l| l.group == RETIRED_GROUP))
     };
+    let kernel = |e: LockError| crate::kernel::KernelError::Other(e.to_string());
     loop {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(lock) = Lock::try_acquire(&lock_path, 0o600).map_err(kernel)? else {
             // Another reaper runs; it looks again after it unlocks.
             return Ok(());
-        }
+        };
         while pending(&mut nl)? {
             std::thread::sleep(REAP_DEBOUNCE);
             nl.del_link_group(RETIRED_GROUP)?;
         }
-        // SAFETY: as above.
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+        drop(lock);
         if !pending(&mut nl)? {
             return Ok(());
         }

@@ -149,9 +149,9 @@ pub fn leases(args: LeasesArgs) -> anyhow::Result<i32> {
         leases.sort_by_key(|l| l.key);
         let mut rows = Vec::new();
         for l in &leases {
-            let left = match l.etcd_lease {
+            let left = match l.keepalive.etcd_id() {
                 None => None,
-                Some(id) => store.time_left(id).await?,
+                Some(id) => store.lease_ttl(id).await?,
             };
             rows.push((l, left));
         }

@@ -2,15 +2,13 @@
 //! its etcd, the network config, podnetd on every node, two pods per node wired by the CNI
 //! plugin — then every pod pings every other, and each node's status is shown.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::lab::{Lab, LabSpec};
-use crate::lease::etcd::{EtcdOptions, EtcdStore};
-use crate::subnet_env::SubnetEnv;
+use crate::lab::LabSpec;
+use crate::lab::cluster::{Binaries, Cluster, Pod};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -45,43 +43,19 @@ fn step(n: usize, what: &str) {
     eprintln!("[{n}/6] {what}");
 }
 
-/// The other binaries, next to this one.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if !p.exists() {
-        anyhow::bail!(
-            "{} not found next to podnetctl; build every binary first: cargo build --release",
-            p.display()
-        );
+/// Ctrl-C (or SIGTERM) ends the demo through its normal clean-up.
+fn catch_interrupts() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let _ = sigaction(Signal::SIGINT, &action);
+        let _ = sigaction(Signal::SIGTERM, &action);
     }
-    Ok(p)
-}
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        check_interrupt()?;
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out after {}s waiting for {what}", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct DemoPod {
-    target: String,
-    ip: String,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
@@ -90,18 +64,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         "host-gw" => r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
         other => anyhow::bail!("--backend {other:?}: the demo runs vxlan or host-gw"),
     };
-    let podnetd = sibling("podnetd")?;
-    let plugin = sibling("podnet")?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        let action = nix::sys::signal::SigAction::new(
-            nix::sys::signal::SigHandler::Handler(on_interrupt),
-            nix::sys::signal::SaFlags::empty(),
-            nix::sys::signal::SigSet::empty(),
-        );
-        let _ = nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &action);
-        let _ = nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action);
-    }
+    let bins = Binaries::beside_this_program()?;
+    catch_interrupts();
     let segments = if args.backend == "vxlan" && args.nodes >= 2 {
         2
     } else {
@@ -115,100 +79,79 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
             args.name, args.nodes
         ),
     );
-    let mut lab = Lab::up(&LabSpec::new(args.name.clone(), args.nodes).segments(segments))?;
-    let eps = lab.etcd_endpoints();
-
+    let spec = LabSpec::new(args.name.clone(), args.nodes).segments(segments);
+    let mut c = Cluster::up(&spec, bins)?;
+    c.interruptible(&INTERRUPTED);
     step(2, &format!("writing the network config: {config}"));
-    let opts = EtcdOptions {
-        endpoints: vec![eps.clone()],
-        prefix: crate::lease::etcd::DEFAULT_PREFIX.into(),
-        ..Default::default()
-    };
-    lab.netns("node1")?.run(|| -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let store = EtcdStore::connect(&opts).await?;
-            store.put_config(config).await?;
-            Ok(())
-        })
-    })??;
-
-    step(3, &format!("starting podnetd on {} nodes", args.nodes));
-    let nodes: Vec<(String, String)> = lab
-        .plan()
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.ip().to_string()))
-        .collect();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for (node, _) in &nodes {
-        let dir = lab.node_dir(node)?;
-        let argv: Vec<String> = vec![
-            podnetd.display().to_string(),
-            format!("--etcd-endpoints={eps}"),
-            format!("--subnet-file={}", dir.join("subnet.env").display()),
-            format!("--status-socket={}", dir.join("podnetd.sock").display()),
-            "--ip-masq".into(),
-        ];
-        lab.spawn(node, &argv, &[])?;
-        dirs.push(dir);
+    c.put_config(config)?;
+    let nodes: Vec<String> = c.lab.plan().nodes.iter().map(|n| n.name.clone()).collect();
+    start_nodes(&mut c, &nodes)?;
+    step(4, "adding two pods per node through the CNI plugin");
+    let mut pods: Vec<Pod> = Vec::new();
+    for node in &nodes {
+        for name in ["a", "b"] {
+            check_interrupt()?;
+            let pod = c.add_pod(node, name, "1.0.0")?;
+            eprintln!("      {node}/{name:<3} {}", pod.ip);
+            pods.push(pod);
+        }
     }
-    for ((node, ip), dir) in nodes.iter().zip(&dirs) {
-        let env = wait_for(
-            &format!("{node} to get its lease"),
-            Duration::from_secs(30),
-            || SubnetEnv::read(&dir.join("subnet.env")).ok().flatten(),
-        )?;
+    step(5, "every pod pings every other pod");
+    let failed = ping_matrix(&c, &pods)?;
+    step(6, "node status");
+    for node in &nodes {
+        match super::status::fetch_local(&c.socket_path(node)?) {
+            Ok(v) => {
+                println!("--- {node}");
+                print!("{}", super::status::render(&v));
+            }
+            Err(e) => println!("--- {node}: status unavailable: {e}"),
+        }
+    }
+    eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
+    finish(c, args.keep, &pods, &nodes[0])?;
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Starts podnetd on every node and waits for each to get its lease.
+fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
+    step(3, &format!("starting podnetd on {} nodes", nodes.len()));
+    for node in nodes {
+        c.start(node, &["--ip-masq"])?;
+    }
+    for node in nodes {
+        let env = c.wait_ready(node, Duration::from_secs(30))?;
+        let ip = c.lab.plan().host(node).map(|h| h.ip().to_string());
         eprintln!(
-            "      {node:<7} {ip:<14} subnet {}  MTU {}",
+            "      {node:<7} {:<14} subnet {}  MTU {}",
+            ip.unwrap_or_default(),
             env.subnet
                 .map(|s| s.trunc().to_string())
                 .unwrap_or_default(),
             env.mtu.unwrap_or_default()
         );
     }
+    Ok(())
+}
 
-    step(4, "adding two pods per node through the CNI plugin");
-    let mut pods: Vec<DemoPod> = Vec::new();
-    for ((node, _), dir) in nodes.iter().zip(&dirs) {
-        for pod in ["a", "b"] {
-            check_interrupt()?;
-            let netns = format!("/run/netns/{}", lab.pod_add(node, pod)?);
-            let ip = cni_add(
-                &lab,
-                node,
-                dir,
-                &plugin,
-                &format!("demo-{node}-{pod}"),
-                &netns,
-            )?;
-            eprintln!("      {node}/{pod:<3} {ip}");
-            pods.push(DemoPod {
-                target: format!("{node}/{pod}"),
-                ip,
-            });
-        }
-    }
-
-    step(5, "every pod pings every other pod");
-    let mut ok = 0;
-    let mut failed = 0;
-    let width = pods.iter().map(|p| p.target.len()).max().unwrap_or(8) + 2;
+/// Prints who reaches whom; returns how many pairs failed.
+fn ping_matrix(c: &Cluster, pods: &[Pod]) -> anyhow::Result<usize> {
+    let (mut ok, mut failed) = (0, 0);
+    let width = pods.iter().map(|p| p.target().len()).max().unwrap_or(8) + 2;
     print!("{:width$}", "from \\ to");
-    for p in &pods {
-        print!("{:>width$}", p.target);
+    for p in pods {
+        print!("{:>width$}", p.target());
     }
     println!();
-    for a in &pods {
+    for a in pods {
         check_interrupt()?;
-        print!("{:width$}", a.target);
-        for b in &pods {
-            let cell = if a.target == b.target {
+        print!("{:width$}", a.target());
+        for b in pods {
+            let cell = if a.target() == b.target() {
                 "-"
-            } else if lab
-                .exec(&a.target, &["ping", "-c1", "-W2", &b.ip])?
+            } else if c
+                .lab
+                .exec(&a.target(), &["ping", "-c1", "-W2", &b.ip.to_string()])?
                 .status
                 .success()
             {
@@ -223,76 +166,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         println!();
     }
     println!("{ok} of {} pod pairs reach each other", ok + failed);
-
-    step(6, "node status");
-    for ((node, _), dir) in nodes.iter().zip(&dirs) {
-        match crate::httpget::unix(&dir.join("podnetd.sock"), "/status") {
-            Ok((200, body)) => {
-                let v: serde_json::Value = serde_json::from_str(&body)?;
-                println!("--- {node}");
-                print!("{}", super::status::render(&v));
-            }
-            other => println!("--- {node}: status unavailable: {other:?}"),
-        }
-    }
-    eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
-    if args.keep {
-        let name = lab.name().to_string();
-        lab.persist()?;
-        eprintln!(
-            "\nthe cluster keeps running. Try:\n  podnetctl lab exec {name} node1/a -- ping -c3 {}\n  podnetctl lab exec {name} node1 -- podnetctl status --socket {}\n  podnetctl lab exec {name} node1 -- podnetctl doctor --subnet-file {} --socket {}\nremove it with: podnetctl lab down {name}",
-            pods.last().map(|p| p.ip.as_str()).unwrap_or(""),
-            dirs[0].join("podnetd.sock").display(),
-            dirs[0].join("subnet.env").display(),
-            dirs[0].join("podnetd.sock").display(),
-        );
-    } else {
-        eprintln!("removing the lab (run with --keep to leave it running)");
-        drop(lab);
-    }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(failed)
 }
 
-/// Runs the CNI plugin for one pod the way a runtime does; returns the pod's address.
-fn cni_add(
-    lab: &Lab,
-    node: &str,
-    dir: &Path,
-    plugin: &Path,
-    container: &str,
-    netns: &str,
-) -> anyhow::Result<String> {
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "cbr0",
-        "type": "flannel",
-        "subnetFile": dir.join("subnet.env"),
-        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-        "ipam": {"dataDir": dir.join("ipam")},
-    });
-    let cni_path = plugin
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .display()
-        .to_string();
-    let env = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", container),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", &cni_path),
-    ];
-    let out = lab.cni(node, &plugin.display().to_string(), &env, &conf.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        anyhow::bail!("CNI ADD for {node}: {text}");
+/// Leaves the cluster running with `--keep` (saying how to use it), else removes it.
+fn finish(c: Cluster, keep: bool, pods: &[Pod], first: &str) -> anyhow::Result<()> {
+    if !keep {
+        eprintln!("removing the lab (run with --keep to leave it running)");
+        drop(c);
+        return Ok(());
     }
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string())
+    let name = c.lab.name().to_string();
+    let sock = c.socket_path(first)?;
+    let env = c.env_path(first)?;
+    c.lab.persist()?;
+    eprintln!(
+        "\nthe cluster keeps running. Try:\n  podnetctl lab exec {name} {first}/a -- ping -c3 {}\n  podnetctl lab exec {name} {first} -- podnetctl status --socket {}\n  podnetctl lab exec {name} {first} -- podnetctl doctor --subnet-file {} --socket {}\nremove it with: podnetctl lab down {name}",
+        pods.last().map(|p| p.ip.to_string()).unwrap_or_default(),
+        sock.display(),
+        env.display(),
+        sock.display(),
+    );
+    Ok(())
 }

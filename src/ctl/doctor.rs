@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ipnet::{IpNet, Ipv4Net};
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::firewall::{self, foreign};
 use crate::kernel::netlink::{Link, Netlink};
-use crate::kernel::{ethtool, nft, sysctl};
+use crate::kernel::{ethtool, sysctl};
+use crate::owned;
+use crate::status::{DEFAULT_SOCKET, PathKind, Status};
 use crate::subnet_env::SubnetEnv;
 
 #[derive(Debug, Args)]
@@ -22,7 +23,7 @@ pub struct DoctorArgs {
     #[arg(long, default_value = "cni0")]
     pub bridge: String,
     /// The local agent's socket, for the lease and the peers.
-    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -73,7 +74,8 @@ fn check(
 /// What the checks look at, gathered once.
 struct Node {
     env: Result<SubnetEnv, String>,
-    status: Option<Value>,
+    /// The agent's status, with the firewall checked as it was asked (`None`: not reachable).
+    status: Option<Status>,
     links: Vec<Link>,
     nl: Netlink,
 }
@@ -83,22 +85,18 @@ impl Node {
         self.links.iter().find(|l| l.name == name)
     }
 
+    /// podnet's VXLAN devices on this node.
     fn tunnels(&self) -> Vec<&Link> {
         self.links
             .iter()
-            .filter(|l| l.kind.as_deref() == Some("vxlan") && l.name.starts_with("flannel."))
+            .filter(|l| l.kind.as_deref() == Some("vxlan"))
+            .filter(|l| owned::is_podnet_device(&l.name, l.kind.as_deref()))
             .collect()
     }
 
     fn ext_iface(&self) -> Option<&Link> {
-        let name = self
-            .status
-            .as_ref()
-            .and_then(|s| s["node"]["iface"].as_str().map(String::from));
-        match name {
-            Some(n) => self.link(&n),
-            None => None,
-        }
+        let name = self.status.as_ref()?.node.iface.as_deref()?;
+        self.link(name)
     }
 }
 
@@ -195,14 +193,14 @@ fn rp_filter(node: &mut Node, bridge: &str) -> Check {
     let tunnel = node.tunnels().first().map(|l| (l.index, l.name.clone()));
     let ext = node.ext_iface().map(|l| (l.index, l.name.clone()));
     let mut asymmetric = Vec::new();
-    for p in status["peers"].as_array().into_iter().flatten() {
-        let Some(subnet) = p["subnet"].as_str().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
+    for p in &status.peers {
+        let Some(subnet) = p.subnet.as_deref().and_then(|s| s.parse::<Ipv4Net>().ok()) else {
             continue;
         };
-        let arrives = match p["path"].as_str() {
-            Some("tunnel") => tunnel.clone(),
-            Some("direct") => ext.clone(),
-            _ => None,
+        let arrives = match p.path {
+            PathKind::Tunnel => tunnel.clone(),
+            PathKind::Direct => ext.clone(),
+            PathKind::Skipped => None,
         };
         let Some((idx, name)) = arrives else { continue };
         if !strict.contains(&name) {
@@ -279,17 +277,10 @@ fn mtu(node: &Node, bridge: &str) -> Check {
             }
         }
     }
-    if let (Some(ext), Some(backend)) = (
-        node.ext_iface(),
-        node.status
-            .as_ref()
-            .and_then(|s| s["node"]["backend"].as_str()),
-    ) {
-        let overhead = match backend {
-            "vxlan" => 50,
-            "udp" => 28,
-            _ => 0,
-        };
+    let agent = node.status.as_ref().map(|s| &s.node);
+    let backend = agent.and_then(|n| n.backend.as_deref());
+    let overhead = agent.and_then(|n| n.encap_overhead);
+    if let (Some(ext), Some(backend), Some(overhead)) = (node.ext_iface(), backend, overhead) {
         if want + overhead > ext.mtu {
             wrong.push(format!("{backend} needs {overhead} bytes on {} (MTU {}), so pods must use at most {}, not {want}", ext.name, ext.mtu, ext.mtu - overhead));
         }
@@ -369,71 +360,52 @@ fn bridge_address(node: &mut Node, bridge: &str) -> Check {
     }
 }
 
+/// The agent checks every other table's rules against packets a pod would send to a pod on
+/// another node (it knows the interfaces and addresses); it does so afresh when asked for its
+/// status.
 fn foreign_masquerade(node: &Node) -> Check {
-    let env = match &node.env {
-        Ok(e) => e,
-        Err(e) => return check("foreign-masquerade", Verdict::Skip, e.clone(), None),
-    };
-    let (Some(subnet), Some(network)) = (env.subnet.map(|s| s.trunc()), env.networks.first())
-    else {
+    let name = "foreign-masquerade";
+    let Some(status) = &node.status else {
         return check(
-            "foreign-masquerade",
+            name,
             Verdict::Skip,
-            "subnet.env has no IPv4 network",
+            "podnetd is not reachable on this node",
             None,
         );
     };
-    let ruleset = match nft::ruleset_json() {
-        Ok(r) => r,
-        Err(e) => return check("foreign-masquerade", Verdict::Skip, e.to_string(), None),
+    let Some(fw) = &status.firewall else {
+        return check(
+            name,
+            Verdict::Skip,
+            "podnetd has not set up its firewall yet",
+            None,
+        );
     };
-    let src = Ipv4Addr::from(u32::from(subnet.network()) + 2);
-    let first = Ipv4Addr::from(u32::from(network.network()) + 2);
-    let dst = if subnet.contains(&first) {
-        Ipv4Addr::from(u32::from(network.broadcast()) - 1)
-    } else {
-        first
-    };
-    let mut oifs: Vec<String> = node.tunnels().iter().map(|l| l.name.clone()).collect();
-    if let Some(e) = node.ext_iface() {
-        oifs.push(e.name.clone());
-    }
-    let mut found: Vec<String> = Vec::new();
-    for oif in oifs {
-        let probe = foreign::Probe {
-            src,
-            dst,
-            iif: "cni0".into(),
-            oif,
-            mark: 0,
-        };
-        for r in foreign::find(&ruleset, &probe, firewall::FAMILY, firewall::TABLE) {
-            let s = r.to_string();
-            if !found.contains(&s) {
-                found.push(s);
-            }
-        }
-    }
-    if found.is_empty() {
-        check(
-            "foreign-masquerade",
+    if fw.foreign_masquerade.is_empty() {
+        return check(
+            name,
             Verdict::Pass,
             "no rule outside podnet rewrites pod-to-pod traffic",
             None,
-        )
-    } else {
-        check(
-            "foreign-masquerade",
-            Verdict::Fail,
-            format!(
-                "pods on other nodes see this node's address instead of the pod's because of: {}",
-                found.join("; ")
-            ),
-            Some(&format!(
-                "delete the rule, or exclude the cluster network from it (ip daddr != {network})"
-            )),
-        )
+        );
     }
+    let network = node
+        .env
+        .as_ref()
+        .ok()
+        .and_then(|e| e.networks.first().map(|n| n.to_string()))
+        .unwrap_or_else(|| "<cluster network>".into());
+    check(
+        name,
+        Verdict::Fail,
+        format!(
+            "pods on other nodes see this node's address instead of the pod's because of: {}",
+            fw.foreign_masquerade.join("; ")
+        ),
+        Some(&format!(
+            "delete the rule, or exclude the cluster network from it (ip daddr != {network})"
+        )),
+    )
 }
 
 fn lease_agreement(node: &Node) -> Check {
@@ -449,8 +421,10 @@ fn lease_agreement(node: &Node) -> Check {
             None,
         );
     };
-    let lease = status["lease"]["subnet"]
-        .as_str()
+    let lease = status
+        .lease
+        .as_ref()
+        .and_then(|l| l.subnet.as_deref())
         .and_then(|s| s.parse::<Ipv4Net>().ok());
     let file = env.subnet.map(|s| s.trunc());
     match (lease, file) {
@@ -480,7 +454,6 @@ fn vxlan_checksum(node: &Node) -> Check {
     if tunnels.is_empty() {
         return check("vxlan-checksum", Verdict::Pass, "no VXLAN device", None);
     }
-    let kernel = ethtool::kernel_version();
     let local: Vec<IpAddr> = node.nl_addrs();
     let mut bad = Vec::new();
     for t in tunnels {
@@ -489,7 +462,7 @@ fn vxlan_checksum(node: &Node) -> Check {
             .as_ref()
             .and_then(|v| v.local)
             .is_some_and(|ip| !local.contains(&ip));
-        if !crate::backend::vxlan::checksum_offload_unsafe(kernel, nat) {
+        if !ethtool::vxlan_checksum_offload_unsafe(nat) {
             continue;
         }
         if let Ok(Some(true)) = ethtool::feature(&t.name, "tx-checksum-ip-generic") {
@@ -542,10 +515,7 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
         )),
         Err(e) => Err(e.to_string()),
     };
-    let status = crate::httpget::unix(&args.socket, "/status")
-        .ok()
-        .filter(|(c, _)| *c == 200)
-        .and_then(|(_, b)| serde_json::from_str(&b).ok());
+    let status = super::status::fetch_local(&args.socket).ok();
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
     let mut node = Node {
@@ -564,13 +534,30 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     Ok(out)
 }
 
+/// One check as `doctor --json` prints it.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    check: &'a str,
+    verdict: String,
+    detail: &'a str,
+    fix: Option<&'a str>,
+}
+
+impl<'a> From<&'a Check> for CheckJson<'a> {
+    fn from(c: &'a Check) -> CheckJson<'a> {
+        CheckJson {
+            check: c.name,
+            verdict: c.verdict.label().to_lowercase(),
+            detail: &c.detail,
+            fix: c.fix.as_deref(),
+        }
+    }
+}
+
 pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
     let results = checks(&args)?;
     if args.json {
-        let v: Vec<Value> = results
-            .iter()
-            .map(|c| json!({"check": c.name, "verdict": c.verdict.label().to_lowercase(), "detail": c.detail, "fix": c.fix}))
-            .collect();
+        let v: Vec<CheckJson> = results.iter().map(CheckJson::from).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for c in &results {

@@ -1,15 +1,14 @@
 //! Node-level operator commands: removing podnet's data path, and installing the CNI plugin
 //! and its config (what the DaemonSet's init container runs).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::backend::RTPROT_PODNET;
-use crate::firewall;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::nft;
+use crate::owned;
+use crate::util::files::copy_atomic;
 
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
@@ -18,38 +17,34 @@ pub struct TeardownArgs {
     pub pod_masquerade: bool,
 }
 
-/// Removes what podnetd put in the kernel: its nftables table, its routes, its VXLAN devices.
-/// Pods, the bridge, the lease and subnet.env are left alone; podnetd should be stopped first,
-/// or it puts everything back.
+/// Removes what podnetd put in the kernel: its nftables table, its routes, its devices (see
+/// `owned`). Pods, the bridge, the lease and subnet.env are left alone; podnetd should be
+/// stopped first, or it puts everything back.
 pub fn teardown(args: TeardownArgs) -> anyhow::Result<i32> {
     let mut removed = Vec::new();
-    if nft::delete_table(firewall::FAMILY, firewall::TABLE)? {
-        removed.push(format!(
-            "nftables table {} {}",
-            firewall::FAMILY,
-            firewall::TABLE
-        ));
+    let mut tables = vec![owned::NFT_TABLE];
+    if args.pod_masquerade {
+        tables.push(owned::NFT_POD_MASQ_TABLE);
     }
-    if args.pod_masquerade && nft::delete_table(firewall::FAMILY, firewall::POD_MASQ_TABLE)? {
-        removed.push(format!(
-            "nftables table {} {}",
-            firewall::FAMILY,
-            firewall::POD_MASQ_TABLE
-        ));
+    for table in tables {
+        if nft::delete_table(owned::NFT_FAMILY, table)? {
+            removed.push(format!("nftables table {} {table}", owned::NFT_FAMILY));
+        }
     }
     let mut nl = Netlink::open()?;
     for r in nl
         .routes()?
         .into_iter()
-        .filter(|r| r.protocol == RTPROT_PODNET)
+        .filter(|r| r.protocol == owned::RTPROT_PODNET)
     {
         nl.del_route(&r)?;
         removed.push(format!("route {}", r.dst));
     }
-    for l in nl.links()?.into_iter().filter(|l| {
-        (l.kind.as_deref() == Some("vxlan") && l.name.starts_with("flannel."))
-            || (l.kind.as_deref() == Some("tun") && l.name == crate::backend::udp::DEVICE)
-    }) {
+    for l in nl
+        .links()?
+        .into_iter()
+        .filter(|l| owned::is_podnet_device(&l.name, l.kind.as_deref()))
+    {
         nl.del_link(l.index)?;
         removed.push(format!("device {}", l.name));
     }
@@ -83,29 +78,29 @@ pub struct InstallCniArgs {
     pub conf_name: String,
 }
 
-/// Copies `src` to `dir/name` through a temporary file and a rename, so a runtime never execs
-/// or reads a half-written file.
+/// Copies `src` to `dir/name` atomically, so a runtime never execs or reads a half-written file.
 fn install(src: &Path, dir: &Path, name: &str, mode: u32) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
     let dst = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::copy(src, &tmp)
-        .map_err(|e| anyhow::anyhow!("copy {} to {}: {e}", src.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("rename to {}: {e}", dst.display())
-    })?;
+    copy_atomic(src, &dst, mode)
+        .map_err(|e| anyhow::anyhow!("install {} as {}: {e}", src.display(), dst.display()))?;
     Ok(dst)
+}
+
+/// What a runtime needs of a network config list before it will use it.
+#[derive(serde::Deserialize)]
+struct ConfList {
+    name: Option<String>,
+    #[serde(default)]
+    plugins: Vec<serde_json::Value>,
 }
 
 pub fn install_cni(args: InstallCniArgs) -> anyhow::Result<i32> {
     // Refuse a config the runtime would reject, before replacing a working one.
     let text = std::fs::read_to_string(&args.conf)
         .map_err(|e| anyhow::anyhow!("read {}: {e}", args.conf.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", args.conf.display()))?;
-    if v["plugins"].as_array().is_none_or(|p| p.is_empty()) || v["name"].as_str().is_none() {
+    let list: ConfList = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a network config list: {e}", args.conf.display()))?;
+    if list.plugins.is_empty() || list.name.is_none() {
         anyhow::bail!(
             "{}: a network config list needs \"name\" and a non-empty \"plugins\" list",
             args.conf.display()

@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde_json::Value;
 
 use crate::httpget;
+use crate::status::{DEFAULT_SOCKET, PathKind, Status};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The local agent's socket (podnetd --status-socket).
-    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Ask another node's agent instead, at HOST:PORT (its --healthz-port).
     #[arg(long)]
@@ -21,8 +21,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Fetches the status document.
-pub fn fetch(args: &StatusArgs) -> anyhow::Result<Value> {
+/// Fetches the status document from the local socket, or from another node.
+pub fn fetch(args: &StatusArgs) -> anyhow::Result<Status> {
     let (code, body) = match &args.node {
         Some(node) => {
             let addr = std::net::ToSocketAddrs::to_socket_addrs(node)
@@ -36,25 +36,33 @@ pub fn fetch(args: &StatusArgs) -> anyhow::Result<Value> {
             httpget::tcp(addr, "/status")
                 .map_err(|e| anyhow::anyhow!("cannot reach podnetd at {addr}: {e}"))?
         }
-        None => httpget::unix(&args.socket, "/status").map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach podnetd at {}: {e} (is it running on this node?)",
-                args.socket.display()
-            )
-        })?,
+        None => return fetch_local(&args.socket),
     };
+    parse(code, &body)
+}
+
+/// Fetches the status document from the agent's local socket.
+pub fn fetch_local(socket: &std::path::Path) -> anyhow::Result<Status> {
+    let (code, body) = httpget::unix(socket, "/status").map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach podnetd at {}: {e} (is it running on this node?)",
+            socket.display()
+        )
+    })?;
+    parse(code, &body)
+}
+
+fn parse(code: u16, body: &str) -> anyhow::Result<Status> {
     if code != 200 {
         anyhow::bail!("podnetd answered {code}: {body}");
     }
-    Ok(serde_json::from_str(&body)?)
+    Status::from_json(body).map_err(anyhow::Error::msg)
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+fn s<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn duration(secs: u64) -> String {
@@ -66,96 +74,103 @@ fn duration(secs: u64) -> String {
 }
 
 /// The human rendering of a status document.
-pub fn render(v: &Value) -> String {
+pub fn render(v: &Status) -> String {
     let mut out = String::new();
-    let node = &v["node"];
-    let state = if v["ready"] == true {
+    let state = if v.ready {
         "ready".to_string()
     } else {
-        format!("not ready ({})", s(&v["phase"]))
+        format!("not ready ({})", v.phase)
     };
     out += &format!(
         "node      {} on {}  {state}\n",
-        s(&node["publicIP"]),
-        s(&node["iface"])
+        s(&v.node.public_ip),
+        s(&v.node.iface)
     );
-    let lease = &v["lease"];
-    if lease.is_null() {
-        out += "lease     none yet\n";
-    } else {
-        let left = if lease["reservation"] == true {
-            "reserved, never expires".to_string()
-        } else {
-            lease["secondsLeft"]
-                .as_u64()
-                .map(|x| format!("{} left", duration(x)))
-                .unwrap_or_else(|| "time left unknown".into())
-        };
-        out += &format!("lease     {} ({left})\n", s(&lease["subnet"]));
-    }
+    out += &render_lease(v);
     out += &format!(
         "backend   {}, pod MTU {}\n",
-        s(&node["backend"]),
-        s(&node["mtu"])
+        s(&v.node.backend),
+        s(&v.node.mtu)
     );
-    let peers = v["peers"].as_array().cloned().unwrap_or_default();
-    let count = |p: &str| peers.iter().filter(|x| x["path"] == p).count();
-    out += &format!(
+    out += &render_peers(v);
+    out += &render_drift(v);
+    if let Some(fw) = &v.firewall {
+        if fw.foreign_masquerade.is_empty() {
+            out += &format!("firewall  ok (restored {} times)\n", fw.restores);
+        } else {
+            out += "firewall  FOREIGN MASQUERADE rewrites pod-to-pod traffic:\n";
+            for f in &fw.foreign_masquerade {
+                out += &format!("  {f}\n");
+            }
+        }
+    }
+    if let Some(e) = &v.last_store_error {
+        out += &format!("{:<9} last error: {e}\n", v.lease_store);
+    }
+    out
+}
+
+fn render_lease(v: &Status) -> String {
+    let Some(lease) = &v.lease else {
+        return "lease     none yet\n".into();
+    };
+    let left = if lease.reservation {
+        "reserved, never expires".to_string()
+    } else {
+        match lease.seconds_left {
+            Some(x) => format!("{} left", duration(x)),
+            None if v.lease_store == "kubernetes" => "the node's podCIDR, never expires".into(),
+            None => "time left unknown".into(),
+        }
+    };
+    format!("lease     {} ({left})\n", s(&lease.subnet))
+}
+
+fn render_peers(v: &Status) -> String {
+    let count = |p: PathKind| v.peers.iter().filter(|x| x.path == p).count();
+    let mut out = format!(
         "peers     {} ({} direct, {} tunnel, {} skipped)\n",
-        peers.len(),
-        count("direct"),
-        count("tunnel"),
-        count("skipped")
+        v.peers.len(),
+        count(PathKind::Direct),
+        count(PathKind::Tunnel),
+        count(PathKind::Skipped)
     );
-    for p in &peers {
-        let reason = p["reason"]
-            .as_str()
+    for p in &v.peers {
+        let reason = p
+            .reason
+            .as_ref()
             .map(|r| format!("  {r}"))
             .unwrap_or_default();
         out += &format!(
             "  {:<20} {:<16} {}{reason}\n",
-            s(&p["subnet"]),
-            s(&p["publicIP"]),
-            s(&p["path"])
+            s(&p.subnet),
+            p.public_ip,
+            p.path.label()
         );
     }
-    let drift = &v["drift"];
-    let missing = drift["missing"].as_array().cloned().unwrap_or_default();
-    let unexpected = drift["unexpected"].as_array().cloned().unwrap_or_default();
-    if let Some(e) = drift["error"].as_str() {
-        out += &format!("drift     cannot tell: {e}\n");
-    } else if missing.is_empty() && unexpected.is_empty() {
-        out += "drift     none: the kernel matches\n";
-    } else {
-        out += &format!(
-            "drift     {} missing, {} unexpected (the next resync repairs it)\n",
-            missing.len(),
-            unexpected.len()
-        );
-        for m in &missing {
-            out += &format!("  missing     {}\n", s(m));
-        }
-        for u in &unexpected {
-            out += &format!("  unexpected  {}\n", s(u));
-        }
+    out
+}
+
+fn render_drift(v: &Status) -> String {
+    let Some(drift) = &v.drift else {
+        return String::new();
+    };
+    if let Some(e) = &drift.error {
+        return format!("drift     cannot tell: {e}\n");
     }
-    let fw = &v["firewall"];
-    if !fw.is_null() {
-        let foreign = fw["foreignMasquerade"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if foreign.is_empty() {
-            out += &format!("firewall  ok (restored {} times)\n", s(&fw["restores"]));
-        } else {
-            out += "firewall  FOREIGN MASQUERADE rewrites pod-to-pod traffic:\n";
-            for f in foreign {
-                out += &format!("  {}\n", s(&f));
-            }
-        }
+    if drift.missing.is_empty() && drift.unexpected.is_empty() {
+        return "drift     none: the kernel matches\n".into();
     }
-    if let Some(e) = v["lastEtcdError"].as_str() {
-        out += &format!("etcd      last error: {e}\n");
+    let mut out = format!(
+        "drift     {} missing, {} unexpected (the next resync repairs it)\n",
+        drift.missing.len(),
+        drift.unexpected.len()
+    );
+    for m in &drift.missing {
+        out += &format!("  missing     {m}\n");
+    }
+    for u in &drift.unexpected {
+        out += &format!("  unexpected  {u}\n");
     }
     out
 }
@@ -163,7 +178,8 @@ pub fn render(v: &Value) -> String {
 pub fn run(args: StatusArgs) -> anyhow::Result<i32> {
     let v = fetch(&args)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let value: serde_json::Value = serde_json::from_str(&v.to_json())?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render(&v));
     }

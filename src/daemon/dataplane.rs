@@ -11,9 +11,8 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::metrics::{Metrics, label};
-use crate::backend::{
-    Backend, BackendError, Drift, PathCounts, PeerPath, Reconciler, Registration, Report,
-};
+use crate::backend::reconcile::{Drift, PathCounts, Reconciler, Report};
+use crate::backend::{Backend, BackendError, PeerPath, Registration};
 use crate::kernel::netlink::{LinkEvent, LinkEvents, Netlink};
 use crate::lease::{Lease, SubnetKey};
 

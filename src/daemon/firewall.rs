@@ -8,10 +8,14 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::metrics::Metrics;
 use crate::firewall::foreign::{self, ForeignRule, Probe};
 use crate::firewall::{self, FirewallSpec};
 use crate::kernel::{KernelError, nft};
+use crate::lease::SubnetKey;
+use crate::owned;
 
 #[derive(Debug, Clone, Default)]
 pub struct FirewallStats {
@@ -25,9 +29,11 @@ pub struct FirewallStats {
 }
 
 enum Cmd {
-    Add(Ipv4Addr),
-    Remove(Ipv4Addr),
-    Peers(Vec<Ipv4Addr>),
+    /// A peer's tunnel endpoint (new, or changed address).
+    Put(SubnetKey, Ipv4Addr),
+    Remove(SubnetKey),
+    /// Check the table and foreign rules now and report.
+    Check(oneshot::Sender<FirewallStats>),
 }
 
 #[derive(Clone)]
@@ -87,14 +93,61 @@ enum Ensured {
 struct State {
     spec: FirewallSpec,
     probes: Vec<Probe>,
-    peers: BTreeMap<Ipv4Addr, usize>,
+    /// Each peer's tunnel endpoint; the guard admits their union.
+    peers: BTreeMap<SubnetKey, Ipv4Addr>,
+    /// How many peers use each endpoint (two leases may share one during a move).
+    endpoints: BTreeMap<Ipv4Addr, usize>,
     stats: Arc<Mutex<FirewallStats>>,
     metrics: Arc<Metrics>,
 }
 
 impl State {
     fn peer_list(&self) -> Vec<Ipv4Addr> {
-        self.peers.keys().copied().collect()
+        self.endpoints.keys().copied().collect()
+    }
+
+    /// Counts an endpoint in; the guard learns it when it is the first user.
+    fn endpoint_in(&mut self, ip: Ipv4Addr) {
+        let n = self.endpoints.entry(ip).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.guard_change(firewall::guard_add(ip));
+        }
+    }
+
+    /// Counts an endpoint out; the guard forgets it with its last user.
+    fn endpoint_out(&mut self, ip: Ipv4Addr) {
+        if let Some(n) = self.endpoints.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.endpoints.remove(&ip);
+                self.guard_change(firewall::guard_remove(ip));
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Put(key, ip) => match self.peers.insert(key, ip) {
+                Some(old) if old == ip => {}
+                old => {
+                    // The new endpoint is let in before the old one goes.
+                    self.endpoint_in(ip);
+                    if let Some(old) = old {
+                        self.endpoint_out(old);
+                    }
+                }
+            },
+            Cmd::Remove(key) => {
+                if let Some(old) = self.peers.remove(&key) {
+                    self.endpoint_out(old);
+                }
+            }
+            Cmd::Check(reply) => {
+                self.check();
+                let _ = reply.send(self.stats.lock().expect("stats lock").clone());
+            }
+        }
     }
 
     fn fail(&self, what: &str, e: KernelError) {
@@ -117,7 +170,7 @@ impl State {
             elems.sort();
             Some((normalize(&self.spec.render_table(&[])).0, elems))
         };
-        let have = nft::list_table(firewall::FAMILY, firewall::TABLE)?.map(|l| normalize(&l));
+        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
         let done = if have == want {
             Ensured::AsWanted
         } else if have.is_none() {
@@ -131,8 +184,10 @@ impl State {
         if done != Ensured::AsWanted {
             s.applied += 1;
         }
-        s.guard_peers = self.peers.len();
-        self.metrics.tunnel_guard_peers.set(self.peers.len() as i64);
+        s.guard_peers = self.endpoints.len();
+        self.metrics
+            .tunnel_guard_peers
+            .set(self.endpoints.len() as i64);
         Ok(done)
     }
 
@@ -144,8 +199,10 @@ impl State {
             // The set may have been removed with the table: the next check restores everything.
             self.fail("update the tunnel guard", e);
         }
-        self.stats.lock().expect("stats lock").guard_peers = self.peers.len();
-        self.metrics.tunnel_guard_peers.set(self.peers.len() as i64);
+        self.stats.lock().expect("stats lock").guard_peers = self.endpoints.len();
+        self.metrics
+            .tunnel_guard_peers
+            .set(self.endpoints.len() as i64);
     }
 
     fn check(&self) {
@@ -164,7 +221,7 @@ impl State {
         };
         let mut found: Vec<ForeignRule> = Vec::new();
         for p in &self.probes {
-            for r in foreign::find(&ruleset, p, firewall::FAMILY, firewall::TABLE) {
+            for r in foreign::find(&ruleset, p, owned::NFT_FAMILY, owned::NFT_TABLE) {
                 if !found.contains(&r) {
                     found.push(r);
                 }
@@ -194,7 +251,7 @@ impl Firewall {
     pub fn start(
         spec: FirewallSpec,
         probes: Vec<Probe>,
-        peers: &[Ipv4Addr],
+        peers: &[(SubnetKey, Ipv4Addr)],
         resync: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Firewall, KernelError> {
@@ -202,12 +259,13 @@ impl Firewall {
         let mut st = State {
             spec,
             probes,
-            peers: BTreeMap::new(),
+            peers: peers.iter().copied().collect(),
+            endpoints: BTreeMap::new(),
             stats: stats.clone(),
             metrics,
         };
-        for p in peers {
-            *st.peers.entry(*p).or_default() += 1;
+        for ip in st.peers.values() {
+            *st.endpoints.entry(*ip).or_default() += 1;
         }
         let done = st.ensure()?;
         tracing::debug!(?done, "podnet's nftables table");
@@ -220,31 +278,7 @@ impl Firewall {
                 st.check();
                 loop {
                     match rx.recv_timeout(resync) {
-                        Ok(Cmd::Add(ip)) => {
-                            let n = st.peers.entry(ip).or_default();
-                            *n += 1;
-                            if *n == 1 {
-                                st.guard_change(firewall::guard_add(ip));
-                            }
-                        }
-                        Ok(Cmd::Remove(ip)) => {
-                            if let Some(n) = st.peers.get_mut(&ip) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    st.peers.remove(&ip);
-                                    st.guard_change(firewall::guard_remove(ip));
-                                }
-                            }
-                        }
-                        Ok(Cmd::Peers(list)) => {
-                            st.peers.clear();
-                            for p in list {
-                                *st.peers.entry(p).or_default() += 1;
-                            }
-                            if let Err(e) = st.ensure() {
-                                st.fail("apply podnet's nftables rules", e);
-                            }
-                        }
+                        Ok(cmd) => st.handle(cmd),
                         Err(RecvTimeoutError::Timeout) => st.check(),
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
@@ -254,16 +288,25 @@ impl Firewall {
         Ok(Firewall { tx, stats })
     }
 
-    pub fn add_peer(&self, ip: Ipv4Addr) {
-        let _ = self.tx.send(Cmd::Add(ip));
+    /// A peer's tunnel endpoint, new or changed: its tunnel packets are let in.
+    pub fn put_peer(&self, key: SubnetKey, ip: Ipv4Addr) {
+        let _ = self.tx.send(Cmd::Put(key, ip));
     }
 
-    pub fn remove_peer(&self, ip: Ipv4Addr) {
-        let _ = self.tx.send(Cmd::Remove(ip));
+    pub fn remove_peer(&self, key: SubnetKey) {
+        let _ = self.tx.send(Cmd::Remove(key));
     }
 
-    pub fn set_peers(&self, ips: Vec<Ipv4Addr>) {
-        let _ = self.tx.send(Cmd::Peers(ips));
+    /// Checks the table and looks for foreign rules now; the counters after the check.
+    pub async fn check_now(&self) -> FirewallStats {
+        let (t, r) = oneshot::channel();
+        if self.tx.send(Cmd::Check(t)).is_err() {
+            return self.stats.lock().expect("stats lock").clone();
+        }
+        match r.await {
+            Ok(s) => s,
+            Err(_) => self.stats.lock().expect("stats lock").clone(),
+        }
     }
 
     pub fn stats(&self) -> Arc<Mutex<FirewallStats>> {

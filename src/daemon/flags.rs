@@ -204,7 +204,7 @@ impl Flags {
         for r in &self.iface_regex {
             regex::Regex::new(r).map_err(|e| format!("--iface-regex {r:?}: {e}"))?;
         }
-        Ok(())
+        super::etcd_options(self).validate()
     }
 }
 

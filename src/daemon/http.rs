@@ -7,32 +7,33 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use super::dataplane::Dataplane;
+use super::firewall::Firewall;
+use super::metrics::{Metrics, label, store_op};
+use crate::backend::PeerPath;
+use crate::lease::Lease;
+use crate::status::{
+    DataplaneInfo, DriftInfo, FirewallInfo, LeaseInfo, NodeInfo, PathKind, PeerInfo, Status,
+};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
-
-use super::dataplane::Dataplane;
-use super::firewall::Firewall;
-use super::metrics::{Metrics, label};
-use crate::lease::Lease;
 
 /// What the node is doing and has, for `/readyz` and `/status`.
 #[derive(Debug, Default)]
 pub struct NodeState {
     pub phase: String,
     pub ready: bool,
-    pub iface: Option<String>,
-    pub public_ip: Option<String>,
-    pub backend: Option<String>,
-    pub mtu: Option<u32>,
-    pub subnet_file: String,
+    pub node: NodeInfo,
+    /// "etcd" or "kubernetes".
+    pub lease_store: String,
     pub lease: Option<Lease>,
-    /// When the lease runs out (`None` for a reservation or before there is one).
+    /// When the lease runs out (`None` for a reservation, a lease that does not expire, or
+    /// before there is one).
     pub lease_expiry: Option<SystemTime>,
-    pub last_etcd_error: Option<String>,
+    pub last_store_error: Option<String>,
 }
 
 /// Everything the endpoints read.
@@ -48,7 +49,10 @@ impl Shared {
         Arc::new(Shared {
             state: Mutex::new(NodeState {
                 phase: "starting".into(),
-                subnet_file: subnet_file.display().to_string(),
+                node: NodeInfo {
+                    subnet_file: subnet_file.display().to_string(),
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             metrics: Arc::new(Metrics::new()),
@@ -69,16 +73,33 @@ impl Shared {
         self.metrics.ready.set(1);
     }
 
+    /// Changes the node's state (one lock, one place).
+    pub fn update(&self, f: impl FnOnce(&mut NodeState)) {
+        f(&mut self.state.lock().expect("state lock"));
+    }
+
+    /// A lease store failure: counted, remembered for `/status`.
+    pub fn store_error(&self, op: &str, msg: String) {
+        let mut s = self.state.lock().expect("state lock");
+        let store = s.lease_store.clone();
+        self.metrics
+            .store_errors
+            .get_or_create(&store_op(&store, op))
+            .inc();
+        s.last_store_error = Some(msg);
+    }
+
     fn seconds_left(&self) -> Option<f64> {
         let s = self.state.lock().expect("state lock");
         match (&s.lease, s.lease_expiry) {
-            (Some(l), _) if l.is_reservation() => Some(f64::INFINITY),
             (_, Some(t)) => Some(
                 t.duration_since(SystemTime::now())
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0),
             ),
-            _ => None,
+            // A reservation, or a store whose leases do not expire.
+            (Some(_), None) => Some(f64::INFINITY),
+            (None, None) => None,
         }
     }
 }
@@ -133,86 +154,76 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 /// The status document `podnetctl status` shows.
-pub async fn status_json(sh: &Shared) -> Value {
+pub async fn status(sh: &Shared) -> Status {
     let dp = sh.dataplane.lock().expect("dataplane lock").clone();
-    let (peers, dp_info) = match &dp {
-        Some(d) => {
-            let st = d.stats().lock().expect("stats lock").clone();
-            let peers: Vec<Value> = d
-                .peers()
-                .await
-                .iter()
-                .map(|(l, p)| {
-                    json!({
-                        "subnet": l.key.v4.map(|n| n.to_string()),
-                        "key": l.key.to_string(),
-                        "publicIP": l.attrs.public_ip.to_string(),
-                        "path": p.label(),
-                        "reason": match p { crate::backend::PeerPath::Skipped(r) => Some(r.clone()), _ => None },
-                    })
-                })
-                .collect();
-            (
-                peers,
-                json!({"fullPasses": st.full_passes, "incremental": st.incremental, "errors": st.errors, "lastError": st.last_error}),
-            )
-        }
-        None => (Vec::new(), Value::Null),
-    };
-    let drift = match &dp {
-        Some(d) => match d.drift().await {
-            Ok(dr) => json!({"missing": dr.missing, "unexpected": dr.unexpected}),
-            Err(e) => json!({"error": e.to_string()}),
-        },
-        None => Value::Null,
-    };
     let fw = sh.firewall.lock().expect("firewall lock").clone();
-    let firewall = match &fw {
-        Some(f) => {
-            let st = f.stats().lock().expect("stats lock").clone();
-            json!({
-                "foreignMasquerade": st.foreign.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                "restores": st.restored,
-                "tunnelGuardPeers": st.guard_peers,
-                "lastError": st.last_error,
-            })
-        }
-        None => Value::Null,
-    };
+    let mut st = Status::default();
+    if let Some(d) = &dp {
+        st.peers = d.peers().await.iter().map(peer_info).collect();
+        let stats = d.stats().lock().expect("stats lock").clone();
+        st.dataplane = Some(DataplaneInfo {
+            full_passes: stats.full_passes,
+            incremental: stats.incremental,
+            errors: stats.errors,
+            last_error: stats.last_error,
+        });
+        st.drift = Some(match d.drift().await {
+            Ok(dr) => DriftInfo {
+                missing: dr.missing,
+                unexpected: dr.unexpected,
+                error: None,
+            },
+            Err(e) => DriftInfo {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        });
+    }
+    if let Some(f) = &fw {
+        let stats = f.check_now().await;
+        st.firewall = Some(FirewallInfo {
+            foreign_masquerade: stats.foreign.iter().map(|r| r.to_string()).collect(),
+            restores: stats.restored,
+            tunnel_guard_peers: stats.guard_peers,
+            last_error: stats.last_error,
+        });
+    }
     let left = sh.seconds_left();
     let s = sh.state.lock().expect("state lock");
-    let lease = s.lease.as_ref().map(|l| {
-        json!({
-            "key": l.key.to_string(),
-            "subnet": l.key.v4.map(|n| n.to_string()),
-            "ipv6Subnet": l.key.v6.map(|n| n.to_string()),
-            "reservation": l.is_reservation(),
-            "secondsLeft": left.filter(|x| x.is_finite()).map(|x| x as u64),
-        })
+    st.ready = s.ready;
+    st.phase = s.phase.clone();
+    st.node = s.node.clone();
+    st.lease = s.lease.as_ref().map(|l| LeaseInfo {
+        key: l.key.to_string(),
+        subnet: l.key.v4.map(|n| n.to_string()),
+        ipv6_subnet: l.key.v6.map(|n| n.to_string()),
+        reservation: l.is_reservation(),
+        seconds_left: left.filter(|x| x.is_finite()).map(|x| x as u64),
     });
-    json!({
-        "ready": s.ready,
-        "phase": s.phase,
-        "node": {
-            "iface": s.iface,
-            "publicIP": s.public_ip,
-            "backend": s.backend,
-            "mtu": s.mtu,
-            "subnetFile": s.subnet_file,
-        },
-        "lease": lease,
-        "peers": peers,
-        "drift": drift,
-        "firewall": firewall,
-        "dataplane": dp_info,
-        "lastEtcdError": s.last_etcd_error,
-    })
+    st.lease_store = s.lease_store.clone();
+    st.last_store_error = s.last_store_error.clone();
+    st
 }
 
-async fn status(State(sh): State<Arc<Shared>>) -> Response {
+fn peer_info((l, p): &(Lease, PeerPath)) -> PeerInfo {
+    let (path, reason) = match p {
+        PeerPath::Direct => (PathKind::Direct, None),
+        PeerPath::Tunnel => (PathKind::Tunnel, None),
+        PeerPath::Skipped(r) => (PathKind::Skipped, Some(r.clone())),
+    };
+    PeerInfo {
+        subnet: l.key.v4.map(|n| n.to_string()),
+        key: l.key.to_string(),
+        public_ip: l.attrs.public_ip.to_string(),
+        path,
+        reason,
+    }
+}
+
+async fn status_endpoint(State(sh): State<Arc<Shared>>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        status_json(&sh).await.to_string(),
+        status(&sh).await.to_json(),
     )
         .into_response()
 }
@@ -222,7 +233,7 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/status", get(status))
+        .route("/status", get(status_endpoint))
         .with_state(sh)
 }
 
@@ -249,7 +260,6 @@ pub async fn serve(sh: Arc<Shared>, tcp: Option<SocketAddr>, socket: &Path) -> R
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    let _ = &sh.metrics.etcd_errors.get_or_create(&label("op", "watch"));
     Ok(())
 }
 

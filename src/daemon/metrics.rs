@@ -23,7 +23,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub kernel_changes: Counter,
-    pub etcd_errors: Family<Labels, Counter>,
+    /// Lease store failures by `store` and `op` (watch, renew, reclaim, acquire, patch).
+    pub store_errors: Family<Labels, Counter>,
     pub firewall_restores: Counter,
     pub firewall_errors: Counter,
     pub foreign_masquerade_rules: Gauge,
@@ -49,115 +50,73 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             reconcile_errors: Counter::default(),
             kernel_changes: Counter::default(),
-            etcd_errors: Family::default(),
+            store_errors: Family::default(),
             firewall_restores: Counter::default(),
             firewall_errors: Counter::default(),
             foreign_masquerade_rules: Gauge::default(),
             tunnel_guard_peers: Gauge::default(),
-            udp: Default::default(),
+            udp: udp_stats(&mut registry),
             registry: Registry::default(),
         };
-        registry.register(
-            "ready",
-            "1 once the lease, data path, rules and subnet.env are in place",
-            m.ready.clone(),
-        );
-        registry.register(
-            "lease_seconds_remaining",
-            "Seconds until this node's lease expires in etcd (+Inf for a reservation)",
-            m.lease_seconds_remaining.clone(),
-        );
-        registry.register(
-            "lease_renewals",
-            "Lease renewals that succeeded",
-            m.lease_renewals.clone(),
-        );
-        registry.register(
-            "lease_events",
-            "Peer lease events received, by type (added, removed)",
-            m.lease_events.clone(),
-        );
-        registry.register(
-            "peers",
-            "Peers by how they are reached (direct, tunnel, skipped, other_backend)",
-            m.peers.clone(),
-        );
-        registry.register(
-            "reconcile_runs",
-            "Data-plane passes, by kind (full, incremental)",
-            m.reconcile_runs.clone(),
-        );
-        registry.register(
+        m.register_lease(&mut registry);
+        m.register_dataplane(&mut registry);
+        m.register_firewall(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    fn register_lease(&self, r: &mut Registry) {
+        let ready = "1 once the lease, data path, rules and subnet.env are in place";
+        r.register("ready", ready, self.ready.clone());
+        let left = "Seconds until this node's lease expires (+Inf when it does not expire)";
+        let secs = self.lease_seconds_remaining.clone();
+        r.register("lease_seconds_remaining", left, secs);
+        let renewals = self.lease_renewals.clone();
+        r.register("lease_renewals", "Lease renewals that succeeded", renewals);
+        let events = "Peer lease events received, by type (added, removed)";
+        r.register("lease_events", events, self.lease_events.clone());
+        let errors =
+            "Failures talking to the lease store, by store (etcd, kubernetes) and operation";
+        r.register("lease_store_errors", errors, self.store_errors.clone());
+    }
+
+    fn register_dataplane(&self, r: &mut Registry) {
+        let peers = "Peers by how they are reached (direct, tunnel, skipped, other_backend)";
+        r.register("peers", peers, self.peers.clone());
+        let runs = "Data-plane passes, by kind (full, incremental)";
+        r.register("reconcile_runs", runs, self.reconcile_runs.clone());
+        let took = self.reconcile_duration.clone();
+        r.register(
             "reconcile_duration_seconds",
             "Time one data-plane pass took",
-            m.reconcile_duration.clone(),
+            took,
         );
-        registry.register(
-            "reconcile_errors",
-            "Kernel changes that failed (retried by the next full pass)",
-            m.reconcile_errors.clone(),
-        );
-        registry.register(
-            "kernel_changes",
-            "Routes, neighbours and FDB entries programmed or removed",
-            m.kernel_changes.clone(),
-        );
-        registry.register(
-            "etcd_errors",
-            "etcd failures, by operation (watch, renew, reclaim)",
-            m.etcd_errors.clone(),
-        );
-        registry.register(
+        let errors = "Kernel changes that failed (retried by the next full pass)";
+        r.register("reconcile_errors", errors, self.reconcile_errors.clone());
+        let changes = "Routes, neighbours and FDB entries programmed or removed";
+        r.register("kernel_changes", changes, self.kernel_changes.clone());
+    }
+
+    fn register_firewall(&self, r: &mut Registry) {
+        let restores = "Times podnet's nftables table was found changed and restored";
+        r.register(
             "firewall_restores",
-            "Times podnet's nftables table was found changed and restored",
-            m.firewall_restores.clone(),
+            restores,
+            self.firewall_restores.clone(),
         );
-        registry.register(
-            "firewall_errors",
-            "nftables operations that failed",
-            m.firewall_errors.clone(),
-        );
-        registry.register(
+        let errors = self.firewall_errors.clone();
+        r.register("firewall_errors", "nftables operations that failed", errors);
+        let foreign = "Masquerade rules outside podnet that rewrite pod-to-pod traffic";
+        r.register(
             "foreign_masquerade_rules",
-            "Masquerade rules outside podnet that rewrite pod-to-pod traffic",
-            m.foreign_masquerade_rules.clone(),
+            foreign,
+            self.foreign_masquerade_rules.clone(),
         );
-        registry.register(
+        let guard = self.tunnel_guard_peers.clone();
+        r.register(
             "tunnel_guard_peers",
             "Addresses the tunnel guard admits",
-            m.tunnel_guard_peers.clone(),
+            guard,
         );
-        let udp_packets = Family::<Labels, Counter>::default();
-        let udp_dropped = Family::<Labels, Counter>::default();
-        let udp_errors = Counter::default();
-        // A family's guard holds its lock while it lives: take each counter in its own call.
-        let counter = |f: &Family<Labels, Counter>, k: &str, v: &str| -> Counter {
-            f.get_or_create(&label(k, v)).clone()
-        };
-        let udp = std::sync::Arc::new(crate::backend::udp::Stats {
-            encapsulated: counter(&udp_packets, "direction", "out"),
-            decapsulated: counter(&udp_packets, "direction", "in"),
-            no_route: counter(&udp_dropped, "reason", "no_route"),
-            ttl_expired: counter(&udp_dropped, "reason", "ttl_expired"),
-            malformed: counter(&udp_dropped, "reason", "malformed"),
-            errors: udp_errors.clone(),
-        });
-        registry.register(
-            "udp_packets",
-            "Packets the udp backend carried, by direction (out: to a peer, in: from a peer)",
-            udp_packets,
-        );
-        registry.register(
-            "udp_dropped",
-            "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable)",
-            udp_dropped,
-        );
-        registry.register(
-            "udp_errors",
-            "System calls of the udp data path that failed",
-            udp_errors,
-        );
-        Metrics { registry, udp, ..m }
     }
 
     /// The Prometheus text exposition.
@@ -172,4 +131,39 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
     }
+}
+
+/// The udp backend's packet counters, registered; its workers hold the handles.
+fn udp_stats(r: &mut Registry) -> std::sync::Arc<crate::backend::udp::Stats> {
+    let packets = Family::<Labels, Counter>::default();
+    let dropped = Family::<Labels, Counter>::default();
+    let errors = Counter::default();
+    // A family's guard holds its lock while it lives: take each counter in its own call.
+    let counter = |f: &Family<Labels, Counter>, k: &str, v: &str| -> Counter {
+        f.get_or_create(&label(k, v)).clone()
+    };
+    let stats = std::sync::Arc::new(crate::backend::udp::Stats {
+        encapsulated: counter(&packets, "direction", "out"),
+        decapsulated: counter(&packets, "direction", "in"),
+        no_route: counter(&dropped, "reason", "no_route"),
+        ttl_expired: counter(&dropped, "reason", "ttl_expired"),
+        malformed: counter(&dropped, "reason", "malformed"),
+        errors: errors.clone(),
+    });
+    let help = "Packets the udp backend carried, by direction (out: to a peer, in: from a peer)";
+    r.register("udp_packets", help, packets);
+    let help =
+        "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable)";
+    r.register("udp_dropped", help, dropped);
+    r.register(
+        "udp_errors",
+        "System calls of the udp data path that failed",
+        errors,
+    );
+    stats
+}
+
+/// Labels for a lease store failure.
+pub fn store_op(store: &str, op: &str) -> Labels {
+    vec![("store".into(), store.into()), ("op".into(), op.into())]
 }

@@ -27,8 +27,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-pub const FAMILY: &str = "inet";
-pub const TABLE: &str = "podnet";
+use crate::owned::{NFT_FAMILY as FAMILY, NFT_TABLE as TABLE};
 pub const GUARD_SET: &str = "tunnel-peers";
 /// kube-proxy's masquerade mark.
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
@@ -131,7 +130,7 @@ pub fn guard_remove(ip: Ipv4Addr) -> String {
 /// masqueraded by the node (flannel's default when its daemon runs without `--ip-masq`).
 /// Unlike the reference bridge plugin, which excludes only the node's own subnet, traffic to
 /// the rest of the cluster network keeps the pod's address.
-pub const POD_MASQ_TABLE: &str = "podnet-cni";
+use crate::owned::NFT_POD_MASQ_TABLE as POD_MASQ_TABLE;
 pub const POD_MASQ_SET: &str = "masq-pods";
 
 /// Declares the table (idempotently: the chain is flushed and refilled in the same

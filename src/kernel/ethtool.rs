@@ -42,6 +42,13 @@ fn parse_feature(listing: &str, name: &str) -> Option<bool> {
 }
 
 /// The running kernel's (major, minor) version.
+/// Whether VXLAN's transmit checksum offload corrupts packets on this kernel: before 5.7 with
+/// kube-proxy's `--random-fully` masquerade (fixed by ea64d8d6c675), and on any kernel when the
+/// node's public address is NAT'ed (flannel #1279, #2152).
+pub fn vxlan_checksum_offload_unsafe(nat: bool) -> bool {
+    nat || kernel_version().is_some_and(|v| v < (5, 7))
+}
+
 pub fn kernel_version() -> Option<(u32, u32)> {
     let uts = nix::sys::utsname::uname().ok()?;
     parse_release(uts.release().to_str()?)

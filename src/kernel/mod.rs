@@ -66,6 +66,20 @@ impl KernelError {
             _ => None,
         }
     }
+
+    /// The object the request named does not exist (a link, address, route, neighbour or
+    /// file): ENOENT, ESRCH, ENODEV or EADDRNOTAVAIL, depending on which the kernel uses.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENOENT | libc::ESRCH | libc::ENODEV | libc::EADDRNOTAVAIL)
+        )
+    }
+
+    /// The object the request would create exists already (EEXIST).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
 }
 
 /// An Ethernet address, written the way `ip` and flannel's `VtepMAC` write it (`c6:d2:32:6f:8f:44`).

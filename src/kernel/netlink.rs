@@ -10,6 +10,7 @@
 //! is what lets a node program thousands of peers in a fraction of what one `ip` call per object
 //! costs.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -217,18 +218,72 @@ pub enum Change {
     DelFdb(Fdb),
 }
 
-impl Change {
-    fn describe(&self) -> String {
-        match self {
-            Change::LinkUp(i) => format!("bring link #{i} up"),
-            Change::AddAddr(a) => format!("add address {}", a.net),
-            Change::ReplaceRoute(r) => format!("replace route {}", r.dst),
-            Change::DelRoute(r) => format!("delete route {}", r.dst),
-            Change::ReplaceNeighbour(n) => format!("replace neighbour {}", n.ip),
-            Change::DelNeighbour(n) => format!("delete neighbour {}", n.ip),
-            Change::ReplaceFdb(f) => format!("replace fdb {}", f.mac),
-            Change::DelFdb(f) => format!("delete fdb {}", f.mac),
+fn show<T: fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+impl fmt::Display for Route {
+    /// As `ip route` would say it, with the device by index: `10.244.2.0/24 via 10.244.2.0 dev #5 onlink`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
         }
+        if let Some(oif) = self.oif {
+            write!(f, " dev #{oif}")?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Neighbour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} lladdr {}", self.ip, show(self.mac))
+    }
+}
+
+impl fmt::Display for Fdb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} dst {}", self.mac, show(self.dst))
+    }
+}
+
+impl fmt::Display for Change {
+    /// What the change does, for errors and logs: `replace route 10.244.2.0/24 via ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self {
+            Change::LinkUp(_) => "bring up",
+            Change::AddAddr(_) => "add",
+            Change::ReplaceRoute(_) | Change::ReplaceNeighbour(_) | Change::ReplaceFdb(_) => {
+                "replace"
+            }
+            Change::DelRoute(_) | Change::DelNeighbour(_) | Change::DelFdb(_) => "delete",
+        };
+        write!(f, "{verb} {}", self.subject())
+    }
+}
+
+impl Change {
+    /// The object the change is about: `route 10.244.2.0/24 via ...`, `neighbour ...`, `fdb ...`.
+    pub fn subject(&self) -> String {
+        match self {
+            Change::LinkUp(i) => format!("link #{i}"),
+            Change::AddAddr(a) => format!("address {}", a.net),
+            Change::ReplaceRoute(r) | Change::DelRoute(r) => format!("route {r}"),
+            Change::ReplaceNeighbour(n) | Change::DelNeighbour(n) => format!("neighbour {n}"),
+            Change::ReplaceFdb(x) | Change::DelFdb(x) => format!("fdb {x}"),
+        }
+    }
+
+    /// Whether the change removes its object (else it installs or brings it up).
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Change::DelRoute(_) | Change::DelNeighbour(_) | Change::DelFdb(_)
+        )
     }
 
     fn message(&self) -> (RouteNetlinkMessage, u16) {
@@ -455,10 +510,7 @@ impl Netlink {
                 // Nothing reliable can be said about this chunk: report every change as failed.
                 let msg = e.to_string();
                 for change in chunk {
-                    results.push(Err(KernelError::Other(format!(
-                        "{}: {msg}",
-                        change.describe()
-                    ))));
+                    results.push(Err(KernelError::Other(format!("{}: {msg}", change))));
                 }
                 continue;
             }
@@ -469,10 +521,7 @@ impl Netlink {
                         let msg = e.to_string();
                         for (slot, change) in chunk_results.iter_mut().zip(chunk) {
                             if slot.is_none() {
-                                *slot = Some(Err(KernelError::Other(format!(
-                                    "{}: {msg}",
-                                    change.describe()
-                                ))));
+                                *slot = Some(Err(KernelError::Other(format!("{}: {msg}", change))));
                             }
                         }
                         break;
@@ -494,7 +543,7 @@ impl Netlink {
                         chunk_results[i] = Some(match e.code {
                             None => Ok(()),
                             Some(code) => {
-                                Err(KernelError::netlink(chunk[i].describe(), -code.get()))
+                                Err(KernelError::netlink(chunk[i].to_string(), -code.get()))
                             }
                         });
                         pending -= 1;
@@ -539,7 +588,7 @@ impl Netlink {
                 RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
                 _ => None,
             })),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -556,7 +605,7 @@ impl Netlink {
                 RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
                 _ => None,
             })),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -698,7 +747,7 @@ impl Netlink {
             RouteNetlinkMessage::DelLink(msg),
             0,
         ) {
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             r => r,
         }
     }
@@ -713,7 +762,7 @@ impl Netlink {
             RouteNetlinkMessage::DelLink(msg),
             0,
         ) {
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             r => r,
         }
     }
@@ -769,7 +818,7 @@ impl Netlink {
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
-            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            Err(e) if e.is_exists() => Ok(()),
             r => r,
         }
     }
@@ -782,7 +831,7 @@ impl Netlink {
             RouteNetlinkMessage::DelAddress(msg),
             0,
         ) {
-            Err(e) if matches!(e.errno(), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             r => r,
         }
     }
@@ -820,7 +869,7 @@ impl Netlink {
             RouteNetlinkMessage::DelRoute(route_message(route)),
             0,
         ) {
-            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             r => r,
         }
     }

@@ -11,6 +11,7 @@
 //! when the guard drops, also on panic; `persist` hands it over to `podnetctl lab down` instead.
 //! Every start sweeps labs whose owner died and namespaces that no lab claims.
 
+pub mod cluster;
 pub mod plan;
 pub mod process;
 pub mod state;

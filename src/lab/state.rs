@@ -4,16 +4,16 @@
 //! Whatever the lab is about to create is recorded *before* it is created, and the file is
 //! replaced atomically, so a crash at any point leaves a file that names everything there is.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
 use super::plan::Plan;
 use super::process::{ProcId, ProcRecord};
+use crate::util::files::{Lock, write_atomic};
 
 pub const STATE_DIR: &str = "/run/podnet-lab";
 const FORMAT_VERSION: u32 = 1;
@@ -89,34 +89,23 @@ fn ensure_dir() -> Result<(), LabError> {
 
 /// An exclusive lock on one lab's state, held while it is read, changed and written back.
 pub struct StateLock {
-    file: File,
+    lock: Lock,
 }
+
+/// How long a lab command waits for another one working on the same lab.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl StateLock {
     pub fn acquire(name: &str) -> Result<StateLock, LabError> {
         ensure_dir()?;
-        let path = lock_path(name);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| LabError::io(format!("open {}", path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(LabError::io(
-                format!("lock {}", path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(StateLock { file })
+        let lock = Lock::acquire(&lock_path(name), 0o600, Some(LOCK_TIMEOUT))
+            .map_err(|e| LabError::State(e.to_string()))?;
+        Ok(StateLock { lock })
     }
 
     /// Removes the lock file (the lock itself goes with the descriptor).
-    pub fn remove(self, name: &str) {
-        let _ = std::fs::remove_file(lock_path(name));
-        drop(self.file);
+    pub fn remove(self, _name: &str) {
+        self.lock.remove();
     }
 }
 
@@ -144,15 +133,9 @@ pub fn load(name: &str) -> Result<Option<LabState>, LabError> {
 pub fn save(st: &LabState) -> Result<(), LabError> {
     ensure_dir()?;
     let path = state_path(st.name());
-    let tmp = Path::new(STATE_DIR).join(format!(".{}.tmp", st.name()));
     let data = serde_json::to_vec_pretty(st).expect("state serializes");
-    let mut f =
-        File::create(&tmp).map_err(|e| LabError::io(format!("create {}", tmp.display()), e))?;
-    f.write_all(&data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| LabError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| LabError::io(format!("rename to {}", path.display()), e))
+    write_atomic(&path, &data, Some(0o644))
+        .map_err(|e| LabError::io(format!("write {}", path.display()), e))
 }
 
 /// Creates the state file, failing if the name is taken.

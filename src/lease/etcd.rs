@@ -5,6 +5,7 @@
 //! granting a new one each time (no leak); a lost lease is reclaimed if the subnet is still free
 //! and is an error otherwise, never a clean exit.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,16 +15,18 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
-use super::{AcquireRequest, Choice, Lease, LeaseAttrs, SubnetKey};
+use super::manager::{Renewal, SubnetManager, WatchUpdate};
+use super::{AcquireRequest, Choice, Keepalive, Lease, LeaseAttrs, LeaseError, SubnetKey};
 use crate::config::NetworkConfig;
+use crate::util::backoff::Backoff;
 
 /// flannel's default key prefix.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 /// How often acquisition retries after losing a race before giving up. Losing is normal when
 /// many nodes boot at once into a nearly full network, so this is generous and jittered.
 const RACE_RETRIES: usize = 100;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnecting watches: flannel's 100 ms doubling to 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// How to reach etcd (flannel's `--etcd-*` flags).
 #[derive(Debug, Clone, Default)]
@@ -35,55 +38,6 @@ pub struct EtcdOptions {
     pub key_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    #[error("{0}")]
-    Config(String),
-    #[error("etcd ({endpoints}): {op}: {msg}")]
-    Etcd {
-        endpoints: String,
-        op: String,
-        msg: String,
-    },
-    #[error(
-        "out of subnets: every subnet between {min} and {max} is leased ({held} leases); \
-         free one, or widen Network or SubnetMin/SubnetMax"
-    )]
-    OutOfSubnets {
-        min: String,
-        max: String,
-        held: usize,
-    },
-    #[error("gave up acquiring a subnet after losing {0} races against other nodes")]
-    TooManyRaces(usize),
-    #[error(
-        "lease for {key} was lost and the subnet is now held by {holder}; refusing to continue with an address range another node owns"
-    )]
-    Lost { key: String, holder: String },
-}
-
-/// Changes to the set of leases, as the watch sees them.
-#[derive(Debug, Clone)]
-pub enum WatchUpdate {
-    /// A full listing (at start, and after the watch fell behind a compaction).
-    Snapshot(Vec<Lease>),
-    Put(Lease),
-    Delete(SubnetKey),
-    /// The watch lost etcd and is reconnecting (for health and metrics).
-    Disconnected(String),
-}
-
-/// Result of one renewal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Renewal {
-    /// Kept alive; this many seconds left.
-    Renewed(i64),
-    /// A reservation: nothing to renew.
-    Reservation,
-    /// The key or its etcd lease is gone.
-    Gone,
 }
 
 /// A connected lease store.
@@ -124,109 +78,109 @@ fn etcd_msg(e: &etcd_client::Error) -> String {
     }
 }
 
-impl EtcdStore {
-    /// Connects and checks the connection with one request, so a wrong address, CA or client
-    /// certificate is reported here and not at the first real use.
-    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, LeaseError> {
-        let endpoints = opts.endpoints.join(",");
-        if opts.endpoints.is_empty() {
-            return Err(LeaseError::Config(
-                "--etcd-endpoints: no endpoint given".into(),
-            ));
+impl EtcdOptions {
+    fn https(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    /// Checks the options as data, naming the flag at fault: a wrong combination will not fix
+    /// itself, so podnetd refuses to start instead of retrying.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("--etcd-endpoints: no endpoint given".into());
         }
-        for e in &opts.endpoints {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(LeaseError::Config(format!(
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty()) {
+                return Err(format!(
                     "--etcd-endpoints {e:?}: expected http://HOST:PORT or https://HOST:PORT"
-                )));
+                ));
             }
         }
-        let tls_wanted =
-            opts.ca_file.is_some() || opts.cert_file.is_some() || opts.key_file.is_some();
-        let https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
-        if tls_wanted && !https {
-            return Err(LeaseError::Config(format!(
-                "--etcd-cafile/--etcd-certfile/--etcd-keyfile are set but --etcd-endpoints {endpoints} use http://; use https:// endpoints"
-            )));
+        let tls_files =
+            self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if tls_files && !self.https() {
+            return Err(format!(
+                "--etcd-cafile/--etcd-certfile/--etcd-keyfile are set but --etcd-endpoints {} use http://; use https:// endpoints",
+                self.endpoints.join(",")
+            ));
         }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("--etcd-certfile and --etcd-keyfile must be given together".into());
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err("--etcd-username and --etcd-password must be given together".into());
+        }
+        Ok(())
+    }
+
+    /// The client's options, with the TLS material read from disk.
+    fn connect_options(&self) -> Result<ConnectOptions, LeaseError> {
         let mut co = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        if https {
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| LeaseError::Config(format!("{flag} {}: {e}", p.display())))
+        };
+        if self.https() {
             let mut tls = TlsOptions::new();
-            if let Some(ca) = &opts.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    LeaseError::Config(format!("--etcd-cafile {}: {e}", ca.display()))
-                })?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            if let Some(ca) = &self.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-cafile", ca)?));
             }
-            match (&opts.cert_file, &opts.key_file) {
-                (Some(c), Some(k)) => {
-                    let cert = std::fs::read(c).map_err(|e| {
-                        LeaseError::Config(format!("--etcd-certfile {}: {e}", c.display()))
-                    })?;
-                    let key = std::fs::read(k).map_err(|e| {
-                        LeaseError::Config(format!("--etcd-keyfile {}: {e}", k.display()))
-                    })?;
-                    tls = tls.identity(Identity::from_pem(cert, key));
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(LeaseError::Config(
-                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
-                    ));
-                }
+            if let (Some(c), Some(k)) = (&self.cert_file, &self.key_file) {
+                let cert = read("--etcd-certfile", c)?;
+                tls = tls.identity(Identity::from_pem(cert, read("--etcd-keyfile", k)?));
             }
             co = co.with_tls(tls);
         }
-        match (&opts.username, &opts.password) {
-            (Some(u), Some(p)) => co = co.with_user(u, p),
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(LeaseError::Config(
-                    "--etcd-username and --etcd-password must be given together".into(),
-                ));
-            }
-            _ => {}
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            co = co.with_user(u, p);
         }
-        let no_identity = https && opts.cert_file.is_none();
-        // With TLS 1.3 a server that wants a client certificate says so only after the client
-        // thinks the handshake is done, and the client sees nothing but a closed connection.
-        let explain = |e: etcd_client::Error| {
-            let mut msg = etcd_msg(&e);
-            if no_identity
-                && (msg.contains("connection closed")
-                    || msg.contains("reset")
-                    || msg.contains("broken pipe"))
-            {
-                msg.push_str(
-                    " (the server ended the TLS session; etcd does that when it requires a client certificate \
-                     (--client-cert-auth): pass --etcd-certfile and --etcd-keyfile)",
-                );
-            }
-            msg
+        Ok(co)
+    }
+}
+
+/// The message of a failed request, with a hint where TLS 1.3 hides the real cause: a server
+/// that wants a client certificate says so only after the client thinks the handshake is done,
+/// and the client sees nothing but a closed connection.
+fn explain(e: etcd_client::Error, no_identity: bool) -> String {
+    let mut msg = etcd_msg(&e);
+    let closed = ["connection closed", "reset", "broken pipe"];
+    if no_identity && closed.iter().any(|c| msg.contains(c)) {
+        msg.push_str(
+            " (the server ended the TLS session; etcd does that when it requires a client certificate \
+             (--client-cert-auth): pass --etcd-certfile and --etcd-keyfile)",
+        );
+    }
+    msg
+}
+
+impl EtcdStore {
+    /// Connects and checks the connection with one request, so a wrong address, CA or client
+    /// certificate is reported here and not at the first real use.
+    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, LeaseError> {
+        opts.validate().map_err(LeaseError::Config)?;
+        let endpoints = opts.endpoints.join(",");
+        let no_identity = opts.https() && opts.cert_file.is_none();
+        let fail = |op: &str, e| LeaseError::Etcd {
+            endpoints: endpoints.clone(),
+            op: op.into(),
+            msg: explain(e, no_identity),
         };
-        let mut client = Client::connect(&opts.endpoints, Some(co))
+        let mut client = Client::connect(&opts.endpoints, Some(opts.connect_options()?))
             .await
-            .map_err(|e| LeaseError::Etcd {
-                endpoints: endpoints.clone(),
-                op: "connect".into(),
-                msg: explain(e),
-            })?;
+            .map_err(|e| fail("connect", e))?;
         let prefix = opts.prefix.trim_end_matches('/').to_string();
+        let first = Some(GetOptions::new().with_count_only());
         client
-            .get(
-                format!("{prefix}/config"),
-                Some(GetOptions::new().with_count_only()),
-            )
+            .get(format!("{prefix}/config"), first)
             .await
-            .map_err(|e| LeaseError::Etcd {
-                endpoints: endpoints.clone(),
-                op: "first request".into(),
-                msg: explain(e),
-            })?;
+            .map_err(|e| fail("first request", e))?;
         Ok(EtcdStore {
             client,
             prefix,
@@ -294,7 +248,10 @@ impl EtcdStore {
         Some(Lease {
             key: sk,
             attrs,
-            etcd_lease: (kv.lease() != 0).then_some(kv.lease()),
+            keepalive: match kv.lease() {
+                0 => Keepalive::Reservation,
+                id => Keepalive::Etcd(id),
+            },
             revision: kv.mod_revision(),
         })
     }
@@ -317,7 +274,7 @@ impl EtcdStore {
     }
 
     /// Seconds left on an etcd lease (`None` if it no longer exists).
-    pub async fn time_left(&self, etcd_lease: i64) -> Result<Option<i64>, LeaseError> {
+    pub async fn lease_ttl(&self, etcd_lease: i64) -> Result<Option<i64>, LeaseError> {
         let mut c = self.client.clone();
         let r = c
             .lease_time_to_live(etcd_lease, None)
@@ -383,7 +340,7 @@ impl EtcdStore {
         Ok(Some(Lease {
             key: *key,
             attrs: attrs.clone(),
-            etcd_lease: Some(id),
+            keepalive: Keepalive::Etcd(id),
             revision,
         }))
     }
@@ -401,7 +358,8 @@ impl EtcdStore {
         let mut c = self.client.clone();
         let k = self.lease_key(&existing.key);
         let opts = existing
-            .etcd_lease
+            .keepalive
+            .etcd_id()
             .map(|id| PutOptions::new().with_lease(id));
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -429,7 +387,7 @@ impl EtcdStore {
     }
 
     /// Acquires this node's lease (see `super::choose` for the order of preference).
-    pub async fn acquire(
+    async fn acquire_lease(
         &self,
         cfg: &NetworkConfig,
         req: &AcquireRequest,
@@ -447,7 +405,7 @@ impl EtcdStore {
             let choice = super::choose(cfg, &leases, req, &lost, &mut rand::rng());
             match choice {
                 Choice::Reuse(existing) => {
-                    if let Some(id) = existing.etcd_lease
+                    if let Some(id) = existing.keepalive.etcd_id()
                         && self.keep_alive_once(id).await? <= 0
                     {
                         // Expired between listing and now; etcd deletes the key: start over.
@@ -486,7 +444,7 @@ impl EtcdStore {
     }
 
     /// Keeps our lease alive, and checks that the key is still ours.
-    pub async fn renew(&self, lease: &Lease) -> Result<Renewal, LeaseError> {
+    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal, LeaseError> {
         let mut c = self.client.clone();
         let resp = c
             .get(self.lease_key(&lease.key), None)
@@ -498,7 +456,7 @@ impl EtcdStore {
                 if cur.attrs.public_ip == lease.attrs.public_ip
                     && cur.attrs.public_ipv6 == lease.attrs.public_ipv6 =>
             {
-                match cur.etcd_lease {
+                match cur.keepalive.etcd_id() {
                     None => Ok(Renewal::Reservation),
                     Some(id) => {
                         let ttl = self.keep_alive_once(id).await?;
@@ -515,7 +473,7 @@ impl EtcdStore {
     }
 
     /// Takes our subnet back after the lease vanished; an error if another node holds it now.
-    pub async fn reclaim(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+    async fn reclaim_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
         if let Some(l) = self.create(&lease.key, &lease.attrs, ttl).await? {
             return Ok(l);
         }
@@ -540,13 +498,10 @@ impl EtcdStore {
     /// Follows all leases: a snapshot, then changes from the next revision on; reconnects with
     /// backoff, resumes where it left off, and starts over with a snapshot after a compaction.
     /// Ends when the receiver is dropped.
-    pub async fn watch(self, tx: mpsc::Sender<WatchUpdate>) {
+    async fn watch_leases(self, tx: mpsc::Sender<WatchUpdate>) {
         let mut next_rev: Option<i64> = None;
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            if tx.is_closed() {
-                return;
-            }
+        let mut backoff = BACKOFF;
+        while !tx.is_closed() {
             let rev = match next_rev {
                 Some(r) => r,
                 None => match self.list().await {
@@ -554,8 +509,7 @@ impl EtcdStore {
                         if tx.send(WatchUpdate::Snapshot(leases)).await.is_err() {
                             return;
                         }
-                        backoff = BACKOFF_MIN;
-                        next_rev = Some(rev + 1);
+                        backoff.reset();
                         rev + 1
                     }
                     Err(e) => {
@@ -564,71 +518,78 @@ impl EtcdStore {
                     }
                 },
             };
-            let mut c = self.client.clone();
-            let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
-            let mut stream = match c.watch(self.subnets_prefix(), Some(opts)).await {
-                Ok(s) => s,
+            match self.follow(rev, &tx, &mut backoff).await {
+                Followed::From(r) => next_rev = Some(r),
+                Followed::Compacted => next_rev = None,
+                Followed::ReceiverGone => return,
+            }
+        }
+    }
+
+    /// One watch stream from revision `rev`, until it breaks.
+    async fn follow(
+        &self,
+        rev: i64,
+        tx: &mpsc::Sender<WatchUpdate>,
+        backoff: &mut Backoff,
+    ) -> Followed {
+        let mut c = self.client.clone();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
+        let mut stream = match c.watch(self.subnets_prefix(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                disconnected(tx, backoff, self.err("watch", e).to_string()).await;
+                return Followed::From(rev);
+            }
+        };
+        let mut next = rev;
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    disconnected(tx, backoff, "watch stream closed".into()).await;
+                    return Followed::From(next);
+                }
                 Err(e) => {
-                    disconnected(&tx, &mut backoff, self.err("watch", e).to_string()).await;
-                    continue;
+                    disconnected(tx, backoff, self.err("watch", e).to_string()).await;
+                    return Followed::From(next);
                 }
             };
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.compact_revision() > 0 {
-                            tracing::info!(
-                                compacted = resp.compact_revision(),
-                                wanted = rev,
-                                "lease watch fell behind a compaction; re-listing"
-                            );
-                            next_rev = None;
-                            break;
-                        }
-                        if resp.canceled() {
-                            disconnected(
-                                &tx,
-                                &mut backoff,
-                                format!("watch canceled: {}", resp.cancel_reason()),
-                            )
-                            .await;
-                            break;
-                        }
-                        backoff = BACKOFF_MIN;
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            next_rev = Some(kv.mod_revision() + 1);
-                            let update = match ev.event_type() {
-                                EventType::Put => match self.parse_kv(kv) {
-                                    Some(l) => WatchUpdate::Put(l),
-                                    None => continue,
-                                },
-                                EventType::Delete => {
-                                    let key = std::str::from_utf8(kv.key()).ok();
-                                    match key
-                                        .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
-                                        .and_then(SubnetKey::parse)
-                                    {
-                                        Some(k) => WatchUpdate::Delete(k),
-                                        None => continue,
-                                    }
-                                }
-                            };
-                            if tx.send(update).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        disconnected(&tx, &mut backoff, "watch stream closed".into()).await;
-                        break;
-                    }
-                    Err(e) => {
-                        disconnected(&tx, &mut backoff, self.err("watch", e).to_string()).await;
-                        break;
-                    }
+            if resp.compact_revision() > 0 {
+                tracing::info!(
+                    compacted = resp.compact_revision(),
+                    wanted = next,
+                    "lease watch fell behind a compaction; re-listing"
+                );
+                return Followed::Compacted;
+            }
+            if resp.canceled() {
+                let why = format!("watch canceled: {}", resp.cancel_reason());
+                disconnected(tx, backoff, why).await;
+                return Followed::From(next);
+            }
+            backoff.reset();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                next = kv.mod_revision() + 1;
+                if let Some(update) = self.update_of(ev.event_type(), kv)
+                    && tx.send(update).await.is_err()
+                {
+                    return Followed::ReceiverGone;
                 }
             }
+        }
+    }
+
+    /// A watch event as a lease change; `None` for keys that are not leases.
+    fn update_of(&self, kind: EventType, kv: &KeyValue) -> Option<WatchUpdate> {
+        match kind {
+            EventType::Put => self.parse_kv(kv).map(WatchUpdate::Put),
+            EventType::Delete => std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
+                .and_then(SubnetKey::parse)
+                .map(WatchUpdate::Delete),
         }
     }
 
@@ -655,9 +616,67 @@ impl EtcdStore {
         &self.endpoints
     }
 }
+/// How one watch stream ended.
+enum Followed {
+    /// Broken: resume from this revision.
+    From(i64),
+    /// History is gone: start over with a snapshot.
+    Compacted,
+    ReceiverGone,
+}
+
 /// Reports a broken watch and waits before the next attempt, longer each time.
-async fn disconnected(tx: &mpsc::Sender<WatchUpdate>, backoff: &mut Duration, why: String) {
+async fn disconnected(tx: &mpsc::Sender<WatchUpdate>, backoff: &mut Backoff, why: String) {
     let _ = tx.send(WatchUpdate::Disconnected(why)).await;
-    tokio::time::sleep(*backoff).await;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    backoff.wait().await;
+}
+
+impl SubnetManager for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn config_source(&self) -> String {
+        self.config_key()
+    }
+
+    async fn network_config(&self) -> Result<Option<String>, LeaseError> {
+        self.get_config().await
+    }
+
+    async fn previous_lease(&self, cfg: &NetworkConfig, attrs: &LeaseAttrs) -> Option<Lease> {
+        let (leases, _) = self.list().await.ok()?;
+        leases
+            .into_iter()
+            .find(|l| super::is_ours(cfg, l, attrs) && l.key.fits(cfg))
+    }
+
+    async fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        req: &AcquireRequest,
+    ) -> Result<Lease, LeaseError> {
+        self.acquire_lease(cfg, req).await
+    }
+
+    async fn renew(&self, own: &Lease) -> Result<Renewal, LeaseError> {
+        self.renew_lease(own).await
+    }
+
+    async fn reclaim(&self, own: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        self.reclaim_lease(own, ttl).await
+    }
+
+    async fn time_left(&self, own: &Lease) -> Result<Option<Duration>, LeaseError> {
+        let Some(id) = own.keepalive.etcd_id() else {
+            return Ok(None);
+        };
+        // An etcd lease that no longer exists has no time left: renew (and find it gone) now.
+        let left = self.lease_ttl(id).await?.unwrap_or(0);
+        Ok(Some(Duration::from_secs(left.max(0) as u64)))
+    }
+
+    fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {
+        self.clone().watch_leases(tx)
+    }
 }

@@ -6,9 +6,12 @@
 //! `{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{...}}`.
 //!
 //! This file holds the pure parts (formats, the choice of a subnet, the set of peers and its
-//! diffs); `etcd` holds the store.
+//! diffs); `manager` the trait every store implements; `etcd` the store in etcd.
 
 pub mod etcd;
+pub mod manager;
+#[cfg(test)]
+pub mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +27,43 @@ use crate::config::NetworkConfig;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How many free subnets flannel collects before picking one at random.
 const CANDIDATES: usize = 100;
+
+/// Why a lease could not be had or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// A flag or option is wrong; retrying cannot help.
+    #[error("{0}")]
+    Config(String),
+    /// etcd could not be reached or refused a request; worth retrying.
+    #[error("etcd ({endpoints}): {op}: {msg}")]
+    Etcd {
+        endpoints: String,
+        op: String,
+        msg: String,
+    },
+    #[error(
+        "out of subnets: every subnet between {min} and {max} is leased ({held} leases); \
+         free one, or widen Network or SubnetMin/SubnetMax"
+    )]
+    OutOfSubnets {
+        min: String,
+        max: String,
+        held: usize,
+    },
+    #[error("gave up acquiring a subnet after losing {0} races against other nodes")]
+    TooManyRaces(usize),
+    #[error(
+        "lease for {key} was lost and the subnet is now held by {holder}; refusing to continue with an address range another node owns"
+    )]
+    Lost { key: String, holder: String },
+}
+
+impl LeaseError {
+    /// Whether waiting and trying again can help (the store was unreachable or busy).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LeaseError::Etcd { .. })
+    }
+}
 
 /// The subnets a lease covers; also its key in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,15 +200,36 @@ impl LeaseAttrs {
 pub struct Lease {
     pub key: SubnetKey,
     pub attrs: LeaseAttrs,
-    /// The etcd lease keeping the key alive; `None` for a reservation, which never expires.
-    pub etcd_lease: Option<i64>,
+    /// What keeps the lease alive.
+    pub keepalive: Keepalive,
     /// etcd revision of the last change to this key.
     pub revision: i64,
 }
 
 impl Lease {
     pub fn is_reservation(&self) -> bool {
-        self.etcd_lease.is_none()
+        self.keepalive == Keepalive::Reservation
+    }
+}
+
+/// How a lease stays alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    /// An etcd lease (its ID) that expires unless renewed.
+    Etcd(i64),
+    /// An etcd key without an etcd lease: a reservation, which never expires.
+    Reservation,
+    /// Held as long as the node exists (the Kubernetes API: a Node's podCIDR).
+    Node,
+}
+
+impl Keepalive {
+    /// The etcd lease ID, if there is one.
+    pub fn etcd_id(self) -> Option<i64> {
+        match self {
+            Keepalive::Etcd(id) => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -379,7 +440,7 @@ mod tests {
         Lease {
             key: SubnetKey::parse(key).unwrap(),
             attrs: attrs(ip),
-            etcd_lease: Some(1),
+            keepalive: Keepalive::Etcd(1),
             revision: 1,
         }
     }

@@ -1,10 +1,13 @@
 //! A lab with podnetd on its nodes: helpers shared by the lease, backend and later tests.
 
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use podnet::lab::LabSpec;
+pub use podnet::lab::cluster::Pod;
+use podnet::lab::cluster::{Binaries, Cluster as Harness, attach_env, merge_flags};
 use podnet::lab::process::ProcRecord;
-use podnet::lab::{Lab, LabSpec};
 use podnet::subnet_env::SubnetEnv;
 
 use crate::support::{ok, poll, require_root, unique};
@@ -13,17 +16,34 @@ pub const PODNETD: &str = env!("CARGO_BIN_EXE_podnetd");
 pub const PODNETCTL: &str = env!("CARGO_BIN_EXE_podnetctl");
 pub const PREFIX: &str = "/coreos.com/network";
 
-pub struct Cluster {
-    pub lab: Lab,
-    pub eps: String,
+/// The lab harness (`podnet::lab::cluster`) with this package's binaries, and methods that
+/// fail the test instead of returning errors.
+pub struct Cluster(pub Harness);
+
+impl Deref for Cluster {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.0
+    }
+}
+
+pub fn binaries() -> Binaries {
+    Binaries {
+        podnetd: PODNETD.into(),
+        plugin: PODNET_CNI.into(),
+    }
 }
 
 impl Cluster {
     pub fn new(spec: LabSpec) -> Cluster {
         require_root();
-        let lab = Lab::up(&spec).unwrap();
-        let eps = lab.etcd_endpoints();
-        Cluster { lab, eps }
+        Cluster(Harness::up(&spec, binaries()).unwrap())
     }
 
     /// A one-segment lab with `nodes` nodes and a random name starting with `prefix`.
@@ -33,82 +53,38 @@ impl Cluster {
 
     /// `etcdctl` against the lab's etcd, run from the first etcd member's namespace.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let mut argv = vec!["etcdctl", "--endpoints", &self.eps];
-        argv.extend_from_slice(args);
-        ok(self.lab.exec("etcd1", &argv).unwrap())
+        self.0.etcdctl(args).unwrap()
     }
 
     pub fn put_config(&self, json: &str) {
-        self.etcdctl(&["put", &format!("{PREFIX}/config"), json]);
+        self.0.put_config(json).unwrap()
     }
 
     /// Lease keys (without the prefix) and their values, as stored.
     pub fn leases(&self) -> Vec<(String, String)> {
-        let out = self.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
-        let lines: Vec<&str> = out.lines().collect();
-        lines
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| {
-                (
-                    c[0].trim_start_matches(&format!("{PREFIX}/subnets/"))
-                        .to_string(),
-                    c[1].to_string(),
-                )
-            })
-            .collect()
+        self.0.leases().unwrap()
     }
 
     pub fn env_path(&self, node: &str) -> PathBuf {
-        self.lab.node_dir(node).unwrap().join("subnet.env")
+        self.0.env_path(node).unwrap()
     }
 
-    /// podnetd's usual arguments in the lab, plus `extra`.
+    /// podnetd's usual arguments in the lab (full passes every second), plus `extra`.
     pub fn podnetd_args(&self, node: &str, extra: &[&str]) -> Vec<String> {
-        let defaults = [
-            format!("--etcd-endpoints={}", self.eps),
-            format!("--subnet-file={}", self.env_path(node).display()),
-            "--resync-period=1s".into(),
-            format!(
-                "--status-socket={}",
-                self.lab
-                    .node_dir(node)
-                    .unwrap()
-                    .join("podnetd.sock")
-                    .display()
-            ),
-        ];
-        // A flag in `extra` replaces the default of the same name.
-        let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
-        let mut argv: Vec<String> = vec![PODNETD.into()];
-        argv.extend(
-            defaults
-                .into_iter()
-                .filter(|d| !extra.iter().any(|e| flag(e) == flag(d))),
-        );
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        argv
+        let extra = merge_flags(&["--resync-period=1s".to_string()], extra);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        self.0.podnetd_args(node, &extra).unwrap()
     }
 
     /// Starts podnetd on a node in the background.
     pub fn start(&mut self, node: &str, extra: &[&str]) -> ProcRecord {
         let argv = self.podnetd_args(node, extra);
-        self.lab.spawn(node, &argv, &[]).unwrap()
+        self.0.lab.spawn(node, &argv, &[]).unwrap()
     }
 
     /// Waits for the node's subnet.env (podnetd writes it once ready).
     pub fn wait_ready(&self, node: &str) -> SubnetEnv {
-        let path = self.env_path(node);
-        poll(
-            &format!("{node}'s subnet.env"),
-            Duration::from_secs(30),
-            || {
-                SubnetEnv::read(&path)
-                    .ok()
-                    .flatten()
-                    .filter(|e| e.mtu.is_some())
-            },
-        )
+        self.0.wait_ready(node, Duration::from_secs(30)).unwrap()
     }
 
     pub fn log(&self, rec: &ProcRecord) -> String {
@@ -179,41 +155,15 @@ impl Cluster {
 
 pub const PODNET_CNI: &str = env!("CARGO_BIN_EXE_podnet");
 
-/// A pod wired in by the plugin.
-#[derive(Debug, Clone)]
-pub struct Pod {
-    pub node: String,
-    pub name: String,
-    pub netns: String,
-    pub container: String,
-    pub ip: std::net::Ipv4Addr,
-    pub result: serde_json::Value,
-}
-
-impl Pod {
-    pub fn target(&self) -> String {
-        format!("{}/{}", self.node, self.name)
-    }
-}
-
 impl Cluster {
     /// The plugin's config on a node, as flannel's kube manifest writes it plus per-node paths.
     pub fn cni_conf(&self, node: &str, version: &str) -> serde_json::Value {
-        let dir = self.lab.node_dir(node).unwrap();
-        serde_json::json!({
-            "cniVersion": version,
-            "name": "cbr0",
-            "type": "flannel",
-            "subnetFile": self.env_path(node),
-            "dataDir": dir.join("flannel"),
-            "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-            "ipam": {"dataDir": dir.join("ipam")},
-        })
+        self.0.cni_conf(node, version).unwrap()
     }
 
     /// Runs the plugin on a node like a runtime would; returns (exit code, stdout).
     pub fn cni(&self, node: &str, env: &[(&str, &str)], stdin: &str) -> (i32, String) {
-        let out = self.lab.cni(node, PODNET_CNI, env, stdin).unwrap();
+        let out = self.0.cni(node, env, stdin).unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -227,43 +177,12 @@ impl Cluster {
         netns: &'a str,
         ifname: &'a str,
     ) -> Vec<(&'a str, &'a str)> {
-        vec![
-            ("CNI_COMMAND", cmd),
-            ("CNI_CONTAINERID", container),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", ifname),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ]
+        attach_env(cmd, container, netns, ifname)
     }
 
     /// Creates a pod namespace and ADDs it through the plugin.
     pub fn add_pod(&mut self, node: &str, name: &str, version: &str) -> Pod {
-        let netns = format!("/run/netns/{}", self.lab.pod_add(node, name).unwrap());
-        let container = format!("ctr-{node}-{name}");
-        let conf = self.cni_conf(node, version).to_string();
-        let (code, out) = self.cni(
-            node,
-            &Self::attach_env("ADD", &container, &netns, "eth0"),
-            &conf,
-        );
-        assert_eq!(code, 0, "ADD {node}/{name}: {out}");
-        let result: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Pod {
-            node: node.into(),
-            name: name.into(),
-            netns,
-            container,
-            ip,
-            result,
-        }
+        self.0.add_pod(node, name, version).unwrap()
     }
 
     pub fn del_pod(&self, pod: &Pod, netns: &str) -> (i32, String) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use podnet::config::NetworkConfig;
 use podnet::lab::LabSpec;
 use podnet::lease::etcd::{EtcdOptions, EtcdStore};
+use podnet::lease::manager::SubnetManager;
 use podnet::lease::{AcquireRequest, DEFAULT_TTL, LeaseAttrs};
 use podnet::subnet_env::SubnetEnv;
 

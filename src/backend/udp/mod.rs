@@ -44,7 +44,7 @@ pub use peers::PeerTable;
 pub use worker::Stats;
 
 /// flannel names its device `flannel%d`; the first is `flannel0`.
-pub const DEVICE: &str = "flannel0";
+use crate::owned::UDP_DEVICE as DEVICE;
 /// Outer IPv4 header (20) + UDP header (8).
 pub const OVERHEAD: u32 = 28;
 const MAX_WORKERS: usize = 4;
@@ -211,6 +211,7 @@ impl Backend for Udp {
             backend_type: "",
             backend_data: None,
             mtu: self.mtu,
+            overhead: OVERHEAD,
             tunnel_port: Some(self.opts.port),
             tunnel_device: Some(DEVICE.into()),
         })

@@ -1,0 +1,189 @@
+//! The status contract between `podnetd` and `podnetctl`: what `/status` on the agent's local
+//! socket returns, as serde types that both sides share. The daemon fills them in; `podnetctl
+//! status`, `doctor` and the lab demo read them. Field names are the JSON's (camelCase).
+
+use serde::{Deserialize, Serialize};
+
+/// Where podnetd serves `/status` by default (`--status-socket`).
+pub const DEFAULT_SOCKET: &str = "/run/podnet/podnetd.sock";
+
+/// The whole document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub ready: bool,
+    /// What start-up is doing, or why it waits ("waiting for the network config in etcd").
+    pub phase: String,
+    pub node: NodeInfo,
+    /// This node's lease, once it has one.
+    pub lease: Option<LeaseInfo>,
+    #[serde(default)]
+    pub peers: Vec<PeerInfo>,
+    /// Differences between the kernel and what the peers need (`None` before the data path runs).
+    pub drift: Option<DriftInfo>,
+    pub firewall: Option<FirewallInfo>,
+    pub dataplane: Option<DataplaneInfo>,
+    /// Where leases come from: "etcd" or "kubernetes".
+    #[serde(default)]
+    pub lease_store: String,
+    /// The last error talking to the lease store (the data path stays meanwhile).
+    pub last_store_error: Option<String>,
+}
+
+/// This node as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The interface that carries traffic between nodes.
+    pub iface: Option<String>,
+    #[serde(rename = "publicIP")]
+    pub public_ip: Option<String>,
+    pub backend: Option<String>,
+    /// The pods' MTU (`FLANNEL_MTU`).
+    pub mtu: Option<u32>,
+    pub subnet_file: String,
+    /// The device tunnelled traffic leaves by (`flannel.1`, `flannel0`), if the backend tunnels.
+    #[serde(default)]
+    pub tunnel_device: Option<String>,
+    /// Bytes the backend adds to every packet on the external interface.
+    #[serde(default)]
+    pub encap_overhead: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseInfo {
+    /// The lease key (`10.244.3.0-24`).
+    pub key: String,
+    pub subnet: Option<String>,
+    pub ipv6_subnet: Option<String>,
+    /// A reservation never expires.
+    pub reservation: bool,
+    pub seconds_left: Option<u64>,
+}
+
+/// How a peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// A route via the peer's address on the shared L2.
+    Direct,
+    /// Through the tunnel device.
+    Tunnel,
+    /// Not programmed (the reason says why).
+    Skipped,
+}
+
+impl PathKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Tunnel => "tunnel",
+            PathKind::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    pub subnet: Option<String>,
+    pub key: String,
+    #[serde(rename = "publicIP")]
+    pub public_ip: String,
+    pub path: PathKind,
+    pub reason: Option<String>,
+}
+
+/// Kernel objects missing or unexpected, each as one line (`route 10.244.2.0/24 via ...`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftInfo {
+    #[serde(default)]
+    pub missing: Vec<String>,
+    #[serde(default)]
+    pub unexpected: Vec<String>,
+    /// Set when the kernel could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirewallInfo {
+    /// Rules of other software that masquerade pod-to-pod traffic, as checked when this
+    /// document was made.
+    #[serde(default)]
+    pub foreign_masquerade: Vec<String>,
+    /// Times podnet's table was found changed and restored.
+    pub restores: u64,
+    pub tunnel_guard_peers: usize,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneInfo {
+    pub full_passes: u64,
+    pub incremental: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    /// Reads a status document (what `podnetctl` gets from `/status`).
+    pub fn from_json(text: &str) -> Result<Status, String> {
+        serde_json::from_str(text).map_err(|e| format!("podnetd's status is not readable: {e}"))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("status serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_the_documented_names() {
+        let s = Status {
+            ready: true,
+            phase: "ready".into(),
+            node: NodeInfo {
+                iface: Some("eth0".into()),
+                public_ip: Some("198.18.0.11".into()),
+                backend: Some("vxlan".into()),
+                mtu: Some(1450),
+                subnet_file: "/run/flannel/subnet.env".into(),
+                tunnel_device: Some("flannel.1".into()),
+                encap_overhead: Some(50),
+            },
+            peers: vec![PeerInfo {
+                subnet: Some("10.244.2.0/24".into()),
+                key: "10.244.2.0-24".into(),
+                public_ip: "198.18.0.12".into(),
+                path: PathKind::Tunnel,
+                reason: None,
+            }],
+            lease_store: "etcd".into(),
+            ..Default::default()
+        };
+        let text = s.to_json();
+        for name in [
+            "\"publicIP\":\"198.18.0.11\"",
+            "\"subnetFile\"",
+            "\"path\":\"tunnel\"",
+            "\"leaseStore\":\"etcd\"",
+            "\"lastStoreError\":null",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        assert_eq!(Status::from_json(&text).unwrap(), s);
+        assert!(
+            Status::from_json("{}")
+                .unwrap_err()
+                .contains("not readable")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! Files that other programs read while we write them: atomic replacement, and an exclusive
+//! advisory lock with a deadline that says who holds it when it cannot be taken.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Replaces `path` atomically: readers see the old file or the new one, never a mix. The new
+/// file gets `mode`, or, when `None`, the mode of the file it replaces (else 0644). The
+/// directory is created (0755) if needed, and synced after the rename so the change survives a
+/// crash.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mode = mode.unwrap_or_else(|| {
+        std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644)
+    });
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies `src` to `path` atomically with `mode` (a runtime never execs a half-written plugin).
+pub fn copy_atomic(src: &Path, path: &Path, mode: u32) -> std::io::Result<()> {
+    let data = std::fs::read(src)?;
+    write_atomic(path, &data, Some(mode))
+}
+
+/// Why a lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("open lock file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lock {path} is still held after {waited:?}{}", holder_text(.holder))]
+    Timeout {
+        path: PathBuf,
+        waited: Duration,
+        holder: Option<u32>,
+    },
+}
+
+fn holder_text(holder: &Option<u32>) -> String {
+    match holder {
+        Some(pid) => format!(" by process {pid}"),
+        None => String::new(),
+    }
+}
+
+/// An exclusive `flock` on a file, released when dropped. The holder writes its PID into the
+/// file, so a waiter that gives up can say who holds it.
+#[derive(Debug)]
+pub struct Lock {
+    file: File,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Takes the lock, waiting at most `timeout` (`None`: wait as long as it takes). The lock
+    /// file is created with `mode` when it does not exist.
+    pub fn acquire(path: &Path, mode: u32, timeout: Option<Duration>) -> Result<Lock, LockError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|source| LockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let flags = if timeout.is_some() {
+                libc::LOCK_EX | libc::LOCK_NB
+            } else {
+                libc::LOCK_EX
+            };
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            let busy = err.raw_os_error() == Some(libc::EWOULDBLOCK);
+            match timeout {
+                Some(t) if busy && start.elapsed() < t => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Some(t) if busy => {
+                    return Err(LockError::Timeout {
+                        path: path.to_path_buf(),
+                        waited: t,
+                        holder: read_pid(path),
+                    });
+                }
+                _ if err.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => {
+                    return Err(LockError::Lock {
+                        path: path.to_path_buf(),
+                        source: err,
+                    });
+                }
+            }
+        }
+        let mut lock = Lock {
+            file,
+            path: path.to_path_buf(),
+        };
+        lock.record_holder();
+        Ok(lock)
+    }
+
+    /// Tries once; `Ok(None)` when someone else holds it.
+    pub fn try_acquire(path: &Path, mode: u32) -> Result<Option<Lock>, LockError> {
+        match Lock::acquire(path, mode, Some(Duration::ZERO)) {
+            Ok(l) => Ok(Some(l)),
+            Err(LockError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record_holder(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = std::io::Seek::rewind(&mut self.file);
+        let _ = writeln!(self.file, "{}", std::process::id());
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Releases the lock and removes its file (for locks whose subject is gone).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "podnet-files-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_keeps_mode() {
+        let dir = std::env::temp_dir().join(format!("podnet-senv-{}", rand::random::<u32>()));
+        let path = dir.join("sub/subnet.env");
+        write_atomic(&path, b"A=1\n", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=1\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&path, b"A=2\n", None).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "A=2\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_sets_a_given_mode() {
+        let p = scratch("a.env");
+        write_atomic(&p, b"A=3\n", Some(0o640)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn a_held_lock_times_out_naming_the_holder() {
+        let p = scratch("x.lock");
+        let held = Lock::acquire(&p, 0o600, None).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // flock locks belong to the open file description: a second open contends.
+        let err = Lock::acquire(&p, 0o600, Some(Duration::from_millis(30))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("is still held after 30ms"), "{msg}");
+        assert!(
+            msg.contains(&format!("by process {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(Lock::try_acquire(&p, 0o600).unwrap().is_none());
+        drop(held);
+        assert!(Lock::try_acquire(&p, 0o600).unwrap().is_some());
+    }
+}
