@@ -12,7 +12,6 @@
 //! The subnet lines carry the node subnet's first address (the bridge gateway) with the subnet's
 //! prefix length. Lines appear in exactly this order, each family only when enabled.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -192,14 +191,6 @@ impl SubnetEnv {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(SubnetEnvError(format!("read {}: {e}", path.display()))),
         }
-    }
-}
-
-/// Host address helpers shared with the CNI plugin.
-pub fn first_host(net: IpNet) -> IpAddr {
-    match net {
-        IpNet::V4(n) => IpAddr::V4(u32::from(n.network()).wrapping_add(1).into()),
-        IpNet::V6(n) => IpAddr::V6(u128::from(n.network()).wrapping_add(1).into()),
     }
 }
 

@@ -202,8 +202,3 @@ pub fn on_link(nl: &mut Netlink, ext: &ExternalInterface, ip: IpAddr) -> Result<
         Err(e) => Err(e.to_string()),
     }
 }
-
-/// The first address of a subnet (`.0`), which flannel's VXLAN uses as the peer's gateway.
-pub fn subnet_base(sn: &Ipv4Net) -> Ipv4Addr {
-    sn.network()
-}

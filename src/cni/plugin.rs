@@ -217,27 +217,8 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     let layout = Layout::new(&env, conf)?;
     let netns_path = args.netns.as_ref().expect("ADD requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
-
     // Addresses first: without one there is nothing to wire.
-    let mut ips: Vec<(IpAddr, IpNet)> = Vec::new();
-    {
-        let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
-        for (i, (range, gw)) in layout.families.iter().enumerate() {
-            let want = requested(args, conf, gw.addr().is_ipv4())?;
-            let ip = store.allocate(&args.container_id, &args.ifname, range, i, want)?;
-            let (dir, id, ifname) = (
-                conf.ipam_data_dir.clone(),
-                conf.name.clone(),
-                (args.container_id.clone(), args.ifname.clone()),
-            );
-            undo.push(move || {
-                if let Ok(s) = Store::open(&dir, &id) {
-                    s.release_ip(ip, &ifname.0, &ifname.1);
-                }
-            });
-            ips.push((ip, *gw));
-        }
-    }
+    let ips = allocate(args, conf, &layout, undo)?;
 
     let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
     let gateways: Vec<IpNet> = if conf.is_gateway {
@@ -247,17 +228,14 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     };
     let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
     let host_name = veth::host_name(&args.container_id, &args.ifname);
-    let pair = veth::create(
-        &mut host,
-        &pod_ns,
-        &veth::VethSpec {
-            host_name: &host_name,
-            ifname: &args.ifname,
-            mtu: layout.mtu,
-            bridge: br.index,
-            hairpin: conf.hairpin,
-        },
-    )?;
+    let spec = veth::VethSpec {
+        host_name: &host_name,
+        ifname: &args.ifname,
+        mtu: layout.mtu,
+        bridge: br.index,
+        hairpin: conf.hairpin,
+    };
+    let pair = veth::create(&mut host, &pod_ns, &spec)?;
     let idx = pair.host.index;
     undo.push(move || {
         if let Ok(mut nl) = Netlink::open() {
@@ -269,6 +247,88 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         .iter()
         .map(|(ip, gw)| IpNet::new(*ip, gw.prefix_len()).expect("prefix from a subnet"))
         .collect();
+    let (result_routes, kernel_routes) = routes(conf, &layout, &ips);
+    let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
+    let side = veth::PodSide {
+        ifname: &args.ifname,
+        addrs: &addrs,
+        routes: &kernel_routes,
+    };
+    veth::configure_pod(&mut pod, &side)?;
+    masquerade(&layout, &ips, undo)?;
+
+    let interfaces = vec![
+        Interface {
+            name: conf.bridge.clone(),
+            mac: br.mac.map(|m| m.to_string()),
+            sandbox: None,
+            mtu: None,
+        },
+        Interface {
+            name: host_name,
+            mac: pair.host.mac.map(|m| m.to_string()),
+            sandbox: None,
+            mtu: Some(layout.mtu),
+        },
+        Interface {
+            name: args.ifname.clone(),
+            mac: Some(pair.pod_mac.to_string()),
+            sandbox: Some(netns_path.display().to_string()),
+            mtu: Some(layout.mtu),
+        },
+    ];
+    let ip_configs = ips.iter().zip(&addrs).map(|((_, gw), a)| IpConfig {
+        interface: Some(2),
+        address: *a,
+        gateway: Some(gw.addr()),
+    });
+    let mut result = CniResult {
+        interfaces,
+        ips: ip_configs.collect(),
+        routes: result_routes,
+        dns: conf.dns.clone(),
+    };
+    // Chained after another plugin: keep what it reported.
+    if let Some(prev) = &conf.prev_result {
+        let mut all = prev.clone();
+        all.append(result);
+        result = all;
+    }
+    // flannel's plugin keeps a copy of its delegate config per container; podnet needs none.
+    Ok(result)
+}
+
+/// One address per family, each released again if a later step fails.
+fn allocate(
+    args: &Args,
+    conf: &NetConf,
+    layout: &Layout,
+    undo: &mut Undo,
+) -> Result<Vec<(IpAddr, IpNet)>, CniError> {
+    let mut ips = Vec::new();
+    let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
+    for (i, (range, gw)) in layout.families.iter().enumerate() {
+        let want = requested(args, conf, gw.addr().is_ipv4())?;
+        let ip = store.allocate(&args.container_id, &args.ifname, range, i, want)?;
+        let (dir, id) = (conf.ipam_data_dir.clone(), conf.name.clone());
+        let (container, ifname) = (args.container_id.clone(), args.ifname.clone());
+        undo.push(move || {
+            if let Ok(s) = Store::open(&dir, &id) {
+                s.release_ip(ip, &container, &ifname);
+            }
+        });
+        ips.push((ip, *gw));
+    }
+    Ok(ips)
+}
+
+/// The routes for the result and for the pod's kernel: the cluster networks and the configured
+/// routes via the gateway of their family, and a default route with `isDefaultGateway`.
+fn routes(
+    conf: &NetConf,
+    layout: &Layout,
+    ips: &[(IpAddr, IpNet)],
+) -> (Vec<RouteEntry>, Vec<(IpNet, IpAddr)>) {
     let gw_for = |dst: &IpNet| {
         ips.iter()
             .find(|(_, g)| g.addr().is_ipv4() == dst.addr().is_ipv4())
@@ -289,7 +349,7 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         }
     }
     if conf.is_default_gateway {
-        for (_, gw) in &ips {
+        for (_, gw) in ips {
             let any: IpNet = if gw.addr().is_ipv4() {
                 "0.0.0.0/0".parse().expect("constant")
             } else {
@@ -302,67 +362,23 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
             kernel_routes.push((any, gw.addr()));
         }
     }
-    let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
-    veth::configure_pod(
-        &mut pod,
-        &veth::PodSide {
-            ifname: &args.ifname,
-            addrs: &addrs,
-            routes: &kernel_routes,
-        },
-    )?;
+    (result_routes, kernel_routes)
+}
 
-    if layout.masq
-        && let Some(IpAddr::V4(v4)) = ips.iter().map(|(ip, _)| *ip).find(|ip| ip.is_ipv4())
-    {
-        nft::apply(&firewall::pod_masq_add(&layout.masq_networks, v4))
-            .map_err(|e| kernel("set up ipMasq", e))?;
-        undo.push(move || {
-            let _ = nft::apply(&firewall::pod_masq_remove(v4));
-        });
-    }
-
-    let mut result = CniResult {
-        interfaces: vec![
-            Interface {
-                name: conf.bridge.clone(),
-                mac: br.mac.map(|m| m.to_string()),
-                sandbox: None,
-                mtu: None,
-            },
-            Interface {
-                name: host_name,
-                mac: pair.host.mac.map(|m| m.to_string()),
-                sandbox: None,
-                mtu: Some(layout.mtu),
-            },
-            Interface {
-                name: args.ifname.clone(),
-                mac: Some(pair.pod_mac.to_string()),
-                sandbox: Some(netns_path.display().to_string()),
-                mtu: Some(layout.mtu),
-            },
-        ],
-        ips: ips
-            .iter()
-            .zip(&addrs)
-            .map(|((_, gw), a)| IpConfig {
-                interface: Some(2),
-                address: *a,
-                gateway: Some(gw.addr()),
-            })
-            .collect(),
-        routes: result_routes,
-        dns: conf.dns.clone(),
+/// `ipMasq` in effect: the pod's IPv4 address joins the plugin's masquerade set.
+fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Result<(), CniError> {
+    let Some(IpAddr::V4(v4)) = ips.iter().map(|(ip, _)| *ip).find(|ip| ip.is_ipv4()) else {
+        return Ok(());
     };
-    // Chained after another plugin: keep what it reported.
-    if let Some(prev) = &conf.prev_result {
-        let mut all = prev.clone();
-        all.append(result);
-        result = all;
+    if !layout.masq {
+        return Ok(());
     }
-    // flannel's plugin keeps a copy of its delegate config per container; podnet needs none.
-    Ok(result)
+    nft::apply(&firewall::pod_masq_add(&layout.masq_networks, v4))
+        .map_err(|e| kernel("set up ipMasq", e))?;
+    undo.push(move || {
+        let _ = nft::apply(&firewall::pod_masq_remove(v4));
+    });
+    Ok(())
 }
 
 /// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released. The

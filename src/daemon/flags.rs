@@ -306,4 +306,29 @@ mod tests {
                 .starts_with("--iface-regex \"eth[0-\"")
         );
     }
+
+    #[test]
+    fn bad_etcd_flag_combinations_fail_at_once_naming_the_flag() {
+        let err = |args: &[&str]| parse(args, &[]).validate().unwrap_err();
+        assert!(err(&["--etcd-cafile=/ca.pem"]).starts_with(
+            "--etcd-cafile/--etcd-certfile/--etcd-keyfile are set but --etcd-endpoints"
+        ));
+        assert_eq!(
+            err(&["--etcd-endpoints=https://a:2379", "--etcd-certfile=/c.pem"]),
+            "--etcd-certfile and --etcd-keyfile must be given together"
+        );
+        assert_eq!(
+            err(&["--etcd-username=u"]),
+            "--etcd-username and --etcd-password must be given together"
+        );
+        assert!(err(&["--etcd-endpoints=a:2379"]).starts_with("--etcd-endpoints \"a:2379\""));
+        assert!(
+            parse(
+                &["--etcd-endpoints=https://a:2379", "--etcd-cafile=/ca.pem"],
+                &[]
+            )
+            .validate()
+            .is_ok()
+        );
+    }
 }

@@ -158,11 +158,6 @@ pub fn pod_masq_remove(pod: Ipv4Addr) -> String {
     )
 }
 
-/// Removes podnet's table.
-pub fn render_teardown() -> String {
-    format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -593,23 +593,6 @@ impl Netlink {
         }
     }
 
-    /// The link with this index, if any.
-    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        match self.query(
-            &format!("get link #{index}"),
-            RouteNetlinkMessage::GetLink(msg),
-        ) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                _ => None,
-            })),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The link with this name; an error naming it when absent.
     pub fn require_link(&mut self, name: &str) -> Result<Link, KernelError> {
         self.link(name)?
@@ -931,13 +914,6 @@ impl Netlink {
         }
         Ok(out)
     }
-
-    /// Applies a single change and returns its result.
-    pub fn apply_one(&mut self, change: Change) -> Result<(), KernelError> {
-        self.apply(std::slice::from_ref(&change))
-            .pop()
-            .expect("one result")
-    }
 }
 
 /// Receives one datagram into `buf` (replacing what it held), retrying when interrupted.
@@ -1046,10 +1022,6 @@ impl LinkEvents {
                 _ => None,
             })
             .collect())
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.0.socket.as_raw_fd()
     }
 }
 

@@ -159,11 +159,6 @@ impl NetNs {
         Ok((m.dev(), m.ino()))
     }
 
-    /// Whether this is the host's network namespace (that of PID 1).
-    pub fn is_host(&self) -> Result<bool, KernelError> {
-        Ok(self.id()? == NetNs::host()?.id()?)
-    }
-
     /// Runs `f` on a new OS thread that has entered this namespace; the thread ends afterwards.
     pub fn run<T, F>(&self, f: F) -> Result<T, KernelError>
     where

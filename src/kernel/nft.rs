@@ -57,20 +57,6 @@ pub fn list_table(family: &str, table: &str) -> Result<Option<String>, KernelErr
     }
 }
 
-/// A table with its counters (for reading them); `None` if it does not exist.
-pub fn list_table_json(
-    family: &str,
-    table: &str,
-) -> Result<Option<serde_json::Value>, KernelError> {
-    match nft(&["-j", "list", "table", family, table], None) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| KernelError::decode("nft -j list table", e.to_string())),
-        Err(KernelError::Other(m)) if m.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The whole ruleset as nft's JSON.
 pub fn ruleset_json() -> Result<serde_json::Value, KernelError> {
     let s = nft(&["-j", "list", "ruleset"], None)?;

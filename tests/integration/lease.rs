@@ -428,3 +428,25 @@ invalid_config_test!(
     r#"{"Backend":{"Type":"vxlan"}}"#,
     "Network: missing"
 );
+
+/// A TLS flag with plain-HTTP endpoints cannot work: podnetd says which flag at once and exits,
+/// instead of retrying the connection forever.
+#[test]
+fn a_bad_etcd_flag_combination_fails_at_once() {
+    let c = Cluster::small("lflag", 1);
+    let started = std::time::Instant::now();
+    let (code, err) = c.run_podnetd(
+        "node1",
+        &["--etcd-cafile=/nonexistent/ca.pem"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--etcd-cafile/--etcd-certfile/--etcd-keyfile are set but --etcd-endpoints"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not retry"
+    );
+}
