@@ -11,10 +11,11 @@ use super::dataplane::Dataplane;
 use super::firewall::Firewall;
 use super::metrics::{Metrics, label, store_op};
 use crate::backend::PeerPath;
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseError};
 use crate::status::{
     DataplaneInfo, DriftInfo, FirewallInfo, LeaseInfo, NodeInfo, PathKind, PeerInfo, Status,
 };
+use crate::util::backoff::Attempt;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -87,6 +88,16 @@ impl Shared {
             .get_or_create(&store_op(&store, op))
             .inc();
         s.last_store_error = Some(msg);
+    }
+
+    /// A failed store request: transient ones are counted and retried, others are final.
+    pub fn retry_if_transient(&self, op: &str, e: LeaseError) -> Attempt<LeaseError> {
+        if e.is_transient() {
+            self.store_error(op, e.to_string());
+            Attempt::Retry(e)
+        } else {
+            Attempt::Fail(e)
+        }
     }
 
     fn seconds_left(&self) -> Option<f64> {

@@ -16,7 +16,7 @@ use super::DaemonError;
 use super::http::Shared;
 use crate::lease::manager::{Renewal, SubnetManager};
 use crate::lease::{Lease, LeaseError};
-use crate::util::backoff::{self, Attempt, Backoff};
+use crate::util::backoff::{self, Backoff};
 
 /// A failed renewal is tried again after 1 s, doubling to 30 s.
 const RENEW_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -111,14 +111,10 @@ impl LeaseKeeper {
         tracing::warn!(subnet = %self.own.key, "own lease {why}; taking the subnet back");
         let (own, ttl, shared) = (&self.own, self.ttl, &self.shared);
         let lease = backoff::retry("taking the lease back", backoff::DEFAULT, || async move {
-            store.reclaim(own, ttl).await.map_err(|e| {
-                if e.is_transient() {
-                    shared.store_error("reclaim", e.to_string());
-                    Attempt::Retry(e)
-                } else {
-                    Attempt::Fail(e)
-                }
-            })
+            store
+                .reclaim(own, ttl)
+                .await
+                .map_err(|e| shared.retry_if_transient("reclaim", e))
         })
         .await?;
         tracing::info!(subnet = %lease.key, "lease taken back");

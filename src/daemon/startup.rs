@@ -206,14 +206,10 @@ async fn acquire<M: SubnetManager>(
         ttl: flags.subnet_lease_ttl,
     };
     let lease = backoff::retry("acquire a lease", backoff::DEFAULT, || async {
-        store.acquire(cfg, &req).await.map_err(|e| {
-            if e.is_transient() {
-                shared.store_error("acquire", e.to_string());
-                Attempt::Retry(e)
-            } else {
-                Attempt::Fail(e)
-            }
-        })
+        store
+            .acquire(cfg, &req)
+            .await
+            .map_err(|e| shared.retry_if_transient("acquire", e))
     })
     .await?;
     Ok(lease)
