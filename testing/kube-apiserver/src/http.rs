@@ -138,8 +138,13 @@ pub(crate) async fn handle(
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            let e = ApiError::bad_request("the request body could not be read or is too large");
-            return Ok(logged(&ctx, record, error_response(&e)));
+            // The rest of the body is unread: close the connection so no client reuses it.
+            let mut resp = error_response(&ApiError::too_large(MAX_BODY));
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return Ok(logged(&ctx, record, resp));
         }
     };
     if matches!(

@@ -171,6 +171,12 @@ impl ApiError {
         Self::new(504, "Timeout", msg, Some(d))
     }
 
+    /// 413 for a request body over the limit (or one that could not be read).
+    pub fn too_large(limit: usize) -> Self {
+        let msg = format!("Request entity too large: limit is {limit}");
+        Self::new(413, "RequestEntityTooLarge", msg, None)
+    }
+
     /// 500 for a bug in this server (never expected; kept instead of a panic).
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();
