@@ -13,4 +13,5 @@ pub mod kernel;
 pub mod lab;
 pub mod lease;
 pub mod logging;
+pub mod policy;
 pub mod subnet_env;
