@@ -387,6 +387,8 @@ pub fn all() -> Vec<Case> {
     v
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn ingress_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     vec![
@@ -737,6 +739,8 @@ ingress:
     )
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn port_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     let allow_y_to_xa = || {
@@ -885,6 +889,8 @@ ingress:
     ]
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn update_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     vec![
@@ -1035,6 +1041,8 @@ ingress:
     ]
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn egress_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     vec![
@@ -1242,6 +1250,8 @@ fn ip_block_cases() -> Vec<Case> {
     ]
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn protocol_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     let sctp = |port, expect| probe(Protocol::Sctp, port, expect);
@@ -1376,6 +1386,8 @@ fn podnet(name: &'static str, related: &'static str, steps: Vec<Step>) -> Case {
     }
 }
 
+/// A data table, one entry per case in upstream's order: longer than a screen on purpose, so
+/// it reads side by side with `network_policy.go`.
 fn podnet_cases() -> Vec<Case> {
     let t = || Truth::all(true);
     let y_only = || {

@@ -20,6 +20,7 @@
 
 pub mod cases;
 pub mod cidr;
+pub mod compile;
 pub mod convert;
 pub mod eval;
 pub mod manifest;

@@ -25,7 +25,8 @@ fn np(name: &str, spec: &str) -> String {
     )
 }
 
-/// One manifest, many bad objects: each its own error naming object, field and value.
+/// One manifest, many bad objects: each its own error naming object, field and value. Long on
+/// purpose: every refusal sits in one manifest, which also shows the valid objects still load.
 #[test]
 fn each_invalid_object_is_its_own_error_and_the_rest_load() {
     let mut text =
