@@ -14,6 +14,7 @@ pub mod lab;
 pub mod lease;
 pub mod logging;
 pub mod owned;
+pub mod policy;
 pub mod status;
 pub mod subnet_env;
 pub mod util;
