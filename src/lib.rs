@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod firewall;
 pub mod httpget;
 pub mod kernel;
+pub mod kubeapi;
 pub mod lab;
 pub mod lease;
 pub mod logging;

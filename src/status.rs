@@ -23,6 +23,9 @@ pub struct Status {
     pub drift: Option<DriftInfo>,
     pub firewall: Option<FirewallInfo>,
     pub dataplane: Option<DataplaneInfo>,
+    /// Peers skipped because what they published makes no lease, with why.
+    #[serde(default)]
+    pub rejected_leases: Vec<String>,
     /// Where leases come from: "etcd" or "kubernetes".
     #[serde(default)]
     pub lease_store: String,

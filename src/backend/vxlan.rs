@@ -62,11 +62,10 @@ pub fn derived_mac(public_ip: IpAddr, vni: u32) -> Mac {
 fn vtep_mac(lease: &Lease) -> Option<Mac> {
     let data: serde_json::Value =
         serde_json::from_str(lease.attrs.backend_data.as_ref()?.get()).ok()?;
-    let obj = data.as_object()?;
-    obj.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
-        .and_then(|(_, v)| v.as_str())
-        .and_then(|s| s.parse().ok())
+    crate::util::json::get_ci(data.as_object()?, "VtepMAC")?
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 impl Vxlan {

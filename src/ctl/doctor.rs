@@ -280,10 +280,10 @@ fn mtu(node: &Node, bridge: &str) -> Check {
     let agent = node.status.as_ref().map(|s| &s.node);
     let backend = agent.and_then(|n| n.backend.as_deref());
     let overhead = agent.and_then(|n| n.encap_overhead);
-    if let (Some(ext), Some(backend), Some(overhead)) = (node.ext_iface(), backend, overhead) {
-        if want + overhead > ext.mtu {
-            wrong.push(format!("{backend} needs {overhead} bytes on {} (MTU {}), so pods must use at most {}, not {want}", ext.name, ext.mtu, ext.mtu - overhead));
-        }
+    if let (Some(ext), Some(backend), Some(overhead)) = (node.ext_iface(), backend, overhead)
+        && want + overhead > ext.mtu
+    {
+        wrong.push(format!("{backend} needs {overhead} bytes on {} (MTU {}), so pods must use at most {}, not {want}", ext.name, ext.mtu, ext.mtu - overhead));
     }
     if wrong.is_empty() {
         check(

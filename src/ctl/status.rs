@@ -93,6 +93,9 @@ pub fn render(v: &Status) -> String {
         s(&v.node.mtu)
     );
     out += &render_peers(v);
+    for r in &v.rejected_leases {
+        out += &format!("rejected  {r}\n");
+    }
     out += &render_drift(v);
     if let Some(fw) = &v.firewall {
         if fw.foreign_masquerade.is_empty() {

@@ -96,9 +96,25 @@ pub struct Flags {
     #[arg(long, default_value = "/run/podnet/podnetd.sock")]
     pub status_socket: PathBuf,
 
-    /// Use the Kubernetes API instead of etcd (not supported yet).
+    /// Use the Kubernetes API instead of etcd: subnets from the Nodes' podCIDRs, this node's
+    /// lease published as Node annotations (flanneld's --kube-subnet-mgr).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub kube_subnet_mgr: bool,
+    /// Kubernetes API server (overrides the kubeconfig's; alone: that server, no credentials).
+    #[arg(long)]
+    pub kube_api_url: Option<String>,
+    /// kubeconfig file (default: in-cluster configuration).
+    #[arg(long)]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Prefix of the Node annotations that carry the lease.
+    #[arg(long, default_value = crate::lease::kube::DEFAULT_PREFIX)]
+    pub kube_annotation_prefix: String,
+    /// Set the Node's NetworkUnavailable condition to False once the data path is up.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
+    pub set_node_network_unavailable: bool,
+    /// Where the in-cluster service account's token and CA are mounted.
+    #[arg(long, default_value = crate::kubeapi::SERVICEACCOUNT_DIR, hide = true)]
+    pub kube_serviceaccount_dir: PathBuf,
     /// Network config file (Kubernetes mode).
     #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
     pub net_config_path: PathBuf,
@@ -192,9 +208,6 @@ impl Flags {
                 self.subnet_lease_renew_margin, self.subnet_lease_ttl
             ));
         }
-        if self.kube_subnet_mgr {
-            return Err("--kube-subnet-mgr: the Kubernetes API mode is not supported yet; use etcd (--etcd-endpoints)".into());
-        }
         if self.iptables_resync == 0 {
             return Err("--iptables-resync: must be at least 1 second".into());
         }
@@ -204,7 +217,12 @@ impl Flags {
         for r in &self.iface_regex {
             regex::Regex::new(r).map_err(|e| format!("--iface-regex {r:?}: {e}"))?;
         }
-        super::etcd_options(self).validate()
+        if self.kube_subnet_mgr {
+            crate::lease::kube::Annotations::new(&self.kube_annotation_prefix)?;
+            Ok(())
+        } else {
+            super::etcd_options(self).validate()
+        }
     }
 }
 
@@ -297,8 +315,18 @@ mod tests {
                 .unwrap_err()
                 .contains("must be shorter than the lease lifetime")
         );
-        let f = parse(&["--kube-subnet-mgr"], &[]);
-        assert!(f.validate().unwrap_err().contains("--kube-subnet-mgr"));
+        let f = parse(
+            &["--kube-subnet-mgr", "--kube-annotation-prefix=a/b/c"],
+            &[],
+        );
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .contains("--kube-annotation-prefix")
+        );
+        // In Kubernetes mode the etcd flags are not used, so not checked.
+        let f = parse(&["--kube-subnet-mgr", "--etcd-cafile=/x"], &[]);
+        assert!(f.validate().is_ok());
         let f = parse(&["--iface-regex=eth[0-"], &[]);
         assert!(
             f.validate()

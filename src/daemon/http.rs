@@ -37,9 +37,13 @@ pub struct NodeState {
     pub last_store_error: Option<String>,
 }
 
+/// Peers the lease store skipped, with why (asked when they are shown).
+type Rejections = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Everything the endpoints read.
 pub struct Shared {
     pub state: Mutex<NodeState>,
+    rejections: Mutex<Option<Rejections>>,
     pub metrics: Arc<Metrics>,
     pub dataplane: Mutex<Option<Dataplane>>,
     pub firewall: Mutex<Option<Firewall>>,
@@ -56,6 +60,7 @@ impl Shared {
                 },
                 ..Default::default()
             }),
+            rejections: Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
             dataplane: Mutex::new(None),
             firewall: Mutex::new(None),
@@ -72,6 +77,18 @@ impl Shared {
         s.ready = true;
         s.phase = "ready".into();
         self.metrics.ready.set(1);
+    }
+
+    pub fn set_rejections(&self, f: Rejections) {
+        *self.rejections.lock().expect("rejections lock") = Some(f);
+    }
+
+    /// Peers the lease store skipped.
+    pub fn rejections(&self) -> Vec<String> {
+        match self.rejections.lock().expect("rejections lock").as_ref() {
+            Some(f) => f(),
+            None => Vec::new(),
+        }
     }
 
     /// Changes the node's state (one lock, one place).
@@ -133,6 +150,7 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 fn refresh_gauges(sh: &Shared) {
+    sh.metrics.leases_rejected.set(sh.rejections().len() as i64);
     if let Some(left) = sh.seconds_left() {
         sh.metrics.lease_seconds_remaining.set(left);
     }
@@ -199,6 +217,7 @@ pub async fn status(sh: &Shared) -> Status {
             last_error: stats.last_error,
         });
     }
+    st.rejected_leases = sh.rejections();
     let left = sh.seconds_left();
     let s = sh.state.lock().expect("state lock");
     st.ready = s.ready;

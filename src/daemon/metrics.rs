@@ -18,6 +18,7 @@ pub struct Metrics {
     pub lease_seconds_remaining: Gauge<f64, AtomicU64>,
     pub lease_renewals: Counter,
     pub lease_events: Family<Labels, Counter>,
+    pub leases_rejected: Gauge,
     pub peers: Family<Labels, Gauge>,
     pub reconcile_runs: Family<Labels, Counter>,
     pub reconcile_duration: Histogram,
@@ -45,6 +46,7 @@ impl Metrics {
             lease_seconds_remaining: Gauge::default(),
             lease_renewals: Counter::default(),
             lease_events: Family::default(),
+            leases_rejected: Gauge::default(),
             peers: Family::default(),
             reconcile_runs: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
@@ -74,6 +76,8 @@ impl Metrics {
         r.register("lease_renewals", "Lease renewals that succeeded", renewals);
         let events = "Peer lease events received, by type (added, removed)";
         r.register("lease_events", events, self.lease_events.clone());
+        let rejected = "Peers skipped because what they published makes no lease";
+        r.register("leases_rejected", rejected, self.leases_rejected.clone());
         let errors =
             "Failures talking to the lease store, by store (etcd, kubernetes) and operation";
         r.register("lease_store_errors", errors, self.store_errors.clone());

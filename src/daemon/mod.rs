@@ -28,8 +28,10 @@ use crate::config::ConfigError;
 use crate::firewall::FirewallSpec;
 use crate::firewall::foreign::Probe;
 use crate::kernel::KernelError;
+use crate::kubeapi::{self, KubeError, KubeOptions};
 use crate::lease::LeaseError;
 use crate::lease::etcd::{EtcdOptions, EtcdStore};
+use crate::lease::kube::{Annotations, KubeManager};
 use crate::lease::manager::SubnetManager;
 use crate::util::backoff::{self, Attempt};
 use flags::Flags;
@@ -117,17 +119,24 @@ async fn run(flags: Flags) -> Result<(), DaemonError> {
     http::serve(shared.clone(), tcp, &flags.status_socket)
         .await
         .map_err(DaemonError::Flags)?;
+    let node = async {
+        if flags.kube_subnet_mgr {
+            run_on_kube(&flags, shared).await
+        } else {
+            run_on_etcd(&flags, shared).await
+        }
+    };
     tokio::select! {
-        r = run_on_etcd(flags, shared) => r,
+        r = node => r,
         _ = shutdown_signal() => Ok(()),
     }
 }
 
 /// Connects to etcd (waiting until it answers) and runs the node on it.
-async fn run_on_etcd(flags: Flags, shared: Arc<Shared>) -> Result<(), DaemonError> {
+async fn run_on_etcd(flags: &Flags, shared: Arc<Shared>) -> Result<(), DaemonError> {
     shared.update(|s| s.lease_store = "etcd".into());
     shared.phase("connecting to etcd");
-    let opts = etcd_options(&flags);
+    let opts = etcd_options(flags);
     let store = backoff::retry("connect to etcd", backoff::DEFAULT, || async {
         EtcdStore::connect(&opts).await.map_err(|e| match e {
             LeaseError::Config(_) => Attempt::Fail(e),
@@ -136,7 +145,42 @@ async fn run_on_etcd(flags: Flags, shared: Arc<Shared>) -> Result<(), DaemonErro
     })
     .await?;
     tracing::info!(endpoints = store.endpoints(), "connected to etcd");
-    run_node(&flags, &shared, store).await
+    run_node(flags, &shared, store).await
+}
+
+/// Builds the Kubernetes client, finds this node's name (waiting while the API is
+/// unreachable) and runs the node on the Node objects.
+async fn run_on_kube(flags: &Flags, shared: Arc<Shared>) -> Result<(), DaemonError> {
+    shared.update(|s| s.lease_store = "kubernetes".into());
+    shared.phase("connecting to the Kubernetes API");
+    let opts = KubeOptions {
+        api_url: flags.kube_api_url.clone(),
+        kubeconfig: flags.kubeconfig_file.clone(),
+        serviceaccount_dir: flags.kube_serviceaccount_dir.clone(),
+    };
+    let fail = |e: KubeError| DaemonError::Flags(e.to_string());
+    let client = kubeapi::client(&opts).await.map_err(fail)?;
+    let env = |k: &str| std::env::var(k).ok();
+    let node = backoff::retry("find this node's name", backoff::DEFAULT, || async {
+        kubeapi::node_name(&client, &env)
+            .await
+            .map_err(|e| match e {
+                KubeError::Config(_) => Attempt::Fail(e),
+                e => Attempt::Retry(e),
+            })
+    })
+    .await
+    .map_err(fail)?;
+    let ann = Annotations::new(&flags.kube_annotation_prefix).map_err(DaemonError::Flags)?;
+    tracing::info!(node = %node, "this node in the Kubernetes API");
+    let store = KubeManager::new(
+        client,
+        node,
+        ann,
+        flags.net_config_path.clone(),
+        flags.set_node_network_unavailable,
+    );
+    run_node(flags, &shared, store).await
 }
 
 /// Runs a node on any lease store: start-up, then the main loop until it fails.

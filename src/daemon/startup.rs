@@ -27,7 +27,7 @@ use crate::kernel::netlink::Netlink;
 use crate::lease::manager::{SubnetManager, WatchUpdate};
 use crate::lease::{AcquireRequest, Lease, LeaseAttrs, PeerSet, SubnetKey};
 use crate::subnet_env::{self, SubnetEnv};
-use crate::util::backoff::{self, Attempt};
+use crate::util::backoff::{self, Attempt, Backoff};
 
 /// Brings the node up on `store` and returns its main loop, ready to run.
 pub async fn start<M: SubnetManager>(
@@ -38,6 +38,8 @@ pub async fn start<M: SubnetManager>(
     let cfg = network_config(&store, shared).await?;
     let ext = external_interface(flags, &cfg, shared)?;
     shared.phase("preparing the backend");
+    let s = store.clone();
+    shared.set_rejections(Box::new(move || s.rejected()));
     let mut attrs = lease_attrs(&cfg, &ext);
     let previous = store.previous_lease(&cfg, &attrs).await;
     let udp_stats = shared.metrics.udp.clone();
@@ -118,9 +120,7 @@ async fn network_config<M: SubnetManager>(
     let text = backoff::retry("read the network config", backoff::DEFAULT, || async {
         match store.network_config().await {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Attempt::Retry(format!(
-                "{source} does not exist yet; create it with `podnetctl config set`"
-            ))),
+            Ok(None) => Err(Attempt::Retry(store.config_missing())),
             Err(e) if e.is_transient() => Err(Attempt::Retry(e.to_string())),
             Err(e) => Err(Attempt::Fail(e.to_string())),
         }
@@ -205,11 +205,16 @@ async fn acquire<M: SubnetManager>(
         previous,
         ttl: flags.subnet_lease_ttl,
     };
-    let lease = backoff::retry("acquire a lease", backoff::DEFAULT, || async {
-        store
-            .acquire(cfg, &req)
-            .await
-            .map_err(|e| shared.retry_if_transient("acquire", e))
+    // Waiting for something another component does (a podCIDR): look again every second.
+    let patience = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+    let lease = backoff::retry("acquire a lease", patience, || async {
+        store.acquire(cfg, &req).await.map_err(|e| {
+            if e.is_transient() {
+                // Say why on /readyz and in `podnetctl status` while waiting.
+                shared.phase(&format!("acquiring a lease: {e}"));
+            }
+            shared.retry_if_transient("acquire", e)
+        })
     })
     .await?;
     Ok(lease)

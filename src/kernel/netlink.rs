@@ -1188,11 +1188,11 @@ fn addr_message(index: u32, net: IpNet) -> AddressMessage {
     }
     msg.attributes.push(AddressAttribute::Local(net.addr()));
     msg.attributes.push(AddressAttribute::Address(net.addr()));
-    if let IpNet::V4(n) = net {
-        if n.prefix_len() < 31 {
-            msg.attributes
-                .push(AddressAttribute::Broadcast(n.broadcast()));
-        }
+    if let IpNet::V4(n) = net
+        && n.prefix_len() < 31
+    {
+        msg.attributes
+            .push(AddressAttribute::Broadcast(n.broadcast()));
     }
     msg
 }

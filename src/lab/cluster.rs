@@ -199,8 +199,22 @@ impl Cluster {
 
     /// Starts podnetd on a node in the background.
     pub fn start(&mut self, node: &str, extra: &[&str]) -> Result<ProcRecord, LabError> {
+        self.start_env(node, extra, &[])
+    }
+
+    /// Starts podnetd on a node in the background with these environment variables.
+    pub fn start_env(
+        &mut self,
+        node: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ProcRecord, LabError> {
         let argv = self.podnetd_args(node, extra)?;
-        self.lab.spawn(node, &argv, &[])
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.lab.spawn(node, &argv, &env)
     }
 
     /// Waits for the node's `subnet.env` (podnetd writes it once ready).

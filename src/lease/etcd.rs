@@ -640,6 +640,13 @@ impl SubnetManager for EtcdStore {
         self.config_key()
     }
 
+    fn config_missing(&self) -> String {
+        format!(
+            "{} does not exist yet; create it with `podnetctl config set`",
+            self.config_key()
+        )
+    }
+
     async fn network_config(&self) -> Result<Option<String>, LeaseError> {
         self.get_config().await
     }

@@ -53,6 +53,11 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
     /// Where the network config lives, for messages (`/coreos.com/network/config`).
     fn config_source(&self) -> String;
 
+    /// What to tell the operator while the network config does not exist.
+    fn config_missing(&self) -> String {
+        format!("{} does not exist yet", self.config_source())
+    }
+
     /// The network config document; `None` while it does not exist yet.
     fn network_config(&self) -> impl Future<Output = Result<Option<String>, LeaseError>> + Send;
 
@@ -96,5 +101,10 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
     /// available). Stores with nothing to say do nothing.
     fn complete(&self, _own: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send {
         std::future::ready(Ok(()))
+    }
+
+    /// Peers the store skipped because what they published makes no lease, with why.
+    fn rejected(&self) -> Vec<String> {
+        Vec::new()
     }
 }

@@ -9,6 +9,7 @@
 //! diffs); `manager` the trait every store implements; `etcd` the store in etcd.
 
 pub mod etcd;
+pub mod kube;
 pub mod manager;
 #[cfg(test)]
 pub mod memory;
@@ -34,6 +35,13 @@ pub enum LeaseError {
     /// A flag or option is wrong; retrying cannot help.
     #[error("{0}")]
     Config(String),
+    /// The Kubernetes API could not be reached or refused a request; worth retrying (RBAC and
+    /// credentials can be fixed while podnetd waits).
+    #[error(transparent)]
+    Kube(crate::kubeapi::KubeError),
+    /// Not possible yet, for a reason the cluster will fix (a node without a podCIDR).
+    #[error("{0}")]
+    NotYet(String),
     /// etcd could not be reached or refused a request; worth retrying.
     #[error("etcd ({endpoints}): {op}: {msg}")]
     Etcd {
@@ -61,7 +69,10 @@ pub enum LeaseError {
 impl LeaseError {
     /// Whether waiting and trying again can help (the store was unreachable or busy).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LeaseError::Etcd { .. })
+        matches!(
+            self,
+            LeaseError::Etcd { .. } | LeaseError::Kube(_) | LeaseError::NotYet(_)
+        )
     }
 }
 

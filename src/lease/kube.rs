@@ -1,0 +1,885 @@
+//! The lease store in the Kubernetes API, as flanneld's `--kube-subnet-mgr` keeps it.
+//!
+//! A node's subnet is its Node's `spec.podCIDRs` (or `spec.podCIDR`), assigned by
+//! kube-controller-manager; nothing is allocated here. What a lease in etcd carries in its value
+//! is published as annotations on the Node (`<prefix>/backend-type`, `backend-data`,
+//! `backend-v6-data`, `public-ip`, `public-ipv6`, `kube-subnet-manager: "true"`), written through
+//! the `nodes/status` subresource with flanneld's rules and values, byte for byte, so flanneld
+//! and podnetd read each other's nodes. Peers are the other Nodes with a podCIDR and
+//! `kube-subnet-manager: "true"`; a node whose annotations do not make a lease is skipped and
+//! reported (`rejected`). A deleted Node is a deleted lease.
+//!
+//! Differences from flanneld: a node without a podCIDR waits (and says why) instead of
+//! crash-looping; annotations are patched only when a value really changes; a lost watch is
+//! resumed, and after `410 Gone` the nodes are listed again and diffed, so nothing is missed and
+//! nothing reprogrammed without need.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::manager::{Renewal, SubnetManager, WatchUpdate};
+use super::{AcquireRequest, Keepalive, Lease, LeaseAttrs, LeaseError, SubnetKey};
+use crate::config::NetworkConfig;
+use crate::kubeapi::KubeError;
+use crate::kubeapi::watch::{self, Target, Update};
+
+/// flanneld's default annotation prefix.
+pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// The condition flanneld sets once the node's network is up.
+const CONDITION_REASON: &str = "FlannelIsUp";
+const CONDITION_MESSAGE: &str = "Flannel is running on this node";
+
+/// flannel's annotation names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotations {
+    pub kube_subnet_manager: String,
+    pub backend_data: String,
+    pub backend_v6_data: String,
+    pub backend_type: String,
+    pub public_ip: String,
+    pub public_ipv6: String,
+    pub public_ip_overwrite: String,
+    pub public_ipv6_overwrite: String,
+}
+
+impl Annotations {
+    /// flanneld's rules for `--kube-annotation-prefix`: at most one `/`; without one, `/` is
+    /// appended; after a non-trailing one, `-`; the result must look like `fqdn/[name-]`.
+    pub fn new(prefix: &str) -> Result<Annotations, String> {
+        let mut p = prefix.to_string();
+        match p.matches('/').count() {
+            0 => p.push('/'),
+            1 => {}
+            _ => {
+                return Err(format!(
+                    "--kube-annotation-prefix {prefix:?}: at most one '/' is allowed"
+                ));
+            }
+        }
+        if !p.ends_with('/') && !p.ends_with('-') {
+            p.push('-');
+        }
+        let re = regex::Regex::new(r"(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$")
+            .expect("constant regex");
+        if !re.is_match(&p) {
+            return Err(format!(
+                "--kube-annotation-prefix {prefix:?}: must be a domain, optionally followed by /name (e.g. flannel.alpha.coreos.com)"
+            ));
+        }
+        let name = |n: &str| format!("{p}{n}");
+        Ok(Annotations {
+            kube_subnet_manager: name("kube-subnet-manager"),
+            backend_data: name("backend-data"),
+            backend_v6_data: name("backend-v6-data"),
+            backend_type: name("backend-type"),
+            public_ip: name("public-ip"),
+            public_ipv6: name("public-ipv6"),
+            public_ip_overwrite: name("public-ip-overwrite"),
+            public_ipv6_overwrite: name("public-ipv6-overwrite"),
+        })
+    }
+}
+
+/// The node's pod subnets: `spec.podCIDRs` (one per family), else `spec.podCIDR`.
+pub fn pod_cidrs(node: &Node) -> Result<Option<SubnetKey>, String> {
+    let spec = node.spec.as_ref();
+    let mut list: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+    if list.is_empty()
+        && let Some(c) = spec
+            .and_then(|s| s.pod_cidr.clone())
+            .filter(|c| !c.is_empty())
+    {
+        list.push(c);
+    }
+    if list.is_empty() {
+        return Ok(None);
+    }
+    if list.len() > 2 {
+        return Err(format!("spec.podCIDRs {list:?}: at most one per family"));
+    }
+    let mut key = SubnetKey { v4: None, v6: None };
+    for c in &list {
+        match c.parse::<IpNet>() {
+            Ok(IpNet::V4(n)) if key.v4.is_none() => key.v4 = Some(n.trunc()),
+            Ok(IpNet::V6(n)) if key.v6.is_none() => key.v6 = Some(n.trunc()),
+            Ok(_) => return Err(format!("spec.podCIDRs {list:?}: two of one family")),
+            Err(_) => return Err(format!("spec.podCIDRs: {c:?} is not a CIDR")),
+        }
+    }
+    Ok(Some(key))
+}
+
+fn annotation<'a>(node: &'a Node, name: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .map(String::as_str)
+}
+
+fn raw_json(field: &str, text: Option<&str>) -> Result<Option<Box<RawValue>>, String> {
+    match text {
+        None | Some("") | Some("null") => Ok(None),
+        Some(t) => RawValue::from_string(t.to_string())
+            .map(Some)
+            .map_err(|_| format!("{field} {t:?} is not JSON")),
+    }
+}
+
+/// The lease a Node describes: `Ok(None)` when the node is not (yet) managed by a flannel
+/// subnet manager or has no podCIDR; an error naming the annotation when it is managed but its
+/// values do not make a lease.
+pub fn node_lease(
+    node: &Node,
+    ann: &Annotations,
+    v4: bool,
+    v6: bool,
+) -> Result<Option<Lease>, String> {
+    if annotation(node, &ann.kube_subnet_manager) != Some("true") {
+        return Ok(None);
+    }
+    let Some(mut key) = pod_cidrs(node)? else {
+        return Ok(None);
+    };
+    if !v4 {
+        key.v4 = None;
+    }
+    if !v6 {
+        key.v6 = None;
+    }
+    if key.v4.is_none() && key.v6.is_none() {
+        return Err("spec.podCIDRs: no subnet of the network's address families".into());
+    }
+    let public_ip = match annotation(node, &ann.public_ip) {
+        Some(s) if v4 => s
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{} {s:?} is not an IPv4 address", ann.public_ip))?,
+        None if v4 => return Err(format!("{} is missing", ann.public_ip)),
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let public_ipv6 = match annotation(node, &ann.public_ipv6) {
+        Some(s) if v6 => Some(
+            s.parse::<Ipv6Addr>()
+                .map_err(|_| format!("{} {s:?} is not an IPv6 address", ann.public_ipv6))?,
+        ),
+        None if v6 => return Err(format!("{} is missing", ann.public_ipv6)),
+        _ => None,
+    };
+    let attrs = LeaseAttrs {
+        public_ip,
+        public_ipv6,
+        backend_type: annotation(node, &ann.backend_type)
+            .unwrap_or("")
+            .to_string(),
+        backend_data: raw_json(&ann.backend_data, annotation(node, &ann.backend_data))?,
+        backend_v6_data: raw_json(&ann.backend_v6_data, annotation(node, &ann.backend_v6_data))?,
+    };
+    Ok(Some(Lease {
+        key,
+        attrs,
+        keepalive: Keepalive::Node,
+        revision: 0,
+    }))
+}
+
+/// The annotations this node must change so they say what `attrs` says, by flanneld's rules
+/// (`AcquireLease` in its kube subnet manager): only values that differ, so an unchanged node
+/// is never patched. A `public-ip-overwrite` annotation (set by the operator) wins over the
+/// detected address.
+pub fn annotation_changes(
+    current: &BTreeMap<String, String>,
+    attrs: &LeaseAttrs,
+    ann: &Annotations,
+) -> BTreeMap<String, String> {
+    let get = |k: &str| current.get(k).map(String::as_str).unwrap_or("");
+    let raw = |r: &Option<Box<RawValue>>| r.as_ref().map(|v| v.get()).unwrap_or("null").to_string();
+    let (bd, v6bd) = (raw(&attrs.backend_data), raw(&attrs.backend_v6_data));
+    let ty = attrs.backend_type.as_str();
+    let ip = attrs.public_ip.to_string();
+    let mut want: BTreeMap<String, String> = BTreeMap::new();
+    want.insert(ann.backend_type.clone(), ty.to_string());
+    // flanneld: vxlan writes its data only once it has some; every other backend always.
+    if ty != "vxlan" || bd != "null" {
+        want.insert(ann.backend_data.clone(), bd);
+        let overwrite = get(&ann.public_ip_overwrite);
+        let public = if overwrite.is_empty() {
+            ip
+        } else {
+            overwrite.to_string()
+        };
+        want.insert(ann.public_ip.clone(), public);
+    }
+    if let Some(ip6) = attrs.public_ipv6 {
+        let tunnels = ty == "vxlan" || ty == "wireguard";
+        let v6_wanted = (tunnels && v6bd != "null") || ty == "host-gw";
+        if v6_wanted {
+            want.insert(ann.backend_v6_data.clone(), v6bd);
+            let overwrite = get(&ann.public_ipv6_overwrite);
+            let public = if overwrite.is_empty() {
+                ip6.to_string()
+            } else {
+                overwrite.to_string()
+            };
+            want.insert(ann.public_ipv6.clone(), public);
+        }
+    }
+    want.insert(ann.kube_subnet_manager.clone(), "true".into());
+    want.retain(|k, v| get(k) != v);
+    want
+}
+
+/// The lease store. Cheap to clone.
+#[derive(Clone)]
+pub struct KubeManager {
+    nodes: Api<Node>,
+    node_name: String,
+    ann: Annotations,
+    net_conf_path: std::path::PathBuf,
+    set_network_unavailable: bool,
+    /// The network config, known once acquisition started.
+    cfg: Arc<OnceLock<NetworkConfig>>,
+    /// Nodes whose annotations make no lease, with why.
+    rejected: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl KubeManager {
+    pub fn new(
+        client: Client,
+        node_name: String,
+        ann: Annotations,
+        net_conf_path: std::path::PathBuf,
+        set_network_unavailable: bool,
+    ) -> KubeManager {
+        KubeManager {
+            nodes: Api::all(client),
+            node_name,
+            ann,
+            net_conf_path,
+            set_network_unavailable,
+            cfg: Arc::new(OnceLock::new()),
+            rejected: Arc::default(),
+        }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    fn families(&self) -> (bool, bool) {
+        self.cfg
+            .get()
+            .map(|c| (c.enable_ipv4, c.enable_ipv6))
+            .unwrap_or((true, false))
+    }
+
+    async fn own_node(&self) -> Result<Node, LeaseError> {
+        match self.nodes.get(&self.node_name).await {
+            Ok(n) => Ok(n),
+            Err(e) => match KubeError::of("get", &format!("nodes/{}", self.node_name), e) {
+                e if e.is_not_found() => Err(LeaseError::NotYet(format!(
+                    "node {:?} is not registered in the Kubernetes API yet",
+                    self.node_name
+                ))),
+                e => Err(e.into()),
+            },
+        }
+    }
+
+    /// This node's lease key from its podCIDRs, checked against the network.
+    fn own_key(&self, node: &Node, cfg: &NetworkConfig) -> Result<SubnetKey, LeaseError> {
+        let name = &self.node_name;
+        let key = pod_cidrs(node)
+            .map_err(|e| LeaseError::Config(format!("node {name:?}: {e}")))?
+            .ok_or_else(|| {
+                LeaseError::NotYet(format!(
+                    "node {name:?}: podCIDR not assigned: is kube-controller-manager running with --allocate-node-cidrs?"
+                ))
+            })?;
+        own_key_in_network(name, key, cfg)
+    }
+
+    /// Writes the annotations that differ, through `nodes/<name>/status` as flanneld does.
+    async fn annotate(&self, node: &Node, attrs: &LeaseAttrs) -> Result<(), LeaseError> {
+        let current: BTreeMap<String, String> =
+            node.metadata.annotations.clone().unwrap_or_default();
+        let changes = annotation_changes(&current, attrs, &self.ann);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(node = %self.node_name, annotations = ?changes.keys().collect::<Vec<_>>(), "publishing this node's lease");
+        let patch = serde_json::json!({"metadata": {"annotations": changes}});
+        self.nodes
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .map_err(|e| KubeError::of("patch", "nodes/status", e))?;
+        Ok(())
+    }
+
+    /// The lease the node has now, re-published if its annotations drifted.
+    async fn take(&self, cfg: &NetworkConfig, attrs: &LeaseAttrs) -> Result<Lease, LeaseError> {
+        let node = self.own_node().await?;
+        let key = self.own_key(&node, cfg)?;
+        self.annotate(&node, attrs).await?;
+        let overwrite = annotation(&node, &self.ann.public_ip_overwrite)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let mut attrs = attrs.clone();
+        if let Some(ip) = overwrite {
+            attrs.public_ip = ip;
+        }
+        Ok(Lease {
+            key,
+            attrs,
+            keepalive: Keepalive::Node,
+            revision: 0,
+        })
+    }
+
+    /// Nodes skipped because their annotations make no lease, as `name: why`.
+    pub fn rejected(&self) -> Vec<String> {
+        let r = self.rejected.lock().expect("rejected lock");
+        r.iter()
+            .map(|(n, why)| format!("node {n}: {why}"))
+            .collect()
+    }
+}
+
+/// The podCIDR must lie in the network of its family (flanneld's check).
+fn own_key_in_network(
+    name: &str,
+    mut key: SubnetKey,
+    cfg: &NetworkConfig,
+) -> Result<SubnetKey, LeaseError> {
+    let inside4 = |n: &Ipv4Net| cfg.v4.as_ref().is_some_and(|f| f.network.contains(n));
+    let inside6 = |n: &Ipv6Net| cfg.v6.as_ref().is_some_and(|f| f.network.contains(n));
+    if !cfg.enable_ipv4 {
+        key.v4 = None;
+    }
+    if !cfg.enable_ipv6 {
+        key.v6 = None;
+    }
+    match (key.v4, key.v6) {
+        (Some(n), _) if !inside4(&n) => Err(LeaseError::Config(format!(
+            "node {name:?}: podCIDR {n} is not inside the network config's Network {}",
+            cfg.v4
+                .as_ref()
+                .map(|f| f.network.to_string())
+                .unwrap_or_default()
+        ))),
+        (_, Some(n)) if !inside6(&n) => Err(LeaseError::Config(format!(
+            "node {name:?}: podCIDR {n} is not inside the network config's IPv6Network"
+        ))),
+        (None, None) => Err(LeaseError::NotYet(format!(
+            "node {name:?}: no podCIDR of the network's address families"
+        ))),
+        _ => Ok(key),
+    }
+}
+
+/// A Node as the watch keeps it: its name and what it says.
+struct Seen {
+    name: String,
+    lease: Result<Option<Lease>, String>,
+}
+
+/// Turns node updates into lease updates, remembering which key each node had.
+struct Translator {
+    own: String,
+    keys: BTreeMap<String, SubnetKey>,
+    rejected: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Translator {
+    fn note(&mut self, seen: &Seen) {
+        let mut r = self.rejected.lock().expect("rejected lock");
+        match &seen.lease {
+            Err(why) => {
+                if r.get(&seen.name) != Some(why) {
+                    tracing::warn!(node = %seen.name, "skipping a node whose annotations make no lease: {why}");
+                }
+                r.insert(seen.name.clone(), why.clone());
+            }
+            Ok(_) => {
+                r.remove(&seen.name);
+            }
+        }
+    }
+
+    fn snapshot(&mut self, nodes: Vec<Seen>) -> WatchUpdate {
+        self.keys.clear();
+        self.rejected.lock().expect("rejected lock").clear();
+        let mut leases = Vec::new();
+        for seen in nodes {
+            self.note(&seen);
+            if let Ok(Some(l)) = seen.lease {
+                self.keys.insert(seen.name, l.key);
+                leases.push(l);
+            }
+        }
+        WatchUpdate::Snapshot(leases)
+    }
+
+    fn applied(&mut self, seen: Seen) -> Vec<WatchUpdate> {
+        self.note(&seen);
+        let old = self.keys.get(&seen.name).copied();
+        // This node's own lease is the lease keeper's business, not a peer's.
+        if seen.name == self.own {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match seen.lease {
+            Ok(Some(l)) => {
+                if let Some(k) = old.filter(|k| *k != l.key) {
+                    out.push(WatchUpdate::Delete(k));
+                }
+                self.keys.insert(seen.name, l.key);
+                out.push(WatchUpdate::Put(l));
+            }
+            _ => {
+                if let Some(k) = self.keys.remove(&seen.name) {
+                    out.push(WatchUpdate::Delete(k));
+                }
+            }
+        }
+        out
+    }
+
+    fn deleted(&mut self, seen: Seen) -> Vec<WatchUpdate> {
+        self.rejected
+            .lock()
+            .expect("rejected lock")
+            .remove(&seen.name);
+        self.keys
+            .remove(&seen.name)
+            .map(WatchUpdate::Delete)
+            .into_iter()
+            .collect()
+    }
+}
+
+impl From<KubeError> for LeaseError {
+    fn from(e: KubeError) -> LeaseError {
+        match e {
+            KubeError::Config(m) => LeaseError::Config(m),
+            e => LeaseError::Kube(e),
+        }
+    }
+}
+
+impl SubnetManager for KubeManager {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn name(&self) -> &'static str {
+        "the Kubernetes API"
+    }
+
+    fn config_source(&self) -> String {
+        self.net_conf_path.display().to_string()
+    }
+
+    fn config_missing(&self) -> String {
+        format!(
+            "{} does not exist yet (the DaemonSet mounts it from the ConfigMap kube-flannel-cfg, key net-conf.json)",
+            self.net_conf_path.display()
+        )
+    }
+
+    async fn network_config(&self) -> Result<Option<String>, LeaseError> {
+        match std::fs::read_to_string(&self.net_conf_path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LeaseError::Config(format!(
+                "--net-config-path {}: {e}",
+                self.net_conf_path.display()
+            ))),
+        }
+    }
+
+    async fn previous_lease(&self, cfg: &NetworkConfig, _attrs: &LeaseAttrs) -> Option<Lease> {
+        let node = self.nodes.get(&self.node_name).await.ok()?;
+        node_lease(&node, &self.ann, cfg.enable_ipv4, cfg.enable_ipv6).ok()?
+    }
+
+    async fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        req: &AcquireRequest,
+    ) -> Result<Lease, LeaseError> {
+        let _ = self.cfg.set(cfg.clone());
+        self.take(cfg, &req.attrs).await
+    }
+
+    async fn renew(&self, _own: &Lease) -> Result<Renewal, LeaseError> {
+        // A Node's podCIDR is held as long as the Node exists: nothing to renew.
+        Ok(Renewal::Reservation)
+    }
+
+    async fn reclaim(&self, own: &Lease, _ttl: Duration) -> Result<Lease, LeaseError> {
+        let cfg = self.cfg.get().cloned().ok_or_else(|| {
+            LeaseError::Config("the lease was lost before it was acquired".into())
+        })?;
+        let lease = match self.take(&cfg, &own.attrs).await {
+            Err(LeaseError::NotYet(why)) => {
+                return Err(LeaseError::Lost {
+                    key: own.key.to_string(),
+                    holder: format!("nobody: {why}"),
+                });
+            }
+            r => r?,
+        };
+        if lease.key != own.key {
+            return Err(LeaseError::Lost {
+                key: own.key.to_string(),
+                holder: format!(
+                    "nobody: node {:?} now has podCIDR {}",
+                    self.node_name, lease.key
+                ),
+            });
+        }
+        Ok(lease)
+    }
+
+    async fn time_left(&self, _own: &Lease) -> Result<Option<Duration>, LeaseError> {
+        Ok(None)
+    }
+
+    fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {
+        let (v4, v6) = self.families();
+        let ann = self.ann.clone();
+        let target = Target {
+            api: self.nodes.clone(),
+            resource: "nodes",
+            label_selector: None,
+            field_selector: None,
+        };
+        let mut tr = Translator {
+            own: self.node_name.clone(),
+            keys: BTreeMap::new(),
+            rejected: self.rejected.clone(),
+        };
+        async move {
+            let (ntx, mut nrx) = mpsc::channel::<Update<Seen>>(1024);
+            let convert = move |n: Node| Seen {
+                name: n.metadata.name.clone().unwrap_or_default(),
+                lease: node_lease(&n, &ann, v4, v6),
+            };
+            tokio::spawn(watch::list_watch(target, ntx, convert));
+            while let Some(u) = nrx.recv().await {
+                let updates = match u {
+                    Update::Snapshot(nodes) => vec![tr.snapshot(nodes)],
+                    Update::Applied(n) => tr.applied(n),
+                    Update::Deleted(n) => tr.deleted(n),
+                    Update::Disconnected(e) => vec![WatchUpdate::Disconnected(e)],
+                };
+                for up in updates {
+                    if tx.send(up).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn complete(&self, _own: &Lease) -> Result<(), LeaseError> {
+        if !self.set_network_unavailable {
+            return Ok(());
+        }
+        let now = chrono_now();
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+            "reason": CONDITION_REASON,
+            "message": CONDITION_MESSAGE,
+        }]}});
+        self.nodes
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .map_err(|e| KubeError::of("patch", "nodes/status", e))?;
+        tracing::info!(node = %self.node_name, "set the node's NetworkUnavailable condition to False");
+        Ok(())
+    }
+
+    fn rejected(&self) -> Vec<String> {
+        KubeManager::rejected(self)
+    }
+}
+
+/// Every Node with the lease it carries (families from its podCIDRs), or why it carries none;
+/// for `podnetctl leases`.
+pub async fn list_leases(
+    client: Client,
+    ann: &Annotations,
+) -> Result<Vec<(String, Result<Lease, String>)>, KubeError> {
+    let nodes: Api<Node> = Api::all(client);
+    let list = nodes
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| KubeError::of("list", "nodes", e))?;
+    let mut out = Vec::new();
+    for n in list.items {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let key = pod_cidrs(&n).ok().flatten();
+        let (v4, v6) = key
+            .map(|k| (k.v4.is_some(), k.v6.is_some()))
+            .unwrap_or((true, false));
+        match node_lease(&n, ann, v4, v6) {
+            Ok(Some(l)) => out.push((name, Ok(l))),
+            Ok(None) => {}
+            Err(why) => out.push((name, Err(why))),
+        }
+    }
+    Ok(out)
+}
+
+/// Now as RFC 3339 in UTC with seconds (`metav1.Time`'s JSON).
+fn chrono_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(json: serde_json::Value) -> Node {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn annotation_prefixes_follow_flanneld() {
+        let a = Annotations::new(DEFAULT_PREFIX).unwrap();
+        assert_eq!(a.backend_data, "flannel.alpha.coreos.com/backend-data");
+        assert_eq!(
+            a.kube_subnet_manager,
+            "flannel.alpha.coreos.com/kube-subnet-manager"
+        );
+        let b = Annotations::new("example.com/podnet").unwrap();
+        assert_eq!(b.public_ip, "example.com/podnet-public-ip");
+        let c = Annotations::new("example.com/").unwrap();
+        assert_eq!(c.backend_type, "example.com/backend-type");
+        for bad in ["a/b/c", "UPPER.case", "nodot", "example.com/Bad"] {
+            assert!(Annotations::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn fixture(name: &str) -> Node {
+        node(podnet_test_apiserver::fixtures::fixture(name).unwrap())
+    }
+
+    fn annotations_of(n: &Node) -> BTreeMap<String, String> {
+        n.metadata.annotations.clone().unwrap_or_default()
+    }
+
+    fn ann() -> Annotations {
+        Annotations::new(DEFAULT_PREFIX).unwrap()
+    }
+
+    fn attrs(ip: &str, ty: &str, data: Option<&str>) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: ip.parse().unwrap(),
+            public_ipv6: None,
+            backend_type: ty.into(),
+            backend_data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
+            backend_v6_data: None,
+        }
+    }
+
+    #[test]
+    fn a_node_flanneld_annotated_reads_as_its_lease_and_needs_no_rewrite() {
+        let n = fixture("node-worker-flannel");
+        let l = node_lease(&n, &ann(), true, false).unwrap().unwrap();
+        assert_eq!(l.key.to_string(), "10.244.3.0-24");
+        assert_eq!(
+            l.attrs.to_json(),
+            r#"{"PublicIP":"10.210.40.175","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"46:57:f7:c6:05:51"}}"#
+        );
+        assert_eq!(l.keepalive, Keepalive::Node);
+        // podnetd taking this node over from flanneld publishes exactly the same values.
+        assert!(annotation_changes(&annotations_of(&n), &l.attrs, &ann()).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_node_gets_flannelds_annotations_byte_for_byte() {
+        let n = fixture("node-worker");
+        assert_eq!(
+            node_lease(&n, &ann(), true, false).unwrap(),
+            None,
+            "not managed yet"
+        );
+        let a = attrs(
+            "198.18.0.11",
+            "vxlan",
+            Some(r#"{"VNI":1,"VtepMAC":"0a:58:c6:12:00:0b"}"#),
+        );
+        let changes = annotation_changes(&annotations_of(&n), &a, &ann());
+        let want: BTreeMap<String, String> = [
+            (
+                "flannel.alpha.coreos.com/backend-data",
+                r#"{"VNI":1,"VtepMAC":"0a:58:c6:12:00:0b"}"#,
+            ),
+            ("flannel.alpha.coreos.com/backend-type", "vxlan"),
+            ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+            ("flannel.alpha.coreos.com/public-ip", "198.18.0.11"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(changes, want);
+        // host-gw has no backend data: flanneld writes the JSON null, as the k3s node shows.
+        let h = annotation_changes(
+            &annotations_of(&n),
+            &attrs("198.18.0.11", "host-gw", None),
+            &ann(),
+        );
+        assert_eq!(h["flannel.alpha.coreos.com/backend-data"], "null");
+        let ds = fixture("node-dualstack");
+        assert_eq!(
+            annotations_of(&ds)["flannel.alpha.coreos.com/backend-data"],
+            "null"
+        );
+    }
+
+    #[test]
+    fn only_changed_values_are_written_and_an_overwrite_wins() {
+        let mut current = annotations_of(&fixture("node-worker-flannel"));
+        let mut a = node_lease(&fixture("node-worker-flannel"), &ann(), true, false)
+            .unwrap()
+            .unwrap()
+            .attrs;
+        a.public_ip = "10.210.40.176".parse().unwrap();
+        let c = annotation_changes(&current, &a, &ann());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c["flannel.alpha.coreos.com/public-ip"], "10.210.40.176");
+        current.insert(
+            "flannel.alpha.coreos.com/public-ip-overwrite".into(),
+            "203.0.113.7".into(),
+        );
+        let c = annotation_changes(&current, &a, &ann());
+        assert_eq!(c["flannel.alpha.coreos.com/public-ip"], "203.0.113.7");
+    }
+
+    #[test]
+    fn bad_annotations_are_rejected_naming_the_annotation() {
+        let mut v = podnet_test_apiserver::fixtures::fixture("node-worker-flannel").unwrap();
+        v["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"] = "not-an-ip".into();
+        let err = node_lease(&node(v.clone()), &ann(), true, false).unwrap_err();
+        assert_eq!(
+            err,
+            "flannel.alpha.coreos.com/public-ip \"not-an-ip\" is not an IPv4 address"
+        );
+        v["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"] = "10.0.0.1".into();
+        v["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-data"] = "{oops".into();
+        let err = node_lease(&node(v.clone()), &ann(), true, false).unwrap_err();
+        assert!(
+            err.starts_with("flannel.alpha.coreos.com/backend-data"),
+            "{err}"
+        );
+        v["spec"]["podCIDRs"] = serde_json::json!(["10.244.3.0/24", "10.244.4.0/24"]);
+        let err = node_lease(&node(v), &ann(), true, false).unwrap_err();
+        assert!(err.contains("two of one family"), "{err}");
+    }
+
+    fn seen(name: &str, key: &str) -> Seen {
+        let mut l = Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs: attrs("198.18.0.12", "vxlan", None),
+            keepalive: Keepalive::Node,
+            revision: 0,
+        };
+        l.attrs.public_ip = "198.18.0.12".parse().unwrap();
+        Seen {
+            name: name.into(),
+            lease: Ok(Some(l)),
+        }
+    }
+
+    #[test]
+    fn node_events_become_lease_events() {
+        let mut t = Translator {
+            own: "node1".into(),
+            keys: BTreeMap::new(),
+            rejected: Arc::default(),
+        };
+        let snap = t.snapshot(vec![
+            seen("node1", "10.244.1.0-24"),
+            seen("node2", "10.244.2.0-24"),
+        ]);
+        assert!(
+            matches!(snap, WatchUpdate::Snapshot(ref l) if l.len() == 2),
+            "own lease included"
+        );
+        // Our own node changing is the keeper's business.
+        assert!(t.applied(seen("node1", "10.244.1.0-24")).is_empty());
+        // A peer whose podCIDR changed: the old subnet goes, the new one comes.
+        let ups = t.applied(seen("node2", "10.244.9.0-24"));
+        assert!(matches!(ups[0], WatchUpdate::Delete(k) if k.to_string() == "10.244.2.0-24"));
+        assert!(matches!(ups[1], WatchUpdate::Put(ref l) if l.key.to_string() == "10.244.9.0-24"));
+        // A peer whose annotations went bad: its lease goes and it is reported.
+        let bad = Seen {
+            name: "node2".into(),
+            lease: Err("broken".into()),
+        };
+        assert!(matches!(t.applied(bad)[0], WatchUpdate::Delete(_)));
+        assert_eq!(t.rejected.lock().unwrap().get("node2").unwrap(), "broken");
+        // A deleted node: its lease goes (if it had one).
+        assert!(matches!(
+            t.deleted(seen("node1", "10.244.1.0-24"))[0],
+            WatchUpdate::Delete(_)
+        ));
+        assert!(t.deleted(seen("node2", "10.244.9.0-24")).is_empty());
+        assert!(t.rejected.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

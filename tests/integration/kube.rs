@@ -1,0 +1,577 @@
+//! The Kubernetes API mode (`--kube-subnet-mgr`) in the lab, against the test API server
+//! (`podnet-test-apiserver`: the real wire format, real Node fixtures; no kube-apiserver can run
+//! here). The server runs in etcd1's namespace on 198.18.0.2:6443 with TLS and bearer tokens;
+//! the test plays kube-controller-manager by giving Nodes their podCIDRs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use podnet::lab::LabSpec;
+use podnet_test_apiserver::fixtures;
+use podnet_test_apiserver::{
+    ApiServer, CaRef, Credentials, ForbiddenRule, Pki, ServerConfig, Store, write_in_cluster_files,
+    write_kubeconfig,
+};
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, PODNETCTL, Pod};
+use crate::support::{ok, poll, unique};
+
+const API_IP: &str = "198.18.0.2";
+const USER: &str = "system:serviceaccount:kube-flannel:flannel";
+const TOKEN: &str = "flannel-token";
+const PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// A lab with the test API server and a Node object per lab node.
+struct KubeLab {
+    c: Cluster,
+    api: Option<ApiServer>,
+    pki: Pki,
+    dir: PathBuf,
+}
+
+fn server_config(pki: &Pki) -> ServerConfig {
+    ServerConfig::default()
+        .with_tls(pki.server_tls())
+        .with_token(TOKEN, USER)
+        .with_bookmark_interval(Some(Duration::from_secs(1)))
+}
+
+impl KubeLab {
+    fn new(prefix: &str, nodes: usize, segments: usize) -> KubeLab {
+        let c = Cluster::new(LabSpec::new(unique(prefix), nodes).segments(segments));
+        let dir = c.lab.workdir().join("kube");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki::generate(&dir, &[API_IP.parse().unwrap()]).unwrap();
+        let mut k = KubeLab {
+            c,
+            api: None,
+            pki,
+            dir,
+        };
+        k.start_api(Store::default());
+        k
+    }
+
+    fn start_api(&mut self, store: Store) {
+        let listener = self
+            .c
+            .lab
+            .netns("etcd1")
+            .unwrap()
+            .run(|| TcpListener::bind((API_IP, 6443)))
+            .unwrap()
+            .unwrap();
+        let api = ApiServer::start_with_store(listener, server_config(&self.pki), store).unwrap();
+        self.api = Some(api);
+    }
+
+    fn store(&self) -> &Store {
+        self.api.as_ref().unwrap().store()
+    }
+
+    fn url(&self) -> String {
+        format!("https://{API_IP}:6443")
+    }
+
+    /// The node's Node object: a kubeadm worker, renamed, with its lab address.
+    fn add_node(&self, node: &str, pod_cidr: Option<&str>) {
+        let ip: IpAddr = self.c.lab.plan().host(node).unwrap().ip().into();
+        let cidrs: Vec<&str> = pod_cidr.into_iter().collect();
+        let tmpl = fixtures::fixture("node-worker").unwrap();
+        self.store()
+            .create(fixtures::node(&tmpl, node, &[ip], &cidrs))
+            .unwrap();
+    }
+
+    fn node(&self, name: &str) -> Value {
+        self.store().get("nodes", "", name).unwrap()
+    }
+
+    /// The kubeconfig a node's podnetd uses (token and CA file).
+    fn kubeconfig(&self, node: &str) -> PathBuf {
+        let path = self.dir.join(format!("{node}.kubeconfig"));
+        let creds = Credentials::Token(TOKEN.into());
+        write_kubeconfig(
+            &path,
+            &self.url(),
+            CaRef::File(&self.pki.ca_cert_path),
+            &creds,
+        )
+        .unwrap();
+        path
+    }
+
+    fn net_conf(&self, backend: &str) -> PathBuf {
+        let path = self.dir.join(format!("net-conf-{backend}.json"));
+        let conf = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}});
+        // As kubelet updates a ConfigMap volume: atomically (other nodes may be reading it).
+        podnet::util::files::write_atomic(&path, conf.to_string().as_bytes(), None).unwrap();
+        path
+    }
+
+    /// Starts podnetd in Kubernetes mode on a node (NODE_NAME set, as the DaemonSet does).
+    fn start(&mut self, node: &str, backend: &str, extra: &[&str]) {
+        let kc = format!("--kubeconfig-file={}", self.kubeconfig(node).display());
+        let nc = format!("--net-config-path={}", self.net_conf(backend).display());
+        let mut args = vec!["--kube-subnet-mgr", kc.as_str(), nc.as_str(), "--ip-masq"];
+        args.extend_from_slice(extra);
+        let argv = self.c.podnetd_args(node, &args);
+        let env = vec![("NODE_NAME".to_string(), node.to_string())];
+        self.c.lab.spawn(node, &argv, &env).unwrap();
+    }
+
+    /// Waits for the node's subnet.env; on a timeout the failure shows podnetd's log.
+    fn ready(&self, node: &str) -> podnet::subnet_env::SubnetEnv {
+        match self.c.0.wait_ready(node, Duration::from_secs(30)) {
+            Ok(env) => env,
+            Err(e) => panic!("{e}; podnetd's log:\n{}", self.c.log(&self.podnetd(node))),
+        }
+    }
+
+    fn annotations(&self, node: &str) -> BTreeMap<String, String> {
+        let n = self.node(node);
+        serde_json::from_value(n["metadata"]["annotations"].clone()).unwrap_or_default()
+    }
+
+    fn podnetd(&self, node: &str) -> podnet::lab::process::ProcRecord {
+        self.c
+            .lab
+            .state()
+            .procs
+            .iter()
+            .find(|p| p.host == node && p.argv[0].ends_with("podnetd"))
+            .unwrap()
+            .clone()
+    }
+}
+
+fn cidr(i: usize) -> String {
+    format!("10.244.{}.0/24", 10 + i)
+}
+
+/// Every pod pings every other.
+fn mesh(c: &Cluster, pods: &[Pod]) {
+    for a in pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            poll(
+                &format!("{} to reach {}", a.target(), b.ip),
+                Duration::from_secs(10),
+                || {
+                    c.lab
+                        .exec(&a.target(), &["ping", "-c1", "-W1", &b.ip.to_string()])
+                        .unwrap()
+                        .status
+                        .success()
+                        .then_some(())
+                },
+            );
+        }
+    }
+}
+
+fn three_nodes(backend: &str, segments: usize) {
+    let mut k = KubeLab::new("kb", 3, segments);
+    let nodes = ["node1", "node2", "node3"];
+    for (i, n) in nodes.iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+    }
+    for n in nodes {
+        k.start(n, backend, &[]);
+    }
+    let mut pods = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let env = k.ready(n);
+        // subnet.env carries the node's podCIDR.
+        assert_eq!(env.subnet.unwrap().trunc().to_string(), cidr(i));
+        assert_eq!(env.ipmasq, Some(true));
+        pods.push(k.c.add_pod(n, "a", "1.0.0"));
+    }
+    mesh(&k.c, &pods);
+    // The annotations are flanneld's, byte for byte.
+    for n in nodes {
+        let a = k.annotations(n);
+        let ip = k.c.lab.plan().host(n).unwrap().ip().to_string();
+        assert_eq!(a[&format!("{PREFIX}/kube-subnet-manager")], "true");
+        assert_eq!(a[&format!("{PREFIX}/backend-type")], backend);
+        assert_eq!(a[&format!("{PREFIX}/public-ip")], ip);
+        let data = &a[&format!("{PREFIX}/backend-data")];
+        if backend == "vxlan" {
+            let mac = k.c.ip_json(n, &["link", "show", "flannel.1"])[0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(data, &format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"));
+        } else {
+            assert_eq!(data, "null");
+        }
+        assert!(!a.contains_key(&format!("{PREFIX}/backend-v6-data")));
+        // NetworkUnavailable is False, with flanneld's reason and message.
+        let node = k.node(n);
+        let cond = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "NetworkUnavailable")
+            .unwrap_or_else(|| panic!("{n} has no NetworkUnavailable condition"))
+            .clone();
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "FlannelIsUp");
+        assert_eq!(cond["message"], "Flannel is running on this node");
+        // The patches went through nodes/status.
+        let patches: Vec<_> = k
+            .store()
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains(&format!("/nodes/{n}")))
+            .collect();
+        assert!(
+            patches
+                .iter()
+                .all(|p| p.path.ends_with("/status") && p.user.as_deref() == Some(USER)),
+            "{patches:?}"
+        );
+    }
+}
+
+#[test]
+fn kube_vxlan_three_nodes_on_two_segments_reach_each_other_with_flannels_annotations() {
+    three_nodes("vxlan", 2);
+}
+
+#[test]
+fn kube_host_gw_three_nodes_reach_each_other_with_flannels_annotations() {
+    three_nodes("host-gw", 1);
+}
+
+#[test]
+fn a_node_without_a_pod_cidr_waits_says_why_and_goes_on_when_it_gets_one() {
+    let mut k = KubeLab::new("kcidr", 1, 1);
+    k.add_node("node1", None);
+    k.start("node1", "vxlan", &[]);
+    let sock = k.c.node_dir("node1").unwrap().join("podnetd.sock");
+    let why =
+        "podCIDR not assigned: is kube-controller-manager running with --allocate-node-cidrs?";
+    let body = poll(
+        "/readyz to say why",
+        Duration::from_secs(15),
+        || match podnet::httpget::unix(&sock, "/readyz") {
+            Ok((503, b)) if b.contains(why) => Some(b),
+            _ => None,
+        },
+    );
+    assert!(
+        body.starts_with("podnetd is not ready yet: acquiring a lease:"),
+        "{body}"
+    );
+    let status = ok(k
+        .c
+        .lab
+        .exec(
+            "node1",
+            &[PODNETCTL, "status", "--socket", &sock.display().to_string()],
+        )
+        .unwrap());
+    assert!(status.contains(why), "{status}");
+    let log = k.c.log(&k.podnetd("node1"));
+    assert!(log.contains(why), "{log}");
+    assert!(
+        !k.c.env_path("node1").exists(),
+        "no subnet.env before a lease"
+    );
+    // kube-controller-manager assigns one: podnetd goes on within a second.
+    k.store()
+        .patch(
+            "nodes",
+            "",
+            "node1",
+            podnet_test_apiserver::PatchType::Merge,
+            &json!({"spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"]}}),
+        )
+        .unwrap();
+    let assigned = Instant::now();
+    let env = poll(
+        "subnet.env after the assignment",
+        Duration::from_secs(5),
+        || {
+            podnet::subnet_env::SubnetEnv::read(&k.c.env_path("node1"))
+                .ok()
+                .flatten()
+        },
+    );
+    let took = assigned.elapsed();
+    assert_eq!(env.subnet.unwrap().trunc().to_string(), "10.244.7.0/24");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
+/// The counter `name` in node's /metrics.
+fn metric(k: &KubeLab, node: &str, name: &str) -> f64 {
+    let sock = k.c.node_dir(node).unwrap().join("podnetd.sock");
+    let (_, body) = podnet::httpget::unix(&sock, "/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn an_api_server_restart_and_410_gone_miss_nothing_and_rewrite_nothing() {
+    let mut k = KubeLab::new("krst", 2, 2);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+        k.start(n, "vxlan", &[]);
+    }
+    let a = {
+        k.ready("node1");
+        k.c.add_pod("node1", "a", "1.0.0")
+    };
+    let b = {
+        k.ready("node2");
+        k.c.add_pod("node2", "b", "1.0.0")
+    };
+    mesh(&k.c, &[a.clone(), b.clone()]);
+    let changes = "podnet_kernel_changes_total";
+    let before = metric(&k, "node1", changes);
+    k.store().clear_requests();
+    // A 10 ms ping between the pods the whole time.
+    let pinger =
+        k.c.lab
+            .command(
+                &a.target(),
+                &[
+                    "ping",
+                    "-i",
+                    "0.01",
+                    "-c",
+                    "300",
+                    "-W",
+                    "1",
+                    &b.ip.to_string(),
+                ],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    // The API server goes away; while it is gone a third node registers and gets its lease
+    // (flanneld elsewhere), and the history is compacted so the watches come back to 410 Gone.
+    let store = k.api.take().unwrap().stop();
+    let tmpl = fixtures::fixture("node-worker-flannel").unwrap();
+    let mut peer = fixtures::node(
+        &tmpl,
+        "node9",
+        &["198.18.0.99".parse().unwrap()],
+        &["10.244.99.0/24"],
+    );
+    peer["metadata"]["annotations"][format!("{PREFIX}/backend-data")] =
+        json!("{\"VNI\":1,\"VtepMAC\":\"02:00:c6:12:00:63\"}");
+    store.create(peer).unwrap();
+    store.compact();
+    std::thread::sleep(Duration::from_millis(1500));
+    k.start_api(store);
+    // node1 learns of node9 by listing again; nothing else is reprogrammed.
+    poll("node9's route on node1", Duration::from_secs(15), || {
+        k.c.ip_json("node1", &["route", "show", "10.244.99.0/24"])
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|_| ())
+    });
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("300 packets transmitted, 300 received, 0% packet loss"),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&k, "node1", changes) - before,
+        3.0,
+        "node9's neighbour, FDB entry and route, nothing more"
+    );
+    let patches: Vec<_> = k
+        .store()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert!(patches.is_empty(), "no needless rewrite: {patches:?}");
+    let log = k.c.log(&k.podnetd("node1"));
+    assert!(
+        log.contains("410 Gone"),
+        "the watch fell behind and listed again"
+    );
+}
+
+#[test]
+fn a_deleted_node_loses_its_routes_neighbours_and_fdb_entries_everywhere() {
+    let mut k = KubeLab::new("kdel", 3, 2);
+    for (i, n) in ["node1", "node2", "node3"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+        k.start(n, "vxlan", &[]);
+    }
+    for n in ["node1", "node2", "node3"] {
+        k.ready(n);
+    }
+    let gone = cidr(2);
+    let gw = gone.trim_end_matches("/24").to_string();
+    let data: Value =
+        serde_json::from_str(&k.annotations("node3")[&format!("{PREFIX}/backend-data")]).unwrap();
+    let mac = data["VtepMAC"].as_str().unwrap().to_string();
+    // node3's route, neighbour and FDB entry on a node.
+    let objects = |k: &KubeLab, n: &str| {
+        let route =
+            !k.c.ip_json(n, &["route", "show", &gone])
+                .as_array()
+                .unwrap()
+                .is_empty();
+        let neigh = k.c.ip_json(n, &["neigh", "show", &gw, "dev", "flannel.1"]);
+        let fdb =
+            k.c.lab
+                .exec(n, &["bridge", "fdb", "show", "dev", "flannel.1"])
+                .unwrap();
+        let fdb = String::from_utf8_lossy(&fdb.stdout).contains(&mac);
+        (route, !neigh.as_array().unwrap().is_empty(), fdb)
+    };
+    for n in ["node1", "node2"] {
+        poll(
+            &format!("{n} to program node3"),
+            Duration::from_secs(10),
+            || (objects(&k, n) == (true, true, true)).then_some(()),
+        );
+    }
+    let rec = k.podnetd("node3");
+    k.c.lab.stop(rec.id.pid).unwrap();
+    k.store().delete("nodes", "", "node3").unwrap();
+    for n in ["node1", "node2"] {
+        poll(
+            &format!("{n} to forget node3"),
+            Duration::from_secs(10),
+            || (objects(&k, n) == (false, false, false)).then_some(()),
+        );
+    }
+}
+
+#[test]
+fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
+    let mut k = KubeLab::new("kforb", 2, 1);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+        k.start(n, "host-gw", &[]);
+    }
+    k.ready("node1");
+    k.ready("node2");
+    let a = k.c.add_pod("node1", "a", "1.0.0");
+    let b = k.c.add_pod("node2", "b", "1.0.0");
+    mesh(&k.c, &[a.clone(), b.clone()]);
+    // RBAC loses nodes/status patch; node1's agent restarts (its annotations are already right,
+    // so only the NetworkUnavailable condition needs the verb).
+    k.store()
+        .forbid(ForbiddenRule::new("patch", "nodes/status"));
+    let rec = k.podnetd("node1");
+    k.c.lab.stop(rec.id.pid).unwrap();
+    std::fs::remove_file(k.c.env_path("node1")).unwrap();
+    k.start("node1", "host-gw", &[]);
+    k.ready("node1");
+    let log = poll("the refusal in the log", Duration::from_secs(10), || {
+        let l = k.c.log(&k.podnetd("node1"));
+        l.contains("nodes/status patch forbidden").then_some(l)
+    });
+    assert!(
+        log.contains("cannot patch resource \"nodes/status\""),
+        "the server's reason is passed on: {log}"
+    );
+    let sock = k.c.node_dir("node1").unwrap().join("podnetd.sock");
+    let status =
+        podnet::status::Status::from_json(&podnet::httpget::unix(&sock, "/status").unwrap().1)
+            .unwrap();
+    assert!(status.ready);
+    assert!(
+        status
+            .last_store_error
+            .unwrap()
+            .contains("nodes/status patch forbidden")
+    );
+    let m = podnet::httpget::unix(&sock, "/metrics").unwrap().1;
+    assert!(
+        m.contains("podnet_lease_store_errors_total{store=\"kubernetes\",op=\"complete\"} 1"),
+        "{m}"
+    );
+    mesh(&k.c, &[a.clone(), b.clone()]);
+    // The token is revoked: the watch is refused, the data path stays.
+    k.store().revoke_token(TOKEN);
+    k.store().break_watches();
+    poll("the refusal on node2", Duration::from_secs(15), || {
+        k.c.log(&k.podnetd("node2"))
+            .contains("unauthorized")
+            .then_some(())
+    });
+    mesh(&k.c, &[a, b]);
+}
+
+#[test]
+fn in_cluster_configuration_and_the_pod_name_fallback() {
+    let mut k = KubeLab::new("kinc", 1, 1);
+    k.add_node("node1", Some("10.244.5.0/24"));
+    // The DaemonSet's pod, scheduled on node1: podnetd finds its node through it.
+    let pod = fixtures::pod(
+        &fixtures::fixture("pod").unwrap(),
+        "kube-flannel",
+        "kube-flannel-ds-x7k2p",
+        "node1",
+        &[],
+    );
+    k.store().create(pod).unwrap();
+    let sa = k.dir.join("serviceaccount");
+    write_in_cluster_files(&sa, TOKEN, &k.pki.ca_pem, "kube-flannel").unwrap();
+    let nc = format!("--net-config-path={}", k.net_conf("vxlan").display());
+    let sa_flag = format!("--kube-serviceaccount-dir={}", sa.display());
+    let argv =
+        k.c.podnetd_args("node1", &["--kube-subnet-mgr", &nc, &sa_flag]);
+    let env: Vec<(String, String)> = [
+        ("KUBERNETES_SERVICE_HOST", API_IP),
+        ("KUBERNETES_SERVICE_PORT", "6443"),
+        ("POD_NAME", "kube-flannel-ds-x7k2p"),
+        ("POD_NAMESPACE", "kube-flannel"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    k.c.lab.spawn("node1", &argv, &env).unwrap();
+    let env = k.ready("node1");
+    assert_eq!(env.subnet.unwrap().trunc().to_string(), "10.244.5.0/24");
+    assert_eq!(
+        k.annotations("node1")[&format!("{PREFIX}/kube-subnet-manager")],
+        "true"
+    );
+    // Client certificates work too (CN is the user).
+    let cert = k
+        .pki
+        .client_cert(USER, Some("system:serviceaccounts"))
+        .unwrap();
+    let path = k.dir.join("cert.kubeconfig");
+    let creds = Credentials::ClientCert {
+        cert: cert.cert_path.clone(),
+        key: cert.key_path.clone(),
+    };
+    write_kubeconfig(&path, &k.url(), CaRef::Data(&k.pki.ca_pem), &creds).unwrap();
+    let out = ok(k
+        .c
+        .lab
+        .exec(
+            "node1",
+            &[
+                PODNETCTL,
+                "leases",
+                "--kube-subnet-mgr",
+                &format!("--kubeconfig-file={}", path.display()),
+            ],
+        )
+        .unwrap());
+    assert!(out.contains("10.244.5.0/24"), "{out}");
+    let users: Vec<Option<String>> = k.store().requests().into_iter().map(|r| r.user).collect();
+    assert!(
+        users.iter().all(|u| u.as_deref() == Some(USER)),
+        "{users:?}"
+    );
+}
