@@ -20,6 +20,7 @@ use podnet::backend::vxlan::derived_mac;
 use podnet::kernel::netlink::{RouteEvent, RouteEvents};
 use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
+use podnet_test_apiserver::{ApiServer, ServerConfig, fixtures};
 
 const PREFIX: &str = "/coreos.com/network";
 
@@ -154,6 +155,7 @@ fn rss_mb(pid: u32) -> f64 {
 
 struct Row {
     backend: &'static str,
+    store: &'static str,
     n: usize,
     start_to_programmed: f64,
     pass: f64,
@@ -164,35 +166,136 @@ struct Row {
     rss: f64,
 }
 
-fn scenario(backend: &'static str, n: usize) -> Row {
-    let mut c = Cluster::up(&LabSpec::new(unique("bsc"), 2), binaries()).unwrap();
-    let eps = c.eps.clone();
-    // podnetd's own subnet comes from above the fake peers' (10.244.0.8 up to 10.244.157.0).
-    let config = format!(
-        r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
-    );
-    // N peers, written in transactions of 128 puts.
-    let values: Vec<(String, String)> = (0..n)
-        .map(|i| {
-            (
-                format!("{PREFIX}/subnets/{}-29", subnet(i)),
-                lease_value(backend, i),
-            )
-        })
-        .collect();
-    c.put_config(&config).unwrap();
-    etcd(&c.lab, &eps, move |mut c| {
-        Box::pin(async move {
-            for chunk in values.chunks(128) {
-                let ops: Vec<TxnOp> = chunk
-                    .iter()
-                    .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None::<PutOptions>))
-                    .collect();
-                c.txn(Txn::new().and_then(ops)).await.unwrap();
-            }
-        })
+/// Where the fake peers' leases live: etcd, or Node objects in the test API server (podnetd
+/// in `--kube-subnet-mgr` mode), in etcd1's namespace.
+enum Source {
+    Etcd,
+    Kube { api: ApiServer, args: Vec<String> },
+}
+
+const API: &str = "198.18.0.2:6443";
+
+fn peer_node(backend: &str, i: usize) -> serde_json::Value {
+    let tmpl = fixtures::fixture("node-worker").unwrap();
+    let cidr = format!("{}/29", subnet(i));
+    let mut n = fixtures::node(&tmpl, &format!("peer{i}"), &[public(i).into()], &[&cidr]);
+    let v: serde_json::Value = serde_json::from_str(&lease_value(backend, i)).unwrap();
+    let data = v.get("BackendData").map(|d| d.to_string()).unwrap_or("null".into());
+    n["metadata"]["annotations"] = serde_json::json!({
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/backend-type": backend,
+        "flannel.alpha.coreos.com/backend-data": data,
+        "flannel.alpha.coreos.com/public-ip": public(i).to_string(),
     });
-    // Route notifications on node1, timestamped as they arrive.
+    n
+}
+
+impl Source {
+    fn kube(c: &Cluster, config: &str) -> Source {
+        let listener = c
+            .lab
+            .netns("etcd1")
+            .unwrap()
+            .run(|| std::net::TcpListener::bind(API))
+            .unwrap()
+            .unwrap();
+        let cfg = ServerConfig::default().with_bookmark_interval(Some(Duration::from_secs(10)));
+        let api = ApiServer::start(listener, cfg).unwrap();
+        let dir = c.node_dir("node1").unwrap();
+        let net_conf = dir.join("net-conf.json");
+        std::fs::write(&net_conf, config).unwrap();
+        let tmpl = fixtures::fixture("node-worker").unwrap();
+        let ip = c.lab.plan().host("node1").unwrap().ip();
+        let own = fixtures::node(&tmpl, "node1", &[ip.into()], &["10.244.200.0/29"]);
+        api.store().create(own).unwrap();
+        let args = vec![
+            "--kube-subnet-mgr".to_string(),
+            format!("--kube-api-url=http://{API}"),
+            format!("--net-config-path={}", net_conf.display()),
+        ];
+        Source::Kube { api, args }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Etcd => "etcd",
+            Source::Kube { .. } => "kubernetes",
+        }
+    }
+
+    fn populate(&self, c: &Cluster, backend: &str, n: usize) {
+        match self {
+            Source::Etcd => {
+                // N peers, written in transactions of 128 puts.
+                let values: Vec<(String, String)> = (0..n)
+                    .map(|i| (lease_key(i), lease_value(backend, i)))
+                    .collect();
+                etcd(&c.lab, &c.eps, move |mut c| {
+                    Box::pin(async move {
+                        for chunk in values.chunks(128) {
+                            let ops: Vec<TxnOp> = chunk
+                                .iter()
+                                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None::<PutOptions>))
+                                .collect();
+                            c.txn(Txn::new().and_then(ops)).await.unwrap();
+                        }
+                    })
+                });
+            }
+            Source::Kube { api, .. } => {
+                for i in 0..n {
+                    api.store().create(peer_node(backend, i)).unwrap();
+                }
+            }
+        }
+    }
+
+    fn add(&self, c: &Cluster, backend: &str, i: usize) {
+        match self {
+            Source::Etcd => {
+                let (k, v) = (lease_key(i), lease_value(backend, i));
+                etcd(&c.lab, &c.eps, move |mut c| {
+                    Box::pin(async move {
+                        c.put(k, v, None).await.unwrap();
+                    })
+                });
+            }
+            Source::Kube { api, .. } => {
+                api.store().create(peer_node(backend, i)).unwrap();
+            }
+        }
+    }
+
+    fn remove(&self, c: &Cluster, i: usize) {
+        match self {
+            Source::Etcd => {
+                let k = lease_key(i);
+                etcd(&c.lab, &c.eps, move |mut c| {
+                    Box::pin(async move {
+                        c.delete(k, None).await.unwrap();
+                    })
+                });
+            }
+            Source::Kube { api, .. } => {
+                api.store().delete("nodes", "", &format!("peer{i}")).unwrap();
+            }
+        }
+    }
+
+    fn podnetd_args(&self) -> Vec<String> {
+        match self {
+            Source::Etcd => Vec::new(),
+            Source::Kube { args, .. } => args.clone(),
+        }
+    }
+}
+
+fn lease_key(i: usize) -> String {
+    format!("{PREFIX}/subnets/{}-29", subnet(i))
+}
+
+/// Route notifications on node1, timestamped as they arrive.
+fn route_events(c: &Cluster) -> mpsc::Receiver<(f64, RouteEvent)> {
     let (tx, rx) = mpsc::channel::<(f64, RouteEvent)>();
     let mut events = c
         .lab
@@ -213,17 +316,52 @@ fn scenario(backend: &'static str, n: usize) -> Row {
             }
         }
     });
+    rx
+}
+
+/// Waits for the route to `dst` to appear (`new`) or go; when it happened.
+fn route_event(rx: &mpsc::Receiver<(f64, RouteEvent)>, dst: &str, new: bool) -> f64 {
+    loop {
+        let (t, e) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the route event");
+        match e {
+            RouteEvent::New(r) if new && r.dst.to_string() == dst => return t,
+            RouteEvent::Deleted(r) if !new && r.dst.to_string() == dst => return t,
+            _ => {}
+        }
+    }
+}
+
+fn scenario(backend: &'static str, n: usize, kube: bool) -> Row {
+    let mut c = Cluster::up(&LabSpec::new(unique("bsc"), 2), binaries()).unwrap();
+    // podnetd's own subnet comes from above the fake peers' (10.244.0.8 up to 10.244.157.0).
+    let config = format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    let source = if kube {
+        Source::kube(&c, &config)
+    } else {
+        c.put_config(&config).unwrap();
+        Source::Etcd
+    };
+    source.populate(&c, backend, n);
+    let rx = route_events(&c);
     let mut argv: Vec<String> = std::env::var("BENCH_WRAP")
         .map(|w| w.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
-    argv.extend(c.podnetd_args("node1", &["--resync-period=1h"]).unwrap());
-    let lab = &mut c.lab;
+    let mut extra = source.podnetd_args();
+    extra.push("--resync-period=1h".into());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    argv.extend(c.podnetd_args("node1", &extra).unwrap());
+    let env = [("NODE_NAME".to_string(), "node1".to_string())];
     let t0 = now();
-    let rec = lab.spawn("node1", &argv, &[]).unwrap();
+    let rec = c.lab.spawn("node1", &argv, &env).unwrap();
     let programmed = wait_log(&rec.log, "peers programmed", Duration::from_secs(120));
     let start_to_programmed = log_time(&programmed).unwrap() - t0;
     let pass = field(&programmed, "took_ms") / 1e3;
-    let routes = lab
+    let routes = c
+        .lab
         .exec("node1", &["ip", "-j", "route", "show", "proto", "86"])
         .unwrap();
     let count = serde_json::from_slice::<serde_json::Value>(&routes.stdout)
@@ -246,27 +384,9 @@ fn scenario(backend: &'static str, n: usize) -> Row {
     for j in 0..20 {
         let i = n + j;
         let dst = format!("{}/29", subnet(i));
-        let (key, value) = (
-            format!("{PREFIX}/subnets/{}-29", subnet(i)),
-            lease_value(backend, i),
-        );
-        let k2 = key.clone();
         let t_put = now();
-        etcd(lab, &eps, move |mut c| {
-            Box::pin(async move {
-                c.put(k2, value, None).await.unwrap();
-            })
-        });
-        let t_route = loop {
-            let (t, e) = rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("route for the new lease");
-            if let RouteEvent::New(r) = e
-                && r.dst.to_string() == dst
-            {
-                break t;
-            }
-        };
+        source.add(&c, backend, i);
+        let t_route = route_event(&rx, &dst, true);
         // Let the log catch up, then read when podnetd received the event.
         let line = wait_log(
             &rec.log,
@@ -275,26 +395,14 @@ fn scenario(backend: &'static str, n: usize) -> Row {
         );
         add.push(t_route - t_put);
         add_after_event.push(t_route - log_time(&line).unwrap());
-        let k3 = key.clone();
         let t_del = now();
-        etcd(lab, &eps, move |mut c| {
-            Box::pin(async move {
-                c.delete(k3, None).await.unwrap();
-            })
-        });
-        let t_gone = loop {
-            let (t, e) = rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("route removal");
-            if let RouteEvent::Deleted(r) = e
-                && r.dst.to_string() == dst
-            {
-                break t;
-            }
-        };
-        del.push(t_gone - t_del);
+        source.remove(&c, i);
+        del.push(route_event(&rx, &dst, false) - t_del);
     }
     let rss = rss_mb(rec.id.pid);
+    let store = source.name();
+    drop(source);
+    let lab = &mut c.lab;
 
     // The floor: the same objects, one `ip -batch` on node2 (device made beforehand).
     let mut batch = String::new();
@@ -363,6 +471,7 @@ fn scenario(backend: &'static str, n: usize) -> Row {
     lab.stop(rec.id.pid).unwrap();
     Row {
         backend,
+        store,
         n,
         start_to_programmed,
         pass,
@@ -434,10 +543,13 @@ fn main() {
         .collect();
     let (first, again) = startup(runs(5));
     let mut rows = Vec::new();
+    let kube = std::env::var("BENCH_STORES").unwrap_or_else(|_| "etcd,kubernetes".into());
     for backend in ["host-gw", "vxlan"] {
         for &n in &sizes {
-            eprintln!("{backend} with {n} peers...");
-            rows.push(scenario(backend, n));
+            for store in kube.split(',') {
+                eprintln!("{backend} with {n} peers in {store}...");
+                rows.push(scenario(backend, n, store == "kubernetes"));
+            }
         }
     }
     println!(
@@ -449,13 +561,14 @@ fn main() {
         "\nControl plane at scale; times in ms; one-more-lease figures are median (min–max) of 20\n"
     );
     println!(
-        "| backend | peers | start → all programmed | full pass | `ip -batch` floor | pass / floor | one more lease, from put | from podnetd seeing it | lease delete, from delete | RSS MB |"
+        "| backend | leases in | peers | start → all programmed | full pass | `ip -batch` floor | pass / floor | one more lease, from put | from podnetd seeing it | lease delete, from delete | RSS MB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.1} |",
             r.backend,
+            r.store,
             r.n,
             r.start_to_programmed * 1e3,
             r.pass * 1e3,
