@@ -424,6 +424,38 @@ fn kube_manifest_is_a_drop_in_for_kube_flannel() {
 }
 
 #[test]
+fn by_node_daemonset_is_kube_podnets_pod_on_labelled_nodes() {
+    let main = manifests("packaging/kubernetes/kube-podnet.yml");
+    let flannel_ds = kind(&main, "DaemonSet", "kube-flannel-ds");
+    let docs = manifests("packaging/kubernetes/kube-podnet-by-node.yml");
+    assert_eq!(docs.len(), 1);
+    let ds = kind(&docs, "DaemonSet", "kube-podnet-ds");
+    assert_eq!(ds["metadata"]["namespace"], "kube-flannel");
+    // Neither DaemonSet's selector takes the other's pods.
+    let labels_of = |d: &serde_yaml::Value| d["spec"]["template"]["metadata"]["labels"].clone();
+    assert!(selects(&ds["spec"]["selector"], &labels_of(ds)));
+    assert!(!selects(&ds["spec"]["selector"], &labels_of(flannel_ds)));
+    assert!(!selects(&flannel_ds["spec"]["selector"], &labels_of(ds)));
+    // The same pod, on the labelled nodes only.
+    let terms = |d: &serde_yaml::Value| {
+        d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            .clone()
+    };
+    let mut want = terms(flannel_ds);
+    want[0]["matchExpressions"].as_sequence_mut().unwrap().push(
+        serde_yaml::from_str("{key: podnet/agent, operator: In, values: [podnetd]}").unwrap(),
+    );
+    assert_eq!(terms(ds), want);
+    let without_affinity = |d: &serde_yaml::Value| {
+        let mut pod = d["spec"]["template"]["spec"].clone();
+        pod.as_mapping_mut().unwrap().remove("affinity");
+        pod
+    };
+    assert_eq!(without_affinity(ds), without_affinity(flannel_ds));
+}
+
+#[test]
 fn install_cni_puts_both_files_in_place_atomically() {
     let dir = std::env::temp_dir().join(format!("podnet-install-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
