@@ -1,8 +1,8 @@
 //! The packaging files parse and agree with the binaries they configure.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use podnet::cni::conf::NetConf;
@@ -16,8 +16,9 @@ fn repo(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn manifests() -> Vec<serde_yaml::Value> {
-    let text = std::fs::read_to_string(repo("packaging/kubernetes/podnet.yml")).unwrap();
+/// The documents of a multi-document manifest, in order.
+fn manifests(path: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_yaml::Value| !v.is_null())
@@ -31,8 +32,8 @@ fn kind<'a>(docs: &'a [serde_yaml::Value], k: &str, name: &str) -> &'a serde_yam
 }
 
 #[test]
-fn kubernetes_manifests_parse_and_fit_the_binaries() {
-    let docs = manifests();
+fn etcd_manifest_parses_and_fits_the_binaries() {
+    let docs = manifests("packaging/kubernetes/podnet-etcd.yml");
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
@@ -125,6 +126,333 @@ fn kubernetes_manifests_parse_and_fit_the_binaries() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(jc[1..3], ["config", "set"]);
+}
+
+/// The objects of flannel's released kube-flannel.yml, in its order, as (kind, name).
+const KUBE_FLANNEL_OBJECTS: [(&str, &str); 6] = [
+    ("Namespace", "kube-flannel"),
+    ("ClusterRole", "flannel"),
+    ("ClusterRoleBinding", "flannel"),
+    ("ServiceAccount", "flannel"),
+    ("ConfigMap", "kube-flannel-cfg"),
+    ("DaemonSet", "kube-flannel-ds"),
+];
+
+fn seq(v: &serde_yaml::Value) -> &[serde_yaml::Value] {
+    v.as_sequence().map(|s| s.as_slice()).unwrap_or(&[])
+}
+
+fn strs(v: &serde_yaml::Value) -> Vec<&str> {
+    seq(v).iter().map(|s| s.as_str().unwrap()).collect()
+}
+
+fn labels(v: &serde_yaml::Value) -> BTreeMap<String, String> {
+    serde_yaml::from_value(v.clone()).unwrap()
+}
+
+/// Whether a label selector (`matchLabels` only) selects these labels.
+fn selects(selector: &serde_yaml::Value, labels_of: &serde_yaml::Value) -> bool {
+    let have = labels(labels_of);
+    labels(&selector["matchLabels"])
+        .iter()
+        .all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// Where a path in a container comes from, through its mounts: a host directory (hostPath
+/// volume) or a ConfigMap, and the rest of the path below the mount.
+#[derive(Debug, PartialEq)]
+enum Source {
+    Host(PathBuf),
+    ConfigMap(String, PathBuf),
+}
+
+fn source(pod: &serde_yaml::Value, container: &serde_yaml::Value, path: &Path) -> Source {
+    let (vol, rest) = seq(&container["volumeMounts"])
+        .iter()
+        .find_map(|m| {
+            let rest = path.strip_prefix(m["mountPath"].as_str().unwrap()).ok()?;
+            Some((m["name"].as_str().unwrap(), rest.to_path_buf()))
+        })
+        .unwrap_or_else(|| panic!("{} is not on a mount", path.display()));
+    let v = seq(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == vol)
+        .unwrap_or_else(|| panic!("mount of an undefined volume {vol}"));
+    if let Some(host) = v["hostPath"]["path"].as_str() {
+        Source::Host(Path::new(host).join(rest))
+    } else if let Some(cm) = v["configMap"]["name"].as_str() {
+        Source::ConfigMap(cm.to_string(), rest)
+    } else {
+        panic!("volume {vol}: neither hostPath nor configMap")
+    }
+}
+
+#[test]
+fn kube_manifest_is_a_drop_in_for_kube_flannel() {
+    let docs = manifests("packaging/kubernetes/kube-podnet.yml");
+    let objects: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(objects, KUBE_FLANNEL_OBJECTS);
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap();
+        let namespaced = !matches!(kind, "Namespace" | "ClusterRole" | "ClusterRoleBinding");
+        assert_eq!(
+            d["metadata"]["namespace"].as_str(),
+            namespaced.then_some("kube-flannel"),
+            "{kind}"
+        );
+        // The released kube-flannel.yml is built with kustomize's commonLabels k8s-app: flannel.
+        assert_eq!(d["metadata"]["labels"]["k8s-app"], "flannel", "{kind}");
+    }
+    let ns = kind(&docs, "Namespace", "kube-flannel");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+
+    // RBAC: exactly flannel's rules, bound to flannel's service account.
+    let role = kind(&docs, "ClusterRole", "flannel");
+    let mut rules: Vec<(String, String, Vec<String>)> = Vec::new();
+    for r in seq(&role["rules"]) {
+        assert!(r["resourceNames"].is_null() && r["nonResourceURLs"].is_null());
+        let mut verbs: Vec<String> = strs(&r["verbs"]).iter().map(|v| v.to_string()).collect();
+        verbs.sort();
+        for g in strs(&r["apiGroups"]) {
+            for res in strs(&r["resources"]) {
+                rules.push((g.into(), res.into(), verbs.clone()));
+            }
+        }
+    }
+    rules.sort();
+    let rule = |res: &str, verbs: &[&str]| {
+        (
+            String::new(),
+            res.to_string(),
+            verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        rules,
+        [
+            rule("nodes", &["get", "list", "watch"]),
+            rule("nodes/status", &["patch"]),
+            rule("pods", &["get"]),
+        ]
+    );
+    let binding = kind(&docs, "ClusterRoleBinding", "flannel");
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], "flannel");
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], "flannel");
+    assert_eq!(binding["subjects"][0]["namespace"], "kube-flannel");
+    assert_eq!(seq(&binding["subjects"]).len(), 1);
+
+    // The config map: the network config podnetd accepts, the conflist kube-flannel's.
+    let cfg = kind(&docs, "ConfigMap", "kube-flannel-cfg");
+    let net = NetworkConfig::parse(cfg["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        net.v4.unwrap().network,
+        "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap()
+    );
+    assert_eq!(net.backend.type_name(), "vxlan");
+    let conflist: serde_json::Value =
+        serde_json::from_str(cfg["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        conflist,
+        json!({"name": "cbr0", "cniVersion": "0.3.1", "plugins": [
+            {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]})
+    );
+    let mut first = conflist["plugins"][0].clone();
+    first["name"] = conflist["name"].clone();
+    first["cniVersion"] = conflist["cniVersion"].clone();
+    NetConf::parse(first.to_string().as_bytes()).unwrap();
+
+    // The DaemonSet: flannel's selector (immutable, so it must be the same) and pod shape.
+    let ds = kind(&docs, "DaemonSet", "kube-flannel-ds");
+    assert_eq!(
+        labels(&ds["spec"]["selector"]["matchLabels"]),
+        labels(&serde_yaml::from_str("{app: flannel, k8s-app: flannel}").unwrap())
+    );
+    let template = &ds["spec"]["template"];
+    assert!(selects(
+        &ds["spec"]["selector"],
+        &template["metadata"]["labels"]
+    ));
+    let pod = &template["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["serviceAccountName"], "flannel");
+    assert!(
+        seq(&pod["tolerations"])
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["effect"] == "NoSchedule")
+    );
+    // Volumes: every mount has its volume, every volume is mounted, no xtables lock.
+    let volumes: HashSet<&str> = seq(&pod["volumes"])
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let containers: Vec<&serde_yaml::Value> = seq(&pod["initContainers"])
+        .iter()
+        .chain(seq(&pod["containers"]))
+        .collect();
+    let mut mounted = HashSet::new();
+    for c in &containers {
+        for m in seq(&c["volumeMounts"]) {
+            let name = m["name"].as_str().unwrap();
+            assert!(
+                volumes.contains(name),
+                "mount of an undefined volume: {m:?}"
+            );
+            mounted.insert(name);
+        }
+    }
+    assert_eq!(mounted, volumes, "volumes nobody mounts");
+    assert!(
+        seq(&pod["volumes"])
+            .iter()
+            .all(|v| v["hostPath"]["path"] != "/run/xtables.lock")
+    );
+
+    // The agent: podnetd's flags (command line and environment) in Kubernetes mode.
+    let agent = &seq(&pod["containers"])[0];
+    assert_eq!(agent["name"], "kube-flannel");
+    assert_eq!(strs(&agent["command"]), ["/usr/local/bin/podnetd"]);
+    let env: Vec<&serde_yaml::Value> = seq(&agent["env"]).iter().collect();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str())
+    };
+    assert_eq!(field("NODE_NAME"), Some("spec.nodeName"));
+    assert_eq!(field("POD_NAME"), Some("metadata.name"));
+    assert_eq!(field("POD_NAMESPACE"), Some("metadata.namespace"));
+    let literal = |k: &str| {
+        env.iter()
+            .find(|e| e["name"] == k)
+            .and_then(|e| e["value"].as_str())
+            .map(String::from)
+    };
+    let mut argv = vec!["podnetd".to_string()];
+    argv.extend(strs(&agent["args"]).iter().map(|a| a.to_string()));
+    let flags = Flags::try_parse_from(normalize_args(argv, &literal)).unwrap();
+    flags.validate().unwrap();
+    assert!(flags.kube_subnet_mgr && flags.ip_masq);
+    assert_eq!(flags.healthz_port, 8081);
+    for e in &env {
+        let name = e["name"].as_str().unwrap();
+        if let Some(flag) = name
+            .strip_prefix("PODNETD_")
+            .or_else(|| name.strip_prefix("FLANNELD_"))
+        {
+            let long = flag.to_lowercase().replace('_', "-");
+            assert!(
+                <Flags as clap::CommandFactory>::command()
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(&long)),
+                "{name} is not a podnetd flag"
+            );
+        }
+    }
+    // What podnetd reads and writes is where the node's other parts look for it.
+    assert_eq!(
+        source(pod, agent, &flags.net_config_path),
+        Source::ConfigMap("kube-flannel-cfg".into(), "net-conf.json".into())
+    );
+    assert_eq!(
+        source(pod, agent, &flags.subnet_file),
+        Source::Host("/run/flannel/subnet.env".into())
+    );
+    assert_eq!(
+        source(pod, agent, &flags.status_socket),
+        Source::Host("/run/podnet/podnetd.sock".into())
+    );
+    let sc = &agent["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(strs(&sc["capabilities"]["add"]), ["NET_ADMIN", "NET_RAW"]);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(agent[probe]["httpGet"]["path"], path);
+        assert_eq!(
+            agent[probe]["httpGet"]["port"].as_u64(),
+            Some(u64::from(flags.healthz_port)),
+            "{probe}"
+        );
+    }
+
+    // The init container installs the plugin as flannel and the conflist as kube-flannel does.
+    let init = &seq(&pod["initContainers"])[0];
+    assert_eq!(seq(&pod["initContainers"]).len(), 1);
+    assert_eq!(init["name"], "install-cni");
+    let cmd = strs(&init["command"]);
+    assert_eq!(&cmd[..2], ["/usr/local/bin/podnetctl", "install-cni"]);
+    podnet::ctl::Cli::try_parse_from(std::iter::once("podnetctl").chain(cmd[1..].iter().copied()))
+        .unwrap();
+    let arg = |k: &str| {
+        cmd.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{k}=")))
+            .unwrap_or_else(|| panic!("no --{k}"))
+    };
+    assert_eq!(arg("name"), "flannel");
+    assert_eq!(arg("conf-name"), "10-flannel.conflist");
+    assert_eq!(
+        source(pod, init, Path::new(arg("conf"))),
+        Source::ConfigMap("kube-flannel-cfg".into(), "cni-conf.json".into())
+    );
+    assert_eq!(
+        source(pod, init, Path::new(arg("bin-dir"))),
+        Source::Host("/opt/cni/bin".into())
+    );
+    assert_eq!(
+        source(pod, init, Path::new(arg("conf-dir"))),
+        Source::Host("/etc/cni/net.d".into())
+    );
+    for (cm, key) in [
+        ("kube-flannel-cfg", "net-conf.json"),
+        ("kube-flannel-cfg", "cni-conf.json"),
+    ] {
+        assert!(kind(&docs, "ConfigMap", cm)["data"][key].is_string());
+    }
+}
+
+#[test]
+fn by_node_daemonset_is_kube_podnets_pod_on_labelled_nodes() {
+    let main = manifests("packaging/kubernetes/kube-podnet.yml");
+    let flannel_ds = kind(&main, "DaemonSet", "kube-flannel-ds");
+    let docs = manifests("packaging/kubernetes/kube-podnet-by-node.yml");
+    assert_eq!(docs.len(), 1);
+    let ds = kind(&docs, "DaemonSet", "kube-podnet-ds");
+    assert_eq!(ds["metadata"]["namespace"], "kube-flannel");
+    // Neither DaemonSet's selector takes the other's pods.
+    let labels_of = |d: &serde_yaml::Value| d["spec"]["template"]["metadata"]["labels"].clone();
+    assert!(selects(&ds["spec"]["selector"], &labels_of(ds)));
+    assert!(!selects(&ds["spec"]["selector"], &labels_of(flannel_ds)));
+    assert!(!selects(&flannel_ds["spec"]["selector"], &labels_of(ds)));
+    // The same pod, on the labelled nodes only.
+    let terms = |d: &serde_yaml::Value| {
+        d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            .clone()
+    };
+    let mut want = terms(flannel_ds);
+    want[0]["matchExpressions"].as_sequence_mut().unwrap().push(
+        serde_yaml::from_str("{key: podnet/agent, operator: In, values: [podnetd]}").unwrap(),
+    );
+    assert_eq!(terms(ds), want);
+    let without_affinity = |d: &serde_yaml::Value| {
+        let mut pod = d["spec"]["template"]["spec"].clone();
+        pod.as_mapping_mut().unwrap().remove("affinity");
+        pod
+    };
+    assert_eq!(without_affinity(ds), without_affinity(flannel_ds));
 }
 
 #[test]
