@@ -180,7 +180,10 @@ fn peer_node(backend: &str, i: usize) -> serde_json::Value {
     let cidr = format!("{}/29", subnet(i));
     let mut n = fixtures::node(&tmpl, &format!("peer{i}"), &[public(i).into()], &[&cidr]);
     let v: serde_json::Value = serde_json::from_str(&lease_value(backend, i)).unwrap();
-    let data = v.get("BackendData").map(|d| d.to_string()).unwrap_or("null".into());
+    let data = v
+        .get("BackendData")
+        .map(|d| d.to_string())
+        .unwrap_or("null".into());
     n["metadata"]["annotations"] = serde_json::json!({
         "flannel.alpha.coreos.com/kube-subnet-manager": "true",
         "flannel.alpha.coreos.com/backend-type": backend,
@@ -277,7 +280,9 @@ impl Source {
                 });
             }
             Source::Kube { api, .. } => {
-                api.store().delete("nodes", "", &format!("peer{i}")).unwrap();
+                api.store()
+                    .delete("nodes", "", &format!("peer{i}"))
+                    .unwrap();
             }
         }
     }

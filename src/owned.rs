@@ -8,7 +8,8 @@
 //!   and podnetd without renaming. Every permanent neighbour and FDB entry on these devices is
 //!   podnet's.
 //! - nftables: the table `inet podnet` (masquerade, forward, tunnel guard) written by podnetd,
-//!   and `inet podnet-cni` (the pods' masquerade when the plugin does it) written by the plugin.
+//!   `inet podnet-cni` (the pods' masquerade when the plugin does it) written by the plugin, and
+//!   `inet podnet-policy` (NetworkPolicy) written by podnetd when policy is enabled.
 
 /// Route protocol number marking podnet's routes (`ip route show proto 86`).
 pub const RTPROT_PODNET: u8 = 86;
@@ -22,6 +23,8 @@ pub const NFT_FAMILY: &str = "inet";
 pub const NFT_TABLE: &str = "podnet";
 /// The CNI plugin's masquerade table.
 pub const NFT_POD_MASQ_TABLE: &str = "podnet-cni";
+/// podnetd's network policy table (only when policy is enabled).
+pub const NFT_POLICY_TABLE: &str = "podnet-policy";
 
 /// The VXLAN device for a VNI over an IPv4 underlay (flannel's name).
 pub fn vxlan_device(vni: u32) -> String {

@@ -26,6 +26,9 @@ pub struct Status {
     /// Peers skipped because what they published makes no lease, with why.
     #[serde(default)]
     pub rejected_leases: Vec<String>,
+    /// Network policy, when it is enabled.
+    #[serde(default)]
+    pub policy: Option<PolicyInfo>,
     /// Where leases come from: "etcd" or "kubernetes".
     #[serde(default)]
     pub lease_store: String,
@@ -131,6 +134,52 @@ pub struct DataplaneInfo {
     pub incremental: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+}
+
+/// The network policy engine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInfo {
+    /// Where objects come from (`manifests in /etc/podnet/policy`, `the Kubernetes API`).
+    pub sources: Vec<String>,
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+    /// This node's pods, and how many of them some policy isolates.
+    pub local_pods: usize,
+    pub isolated_pods: usize,
+    /// Transactions applied, and failed (each failure is followed by a full rewrite).
+    pub applies: u64,
+    pub failures: u64,
+    pub last_apply_ms: Option<f64>,
+    /// Objects refused, each naming the object and the field.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// What policy does to one pod (`podnetctl policy POD`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyExplain {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Whether the pod is in the model at all.
+    pub known: bool,
+    pub ips: Vec<String>,
+    /// Whether it runs on this node (its rules are in this node's kernel).
+    pub local: bool,
+    pub ingress: DirectionExplain,
+    pub egress: DirectionExplain,
+}
+
+/// One direction of a pod's policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectionExplain {
+    /// The policies that isolate it (empty: everything is allowed).
+    pub isolated_by: Vec<String>,
+    /// What they allow, one rule a line (`x/allow-b ingress[0]: from pods pod=b on TCP/80`).
+    pub allows: Vec<String>,
 }
 
 impl Status {

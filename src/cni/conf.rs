@@ -40,6 +40,14 @@ pub struct Args {
     pub args: Vec<(String, String)>,
 }
 
+/// The spec's container ID rule, `[a-zA-Z0-9][a-zA-Z0-9_.\-]*`: IDs name files and links, so
+/// nothing else (no `/`, no `..`) may reach them.
+fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 /// CNI_ARGS keys podnet understands; anything else needs `IgnoreUnknown=1`.
 const KNOWN_ARGS: [&str; 6] = [
     "IgnoreUnknown",
@@ -94,6 +102,15 @@ impl Args {
                 format!("required env variables [{}] missing", missing.join(",")),
             ));
         }
+        let container_id = nonempty("CNI_CONTAINERID").unwrap_or_default();
+        if needs_attachment && !valid_container_id(&container_id) {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_CONTAINERID {container_id:?}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (the spec's rule)"
+                ),
+            ));
+        }
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
         if needs_attachment
             && (ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace))
@@ -128,7 +145,7 @@ impl Args {
         }
         Ok(Args {
             command,
-            container_id: nonempty("CNI_CONTAINERID").unwrap_or_default(),
+            container_id,
             netns: nonempty("CNI_NETNS").map(PathBuf::from),
             ifname,
             args,

@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod conf;
 pub mod ipam;
 pub mod plugin;
+pub mod records;
 pub mod spec;
 pub mod veth;
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::conf::{Args, NetConf};
 use super::ipam::{Range, Store};
 use super::spec::{self, CniError, CniResult, Interface, IpConfig, RouteEntry, code};
-use super::{bridge, veth};
+use super::{bridge, records, veth};
 use crate::firewall;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::netns::NetNs;
@@ -203,6 +203,7 @@ pub fn add(args: &Args, conf: &NetConf) -> Result<CniResult, CniError> {
     match add_steps(args, conf, &mut undo) {
         Ok(r) => {
             undo.forget();
+            record_pod(args, conf, &r);
             Ok(r)
         }
         Err(e) => {
@@ -463,6 +464,7 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
     if flannel_state.exists() {
         let _ = std::fs::remove_file(flannel_state);
     }
+    records::remove(&conf.data_dir, &args.container_id);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -583,9 +585,30 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     })
 }
 
+/// Writes down which pod the attachment is for, when the runtime says (network policy reads it).
+/// A failure costs only the early knowledge of the address, so it is logged, not an error.
+fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
+    let (Some(ns), Some(name)) = (args.arg("K8S_POD_NAMESPACE"), args.arg("K8S_POD_NAME")) else {
+        return;
+    };
+    let rec = records::PodRecord {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        ips: result.ips.iter().map(|i| i.address.addr()).collect(),
+    };
+    if let Err(e) = records::write(&conf.data_dir, &args.container_id, &rec) {
+        eprintln!("podnet: recording pod {ns}/{name}: {e}");
+    }
+}
+
 /// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();
+    for (id, _) in records::read_all(&conf.data_dir) {
+        if !valid.iter().any(|(v_id, _)| *v_id == id) {
+            records::remove(&conf.data_dir, &id);
+        }
+    }
     let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
     let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
     let mut errors = Vec::new();

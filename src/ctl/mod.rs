@@ -5,6 +5,7 @@ pub mod demo;
 pub mod doctor;
 pub mod lab;
 pub mod node;
+pub mod policy;
 pub mod status;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Cmd {
     Leases(cluster::LeasesArgs),
     /// This node's lease, backend, peers and how each is reached, and drift from the kernel.
     Status(status::StatusArgs),
+    /// Which network policies isolate a pod and what they allow.
+    Policy(policy::PolicyArgs),
     /// Check this node for the usual misconfigurations, with a fix for each.
     Doctor(doctor::DoctorArgs),
     /// Remove podnet's routes, VXLAN devices and nftables table from this node.
@@ -51,6 +54,7 @@ pub fn main() -> i32 {
         Cmd::Leases(args) => cluster::leases(args),
         Cmd::Status(args) => status::run(args),
         Cmd::Doctor(args) => doctor::run(args),
+        Cmd::Policy(args) => policy::run(args),
         Cmd::Teardown(args) => node::teardown(args),
         Cmd::InstallCni(args) => node::install_cni(args),
     };

@@ -107,6 +107,20 @@ pub fn render(v: &Status) -> String {
             }
         }
     }
+    if let Some(p) = &v.policy {
+        out += &format!(
+            "policy    {} policies, {} of {} local pods isolated, {} applied ({} failed), from {}\n",
+            p.policies,
+            p.isolated_pods,
+            p.local_pods,
+            p.applies,
+            p.failures,
+            p.sources.join(", ")
+        );
+        for e in &p.errors {
+            out += &format!("  refused   {e}\n");
+        }
+    }
     if let Some(e) = &v.last_store_error {
         out += &format!("{:<9} last error: {e}\n", v.lease_store);
     }

@@ -119,6 +119,24 @@ pub struct Flags {
     #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
     pub net_config_path: PathBuf,
 
+    /// Enforce the NetworkPolicies (and know the Namespaces and Pods) in these manifests
+    /// (YAML or JSON, as `kubectl get -o yaml` prints them), re-read when they change.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
+    /// Enforce the NetworkPolicies in the Kubernetes API (needs list/watch on pods,
+    /// namespaces and networking.k8s.io networkpolicies).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
+    pub network_policy: bool,
+    /// The CNI plugin's dataDir, whose pod records tell network policy this node's pods.
+    #[arg(long, default_value = crate::cni::conf::DEFAULT_DATA_DIR)]
+    pub cni_data_dir: PathBuf,
+    /// The bridge this node's pods are attached to.
+    #[arg(long, default_value = crate::cni::conf::DEFAULT_BRIDGE)]
+    pub policy_bridge: String,
+    /// Log packets network policy drops to this NFLOG group.
+    #[arg(long)]
+    pub policy_log_group: Option<u16>,
+
     /// Log verbosity: 0 info, 1 debug, 2 trace (`-v=2` as with flanneld).
     #[arg(short = 'v', long = "v", default_value_t = 0, num_args = 0..=1, default_missing_value = "1")]
     pub verbosity: u8,

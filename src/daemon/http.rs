@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use super::dataplane::Dataplane;
 use super::firewall::Firewall;
 use super::metrics::{Metrics, label, store_op};
+use super::policy::PolicyEngine;
 use crate::backend::PeerPath;
 use crate::lease::{Lease, LeaseError};
 use crate::status::{
@@ -47,6 +48,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub dataplane: Mutex<Option<Dataplane>>,
     pub firewall: Mutex<Option<Firewall>>,
+    pub policy: Mutex<Option<PolicyEngine>>,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             dataplane: Mutex::new(None),
             firewall: Mutex::new(None),
+            policy: Mutex::new(None),
         })
     }
 
@@ -172,14 +175,73 @@ fn refresh_gauges(sh: &Shared) {
 
 async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
     refresh_gauges(&sh);
+    let mut text = sh.metrics.render();
+    let engine = sh.policy.lock().expect("policy lock").clone();
+    if let Some(p) = engine {
+        let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+        text = body + &policy_metrics(&p.counters().await) + "# EOF\n";
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        sh.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+/// The policy table's counters as OpenMetrics counter families.
+fn policy_metrics(c: &super::policy::Counters) -> String {
+    let mut s = String::new();
+    for (name, help, pick) in [
+        (
+            "packets",
+            "Packets network policy let through or dropped",
+            0,
+        ),
+        ("bytes", "Bytes network policy let through or dropped", 1),
+    ] {
+        s += &format!("# HELP podnet_policy_{name} {help}, by policy, direction and verdict.\n");
+        s += &format!("# TYPE podnet_policy_{name} counter\n");
+        for ((policy, dir, verdict), v) in c {
+            let n = if pick == 0 { v.0 } else { v.1 };
+            let policy = policy.replace('\\', "\\\\").replace('"', "\\\"");
+            s += &format!(
+                "podnet_policy_{name}_total{{policy=\"{policy}\",direction=\"{dir}\",verdict=\"{verdict}\"}} {n}\n"
+            );
+        }
+    }
+    s
+}
+
+async fn policy_explain(
+    State(sh): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some((ns, name)) = q.get("pod").and_then(|p| p.split_once('/')) else {
+        return (StatusCode::BAD_REQUEST, "ask for ?pod=NAMESPACE/NAME\n").into_response();
+    };
+    let engine = sh.policy.lock().expect("policy lock").clone();
+    let Some(p) = engine else {
+        return (
+            StatusCode::NOT_FOUND,
+            "network policy is not enabled on this node\n",
+        )
+            .into_response();
+    };
+    match p.explain(crate::policy::model::Key::new(ns, name)).await {
+        Some(e) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&e).expect("serializes"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the policy engine stopped\n",
+        )
+            .into_response(),
+    }
 }
 
 /// The status document `podnetctl status` shows.
@@ -218,6 +280,12 @@ pub async fn status(sh: &Shared) -> Status {
         });
     }
     st.rejected_leases = sh.rejections();
+    st.policy = sh
+        .policy
+        .lock()
+        .expect("policy lock")
+        .as_ref()
+        .map(|p| p.info());
     let left = sh.seconds_left();
     let s = sh.state.lock().expect("state lock");
     st.ready = s.ready;
@@ -264,6 +332,7 @@ fn router(sh: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status_endpoint))
+        .route("/policy", get(policy_explain))
         .with_state(sh)
 }
 

@@ -19,6 +19,8 @@ pub mod iface;
 pub mod lease_keeper;
 pub mod memory;
 pub mod metrics;
+pub mod policy;
+pub mod policy_sources;
 pub mod startup;
 
 use std::sync::Arc;

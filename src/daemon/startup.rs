@@ -82,6 +82,10 @@ pub async fn start<M: SubnetManager>(
         path: flags.subnet_file.display().to_string(),
         msg: e.to_string(),
     })?;
+    let engine = super::policy_sources::start(flags, &cfg, &own)
+        .await
+        .map_err(DaemonError::Flags)?;
+    *shared.policy.lock().expect("policy lock") = engine;
     let margin = flags.subnet_lease_renew_margin;
     let ttl = flags.subnet_lease_ttl;
     let keeper = LeaseKeeper::new(&store, own.clone(), ttl, margin, shared.clone()).await;

@@ -57,6 +57,27 @@ pub fn list_table(family: &str, table: &str) -> Result<Option<String>, KernelErr
     }
 }
 
+/// A table with its counters, as nft's JSON; `None` if it does not exist.
+pub fn list_table_json(
+    family: &str,
+    table: &str,
+) -> Result<Option<serde_json::Value>, KernelError> {
+    match nft(&["-j", "list", "table", family, table], None) {
+        Ok(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| KernelError::decode("nft -j list table", e.to_string())),
+        Err(KernelError::Other(m)) if m.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a table exists (cheap: names only).
+pub fn table_exists(family: &str, table: &str) -> Result<bool, KernelError> {
+    let out = nft(&["list", "tables", family], None)?;
+    let want = format!("table {family} {table}");
+    Ok(out.lines().any(|l| l.trim() == want))
+}
+
 /// The whole ruleset as nft's JSON.
 pub fn ruleset_json() -> Result<serde_json::Value, KernelError> {
     let s = nft(&["-j", "list", "ruleset"], None)?;

@@ -7,10 +7,12 @@
 //!               └─> model::Cluster: namespaces, pods, nodes, policies (with lookups)
 //!                     ├─> eval: "may A reach B on proto/port?" with the reason (the oracle)
 //!                     └─> compile: per local pod, isolation and allow rules over named
-//!                           address sets (the IR a renderer turns into nftables)
+//!                           address sets (the IR)
+//!                           └─> render: nftables text, whole or as one update transaction
 //! ```
 //!
-//! Nothing here does I/O: the sources and the nftables renderer live elsewhere. `cases` holds
+//! Nothing here does I/O: the sources and the engine that applies the rendering live in
+//! `daemon::policy`. `cases` holds
 //! the upstream e2e suite's cases as data, used by the tests here and by lab tests later.
 //!
 //! Semantics follow the Kubernetes documentation page on network policies and the upstream e2e
@@ -25,3 +27,4 @@ pub mod convert;
 pub mod eval;
 pub mod manifest;
 pub mod model;
+pub mod render;

@@ -121,7 +121,7 @@ pub struct NamedPort {
 }
 
 /// A pod as policy sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,

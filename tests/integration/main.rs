@@ -13,5 +13,6 @@ mod ops;
 mod outage;
 mod packaging;
 mod pods;
+mod policy;
 mod support;
 mod udp;

@@ -1,0 +1,387 @@
+//! The network policy engine: one thread that owns the policy model and `inet podnet-policy`.
+//!
+//! Sources (`policy_sources`) send what they know as messages: the objects one source holds
+//! (replacing what it said before), single objects added, changed or deleted, and this node's
+//! pod records from the CNI plugin. The thread takes every message waiting, rebuilds the model
+//! (converting each object; an invalid one is refused alone, with an error naming it and the
+//! field), compiles what this node enforces, renders it, and applies the difference to the
+//! kernel as one transaction (`policy::render::update`) — a new pod is a map or set element,
+//! not a new ruleset. A transaction that fails (someone changed the table) is followed by a
+//! full rewrite. Locality is decided by address: a pod whose address is in this node's pod
+//! subnet is local, whatever the source says.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::oneshot;
+
+use crate::cni::records::PodRecord;
+use crate::kernel::{KernelError, nft};
+use crate::owned::{NFT_FAMILY, NFT_POLICY_TABLE};
+use crate::policy::compile::{self, Compiled};
+use crate::policy::eval;
+use crate::policy::manifest::{self, Object};
+use crate::policy::model::{Cluster, Direction, Key, Pod};
+use crate::policy::render::{self, Options, Ruleset};
+use crate::status::{DirectionExplain, PolicyExplain, PolicyInfo};
+
+/// The name the model gives this node (pods are local by address, not by name).
+const LOCAL: &str = "<this node>";
+
+/// Which kind of object, for removals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Node,
+    NetworkPolicy,
+}
+
+impl Kind {
+    fn of(o: &Object) -> Kind {
+        match o {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Node(_) => Kind::Node,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+}
+
+/// Where an object is kept: source, kind, namespace, name.
+type Slot = (&'static str, Kind, String, String);
+
+fn slot(source: &'static str, o: &Object) -> Slot {
+    let meta = match o {
+        Object::Namespace(x) => &x.metadata,
+        Object::Pod(x) => &x.metadata,
+        Object::Node(x) => &x.metadata,
+        Object::NetworkPolicy(x) => &x.metadata,
+    };
+    let ns = meta.namespace.clone().unwrap_or_default();
+    (
+        source,
+        Kind::of(o),
+        ns,
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What sources tell the engine.
+pub enum Msg {
+    /// Everything `source` holds of these kinds now (what it said before of them is dropped),
+    /// and the errors it met reading them.
+    Replace {
+        source: &'static str,
+        kinds: Vec<Kind>,
+        objects: Vec<Object>,
+        errors: Vec<String>,
+    },
+    Upsert(&'static str, Object),
+    Remove(&'static str, Kind, Key),
+    /// This node's pod records (replacing the previous list).
+    Records(Vec<PodRecord>),
+    Explain(Key, oneshot::Sender<PolicyExplain>),
+    Counters(oneshot::Sender<Counters>),
+}
+
+/// Packets and bytes by (policy, direction, verdict).
+pub type Counters = BTreeMap<(String, String, String), (u64, u64)>;
+
+/// Handle to the engine thread.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    tx: mpsc::Sender<Msg>,
+    info: Arc<Mutex<PolicyInfo>>,
+}
+
+struct Engine {
+    opts: Options,
+    /// This node's pod subnets.
+    local: Vec<IpNet>,
+    objects: BTreeMap<Slot, Object>,
+    source_errors: BTreeMap<&'static str, Vec<String>>,
+    records: Vec<PodRecord>,
+    cluster: Cluster,
+    compiled: Compiled,
+    /// What the kernel holds, as far as we know (`None`: write it whole next time).
+    applied: Option<Ruleset>,
+    info: Arc<Mutex<PolicyInfo>>,
+    logged_errors: BTreeSet<String>,
+}
+
+impl PolicyEngine {
+    /// Starts the engine with an empty policy (nothing isolated) already in the kernel.
+    pub fn start(
+        opts: Options,
+        local: Vec<IpNet>,
+        sources: Vec<String>,
+    ) -> Result<(PolicyEngine, mpsc::Sender<Msg>), KernelError> {
+        let info = Arc::new(Mutex::new(PolicyInfo {
+            sources,
+            ..Default::default()
+        }));
+        let mut engine = Engine {
+            opts,
+            local,
+            objects: BTreeMap::new(),
+            source_errors: BTreeMap::new(),
+            records: Vec::new(),
+            cluster: Cluster::new(),
+            compiled: Compiled::default(),
+            applied: None,
+            info: info.clone(),
+            logged_errors: BTreeSet::new(),
+        };
+        engine.program()?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("policy".into())
+            .spawn(move || engine.run(rx))
+            .map_err(|e| KernelError::Other(format!("start the policy thread: {e}")))?;
+        Ok((
+            PolicyEngine {
+                tx: tx.clone(),
+                info,
+            },
+            tx,
+        ))
+    }
+
+    pub fn info(&self) -> PolicyInfo {
+        self.info.lock().expect("policy info lock").clone()
+    }
+
+    pub async fn explain(&self, pod: Key) -> Option<PolicyExplain> {
+        let (t, r) = oneshot::channel();
+        self.tx.send(Msg::Explain(pod, t)).ok()?;
+        r.await.ok()
+    }
+
+    pub async fn counters(&self) -> Counters {
+        let (t, r) = oneshot::channel();
+        if self.tx.send(Msg::Counters(t)).is_err() {
+            return Counters::new();
+        }
+        r.await.unwrap_or_default()
+    }
+}
+
+impl Engine {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.check();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut changed = self.take(first);
+            // Everything else already waiting goes into the same transaction.
+            while let Ok(m) = rx.try_recv() {
+                changed |= self.take(m);
+            }
+            if changed {
+                self.rebuild();
+                if let Err(e) = self.program() {
+                    tracing::warn!("applying network policy: {e}");
+                }
+            }
+        }
+    }
+
+    /// Takes one message; `true` when the model may have changed.
+    fn take(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Replace {
+                source,
+                kinds,
+                objects,
+                errors,
+            } => {
+                self.objects
+                    .retain(|(s, k, _, _), _| *s != source || !kinds.contains(k));
+                for o in objects {
+                    self.objects.insert(slot(source, &o), o);
+                }
+                self.source_errors.insert(source, errors);
+            }
+            Msg::Upsert(source, o) => {
+                self.objects.insert(slot(source, &o), o);
+            }
+            Msg::Remove(source, kind, key) => {
+                self.objects
+                    .remove(&(source, kind, key.namespace, key.name));
+            }
+            Msg::Records(r) => self.records = r,
+            Msg::Explain(key, reply) => {
+                let _ = reply.send(self.explain(&key));
+                return false;
+            }
+            Msg::Counters(reply) => {
+                let _ = reply.send(self.counters());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn is_local(&self, ip: &IpAddr) -> bool {
+        self.local.iter().any(|n| n.contains(ip))
+    }
+
+    /// The model from every object and record; refused objects are logged once and listed.
+    fn rebuild(&mut self) {
+        let mut cluster = Cluster::new();
+        let mut errors: Vec<String> = self.source_errors.values().flatten().cloned().collect();
+        for o in self.objects.values() {
+            if let Err(e) = manifest::add(&mut cluster, o) {
+                errors.push(e.to_string());
+            }
+        }
+        for r in &self.records {
+            let key = Key::new(&r.namespace, &r.name);
+            let mut pod = cluster.pod(&key).cloned().unwrap_or_else(|| Pod {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                ..Default::default()
+            });
+            // The plugin knows the addresses first: the API reports them later, if at all.
+            if pod.ips.is_empty() {
+                pod.ips = r.ips.clone();
+            }
+            cluster.upsert_pod(pod);
+        }
+        let pods: Vec<Pod> = cluster.pods().cloned().collect();
+        for mut pod in pods {
+            let local = pod.ips.iter().any(|ip| self.is_local(ip));
+            let node = if local { Some(LOCAL.to_string()) } else { None };
+            if pod.node != node {
+                pod.node = node;
+                cluster.upsert_pod(pod);
+            }
+        }
+        for e in errors.iter().filter(|e| !self.logged_errors.contains(*e)) {
+            tracing::warn!("network policy: refused: {e}");
+        }
+        self.logged_errors = errors.iter().cloned().collect();
+        self.cluster = cluster;
+        self.compiled = compile::compile(&self.cluster, LOCAL);
+        let mut info = self.info.lock().expect("policy info lock");
+        info.namespaces = self.cluster.namespaces().count();
+        info.pods = self.cluster.pods().count();
+        info.policies = self.cluster.policies().count();
+        info.local_pods = self.compiled.pods.len();
+        info.isolated_pods = self
+            .compiled
+            .pods
+            .values()
+            .filter(|p| p.ingress.is_some() || p.egress.is_some())
+            .count();
+        info.errors = errors;
+    }
+
+    /// Brings the kernel to the compiled state: the difference when the table is as we left
+    /// it, the whole table otherwise.
+    fn program(&mut self) -> Result<(), KernelError> {
+        let start = Instant::now();
+        let want = render::ruleset(&self.compiled, &self.opts);
+        let result = match &self.applied {
+            Some(have) => {
+                let script = render::update(have, &want);
+                if script.is_empty() {
+                    return Ok(());
+                }
+                nft::apply(&script).or_else(|e| {
+                    tracing::warn!("network policy update failed ({e}); rewriting the table");
+                    self.info.lock().expect("policy info lock").failures += 1;
+                    nft::apply(&render::full(&want, &self.opts))
+                })
+            }
+            None => nft::apply(&render::full(&want, &self.opts)),
+        };
+        match result {
+            Ok(()) => {
+                self.applied = Some(want);
+                let mut info = self.info.lock().expect("policy info lock");
+                info.applies += 1;
+                info.last_apply_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+                Ok(())
+            }
+            Err(e) => {
+                self.applied = None;
+                self.info.lock().expect("policy info lock").failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts the table back if it is gone (someone deleted it, or `podnetctl teardown`).
+    fn check(&mut self) {
+        if matches!(nft::table_exists(NFT_FAMILY, NFT_POLICY_TABLE), Ok(false)) {
+            tracing::warn!("podnet's network policy table was removed; restoring it");
+            self.applied = None;
+            if let Err(e) = self.program() {
+                tracing::warn!("restoring network policy: {e}");
+            }
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        let listing = nft::list_table_json(NFT_FAMILY, NFT_POLICY_TABLE);
+        match listing {
+            Ok(Some(v)) => render::counters(&v),
+            _ => Counters::new(),
+        }
+    }
+
+    fn explain(&self, key: &Key) -> PolicyExplain {
+        let mut out = PolicyExplain {
+            pod: key.to_string(),
+            ..Default::default()
+        };
+        let Some(pod) = self.cluster.pod(key) else {
+            return out;
+        };
+        out.known = true;
+        out.ips = pod.ips.iter().map(|i| i.to_string()).collect();
+        out.local = pod.node.as_deref() == Some(LOCAL);
+        out.ingress = self.explain_direction(pod, Direction::Ingress);
+        out.egress = self.explain_direction(pod, Direction::Egress);
+        out
+    }
+
+    fn explain_direction(&self, pod: &Pod, dir: Direction) -> DirectionExplain {
+        let mut d = DirectionExplain::default();
+        let word = match dir {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        for p in eval::isolating(&self.cluster, pod, dir) {
+            d.isolated_by.push(p.key().to_string());
+            for (i, r) in p.rules(dir).unwrap_or(&[]).iter().enumerate() {
+                let peers = if r.peers.is_empty() {
+                    "anyone".to_string()
+                } else {
+                    let v: Vec<String> = r.peers.iter().map(|x| x.to_string()).collect();
+                    v.join(" or ")
+                };
+                let ports = if r.ports.is_empty() {
+                    "any port".to_string()
+                } else {
+                    let v: Vec<String> = r.ports.iter().map(|x| x.to_string()).collect();
+                    v.join(", ")
+                };
+                d.allows
+                    .push(format!("{} {dir}[{i}]: {word} {peers} on {ports}", p.key()));
+            }
+        }
+        d
+    }
+}

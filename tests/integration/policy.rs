@@ -1,0 +1,378 @@
+//! Network policy in the lab: the upstream e2e suite's truth tables (`podnet::policy::cases`)
+//! played against the kernel. Namespaces x, y, z with pods a, b, c on two nodes, at the
+//! fixture's addresses; servers on every TCP and UDP port a case probes in every pod; for each case
+//! step the manifests go into the directory podnetd reads (`--policy-dir`), then every pod
+//! probes every other pod on the case's protocol/port until the observed matrix equals the
+//! expected one (or a deadline passes). The pure evaluator is asked the same question for every
+//! cell and must agree with the table.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use podnet::lab::LabSpec;
+use podnet::policy::cases::{self, Case, Change, Probe, Truth};
+use podnet::policy::eval::{self, Endpoint};
+use podnet::policy::model::{Cluster as Model, Key, Labels, Protocol};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::support::unique;
+
+const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+/// How long a probe waits for an answer (a dropped SYN or datagram gets none).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
+/// How long a step may take to be enforced on both nodes.
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn node_of(ns: &str, pod: &str) -> &'static str {
+    // The fixture alternates pods between node-1 and node-2 (10.244.1.0/24, 10.244.2.0/24).
+    match cases::pod_ip(ns, pod) {
+        IpAddr::V4(v) if v.octets()[2] == 1 => "node1",
+        _ => "node2",
+    }
+}
+
+fn lab_pod(k: &Key) -> String {
+    format!(
+        "{}/{}-{}",
+        node_of(&k.namespace, &k.name),
+        k.namespace,
+        k.name
+    )
+}
+
+/// The lab: two host-gw nodes holding the fixture's subnets, podnetd enforcing the manifests
+/// in `dir`, the nine pods wired by the plugin at the fixture's addresses, servers running.
+struct PolicyLab {
+    c: Cluster,
+    dir: PathBuf,
+    sctp: bool,
+}
+
+impl PolicyLab {
+    fn new(prefix: &str, extra: &[&str]) -> PolicyLab {
+        let mut c = Cluster::new(LabSpec::new(unique(prefix), 2));
+        c.put_config(HOST_GW);
+        // Reservations: each node keeps the fixture's subnet for it.
+        for (node, subnet) in [("node1", "10.244.1.0-24"), ("node2", "10.244.2.0-24")] {
+            let ip = c.lab.plan().host(node).unwrap().ip();
+            let v =
+                json!({"PublicIP": ip.to_string(), "PublicIPv6": null, "BackendType": "host-gw"});
+            c.etcdctl(&[
+                "put",
+                &format!("/coreos.com/network/subnets/{subnet}"),
+                &v.to_string(),
+            ]);
+        }
+        let dir = c.lab.workdir().join("policy");
+        std::fs::create_dir_all(&dir).unwrap();
+        for node in ["node1", "node2"] {
+            let pd = format!("--policy-dir={}", dir.display());
+            let cd = format!(
+                "--cni-data-dir={}",
+                c.lab.node_dir(node).unwrap().join("flannel").display()
+            );
+            let mut args = vec![pd.as_str(), cd.as_str(), "--ip-masq"];
+            args.extend_from_slice(extra);
+            c.start(node, &args);
+        }
+        for node in ["node1", "node2"] {
+            c.wait_ready(node);
+        }
+        let mut lab = PolicyLab {
+            c,
+            dir,
+            sctp: false,
+        };
+        for k in cases::pods() {
+            lab.add_pod(&k);
+        }
+        lab.sctp = lab
+            .c
+            .lab
+            .netns(&lab_pod(&cases::pods()[0]))
+            .unwrap()
+            .run(sctp_works)
+            .unwrap();
+        lab
+    }
+
+    /// A fixture pod, wired by the plugin at its fixture address, serving its ports.
+    fn add_pod(&mut self, k: &Key) {
+        let node = node_of(&k.namespace, &k.name);
+        let name = format!("{}-{}", k.namespace, k.name);
+        let netns = format!("/run/netns/{}", self.c.lab.pod_add(node, &name).unwrap());
+        let ip = cases::pod_ip(&k.namespace, &k.name);
+        let mut conf = self.c.cni_conf(node, "1.0.0");
+        conf["runtimeConfig"] = json!({"ips": [format!("{ip}/24")]});
+        let container = format!("ctr-{name}");
+        let cni_args = format!(
+            "K8S_POD_NAMESPACE={};K8S_POD_NAME={};IgnoreUnknown=1",
+            k.namespace, k.name
+        );
+        let mut env = Cluster::attach_env("ADD", &container, &netns, "eth0");
+        env.push(("CNI_ARGS", &cni_args));
+        let (code, out) = self.c.cni(node, &env, &conf.to_string());
+        assert_eq!(code, 0, "ADD {k}: {out}");
+        assert!(
+            out.contains(&format!("\"{ip}/24\"")),
+            "{k} got its address: {out}"
+        );
+        let ns = self.c.lab.netns(&lab_pod(k)).unwrap();
+        ns.run(serve).unwrap().unwrap();
+    }
+
+    /// Writes what the case holds now: namespaces and pods with their labels, then each
+    /// applied manifest in order (a later object replaces an earlier one of the same name).
+    fn write(
+        &self,
+        ns_labels: &BTreeMap<String, Labels>,
+        pod_labels: &BTreeMap<Key, Labels>,
+        applied: &[String],
+    ) {
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let mut base = String::new();
+        for (ns, labels) in ns_labels {
+            base += &format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {}\n",
+                json!(labels)
+            );
+        }
+        for (k, labels) in pod_labels {
+            base += &pod_manifest(k, labels);
+        }
+        let atomic = |name: &str, text: &str| {
+            podnet::util::files::write_atomic(&self.dir.join(name), text.as_bytes(), None).unwrap()
+        };
+        atomic("00-base.yaml", &base);
+        for (i, text) in applied.iter().enumerate() {
+            atomic(&format!("10-{i:03}.yaml"), text);
+        }
+    }
+
+    /// Every pod to every other pod on one protocol/port, in parallel.
+    fn observe(&self, protocol: Protocol, port: u16) -> Truth {
+        let pods = cases::pods();
+        let mut t = Truth::all(false);
+        let rows: Vec<Vec<bool>> = std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|src| {
+                    let ns = self.c.lab.netns(&lab_pod(src)).unwrap();
+                    let pods = &pods;
+                    s.spawn(move || ns.run(|| probe_all(pods, protocol, port)).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, row) in rows.into_iter().enumerate() {
+            for (j, v) in row.into_iter().enumerate() {
+                t.cells[i][j] = v;
+            }
+        }
+        t
+    }
+
+    /// Plays a case: each step's changes written, each probe's table observed.
+    fn play(&self, case: &Case) {
+        let mut model = cases::fixture();
+        let mut ns_labels: BTreeMap<String, Labels> = cases::NAMESPACES
+            .iter()
+            .map(|n| (n.to_string(), cases::labels(&[("ns", n)])))
+            .collect();
+        let mut pod_labels: BTreeMap<Key, Labels> = cases::pods()
+            .into_iter()
+            .map(|k| {
+                let l = cases::labels(&[("pod", k.name.as_str())]);
+                (k, l)
+            })
+            .collect();
+        let mut applied: Vec<String> = Vec::new();
+        for step in &case.steps {
+            for change in &step.changes {
+                change.apply(&mut model).unwrap();
+                match change {
+                    Change::Apply(text) => applied.push(text.clone()),
+                    Change::DeleteAllPolicies => applied.clear(),
+                    Change::PodLabels(k, l) => {
+                        pod_labels.insert(k.clone(), l.clone());
+                    }
+                    Change::NamespaceLabels(n, l) => {
+                        ns_labels.insert(n.clone(), l.clone());
+                    }
+                }
+            }
+            self.write(&ns_labels, &pod_labels, &applied);
+            for probe in &step.probes {
+                if probe.protocol == Protocol::Sctp && !self.sctp {
+                    continue;
+                }
+                check_evaluator(case, &model, probe);
+                self.converge(case, probe);
+            }
+        }
+    }
+
+    fn converge(&self, case: &Case, probe: &Probe) {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let seen = self.observe(probe.protocol, probe.port);
+            let diff = probe.expect.differences(&seen);
+            if diff.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let node1 = self
+                    .c
+                    .lab
+                    .exec("node1", &["nft", "list", "table", "inet", "podnet-policy"])
+                    .unwrap();
+                panic!(
+                    "{} / {} on {}/{}: the kernel disagrees after {CONVERGE:?}\nexpected:\n{}\nobserved:\n{seen}\ncells (from, to, expected): {diff:?}\nnode1's table:\n{}",
+                    case.context,
+                    case.name,
+                    probe.protocol,
+                    probe.port,
+                    probe.expect,
+                    String::from_utf8_lossy(&node1.stdout)
+                );
+            }
+        }
+    }
+}
+
+/// The evaluator's answer for every cell equals the case's table.
+fn check_evaluator(case: &Case, model: &Model, probe: &Probe) {
+    let pods = cases::pods();
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let v = eval::allowed(
+                model,
+                &Endpoint::Pod(a.clone()),
+                &Endpoint::Pod(b.clone()),
+                probe.protocol,
+                probe.port,
+            )
+            .unwrap();
+            assert_eq!(
+                v.allowed, probe.expect.cells[i][j],
+                "{}: evaluator on {a} -> {b} {}/{}: {v}",
+                case.name, probe.protocol, probe.port
+            );
+        }
+    }
+}
+
+fn pod_manifest(k: &Key, labels: &Labels) -> String {
+    let ip = cases::pod_ip(&k.namespace, &k.name);
+    let ports: Vec<serde_json::Value> = cases::serving_ports()
+        .into_iter()
+        .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_str()}))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {}\nspec:\n  containers:\n  - name: server\n    image: agnhost\n    ports: {}\nstatus:\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]\n",
+        k.name,
+        k.namespace,
+        json!(labels),
+        json!(ports)
+    )
+}
+
+/// Every TCP and UDP port some case probes.
+fn probed(protocol: Protocol) -> std::collections::BTreeSet<u16> {
+    let all = cases::all();
+    let probes = all.iter().flat_map(|c| &c.steps).flat_map(|s| &s.probes);
+    probes
+        .filter(|p| p.protocol == protocol)
+        .map(|p| p.port)
+        .collect()
+}
+
+/// Servers on every port the cases probe, in the calling thread's namespace; they run
+/// (detached) until the test process ends.
+fn serve() -> std::io::Result<()> {
+    for port in probed(Protocol::Tcp) {
+        let l = TcpListener::bind(("0.0.0.0", port))?;
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                drop(conn);
+            }
+        });
+    }
+    for port in probed(Protocol::Udp) {
+        let s = UdpSocket::bind(("0.0.0.0", port))?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        });
+    }
+    Ok(())
+}
+
+fn sctp_works() -> bool {
+    // SOCK_STREAM with IPPROTO_SCTP; this kernel may not have the protocol at all.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+        true
+    } else {
+        false
+    }
+}
+
+/// Probes every pod from the calling thread's namespace, one thread a probe.
+fn probe_all(pods: &[Key], protocol: Protocol, port: u16) -> Vec<bool> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|dst| {
+                let addr = SocketAddr::new(cases::pod_ip(&dst.namespace, &dst.name), port);
+                s.spawn(move || probe(addr, protocol))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn probe(addr: SocketAddr, protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Tcp => TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok(),
+        Protocol::Udp => {
+            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
+            if s.send_to(b"probe", addr).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 16];
+            matches!(s.recv_from(&mut buf), Ok((5, from)) if from == addr)
+        }
+        Protocol::Sctp => false,
+    }
+}
+
+#[test]
+fn upstream_truth_tables_hold_in_the_kernel() {
+    let lab = PolicyLab::new("np", &[]);
+    let started = Instant::now();
+    let mut played = 0;
+    for case in cases::all() {
+        if case.needs_sctp() && !lab.sctp {
+            continue;
+        }
+        lab.play(&case);
+        played += 1;
+    }
+    eprintln!("{played} cases in {:?}", started.elapsed());
+    assert!(played >= 40, "{played}");
+}
