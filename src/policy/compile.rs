@@ -145,6 +145,10 @@ pub struct PodRules {
     pub ingress: Option<Vec<CompiledRule>>,
     /// `None`: not isolated for egress. `Some(rules)`: only what a rule allows gets out.
     pub egress: Option<Vec<CompiledRule>>,
+    /// The policies that isolate the pod for ingress and for egress (for counters: a drop is
+    /// theirs, even when they allow nothing).
+    pub ingress_by: Vec<Key>,
+    pub egress_by: Vec<Key>,
 }
 
 impl PodRules {
@@ -152,6 +156,14 @@ impl PodRules {
         match direction {
             Direction::Ingress => self.ingress.as_deref(),
             Direction::Egress => self.egress.as_deref(),
+        }
+    }
+
+    /// The policies that isolate the pod in `direction`.
+    pub fn isolated_by(&self, direction: Direction) -> &[Key] {
+        match direction {
+            Direction::Ingress => &self.ingress_by,
+            Direction::Egress => &self.egress_by,
         }
     }
 }
@@ -390,11 +402,17 @@ impl<'a> Compiler<'a> {
             .policies_in(&pod.namespace)
             .filter(|p| p.selects(pod))
             .collect();
+        let by = |dir: Direction| -> Vec<Key> {
+            let isolating = selecting.iter().filter(|p| p.rules(dir).is_some());
+            isolating.map(|p| p.key()).collect()
+        };
         PodRules {
             key: pod.key(),
             ips: pod.ips.clone(),
             ingress: self.direction(pod, &selecting, Direction::Ingress),
             egress: self.direction(pod, &selecting, Direction::Egress),
+            ingress_by: by(Direction::Ingress),
+            egress_by: by(Direction::Egress),
         }
     }
 

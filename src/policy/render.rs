@@ -140,7 +140,11 @@ fn chain(pod: &PodRules, direction: Direction, opts: &Options) -> Option<(String
     for r in rules {
         rule_lines(r, direction, opts, &mut lines);
     }
-    let by: BTreeSet<String> = rules.iter().map(|r| r.policy.to_string()).collect();
+    let by: BTreeSet<String> = pod
+        .isolated_by(direction)
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
     let by = if by.is_empty() {
         "policy".to_string()
     } else {

@@ -19,14 +19,14 @@ use serde_json::{Value, json};
 use crate::cluster::{Cluster, PODNETCTL, Pod};
 use crate::support::{ok, poll, unique};
 
-const API_IP: &str = "198.18.0.2";
+pub const API_IP: &str = "198.18.0.2";
 const USER: &str = "system:serviceaccount:kube-flannel:flannel";
 const TOKEN: &str = "flannel-token";
 const PREFIX: &str = "flannel.alpha.coreos.com";
 
 /// A lab with the test API server and a Node object per lab node.
-struct KubeLab {
-    c: Cluster,
+pub struct KubeLab {
+    pub c: Cluster,
     api: Option<ApiServer>,
     pki: Pki,
     dir: PathBuf,
@@ -40,7 +40,7 @@ fn server_config(pki: &Pki) -> ServerConfig {
 }
 
 impl KubeLab {
-    fn new(prefix: &str, nodes: usize, segments: usize) -> KubeLab {
+    pub fn new(prefix: &str, nodes: usize, segments: usize) -> KubeLab {
         let c = Cluster::new(LabSpec::new(unique(prefix), nodes).segments(segments));
         let dir = c.lab.workdir().join("kube");
         std::fs::create_dir_all(&dir).unwrap();
@@ -68,7 +68,7 @@ impl KubeLab {
         self.api = Some(api);
     }
 
-    fn store(&self) -> &Store {
+    pub fn store(&self) -> &Store {
         self.api.as_ref().unwrap().store()
     }
 
@@ -77,7 +77,7 @@ impl KubeLab {
     }
 
     /// The node's Node object: a kubeadm worker, renamed, with its lab address.
-    fn add_node(&self, node: &str, pod_cidr: Option<&str>) {
+    pub fn add_node(&self, node: &str, pod_cidr: Option<&str>) {
         let ip: IpAddr = self.c.lab.plan().host(node).unwrap().ip().into();
         let cidrs: Vec<&str> = pod_cidr.into_iter().collect();
         let tmpl = fixtures::fixture("node-worker").unwrap();
@@ -86,7 +86,7 @@ impl KubeLab {
             .unwrap();
     }
 
-    fn node(&self, name: &str) -> Value {
+    pub fn node(&self, name: &str) -> Value {
         self.store().get("nodes", "", name).unwrap()
     }
 
@@ -113,7 +113,7 @@ impl KubeLab {
     }
 
     /// Starts podnetd in Kubernetes mode on a node (NODE_NAME set, as the DaemonSet does).
-    fn start(&mut self, node: &str, backend: &str, extra: &[&str]) {
+    pub fn start(&mut self, node: &str, backend: &str, extra: &[&str]) {
         let kc = format!("--kubeconfig-file={}", self.kubeconfig(node).display());
         let nc = format!("--net-config-path={}", self.net_conf(backend).display());
         let mut args = vec!["--kube-subnet-mgr", kc.as_str(), nc.as_str(), "--ip-masq"];
@@ -124,7 +124,7 @@ impl KubeLab {
     }
 
     /// Waits for the node's subnet.env; on a timeout the failure shows podnetd's log.
-    fn ready(&self, node: &str) -> podnet::subnet_env::SubnetEnv {
+    pub fn ready(&self, node: &str) -> podnet::subnet_env::SubnetEnv {
         match self.c.0.wait_ready(node, Duration::from_secs(30)) {
             Ok(env) => env,
             Err(e) => panic!("{e}; podnetd's log:\n{}", self.c.log(&self.podnetd(node))),
@@ -136,7 +136,7 @@ impl KubeLab {
         serde_json::from_value(n["metadata"]["annotations"].clone()).unwrap_or_default()
     }
 
-    fn podnetd(&self, node: &str) -> podnet::lab::process::ProcRecord {
+    pub fn podnetd(&self, node: &str) -> podnet::lab::process::ProcRecord {
         self.c
             .lab
             .state()

@@ -17,8 +17,8 @@ use podnet::policy::eval::{self, Endpoint};
 use podnet::policy::model::{Cluster as Model, Key, Labels, Protocol};
 use serde_json::json;
 
-use crate::cluster::Cluster;
-use crate::support::unique;
+use crate::cluster::{Cluster, PODNETCTL};
+use crate::support::{ok, poll, unique};
 
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 /// How long a probe waits for an answer (a dropped SYN or datagram gets none).
@@ -375,4 +375,270 @@ fn upstream_truth_tables_hold_in_the_kernel() {
     }
     eprintln!("{played} cases in {:?}", started.elapsed());
     assert!(played >= 40, "{played}");
+}
+
+/// A pod of the small labs below: wired by the plugin with its Kubernetes identity, serving
+/// TCP 80; returns its address.
+fn small_pod(c: &mut Cluster, node: &str, ns: &str, name: &str) -> IpAddr {
+    let netns = format!(
+        "/run/netns/{}",
+        c.lab.pod_add(node, &format!("{ns}-{name}")).unwrap()
+    );
+    let conf = c.cni_conf(node, "1.0.0");
+    let container = format!("ctr-{ns}-{name}");
+    let cni_args = format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};IgnoreUnknown=1");
+    let mut env = Cluster::attach_env("ADD", &container, &netns, "eth0");
+    env.push(("CNI_ARGS", &cni_args));
+    let (code, out) = c.cni(node, &env, &conf.to_string());
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ip: IpAddr = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let target = format!("{node}/{ns}-{name}");
+    c.lab
+        .netns(&target)
+        .unwrap()
+        .run(|| {
+            let l = TcpListener::bind(("0.0.0.0", 80))?;
+            std::thread::spawn(move || l.incoming().for_each(drop));
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap()
+        .unwrap();
+    ip
+}
+
+/// Whether `from` (a lab target) reaches `to` on TCP 80 within a deadline, as `want`.
+fn reaches(c: &Cluster, from: &str, to: IpAddr, want: bool) {
+    let ns = c.lab.netns(from).unwrap();
+    poll(&format!("{from} -> {to}:80 to be {want}"), CONVERGE, || {
+        let got = ns
+            .run(|| probe(SocketAddr::new(to, 80), Protocol::Tcp))
+            .unwrap();
+        (got == want).then_some(())
+    });
+}
+
+fn manifest(kind: &str, ns: &str, name: &str, body: &str) -> serde_json::Value {
+    let text = format!(
+        "apiVersion: {}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {ns}\n{body}",
+        if kind == "NetworkPolicy" {
+            "networking.k8s.io/v1"
+        } else {
+            "v1"
+        }
+    );
+    serde_norway_value(&text)
+}
+
+fn serde_norway_value(yaml: &str) -> serde_json::Value {
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn policy_from_the_kubernetes_api_follows_every_change_and_drops_nothing_allowed() {
+    use crate::kube::KubeLab;
+    let mut k = KubeLab::new("npk", 2, 1);
+    k.add_node("node1", Some("10.244.1.0/24"));
+    k.add_node("node2", Some("10.244.2.0/24"));
+    for n in ["node1", "node2"] {
+        let cd = format!(
+            "--cni-data-dir={}",
+            k.c.lab.node_dir(n).unwrap().join("flannel").display()
+        );
+        k.start(n, "host-gw", &["--network-policy", &cd]);
+    }
+    k.ready("node1");
+    k.ready("node2");
+    let store = k.store().clone();
+    for ns in ["x", "y"] {
+        let mut o = serde_norway_value(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{ns: {ns}}}\n"
+        ));
+        o["metadata"].as_object_mut().unwrap().remove("namespace");
+        store.create(o).unwrap();
+    }
+    let xa = small_pod(&mut k.c, "node1", "x", "a");
+    let ya = small_pod(&mut k.c, "node2", "y", "a");
+    let xb = small_pod(&mut k.c, "node2", "x", "b");
+    // x/a's object carries no address yet (kubelet has not reported it): the plugin's record
+    // tells node1 where it is.
+    store
+        .create(manifest(
+            "Pod",
+            "x",
+            "a",
+            "  labels: {pod: a}\nspec: {nodeName: node1, containers: [{name: c}]}\n",
+        ))
+        .unwrap();
+    for (ns, name, ip, node) in [("y", "a", ya, "node2"), ("x", "b", xb, "node2")] {
+        store.create(manifest("Pod", ns, name, &format!("  labels: {{pod: {name}}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n"))).unwrap();
+    }
+    reaches(&k.c, "node2/y-a", xa, true);
+    // Deny everything into x, then let namespace y in to x/a.
+    store
+        .create(manifest(
+            "NetworkPolicy",
+            "x",
+            "deny-all",
+            "spec: {podSelector: {}, ingress: []}\n",
+        ))
+        .unwrap();
+    reaches(&k.c, "node2/y-a", xa, false);
+    reaches(&k.c, "node2/x-b", xa, false);
+    store.create(manifest("NetworkPolicy", "x", "allow-y", "spec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")).unwrap();
+    reaches(&k.c, "node2/y-a", xa, true);
+    reaches(&k.c, "node2/x-b", xa, false);
+    // A 10 ms ping from y/a to x/a while policies come and go around it: nothing is lost.
+    let pinger =
+        k.c.lab
+            .command(
+                "node2/y-a",
+                &[
+                    "ping",
+                    "-i",
+                    "0.01",
+                    "-c",
+                    "300",
+                    "-W",
+                    "1",
+                    &xa.to_string(),
+                ],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    for i in 0..5 {
+        let name = format!("extra-{i}");
+        store.create(manifest("NetworkPolicy", "x", &name, "spec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 81}]}]\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        store.delete("networkpolicies", "x", &name).unwrap();
+    }
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("300 packets transmitted, 300 received, 0% packet loss"),
+        "{text}"
+    );
+    // Relabelling the namespace takes y/a out of the peer; relabelling x/b's pod lets it in.
+    store
+        .patch(
+            "namespaces",
+            "",
+            "y",
+            podnet_test_apiserver::PatchType::Merge,
+            &json!({"metadata": {"labels": {"ns": "elsewhere"}}}),
+        )
+        .unwrap();
+    reaches(&k.c, "node2/y-a", xa, false);
+    store.patch("networkpolicies", "x", "allow-y", podnet_test_apiserver::PatchType::Merge,
+        &json!({"spec": {"ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}})).unwrap();
+    store
+        .patch(
+            "pods",
+            "x",
+            "b",
+            podnet_test_apiserver::PatchType::Merge,
+            &json!({"metadata": {"labels": {"role": "client"}}}),
+        )
+        .unwrap();
+    reaches(&k.c, "node2/x-b", xa, true);
+    // Counters live with the chain of the pod's current rules: y/a knocks once more.
+    reaches(&k.c, "node2/y-a", xa, false);
+    // What the operator sees.
+    let sock =
+        k.c.lab
+            .node_dir("node1")
+            .unwrap()
+            .join("podnetd.sock")
+            .display()
+            .to_string();
+    let explain = ok(k
+        .c
+        .lab
+        .exec("node1", &[PODNETCTL, "policy", "x/a", "--socket", &sock])
+        .unwrap());
+    assert!(
+        explain.contains("ingress  isolated by x/allow-y, x/deny-all"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("allows x/allow-y ingress[0]: from pods role=client on any port"),
+        "{explain}"
+    );
+    assert!(explain.contains("egress   not isolated"), "{explain}");
+    let metrics = podnet::httpget::unix(std::path::Path::new(&sock), "/metrics")
+        .unwrap()
+        .1;
+    let dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("podnet_policy_packets_total{policy=\"x/allow-y,x/deny-all\",direction=\"ingress\",verdict=\"dropped\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!dropped.ends_with(" 0"), "{dropped}");
+    // Deleting the policies stops enforcement.
+    store.delete("networkpolicies", "x", "allow-y").unwrap();
+    store.delete("networkpolicies", "x", "deny-all").unwrap();
+    reaches(&k.c, "node2/y-a", xa, true);
+}
+
+#[test]
+fn invalid_objects_are_refused_one_by_one_and_the_rest_applies() {
+    let mut c = Cluster::new(LabSpec::new(unique("npbad"), 2));
+    c.put_config(HOST_GW);
+    let dir = c.lab.workdir().join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    for node in ["node1", "node2"] {
+        let pd = format!("--policy-dir={}", dir.display());
+        let cd = format!(
+            "--cni-data-dir={}",
+            c.lab.node_dir(node).unwrap().join("flannel").display()
+        );
+        c.start(node, &[&pd, &cd]);
+    }
+    c.wait_ready("node1");
+    c.wait_ready("node2");
+    let xa = small_pod(&mut c, "node1", "x", "a");
+    let _xb = small_pod(&mut c, "node2", "x", "b");
+    reaches(&c, "node2/x-b", xa, true);
+    let bad = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n{spec}"
+        )
+    };
+    let text = [
+        bad("bad-cidr", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n"),
+        bad("bad-endport", "  podSelector: {}\n  ingress: [{ports: [{port: 81, endPort: 80}]}]\n"),
+        bad("named-endport", "  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 90}]}]\n"),
+        bad("bad-protocol", "  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP, port: 1}]}]\n"),
+        bad("bad-operator", "  podSelector: {matchExpressions: [{key: a, operator: Near, values: [b]}]}\n  ingress: []\n"),
+        bad("deny-all", "  podSelector: {}\n  ingress: []\n"),
+    ]
+    .concat();
+    podnet::util::files::write_atomic(&dir.join("policies.yaml"), text.as_bytes(), None).unwrap();
+    // The valid one applies: x/a is isolated.
+    reaches(&c, "node2/x-b", xa, false);
+    let sock = c.lab.node_dir("node1").unwrap().join("podnetd.sock");
+    let st = podnet::status::Status::from_json(&podnet::httpget::unix(&sock, "/status").unwrap().1)
+        .unwrap();
+    let p = st.policy.unwrap();
+    assert_eq!(p.policies, 1, "{p:?}");
+    let errors = p.errors.join("\n");
+    for want in [
+        "networkpolicy x/bad-cidr: spec.ingress[0].from[0].ipBlock.cidr = 10.0.0.0/33",
+        "networkpolicy x/bad-endport: spec.ingress[0].ports[0].endPort = 80: must be greater than or equal to port (81)",
+        "networkpolicy x/named-endport: spec.ingress[0].ports[0].endPort = 90",
+        "networkpolicy x/bad-protocol: spec.ingress[0].ports[0].protocol = ICMP",
+        "networkpolicy x/bad-operator: spec.podSelector.matchExpressions[0].operator = Near",
+    ] {
+        assert!(errors.contains(want), "{want:?} in:\n{errors}");
+    }
+    assert_eq!(p.errors.len(), 5, "{errors}");
 }
