@@ -24,6 +24,10 @@ pub struct DemoArgs {
     /// Lab name.
     #[arg(long, default_value = "demo")]
     pub name: String,
+    /// Also show network policy: isolate one pod so only the first node's other pod may
+    /// reach it, and show the matrix again.
+    #[arg(long)]
+    pub policy: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -40,7 +44,7 @@ fn check_interrupt() -> anyhow::Result<()> {
 }
 
 fn step(n: usize, what: &str) {
-    eprintln!("[{n}/6] {what}");
+    eprintln!("[{n}] {what}");
 }
 
 /// Ctrl-C (or SIGTERM) ends the demo through its normal clean-up.
@@ -97,7 +101,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         }
     }
     step(5, "every pod pings every other pod");
-    let failed = ping_matrix(&c, &pods)?;
+    let mut failed = ping_matrix(&c, &pods, None)?;
+    if args.policy {
+        step(5, "network policy: only node1/b may reach node1/a");
+        failed += isolate(&c, &pods)?;
+    }
     step(6, "node status");
     for node in &nodes {
         match super::status::fetch_local(&c.socket_path(node)?) {
@@ -116,8 +124,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
 /// Starts podnetd on every node and waits for each to get its lease.
 fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
     step(3, &format!("starting podnetd on {} nodes", nodes.len()));
+    let policy_dir = format!("--policy-dir={}", c.lab.policy_dir()?.display());
     for node in nodes {
-        c.start(node, &["--ip-masq"])?;
+        let data = format!(
+            "--cni-data-dir={}",
+            c.node_dir(node)?.join("flannel").display()
+        );
+        c.start(node, &["--ip-masq", &policy_dir, &data])?;
     }
     for node in nodes {
         let env = c.wait_ready(node, Duration::from_secs(30))?;
@@ -134,9 +147,42 @@ fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints who reaches whom; returns how many pairs failed.
-fn ping_matrix(c: &Cluster, pods: &[Pod]) -> anyhow::Result<usize> {
-    let (mut ok, mut failed) = (0, 0);
+/// Labels every demo pod (`app: NODE-POD`) and lets only node1/b into node1/a; prints the
+/// matrix until it shows that; removes the policy again. Returns how many cells were wrong.
+fn isolate(c: &Cluster, pods: &[Pod]) -> anyhow::Result<usize> {
+    let mut text = String::new();
+    for p in pods {
+        let name = format!("{}-{}", p.node, p.name);
+        text += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\nstatus: {{podIPs: [{{ip: {}}}]}}\n",
+            p.ip
+        );
+    }
+    text += "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-b-to-a, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: node1-a}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: node1-b}}}]}]\n";
+    let file = c.lab.policy_dir()?.join("demo.yaml");
+    crate::util::files::write_atomic(&file, text.as_bytes(), None)?;
+    eprintln!("      wrote {}", file.display());
+    let allowed = |from: &Pod, to: &Pod| to.target() != "node1/a" || from.target() == "node1/b";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wrong = loop {
+        let wrong = ping_matrix(c, pods, Some(&allowed))?;
+        if wrong == 0 || Instant::now() > deadline {
+            break wrong;
+        }
+        eprintln!("      not enforced everywhere yet; again");
+    };
+    std::fs::remove_file(&file)?;
+    Ok(wrong)
+}
+
+/// Prints who reaches whom; returns how many pairs did not do what `expect` says (default:
+/// everyone reaches everyone).
+fn ping_matrix(
+    c: &Cluster,
+    pods: &[Pod],
+    expect: Option<&dyn Fn(&Pod, &Pod) -> bool>,
+) -> anyhow::Result<usize> {
+    let (mut ok, mut failed, mut wrong) = (0, 0, 0);
     let width = pods.iter().map(|p| p.target().len()).max().unwrap_or(8) + 2;
     print!("{:width$}", "from \\ to");
     for p in pods {
@@ -149,24 +195,29 @@ fn ping_matrix(c: &Cluster, pods: &[Pod]) -> anyhow::Result<usize> {
         for b in pods {
             let cell = if a.target() == b.target() {
                 "-"
-            } else if c
-                .lab
-                .exec(&a.target(), &["ping", "-c1", "-W2", &b.ip.to_string()])?
-                .status
-                .success()
-            {
-                ok += 1;
-                "ok"
             } else {
-                failed += 1;
-                "FAIL"
+                let reached = c
+                    .lab
+                    .exec(&a.target(), &["ping", "-c1", "-W1", &b.ip.to_string()])?
+                    .status
+                    .success();
+                if reached != expect.is_none_or(|f| f(a, b)) {
+                    wrong += 1;
+                }
+                if reached {
+                    ok += 1;
+                    "ok"
+                } else {
+                    failed += 1;
+                    if expect.is_some() { "denied" } else { "FAIL" }
+                }
             };
             print!("{cell:>width$}");
         }
         println!();
     }
     println!("{ok} of {} pod pairs reach each other", ok + failed);
-    Ok(failed)
+    Ok(wrong)
 }
 
 /// Leaves the cluster running with `--keep` (saying how to use it), else removes it.

@@ -531,7 +531,39 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     out.push(foreign_masquerade(&node));
     out.push(lease_agreement(&node));
     out.push(vxlan_checksum(&node));
+    if node.status.as_ref().is_some_and(|s| s.policy.is_some()) {
+        out.push(policy_shadow());
+    }
     Ok(out)
+}
+
+/// Rules of other software that would undo network policy (only when policy is enabled).
+fn policy_shadow() -> Check {
+    let name = "policy-shadow";
+    let ruleset = match crate::kernel::nft::ruleset_json() {
+        Ok(r) => r,
+        Err(e) => return check(name, Verdict::Skip, e.to_string(), None),
+    };
+    let own = [
+        owned::NFT_TABLE,
+        owned::NFT_POLICY_TABLE,
+        owned::NFT_POD_MASQ_TABLE,
+    ];
+    let found = crate::policy::shadow::find(&ruleset, &own);
+    if found.is_empty() {
+        return check(
+            name,
+            Verdict::Pass,
+            "no other rule undoes network policy (no notrack, no forward drop, no second engine)",
+            None,
+        );
+    }
+    check(
+        name,
+        Verdict::Warn,
+        found.join("; "),
+        Some("remove the rule or the other engine, or make it accept the cluster network"),
+    )
 }
 
 /// One check as `doctor --json` prints it.

@@ -42,6 +42,15 @@ pub enum LabCmd {
     /// Create or remove an empty pod network namespace on a node.
     #[command(subcommand)]
     Pod(PodCmd),
+    /// Put Kubernetes manifests (Namespaces, Pods, NetworkPolicies; YAML or JSON) where the
+    /// lab's podnetd reads network policy (the demo's agents do), or remove them.
+    Policy {
+        name: String,
+        files: Vec<std::path::PathBuf>,
+        /// Remove every manifest first.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Remove labs whose owning process died and lab namespaces no lab claims.
     Sweep,
     /// A whole podnet cluster: lab, etcd, podnetd on every node, two pods per node, and a
@@ -180,6 +189,25 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             Ok(0)
         }
         LabCmd::Demo(_) => unreachable!("dispatched by ctl::main"),
+        LabCmd::Policy { name, files, clear } => {
+            let lab = Lab::open(&name)?;
+            let dir = lab.policy_dir()?;
+            if clear {
+                for e in
+                    std::fs::read_dir(&dir).map_err(|e| LabError::io("read the policy dir", e))?
+                {
+                    let p = e
+                        .map_err(|e| LabError::io("read the policy dir", e))?
+                        .path();
+                    std::fs::remove_file(&p)
+                        .map_err(|e| LabError::io(format!("remove {}", p.display()), e))?;
+                }
+            }
+            for f in files {
+                install_manifest(&dir, &f)?;
+            }
+            Ok(0)
+        }
         LabCmd::Sweep => {
             for r in lab::sweep()? {
                 println!("removed {r}");
@@ -187,6 +215,32 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             Ok(0)
         }
     }
+}
+
+/// Copies one manifest file into the policy directory, refusing one that does not read.
+fn install_manifest(dir: &std::path::Path, file: &std::path::Path) -> Result<(), LabError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| LabError::io(format!("read {}", file.display()), e))?;
+    let m = crate::policy::manifest::parse(&text);
+    if let Some(e) = m.errors.first() {
+        return Err(LabError::Invalid(format!(
+            "{}: {e}; nothing copied",
+            file.display()
+        )));
+    }
+    let name = file
+        .file_name()
+        .ok_or_else(|| LabError::Invalid(format!("{}: not a file", file.display())))?;
+    let dst = dir.join(name);
+    crate::util::files::write_atomic(&dst, text.as_bytes(), Some(0o644))
+        .map_err(|e| LabError::io(format!("write {}", dst.display()), e))?;
+    eprintln!(
+        "{} objects from {} now in {}",
+        m.objects.len(),
+        file.display(),
+        dst.display()
+    );
+    Ok(())
 }
 
 fn print_status(lab: &Lab) {

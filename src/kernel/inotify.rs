@@ -45,8 +45,14 @@ impl DirWatch {
     }
 
     /// Waits until something in the directory changed or `timeout` passed; `true` on a change.
+    /// While the directory does not exist, it looks for it every 200 ms.
     pub fn wait(&mut self, timeout: Duration) -> bool {
         self.arm();
+        let timeout = if self.watching {
+            timeout
+        } else {
+            timeout.min(Duration::from_millis(200))
+        };
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
         let ready = matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0);

@@ -253,7 +253,10 @@ impl Cluster {
         let netns = format!("/run/netns/{}", self.lab.pod_add(node, name)?);
         let container = format!("ctr-{node}-{name}");
         let conf = self.cni_conf(node, version)?.to_string();
-        let env = attach_env("ADD", &container, &netns, "eth0");
+        // As kubelet would: the pod's identity, here namespace "default", name NODE-POD.
+        let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={node}-{name};IgnoreUnknown=1");
+        let mut env = attach_env("ADD", &container, &netns, "eth0");
+        env.push(("CNI_ARGS", &args));
         let out = self.cni(node, &env, &conf)?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {

@@ -225,6 +225,15 @@ impl Lab {
         Ok(dir)
     }
 
+    /// The directory of Kubernetes manifests the lab's podnetd may enforce network policy
+    /// from (`--policy-dir`), created on demand.
+    pub fn policy_dir(&self) -> Result<PathBuf, LabError> {
+        let dir = self.state.workdir.join("policy");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("create {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
     pub fn etcd_endpoints(&self) -> String {
         self.state.plan.etcd_endpoints()
     }

@@ -28,3 +28,4 @@ pub mod eval;
 pub mod manifest;
 pub mod model;
 pub mod render;
+pub mod shadow;

@@ -641,4 +641,36 @@ fn invalid_objects_are_refused_one_by_one_and_the_rest_applies() {
         assert!(errors.contains(want), "{want:?} in:\n{errors}");
     }
     assert_eq!(p.errors.len(), 5, "{errors}");
+    // doctor: nothing undoes policy, until someone turns connection tracking off for pods.
+    let doctor = |c: &Cluster| -> serde_json::Value {
+        let sock = sock.display().to_string();
+        let out = c
+            .lab
+            .exec("node1", &[PODNETCTL, "doctor", "--json", "--socket", &sock])
+            .unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "policy-shadow")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(doctor(&c)["verdict"], "pass", "{}", doctor(&c));
+    for rule in [
+        "add table ip raw",
+        "add chain ip raw prerouting { type filter hook prerouting priority raw; }",
+        "add rule ip raw prerouting ip saddr 10.244.0.0/16 notrack",
+    ] {
+        ok(c.lab.exec("node1", &["nft", rule]).unwrap());
+    }
+    let d = doctor(&c);
+    assert_eq!(d["verdict"], "warn", "{d}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .contains("table ip raw chain prerouting handle"),
+        "{d}"
+    );
 }
