@@ -175,12 +175,15 @@ fn isolate(c: &Cluster, pods: &[Pod]) -> anyhow::Result<usize> {
     Ok(wrong)
 }
 
+/// Whether a pod should reach another.
+type Expectation = dyn Fn(&Pod, &Pod) -> bool;
+
 /// Prints who reaches whom; returns how many pairs did not do what `expect` says (default:
 /// everyone reaches everyone).
 fn ping_matrix(
     c: &Cluster,
     pods: &[Pod],
-    expect: Option<&dyn Fn(&Pod, &Pod) -> bool>,
+    expect: Option<&Expectation>,
 ) -> anyhow::Result<usize> {
     let (mut ok, mut failed, mut wrong) = (0, 0, 0);
     let width = pods.iter().map(|p| p.target().len()).max().unwrap_or(8) + 2;
