@@ -21,20 +21,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PREFIX: &str = "/coreos.com/network";
 const HAND_MAC: [&str; 2] = ["02:70:6e:00:00:03", "02:70:6e:00:00:04"];
-
-fn run(lab: &Lab, target: &str, argv: &[&str]) -> String {
-    let out = lab.exec(target, argv).unwrap();
-    assert!(
-        out.status.success(),
-        "{target}: {argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -99,7 +89,7 @@ fn hand_node(lab: &mut Lab, backend: &str, me: usize) -> Ipv4Addr {
     }
     for c in &cmds {
         let argv: Vec<&str> = c.iter().map(String::as_str).collect();
-        run(lab, node, &argv);
+        run_in(lab, node, &argv);
     }
     let ip = format!("10.244.{sub}.2");
     for c in [
@@ -110,7 +100,7 @@ fn hand_node(lab: &mut Lab, backend: &str, me: usize) -> Ipv4Addr {
         format!("ip route add default via {gw} dev eth0"),
     ] {
         let argv: Vec<&str> = c.split_whitespace().collect();
-        run(lab, &pod, &argv);
+        run_in(lab, &pod, &argv);
     }
     ip.parse().unwrap()
 }
@@ -121,54 +111,14 @@ struct Path {
     server_ip: Ipv4Addr,
 }
 
-/// One iperf3 run; bits per second received.
+/// One iperf3 run over a path; bits per second received.
 fn throughput(lab: &Lab, p: &Path, seconds: u32) -> f64 {
-    let out = run(
-        lab,
-        &p.client,
-        &[
-            "iperf3",
-            "-J",
-            "-c",
-            &p.server_ip.to_string(),
-            "-t",
-            &seconds.to_string(),
-        ],
-    );
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
+    common::throughput(lab, &p.client, &p.server_ip.to_string(), seconds)
 }
 
-/// Mean round trip of 200 pings 2 ms apart, in seconds.
+/// Mean round trip over a path, in seconds.
 fn latency(lab: &Lab, p: &Path) -> f64 {
-    let out = run(
-        lab,
-        &p.client,
-        &[
-            "ping",
-            "-q",
-            "-c",
-            "200",
-            "-i",
-            "0.002",
-            &p.server_ip.to_string(),
-        ],
-    );
-    // rtt min/avg/max/mdev = 0.021/0.034/0.104/0.011 ms
-    let line = out.lines().find(|l| l.contains("min/avg/max")).unwrap();
-    let avg: f64 = line
-        .split('=')
-        .nth(1)
-        .unwrap()
-        .trim()
-        .split('/')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    avg / 1e3
+    common::latency(lab, &p.client, &p.server_ip.to_string())
 }
 
 struct Row {
@@ -218,7 +168,7 @@ fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2]
         .into_iter()
         .enumerate()
     {
-        let ruleset = run(lab, twin, &["nft", "list", "ruleset"])
+        let ruleset = run_in(lab, twin, &["nft", "list", "ruleset"])
             .replace(
                 &node_ip(lab, ["node2", "node1"][me]).to_string(),
                 &node_ip(lab, ["node4", "node3"][me]).to_string(),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use podnet::lab::Lab;
 use podnet::lab::cluster::Binaries;
 
 /// This package's podnetd and CNI plugin.
@@ -72,4 +73,48 @@ pub fn runs(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs a command in a lab target; its output (panics on failure).
+pub fn run_in(lab: &Lab, target: &str, argv: &[&str]) -> String {
+    let out = lab.exec(target, argv).unwrap();
+    assert!(
+        out.status.success(),
+        "{target}: {argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One iperf3 run (one TCP stream) from `client` to a server at `server`; bits per second
+/// received.
+pub fn throughput(lab: &Lab, client: &str, server: &str, seconds: u32) -> f64 {
+    let secs = seconds.to_string();
+    let out = run_in(lab, client, &["iperf3", "-J", "-c", server, "-t", &secs]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Mean round trip of 200 pings 2 ms apart from `client` to `server`, in seconds.
+pub fn latency(lab: &Lab, client: &str, server: &str) -> f64 {
+    let out = run_in(
+        lab,
+        client,
+        &["ping", "-q", "-c", "200", "-i", "0.002", server],
+    );
+    // rtt min/avg/max/mdev = 0.021/0.034/0.104/0.011 ms
+    let line = out.lines().find(|l| l.contains("min/avg/max")).unwrap();
+    let avg: f64 = line
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    avg / 1e3
 }

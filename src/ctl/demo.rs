@@ -180,11 +180,7 @@ type Expectation = dyn Fn(&Pod, &Pod) -> bool;
 
 /// Prints who reaches whom; returns how many pairs did not do what `expect` says (default:
 /// everyone reaches everyone).
-fn ping_matrix(
-    c: &Cluster,
-    pods: &[Pod],
-    expect: Option<&Expectation>,
-) -> anyhow::Result<usize> {
+fn ping_matrix(c: &Cluster, pods: &[Pod], expect: Option<&Expectation>) -> anyhow::Result<usize> {
     let (mut ok, mut failed, mut wrong) = (0, 0, 0);
     let width = pods.iter().map(|p| p.target().len()).max().unwrap_or(8) + 2;
     print!("{:width$}", "from \\ to");
