@@ -449,6 +449,26 @@ fn lease_agreement(node: &Node) -> Check {
     }
 }
 
+/// Peer leases the agent will not program (only when there are some).
+fn refused_leases(node: &Node) -> Option<Check> {
+    let refused = &node.status.as_ref()?.rejected_leases;
+    if refused.is_empty() {
+        return None;
+    }
+    Some(check(
+        "peer-leases",
+        Verdict::Warn,
+        format!(
+            "{} peer lease(s) not programmed: {}",
+            refused.len(),
+            refused.join("; ")
+        ),
+        Some(
+            "these nodes' pods are unreachable from here: fix or delete the named leases (a node that rewrites them is misconfigured or hostile)",
+        ),
+    ))
+}
+
 fn vxlan_checksum(node: &Node) -> Check {
     let tunnels = node.tunnels();
     if tunnels.is_empty() {
@@ -531,6 +551,9 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     out.push(foreign_masquerade(&node));
     out.push(lease_agreement(&node));
     out.push(vxlan_checksum(&node));
+    if let Some(c) = refused_leases(&node) {
+        out.push(c);
+    }
     if node.status.as_ref().is_some_and(|s| s.policy.is_some()) {
         out.push(policy_shadow());
     }

@@ -108,17 +108,17 @@ impl<M: SubnetManager, S: PeerSink> EventLoop<M, S> {
                 self.peers.reset(list)
             }
             WatchUpdate::Put(l) if l.key == own => {
-                self.keeper.rewritten(l)?;
+                self.keeper.rewritten(&self.store, l).await?;
                 Vec::new()
             }
-            WatchUpdate::Put(l) => self.peers.put(l).into_iter().collect(),
+            WatchUpdate::Put(l) => self.peers.put(l),
             WatchUpdate::Delete(k) if k == own => {
                 self.keeper
                     .reclaim(&self.store, "deleted or expired")
                     .await?;
                 Vec::new()
             }
-            WatchUpdate::Delete(k) => self.peers.delete(&k).into_iter().collect(),
+            WatchUpdate::Delete(k) => self.peers.delete(&k),
             WatchUpdate::Disconnected(e) => {
                 if !self.disconnected {
                     tracing::warn!(
@@ -133,6 +133,9 @@ impl<M: SubnetManager, S: PeerSink> EventLoop<M, S> {
         };
         for ev in events {
             self.apply(ev);
+        }
+        if let Some(refused) = self.peers.refused_update() {
+            self.shared.update(|s| s.refused_leases = refused);
         }
         Ok(())
     }
@@ -210,6 +213,7 @@ mod tests {
             attrs: attrs(ip),
             keepalive: crate::lease::Keepalive::Etcd(7),
             revision: 0,
+            created: 0,
         }
     }
 

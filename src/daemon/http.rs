@@ -36,6 +36,8 @@ pub struct NodeState {
     /// before there is one).
     pub lease_expiry: Option<SystemTime>,
     pub last_store_error: Option<String>,
+    /// Peer leases this node refuses to program, as `lease <subnet>: why`.
+    pub refused_leases: Vec<String>,
 }
 
 /// Peers the lease store skipped, with why (asked when they are shown).
@@ -86,12 +88,20 @@ impl Shared {
         *self.rejections.lock().expect("rejections lock") = Some(f);
     }
 
-    /// Peers the lease store skipped.
+    /// Peers the lease store skipped, then leases this node refuses to program.
     pub fn rejections(&self) -> Vec<String> {
-        match self.rejections.lock().expect("rejections lock").as_ref() {
+        let mut all = match self.rejections.lock().expect("rejections lock").as_ref() {
             Some(f) => f(),
             None => Vec::new(),
-        }
+        };
+        all.extend(
+            self.state
+                .lock()
+                .expect("state lock")
+                .refused_leases
+                .clone(),
+        );
+        all
     }
 
     /// Changes the node's state (one lock, one place).

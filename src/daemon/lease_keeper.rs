@@ -5,7 +5,8 @@
 //! it is. A lease that vanished (deleted, expired, missing from a snapshot) is taken back if the
 //! subnet is still free; if another node holds it now, that is an error and podnetd exits
 //! non-zero rather than keep routing an address range another node owns. A write to our own key
-//! by someone else with another public address is the same loss.
+//! by someone else with another public address is the same loss; one with our address but other
+//! attributes is written back.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -123,14 +124,33 @@ impl LeaseKeeper {
         Ok(())
     }
 
-    /// Someone wrote our key: a renewal or our own write is adopted; another holder is a loss.
-    pub fn rewritten(&mut self, lease: Lease) -> Result<(), DaemonError> {
+    /// Someone wrote our key: a renewal or our own write is adopted; another holder is a loss;
+    /// our address with other attributes (another VtepMAC, say) is written back, since peers
+    /// would otherwise send our traffic wherever the writer chose.
+    pub async fn rewritten<M: SubnetManager>(
+        &mut self,
+        store: &M,
+        lease: Lease,
+    ) -> Result<(), DaemonError> {
         if lease.attrs.public_ip != self.own.attrs.public_ip {
             return Err(LeaseError::Lost {
                 key: self.own.key.to_string(),
                 holder: lease.attrs.public_ip.to_string(),
             }
             .into());
+        }
+        if lease.attrs != self.own.attrs {
+            tracing::warn!(
+                subnet = %self.own.key,
+                written = %lease.attrs.to_json(),
+                "someone else rewrote this node's lease; writing it back"
+            );
+            self.shared.metrics.lease_repairs.inc();
+            if let Err(e) = store.restore(&self.own, &lease).await {
+                // The next renewal finds it (not ours: taken back) or the next write retries.
+                self.shared.store_error("restore", e.to_string());
+            }
+            return Ok(());
         }
         self.own = lease;
         let own = self.own.clone();

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub lease_seconds_remaining: Gauge<f64, AtomicU64>,
     pub lease_renewals: Counter,
+    pub lease_repairs: Counter,
     pub lease_events: Family<Labels, Counter>,
     pub leases_rejected: Gauge,
     pub peers: Family<Labels, Gauge>,
@@ -45,6 +46,7 @@ impl Metrics {
             ready: Gauge::default(),
             lease_seconds_remaining: Gauge::default(),
             lease_renewals: Counter::default(),
+            lease_repairs: Counter::default(),
             lease_events: Family::default(),
             leases_rejected: Gauge::default(),
             peers: Family::default(),
@@ -74,6 +76,9 @@ impl Metrics {
         r.register("lease_seconds_remaining", left, secs);
         let renewals = self.lease_renewals.clone();
         r.register("lease_renewals", "Lease renewals that succeeded", renewals);
+        let repairs = self.lease_repairs.clone();
+        let what = "Times someone else rewrote this node's lease and podnetd wrote it back";
+        r.register("lease_repairs", what, repairs);
         let events = "Peer lease events received, by type (added, removed)";
         r.register("lease_events", events, self.lease_events.clone());
         let rejected = "Peers skipped because what they published makes no lease";

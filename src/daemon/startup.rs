@@ -25,6 +25,7 @@ use crate::config::NetworkConfig;
 use crate::firewall::{FirewallSpec, Guard};
 use crate::kernel::netlink::Netlink;
 use crate::lease::manager::{SubnetManager, WatchUpdate};
+use crate::lease::validate::Checker;
 use crate::lease::{AcquireRequest, Lease, LeaseAttrs, PeerSet, SubnetKey};
 use crate::subnet_env::{self, SubnetEnv};
 use crate::util::backoff::{self, Attempt, Backoff};
@@ -67,7 +68,16 @@ pub async fn start<M: SubnetManager>(
     shared.phase("programming peers");
     let (tx, mut updates) = mpsc::channel::<WatchUpdate>(1024);
     tokio::spawn(store.watch(tx));
-    let peers = first_snapshot(&mut updates, own.key).await?;
+    let checker = Checker {
+        cfg: cfg.clone(),
+        exact_length: store.subnet_len_from_config(),
+        own: own.key,
+        local: local_networks()?,
+    };
+    let mut peers = first_snapshot(&mut updates, checker).await?;
+    if let Some(refused) = peers.refused_update() {
+        shared.update(|s| s.refused_leases = refused);
+    }
     let firewall = program(flags, &cfg, &ext, &reg, &own, &peers, &dataplane, shared).await?;
 
     let env = SubnetEnv::for_lease(
@@ -224,12 +234,19 @@ async fn acquire<M: SubnetManager>(
     Ok(lease)
 }
 
+/// This node's addresses with their networks: no peer lease may cover them.
+fn local_networks() -> Result<Vec<ipnet::IpNet>, DaemonError> {
+    let mut nl = Netlink::open().map_err(|e| DaemonError::Iface(e.to_string()))?;
+    let addrs = nl.addrs().map_err(|e| DaemonError::Iface(e.to_string()))?;
+    Ok(addrs.into_iter().map(|a| a.net).collect())
+}
+
 /// Waits for the watch's first complete list of leases.
 async fn first_snapshot(
     updates: &mut mpsc::Receiver<WatchUpdate>,
-    own: SubnetKey,
+    checker: Checker,
 ) -> Result<PeerSet, DaemonError> {
-    let mut peers = PeerSet::new(own);
+    let mut peers = PeerSet::checked(checker);
     loop {
         match updates.recv().await {
             Some(WatchUpdate::Snapshot(list)) => {

@@ -253,6 +253,7 @@ impl EtcdStore {
                 id => Keepalive::Etcd(id),
             },
             revision: kv.mod_revision(),
+            created: kv.create_revision(),
         })
     }
 
@@ -342,6 +343,7 @@ impl EtcdStore {
             attrs: attrs.clone(),
             keepalive: Keepalive::Etcd(id),
             revision,
+            created: revision,
         }))
     }
 
@@ -672,6 +674,27 @@ impl SubnetManager for EtcdStore {
 
     async fn reclaim(&self, own: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
         self.reclaim_lease(own, ttl).await
+    }
+
+    async fn restore(&self, own: &Lease, current: &Lease) -> Result<bool, LeaseError> {
+        let k = self.lease_key(&own.key);
+        let opts = own
+            .keepalive
+            .etcd_id()
+            .map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                k.clone(),
+                CompareOp::Equal,
+                current.revision,
+            )])
+            .and_then([TxnOp::put(k, own.attrs.to_json(), opts)]);
+        let mut c = self.client.clone();
+        let resp = c
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(format!("restore lease {}", own.key), e))?;
+        Ok(resp.succeeded())
     }
 
     async fn time_left(&self, own: &Lease) -> Result<Option<Duration>, LeaseError> {

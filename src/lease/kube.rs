@@ -189,6 +189,12 @@ pub fn node_lease(
         attrs,
         keepalive: Keepalive::Node,
         revision: 0,
+        created: node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0),
     }))
 }
 
@@ -345,6 +351,7 @@ impl KubeManager {
             attrs,
             keepalive: Keepalive::Node,
             revision: 0,
+            created: 0,
         })
     }
 
@@ -490,6 +497,10 @@ impl SubnetManager for KubeManager {
 
     fn config_source(&self) -> String {
         self.net_conf_path.display().to_string()
+    }
+
+    fn subnet_len_from_config(&self) -> bool {
+        false
     }
 
     fn config_missing(&self) -> String {
@@ -831,6 +842,7 @@ mod tests {
             attrs: attrs("198.18.0.12", "vxlan", None),
             keepalive: Keepalive::Node,
             revision: 0,
+            created: 0,
         };
         l.attrs.public_ip = "198.18.0.12".parse().unwrap();
         Seen {

@@ -58,6 +58,12 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         format!("{} does not exist yet", self.config_source())
     }
 
+    /// Whether every lease's prefix length is the config's SubnetLen (etcd: flannel's
+    /// allocator makes no other); in Kubernetes the controller manager chooses.
+    fn subnet_len_from_config(&self) -> bool {
+        true
+    }
+
     /// The network config document; `None` while it does not exist yet.
     fn network_config(&self) -> impl Future<Output = Result<Option<String>, LeaseError>> + Send;
 
@@ -87,6 +93,17 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         own: &Lease,
         ttl: Duration,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
+
+    /// Someone rewrote our key (`current`) with our public address but other attributes:
+    /// writes `own` back over exactly that version. `Ok(false)` when the key changed again in
+    /// between or the store has nothing to restore (a Node's annotations are ours alone).
+    fn restore(
+        &self,
+        _own: &Lease,
+        _current: &Lease,
+    ) -> impl Future<Output = Result<bool, LeaseError>> + Send {
+        std::future::ready(Ok(false))
+    }
 
     /// Time left on the lease (`None`: it does not expire, or the store cannot tell).
     fn time_left(

@@ -46,6 +46,9 @@ impl MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         inner.revision += 1;
         lease.revision = inner.revision;
+        if lease.created == 0 {
+            lease.created = inner.revision;
+        }
         inner.leases.insert(lease.key, lease.clone());
         MemoryStore::notify(&mut inner, WatchUpdate::Put(lease));
     }
@@ -116,6 +119,7 @@ impl SubnetManager for MemoryStore {
                     attrs: req.attrs.clone(),
                     keepalive: Keepalive::Etcd(1),
                     revision: 0,
+                    created: 0,
                 };
                 self.put(lease);
                 Ok(self.get(&key).expect("just written"))
@@ -133,6 +137,16 @@ impl SubnetManager for MemoryStore {
             Some(l) if l.attrs.public_ip == own.attrs.public_ip => Renewal::Renewed(86400),
             _ => Renewal::Gone,
         })
+    }
+
+    async fn restore(&self, own: &Lease, current: &Lease) -> Result<bool, LeaseError> {
+        match self.get(&own.key) {
+            Some(l) if l.revision == current.revision => {
+                self.put(own.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn reclaim(&self, own: &Lease, _ttl: Duration) -> Result<Lease, LeaseError> {

@@ -13,6 +13,7 @@ pub mod kube;
 pub mod manager;
 #[cfg(test)]
 pub mod memory;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,11 +89,12 @@ impl fmt::Display for SubnetKey {
     /// (flannel writes the empty IPv4 subnet in that case).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.v4 {
-            Some(n) => write!(f, "{}-{}", n.network(), n.prefix_len())?,
+            // The address as written: a key with host bits set shows them.
+            Some(n) => write!(f, "{}-{}", n.addr(), n.prefix_len())?,
             None => write!(f, "0.0.0.0-0")?,
         }
         if let Some(n) = self.v6 {
-            write!(f, "&{}-{}", n.network(), n.prefix_len())?;
+            write!(f, "&{}-{}", n.addr(), n.prefix_len())?;
         }
         Ok(())
     }
@@ -135,6 +137,16 @@ impl SubnetKey {
             (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
             _ => false,
         };
+        v4 || v6
+    }
+
+    /// Whether some family's subnet lies inside its network and is smaller than it: what any
+    /// real lease looks like, even one from an older SubnetLen.
+    pub fn plausible(&self, cfg: &NetworkConfig) -> bool {
+        let v4 = matches!((&cfg.v4, self.v4), (Some(f), Some(n))
+            if f.network.contains(&n) && n.prefix_len() > f.network.prefix_len());
+        let v6 = matches!((&cfg.v6, self.v6), (Some(f), Some(n))
+            if f.network.contains(&n) && n.prefix_len() > f.network.prefix_len());
         v4 || v6
     }
 
@@ -215,6 +227,9 @@ pub struct Lease {
     pub keepalive: Keepalive,
     /// etcd revision of the last change to this key.
     pub revision: i64,
+    /// When the lease was created, for "the older lease wins": the etcd revision that created
+    /// the key, or the Node's creation time in seconds.
+    pub created: i64,
 }
 
 impl Lease {
@@ -308,6 +323,10 @@ pub fn choose(
     {
         return Choice::Reuse(l.clone());
     }
+    // A lease that covers the whole network, or lies outside it, is no node's (flannel never
+    // makes one); counting it would let one bad key keep every node from joining.
+    let plausible: Vec<&Lease> = leases.iter().filter(|l| l.key.plausible(cfg)).collect();
+    let leases = plausible;
     if let Some(prev) = req.previous {
         let free = !leases.iter().any(|l| l.key.overlaps(&prev)) && !exclude.contains(&prev);
         if free && prev.fits(cfg) {
@@ -355,22 +374,62 @@ pub fn choose(
 }
 
 /// The other nodes' leases, kept as a set; turns snapshots and key changes into events.
+///
+/// With a `Checker` (a running node always has one), only leases that pass it are peers:
+/// events cover the accepted set alone, and a lease that stops passing (or is displaced by an
+/// older one) yields a `Removed`. Without one (unit tests), every lease but our own is a peer.
 #[derive(Debug, Default)]
 pub struct PeerSet {
     own: Option<SubnetKey>,
+    checker: Option<validate::Checker>,
+    /// Every lease seen but our own, accepted or not.
+    all: BTreeMap<SubnetKey, Lease>,
+    /// The peers: what the backends program.
     peers: BTreeMap<SubnetKey, Lease>,
+    /// Leases refused, with why.
+    refused: BTreeMap<SubnetKey, String>,
+    /// `refused` changed since `refused_update` last looked.
+    refused_changed: bool,
+    index: validate::Index,
 }
 
 impl PeerSet {
     pub fn new(own: SubnetKey) -> PeerSet {
         PeerSet {
             own: Some(own),
-            peers: BTreeMap::new(),
+            ..PeerSet::default()
+        }
+    }
+
+    /// A set that admits only leases `checker` accepts.
+    pub fn checked(checker: validate::Checker) -> PeerSet {
+        PeerSet {
+            own: Some(checker.own),
+            checker: Some(checker),
+            ..PeerSet::default()
         }
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &Lease> {
         self.peers.values()
+    }
+
+    /// Leases refused, with why.
+    pub fn refused(&self) -> impl Iterator<Item = (&SubnetKey, &String)> {
+        self.refused.iter()
+    }
+
+    /// The refused leases as `subnet: why`, if they changed since last asked.
+    pub fn refused_update(&mut self) -> Option<Vec<String>> {
+        if !std::mem::take(&mut self.refused_changed) {
+            return None;
+        }
+        Some(
+            self.refused
+                .iter()
+                .map(|(k, why)| format!("lease {k}: {why}"))
+                .collect(),
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -383,12 +442,88 @@ impl PeerSet {
 
     /// Replaces the set with a full listing and returns the difference.
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
-        let mut next: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
-        for l in snapshot {
-            if Some(l.key) != self.own {
-                next.insert(l.key, l);
+        self.all = snapshot
+            .into_iter()
+            .filter(|l| Some(l.key) != self.own)
+            .map(|l| (l.key, l))
+            .collect();
+        self.recompute()
+    }
+
+    /// A key was written.
+    pub fn put(&mut self, lease: Lease) -> Vec<LeaseEvent> {
+        if Some(lease.key) == self.own {
+            return Vec::new();
+        }
+        let key = lease.key;
+        let fast = self.refused.is_empty()
+            && self
+                .checker
+                .as_ref()
+                .is_none_or(|c| c.check(&lease).is_ok())
+            && self.index.admits(&lease).is_ok();
+        self.all.insert(key, lease.clone());
+        if !fast {
+            return self.recompute();
+        }
+        // It passes and collides with nothing: only its own earlier version is affected.
+        if let Some(old) = self.peers.get(&key) {
+            if old.attrs == lease.attrs {
+                self.peers.insert(key, lease);
+                return Vec::new();
+            }
+            self.index.remove(old);
+        }
+        self.index.insert(&lease);
+        self.peers.insert(key, lease.clone());
+        vec![LeaseEvent::Added(lease)]
+    }
+
+    /// A key was deleted (or expired).
+    pub fn delete(&mut self, key: &SubnetKey) -> Vec<LeaseEvent> {
+        if self.all.remove(key).is_none() {
+            return Vec::new();
+        }
+        if !self.refused.is_empty() {
+            // A refused lease may have been waiting for this one to go.
+            return self.recompute();
+        }
+        match self.peers.remove(key) {
+            Some(old) => {
+                self.index.remove(&old);
+                vec![LeaseEvent::Removed(old)]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Decides every lease afresh and returns how the peers changed.
+    fn recompute(&mut self) -> Vec<LeaseEvent> {
+        let (next, refused, index) = match &self.checker {
+            None => {
+                let mut index = validate::Index::default();
+                self.all.values().for_each(|l| index.insert(l));
+                (self.all.clone(), BTreeMap::new(), index)
+            }
+            Some(c) => {
+                let sel = c.select(self.all.values());
+                let next = sel.accepted.iter().map(|l| (l.key, (*l).clone())).collect();
+                let refused = sel
+                    .refused
+                    .iter()
+                    .map(|(l, why)| (l.key, why.clone()))
+                    .collect();
+                (next, refused, sel.index)
+            }
+        };
+        for (key, why) in &refused {
+            if self.refused.get(key) != Some(why) {
+                tracing::warn!(lease = %key, "refusing a peer lease: {why}");
             }
         }
+        self.refused_changed |= self.refused != refused;
+        self.refused = refused;
+        self.index = index;
         let mut events = Vec::new();
         for (k, old) in &self.peers {
             if !next.contains_key(k) {
@@ -403,28 +538,6 @@ impl PeerSet {
         }
         self.peers = next;
         events
-    }
-
-    /// A key was written.
-    pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
-        if Some(lease.key) == self.own {
-            return None;
-        }
-        match self.peers.get(&lease.key) {
-            Some(old) if old.attrs == lease.attrs => {
-                self.peers.insert(lease.key, lease);
-                None
-            }
-            _ => {
-                self.peers.insert(lease.key, lease.clone());
-                Some(LeaseEvent::Added(lease))
-            }
-        }
-    }
-
-    /// A key was deleted (or expired).
-    pub fn delete(&mut self, key: &SubnetKey) -> Option<LeaseEvent> {
-        self.peers.remove(key).map(LeaseEvent::Removed)
     }
 }
 
@@ -453,6 +566,7 @@ mod tests {
             attrs: attrs(ip),
             keepalive: Keepalive::Etcd(1),
             revision: 1,
+            created: 1,
         }
     }
 
@@ -620,6 +734,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_covering_the_network_does_not_block_joining() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let hostile = vec![
+            lease("10.244.0.0-16", "198.18.0.66"),
+            lease("0.0.0.0-1", "198.18.0.66"),
+            lease("10.0.0.0-8", "198.18.0.66"),
+        ];
+        assert!(matches!(
+            choose(&c, &hostile, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
+        // A lease from an older SubnetLen still counts.
+        let c25 = cfg(r#"{"Network":"10.244.0.0/22","SubnetLen":25}"#);
+        let old = vec![
+            lease("10.244.1.0-24", "198.18.0.12"),
+            lease("10.244.2.0-24", "198.18.0.13"),
+            lease("10.244.3.0-24", "198.18.0.14"),
+        ];
+        for _ in 0..50 {
+            match choose(&c25, &old, &req("198.18.0.11", None), &[], &mut rng) {
+                Choice::Create(k) => assert_eq!(k.v4.unwrap().to_string(), "10.244.0.128/25"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn choose_dual_stack_picks_both_families() {
         let c =
             cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
@@ -665,15 +807,15 @@ mod tests {
                 revision: 9,
                 ..a.clone()
             }),
-            None
+            vec![]
         );
         // Changed attributes: an update.
         let mut a2 = a.clone();
         a2.attrs.public_ip = "198.18.0.99".parse().unwrap();
-        assert_eq!(ps.put(a2.clone()), Some(LeaseEvent::Added(a2.clone())));
+        assert_eq!(ps.put(a2.clone()), vec![LeaseEvent::Added(a2.clone())]);
         // Own key: never an event.
-        assert_eq!(ps.put(lease("10.244.1.0-24", "198.18.0.11")), None);
-        assert_eq!(ps.delete(&own), None);
+        assert_eq!(ps.put(lease("10.244.1.0-24", "198.18.0.11")), vec![]);
+        assert_eq!(ps.delete(&own), vec![]);
         // A snapshot after compaction: b gone, c new, a unchanged.
         let c = lease("10.244.4.0-24", "198.18.0.14");
         let ev = ps.reset(vec![a2.clone(), c.clone()]);
@@ -681,7 +823,7 @@ mod tests {
             ev,
             vec![LeaseEvent::Removed(b.clone()), LeaseEvent::Added(c.clone())]
         );
-        assert_eq!(ps.delete(&c.key), Some(LeaseEvent::Removed(c)));
+        assert_eq!(ps.delete(&c.key), vec![LeaseEvent::Removed(c)]);
         assert_eq!(ps.len(), 1);
     }
 }

@@ -6,6 +6,7 @@ mod backend;
 mod cluster;
 mod cri;
 mod firewall;
+mod hostile;
 mod kube;
 mod lab;
 mod lease;

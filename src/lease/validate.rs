@@ -1,0 +1,542 @@
+//! Peer leases are untrusted input. Any node (or anyone with its etcd credentials, or with
+//! `nodes/status` patch rights) can write a lease, and every other node programs routes from
+//! it. Before a lease reaches a backend it must pass these checks; one that fails is skipped
+//! (logged once, counted, shown in `podnetctl status` and `doctor`), and a lease that turns
+//! invalid is removed from the kernel at once.
+//!
+//! A lease is refused when:
+//! - its subnet has host bits set, lies outside the network, has another prefix length than
+//!   the config's `SubnetLen`/`IPv6SubnetLen` (etcd: flannel's allocator never makes one; in
+//!   Kubernetes mode the controller manager decides the length, so only "inside" is checked),
+//!   or overlaps this node's subnet or a network this node is attached to (the underlay) —
+//!   a `0.0.0.0-1` lease would otherwise replace the default route;
+//! - its public address is unspecified, loopback, multicast, link-local, broadcast, or one of
+//!   this node's own;
+//! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC`);
+//! - it overlaps another valid lease, or reuses another's VtepMAC: the older lease (by creation)
+//!   wins, so a newcomer cannot take over a subnet or a VTEP.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::{Lease, SubnetKey};
+use crate::config::NetworkConfig;
+use crate::kernel::Mac;
+
+/// What a peer lease is checked against.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    pub cfg: NetworkConfig,
+    /// Whether prefix lengths must equal the config's (etcd mode: yes; Kubernetes: no).
+    pub exact_length: bool,
+    /// This node's subnets.
+    pub own: SubnetKey,
+    /// This node's addresses with their networks (the underlay among them).
+    pub local: Vec<IpNet>,
+}
+
+fn v4_overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn v6_overlaps(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn overlaps(a: &SubnetKey, b: &SubnetKey) -> bool {
+    let v4 = matches!((a.v4, b.v4), (Some(x), Some(y)) if v4_overlaps(&x, &y));
+    let v6 = matches!((a.v6, b.v6), (Some(x), Some(y)) if v6_overlaps(&x, &y));
+    v4 || v6
+}
+
+/// The VtepMAC a vxlan lease publishes (`None` for other backends).
+fn vtep(l: &Lease) -> Result<Option<Mac>, String> {
+    if l.attrs.backend_type != "vxlan" {
+        return Ok(None);
+    }
+    let raw = l
+        .attrs
+        .backend_data
+        .as_ref()
+        .ok_or("vxlan lease without BackendData")?;
+    let v: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|_| format!("BackendData {} is not JSON", raw.get()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("BackendData {} is not an object", raw.get()))?;
+    let mac: Mac = crate::util::json::get_ci(obj, "VtepMAC")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| format!("BackendData {} has no VtepMAC", raw.get()))?
+        .parse()?;
+    if mac.0 == [0; 6] || mac.0[0] & 1 == 1 {
+        return Err(format!("VtepMAC {mac} is not a unicast address"));
+    }
+    Ok(Some(mac))
+}
+
+impl Checker {
+    fn subnet4(&self, n: Ipv4Net) -> Result<(), String> {
+        let Some(f) = &self.cfg.v4 else {
+            return Err(format!("subnet {n}: IPv4 is not enabled"));
+        };
+        if n != n.trunc() {
+            return Err(format!("subnet {n} has host bits set"));
+        }
+        if self.exact_length && n.prefix_len() != f.subnet_len {
+            return Err(format!(
+                "subnet {n}: prefix length is not SubnetLen {}",
+                f.subnet_len
+            ));
+        }
+        if !f.network.contains(&n) {
+            return Err(format!("subnet {n} is outside Network {}", f.network));
+        }
+        // This node's pod addresses (cni0, flannel.1) are the own-subnet check's business;
+        // every other attached network must not be covered.
+        let own = self.own.v4;
+        let attached = self.local.iter().find(|l| match l {
+            IpNet::V4(l) => !own.is_some_and(|o| o.contains(l)) && v4_overlaps(&l.trunc(), &n),
+            IpNet::V6(_) => false,
+        });
+        match attached {
+            Some(l) => Err(format!(
+                "subnet {n} overlaps this node's network {}",
+                l.trunc()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn subnet6(&self, n: Ipv6Net) -> Result<(), String> {
+        let Some(f) = &self.cfg.v6 else {
+            return Err(format!("subnet {n}: IPv6 is not enabled"));
+        };
+        if n != n.trunc() {
+            return Err(format!("subnet {n} has host bits set"));
+        }
+        if self.exact_length && n.prefix_len() != f.subnet_len {
+            return Err(format!(
+                "subnet {n}: prefix length is not IPv6SubnetLen {}",
+                f.subnet_len
+            ));
+        }
+        if !f.network.contains(&n) {
+            return Err(format!("subnet {n} is outside IPv6Network {}", f.network));
+        }
+        let own = self.own.v6;
+        let attached = self.local.iter().find(|l| match l {
+            IpNet::V6(l) => !own.is_some_and(|o| o.contains(l)) && v6_overlaps(&l.trunc(), &n),
+            IpNet::V4(_) => false,
+        });
+        match attached {
+            Some(l) => Err(format!(
+                "subnet {n} overlaps this node's network {}",
+                l.trunc()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn public(&self, ip: IpAddr) -> Result<(), String> {
+        let bad = match ip {
+            IpAddr::V4(a) => {
+                a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_link_local()
+                    || a.is_broadcast()
+            }
+            IpAddr::V6(a) => {
+                a.is_unspecified()
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_unicast_link_local()
+            }
+        };
+        if bad {
+            return Err(format!("public address {ip} cannot be a node's"));
+        }
+        if self.local.iter().any(|l| l.addr() == ip) {
+            return Err(format!("public address {ip} is this node's own"));
+        }
+        Ok(())
+    }
+
+    /// The checks that need only the lease itself.
+    pub fn check(&self, l: &Lease) -> Result<(), String> {
+        if l.key.v4.is_none() && l.key.v6.is_none() {
+            return Err("no subnet".into());
+        }
+        if overlaps(&l.key, &self.own) {
+            return Err(format!(
+                "subnet {} overlaps this node's {}",
+                l.key, self.own
+            ));
+        }
+        if let Some(n) = l.key.v4 {
+            self.subnet4(n)?;
+        }
+        if let Some(n) = l.key.v6 {
+            self.subnet6(n)?;
+        }
+        if self.cfg.enable_ipv4 && l.key.v4.is_some() {
+            self.public(IpAddr::V4(l.attrs.public_ip))?;
+        }
+        if let (Some(ip), Some(_)) = (l.attrs.public_ipv6, l.key.v6) {
+            self.public(IpAddr::V6(ip))?;
+        }
+        vtep(l).map(|_| ())
+    }
+
+    /// Splits leases into the accepted and the refused (with why). Among leases that each pass
+    /// `check`, one overlapping an older lease, or reusing its VtepMAC, is refused.
+    pub fn select<'a>(&self, leases: impl Iterator<Item = &'a Lease>) -> Selection<'a> {
+        let mut sel = Selection::default();
+        let mut valid: Vec<&Lease> = Vec::new();
+        for l in leases {
+            match self.check(l) {
+                Ok(()) => valid.push(l),
+                Err(why) => sel.refused.push((l, why)),
+            }
+        }
+        // Oldest first, so a later lease is the one that yields.
+        valid.sort_by_key(|l| (l.created, l.key));
+        for l in valid {
+            match sel.index.admits(l) {
+                Ok(()) => {
+                    sel.index.insert(l);
+                    sel.accepted.push(l);
+                }
+                Err(why) => sel.refused.push((l, why)),
+            }
+        }
+        sel
+    }
+}
+
+/// The accepted leases' subnets and VtepMACs: whether another lease collides with one costs a
+/// few lookups.
+#[derive(Debug, Default)]
+pub struct Index {
+    taken: Taken,
+    macs: BTreeMap<Mac, SubnetKey>,
+}
+
+impl Index {
+    /// Whether `l` fits beside the accepted leases (its own earlier version aside).
+    pub fn admits(&self, l: &Lease) -> Result<(), String> {
+        if let Some(older) = self.taken.overlapping(&l.key).filter(|k| *k != l.key) {
+            return Err(format!("subnet {} overlaps the older lease {older}", l.key));
+        }
+        if let Ok(Some(mac)) = vtep(l)
+            && let Some(other) = self.macs.get(&mac).filter(|k| **k != l.key)
+        {
+            return Err(format!(
+                "VtepMAC {mac} is already the older lease {other}'s"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn insert(&mut self, l: &Lease) {
+        self.taken.insert(l.key);
+        if let Ok(Some(mac)) = vtep(l) {
+            self.macs.insert(mac, l.key);
+        }
+    }
+
+    pub fn remove(&mut self, l: &Lease) {
+        self.taken.remove(&l.key);
+        if let Ok(Some(mac)) = vtep(l)
+            && self.macs.get(&mac) == Some(&l.key)
+        {
+            self.macs.remove(&mac);
+        }
+    }
+}
+
+/// Leases by verdict, and the index of the accepted.
+#[derive(Debug, Default)]
+pub struct Selection<'a> {
+    pub accepted: Vec<&'a Lease>,
+    pub refused: Vec<(&'a Lease, String)>,
+    pub index: Index,
+}
+
+/// Disjoint subnets, by where they start: whether a new one overlaps any costs two lookups.
+#[derive(Debug, Default)]
+struct Taken {
+    v4: BTreeMap<u32, (Ipv4Net, SubnetKey)>,
+    v6: BTreeMap<u128, (Ipv6Net, SubnetKey)>,
+}
+
+impl Taken {
+    /// The lease among these that `key` overlaps, if any.
+    fn overlapping(&self, key: &SubnetKey) -> Option<SubnetKey> {
+        if let Some(n) = key.v4 {
+            let start = u32::from(n.network());
+            let before = self.v4.range(..=start).next_back();
+            let after = self.v4.range(start..).next();
+            for (net, k) in before.into_iter().chain(after).map(|(_, v)| v) {
+                if v4_overlaps(net, &n) {
+                    return Some(*k);
+                }
+            }
+        }
+        if let Some(n) = key.v6 {
+            let start = u128::from(n.network());
+            let before = self.v6.range(..=start).next_back();
+            let after = self.v6.range(start..).next();
+            for (net, k) in before.into_iter().chain(after).map(|(_, v)| v) {
+                if v6_overlaps(net, &n) {
+                    return Some(*k);
+                }
+            }
+        }
+        None
+    }
+
+    fn insert(&mut self, key: SubnetKey) {
+        if let Some(n) = key.v4 {
+            self.v4.insert(u32::from(n.network()), (n, key));
+        }
+        if let Some(n) = key.v6 {
+            self.v6.insert(u128::from(n.network()), (n, key));
+        }
+    }
+
+    fn remove(&mut self, key: &SubnetKey) {
+        if let Some(n) = key.v4 {
+            self.v4.remove(&u32::from(n.network()));
+        }
+        if let Some(n) = key.v6 {
+            self.v6.remove(&u128::from(n.network()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Keepalive, LeaseAttrs};
+    use serde_json::value::RawValue;
+
+    fn checker() -> Checker {
+        Checker {
+            cfg: NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap(),
+            exact_length: true,
+            own: SubnetKey::parse("10.244.1.0-24").unwrap(),
+            local: vec![
+                "198.18.0.11/17".parse().unwrap(),
+                "10.244.1.0/32".parse().unwrap(),
+            ],
+        }
+    }
+
+    fn lease(key: &str, ip: &str, mac: &str, created: i64) -> Lease {
+        Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: Some(
+                    RawValue::from_string(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)).unwrap(),
+                ),
+                backend_v6_data: None,
+            },
+            keepalive: Keepalive::Etcd(1),
+            revision: created,
+            created,
+        }
+    }
+
+    #[test]
+    fn each_hostile_lease_is_refused_with_why() {
+        let c = checker();
+        let ok = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:02", 1);
+        assert_eq!(c.check(&ok), Ok(()));
+        let cases = [
+            (
+                lease("0.0.0.0-1", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "overlaps this node's 10.244.1.0-24",
+            ),
+            (
+                lease("128.0.0.0-1", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "prefix length is not SubnetLen",
+            ),
+            (
+                lease("10.0.0.0-8", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "overlaps this node's",
+            ),
+            (
+                lease("10.244.128.0-17", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "prefix length is not SubnetLen 24",
+            ),
+            (
+                lease("10.244.2.5-24", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "host bits set",
+            ),
+            (
+                lease("10.244.1.0-24", "198.18.0.12", "02:00:00:00:00:02", 1),
+                "overlaps this node's 10.244.1.0-24",
+            ),
+            (
+                lease("10.244.2.0-24", "0.0.0.0", "02:00:00:00:00:02", 1),
+                "public address 0.0.0.0",
+            ),
+            (
+                lease("10.244.2.0-24", "127.0.0.1", "02:00:00:00:00:02", 1),
+                "public address 127.0.0.1",
+            ),
+            (
+                lease("10.244.2.0-24", "224.0.0.5", "02:00:00:00:00:02", 1),
+                "public address 224.0.0.5",
+            ),
+            (
+                lease("10.244.2.0-24", "169.254.1.1", "02:00:00:00:00:02", 1),
+                "public address 169.254.1.1",
+            ),
+            (
+                lease("10.244.2.0-24", "198.18.0.11", "02:00:00:00:00:02", 1),
+                "198.18.0.11 is this node's own",
+            ),
+            (
+                lease("10.244.2.0-24", "198.18.0.12", "00:00:00:00:00:00", 1),
+                "not a unicast",
+            ),
+            (
+                lease("10.244.2.0-24", "198.18.0.12", "01:00:5e:00:00:01", 1),
+                "not a unicast",
+            ),
+        ];
+        for (l, why) in cases {
+            let err = c.check(&l).unwrap_err();
+            assert!(
+                err.contains(why),
+                "{} {}: {err:?} lacks {why:?}",
+                l.key,
+                l.attrs.to_json()
+            );
+        }
+        let mut bad = ok.clone();
+        bad.attrs.backend_data = Some(RawValue::from_string("{\"VNI\":1}".into()).unwrap());
+        assert!(c.check(&bad).unwrap_err().contains("has no VtepMAC"));
+        // An underlay subnet.
+        let mut k = checker();
+        k.cfg = NetworkConfig::parse(r#"{"Network":"198.0.0.0/8"}"#).unwrap();
+        k.own = SubnetKey::parse("198.200.0.0-24").unwrap();
+        let under = lease("198.18.0.0-24", "198.18.0.12", "02:00:00:00:00:02", 1);
+        assert!(
+            k.check(&under)
+                .unwrap_err()
+                .contains("overlaps this node's network 198.18.0.0/17")
+        );
+    }
+
+    #[test]
+    fn the_older_lease_keeps_its_subnet_and_its_mac() {
+        let c = checker();
+        let old = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:02", 5);
+        let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 9);
+        let other = lease("10.244.4.0-24", "198.18.0.14", "02:00:00:00:00:04", 7);
+        let all = [thief.clone(), old.clone(), other.clone()];
+        let sel = c.select(all.iter());
+        let accepted: Vec<String> = sel.accepted.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(accepted, ["10.244.2.0-24", "10.244.4.0-24"]);
+        assert_eq!(sel.refused.len(), 1);
+        assert!(
+            sel.refused[0]
+                .1
+                .contains("is already the older lease 10.244.2.0-24's")
+        );
+        // In Kubernetes mode the length is the controller manager's.
+        let k = Checker {
+            exact_length: false,
+            ..checker()
+        };
+        assert_eq!(
+            k.check(&lease(
+                "10.244.64.0-18",
+                "198.18.0.15",
+                "02:00:00:00:00:05",
+                1
+            )),
+            Ok(())
+        );
+        let default_route = lease("128.0.0.0-1", "198.18.0.15", "02:00:00:00:00:05", 1);
+        assert!(
+            k.check(&default_route)
+                .unwrap_err()
+                .contains("outside Network")
+        );
+    }
+
+    #[test]
+    fn a_peer_set_programs_only_accepted_leases_and_reacts_to_changes() {
+        use crate::lease::{LeaseEvent, PeerSet};
+        let mut ps = PeerSet::checked(checker());
+        let old = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:02", 5);
+        let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 9);
+        let route = lease("0.0.0.0-1", "198.18.0.14", "02:00:00:00:00:04", 1);
+        let ev = ps.reset(vec![old.clone(), thief.clone(), route.clone()]);
+        assert_eq!(ev, vec![LeaseEvent::Added(old.clone())]);
+        let refused: Vec<String> = ps.refused().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(refused, ["0.0.0.0-1", "10.244.3.0-24"]);
+        // The holder of the MAC leaves: the newcomer is accepted now.
+        let ev = ps.delete(&old.key);
+        assert_eq!(
+            ev,
+            vec![
+                LeaseEvent::Removed(old.clone()),
+                LeaseEvent::Added(thief.clone())
+            ]
+        );
+        // A valid lease turns hostile: it is withdrawn at once.
+        let mut hostile = thief.clone();
+        hostile.attrs.public_ip = "127.0.0.1".parse().unwrap();
+        assert_eq!(ps.put(hostile), vec![LeaseEvent::Removed(thief.clone())]);
+        assert_eq!(ps.len(), 0);
+        // And comes back.
+        assert_eq!(
+            ps.put(thief.clone()),
+            vec![LeaseEvent::Added(thief.clone())]
+        );
+        ps.delete(&route.key);
+        assert_eq!(ps.refused().count(), 0);
+        // The fast path: a fresh, valid lease; a renewal; a change of address; a delete.
+        let b = lease("10.244.4.0-24", "198.18.0.14", "02:00:00:00:00:04", 11);
+        assert_eq!(ps.put(b.clone()), vec![LeaseEvent::Added(b.clone())]);
+        assert_eq!(ps.put(b.clone()), vec![]);
+        let mut b2 = b.clone();
+        b2.attrs.public_ip = "198.18.0.15".parse().unwrap();
+        assert_eq!(ps.put(b2.clone()), vec![LeaseEvent::Added(b2.clone())]);
+        assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2)]);
+        assert_eq!(ps.len(), 1);
+        // Kubernetes mode: lengths vary, so two leases can overlap; the older keeps it.
+        let mut kps = PeerSet::checked(Checker {
+            exact_length: false,
+            ..checker()
+        });
+        let small = lease("10.244.8.0-24", "198.18.0.17", "02:00:00:00:00:07", 3);
+        let big = lease("10.244.8.0-22", "198.18.0.18", "02:00:00:00:00:08", 4);
+        assert_eq!(
+            kps.put(small.clone()),
+            vec![LeaseEvent::Added(small.clone())]
+        );
+        assert_eq!(kps.put(big.clone()), vec![]);
+        assert!(
+            kps.refused()
+                .next()
+                .unwrap()
+                .1
+                .contains("overlaps the older lease 10.244.8.0-24")
+        );
+        assert_eq!(
+            kps.delete(&small.key),
+            vec![LeaseEvent::Removed(small), LeaseEvent::Added(big)]
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Hostile input from other nodes: forged, stolen and malformed leases in a real etcd, read
+//! by real podnetd processes. Pods must keep reaching each other, and nothing forged may
+//! reach the kernel.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, PODNETCTL, PREFIX};
+use crate::support::{ok, poll};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn socket(c: &Cluster, node: &str) -> String {
+    c.lab
+        .node_dir(node)
+        .unwrap()
+        .join("podnetd.sock")
+        .display()
+        .to_string()
+}
+
+fn status(c: &Cluster, node: &str) -> Value {
+    let sock = socket(c, node);
+    let out = ok(c
+        .lab
+        .exec(node, &[PODNETCTL, "status", "--json", "--socket", &sock])
+        .unwrap());
+    serde_json::from_str(&out).unwrap()
+}
+
+fn refused(c: &Cluster, node: &str) -> Vec<String> {
+    // Absent when there are none.
+    let v = status(c, node)["rejectedLeases"].clone();
+    serde_json::from_value::<Option<Vec<String>>>(v)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+fn ping(c: &Cluster, from: &str, to: impl std::fmt::Display) -> bool {
+    c.lab
+        .exec(from, &["ping", "-c1", "-W2", &to.to_string()])
+        .unwrap()
+        .status
+        .success()
+}
+
+fn put(c: &Cluster, key: &str, value: &str) {
+    c.etcdctl(&["put", &format!("{PREFIX}/subnets/{key}"), value]);
+}
+
+fn vxlan_value(ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+fn vtep_mac(c: &Cluster, node: &str) -> String {
+    c.ip_json(node, &["link", "show", "flannel.1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every route and neighbour/fdb entry node1 has for podnet, as text.
+fn kernel_state(c: &Cluster, node: &str) -> String {
+    let routes = c.ip_json(node, &["route", "show", "table", "all"]);
+    let neigh = c.ip_json(node, &["neigh", "show", "dev", "flannel.1"]);
+    let fdb = c
+        .lab
+        .exec(node, &["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .unwrap();
+    format!(
+        "{routes}\n{neigh}\n{}",
+        String::from_utf8_lossy(&fdb.stdout)
+    )
+}
+
+#[test]
+fn forged_leases_are_refused_and_pods_keep_talking() {
+    let mut c = Cluster::small("hl", 2);
+    c.put_config(VXLAN);
+    let mut recs = Vec::new();
+    for n in ["node1", "node2"] {
+        let sock = format!("--status-socket={}", socket(&c, n));
+        recs.push(c.start(n, &[&sock]));
+    }
+    let s1 = c.wait_ready("node1").subnet.unwrap().trunc();
+    let s2 = c.wait_ready("node2").subnet.unwrap().trunc();
+    let a = c.add_pod("node1", "a", "1.0.0");
+    let b = c.add_pod("node2", "b", "1.0.0");
+    poll("pods to reach each other", Duration::from_secs(10), || {
+        ping(&c, &a.target(), b.ip).then_some(())
+    });
+    let mac2 = vtep_mac(&c, "node2");
+    let before = kernel_state(&c, "node1");
+
+    // A default-route grab, a lease claiming node1's own address, a stolen VTEP, a subnet
+    // with host bits, a lease inside node1's own subnet, a lease of another length, and
+    // bytes that are no lease at all.
+    let forged = [
+        ("0.0.0.0-1", vxlan_value("198.18.0.66", "02:66:00:00:00:01")),
+        (
+            "10.244.201.0-24",
+            vxlan_value("198.18.0.11", "02:66:00:00:00:02"),
+        ),
+        ("10.244.202.0-24", vxlan_value("198.18.0.66", &mac2)),
+        (
+            "10.244.203.7-24",
+            vxlan_value("198.18.0.66", "02:66:00:00:00:04"),
+        ),
+        (
+            &format!("{}-25", s1.network()) as &str,
+            vxlan_value("198.18.0.66", "02:66:00:00:00:05"),
+        ),
+        (
+            "10.244.128.0-17",
+            vxlan_value("198.18.0.66", "02:66:00:00:00:06"),
+        ),
+        (
+            "10.244.204.0-24",
+            vxlan_value("127.0.0.1", "02:66:00:00:00:07"),
+        ),
+        (
+            "10.244.205.0-24",
+            vxlan_value("198.18.0.66", "ff:ff:ff:ff:ff:ff"),
+        ),
+    ];
+    for (k, v) in &forged {
+        put(&c, k, v);
+    }
+    put(&c, "10.244.206.0-24", "{not json");
+    put(
+        &c,
+        "10.244.207.0-24",
+        r#"{"PublicIP":"198.18.0.66","BackendType":"vxlan"}"#,
+    );
+    let want = forged.len() + 1;
+    let seen = poll(
+        "node1 to refuse the forgeries",
+        Duration::from_secs(10),
+        || {
+            let r = refused(&c, "node1");
+            (r.len() == want).then_some(r)
+        },
+    );
+    let text = seen.join("\n");
+    for why in [
+        "lease 0.0.0.0-1: subnet 0.0.0.0-1 overlaps this node's",
+        "lease 10.244.201.0-24: public address 198.18.0.11 is this node's own",
+        &format!(
+            "lease 10.244.202.0-24: VtepMAC {mac2} is already the older lease {}-24's",
+            s2.network()
+        ),
+        "lease 10.244.203.7-24: subnet 10.244.203.7/24 has host bits set",
+        "prefix length is not SubnetLen 24",
+        "public address 127.0.0.1 cannot be a node's",
+        "VtepMAC ff:ff:ff:ff:ff:ff is not a unicast address",
+        "lease 10.244.207.0-24: vxlan lease without BackendData",
+    ] {
+        assert!(text.contains(why), "{why:?} not in\n{text}");
+    }
+    // Nothing forged reached the kernel: routes, neighbours and fdb are as they were.
+    assert_eq!(kernel_state(&c, "node1"), before);
+    assert!(ping(&c, &a.target(), b.ip), "pods still reach each other");
+    // The gauge and doctor say so too.
+    let sock = socket(&c, "node1");
+    let env = c.env_path("node1").display().to_string();
+    let out = c
+        .lab
+        .exec(
+            "node1",
+            &[
+                PODNETCTL,
+                "doctor",
+                "--subnet-file",
+                &env,
+                "--socket",
+                &sock,
+            ],
+        )
+        .unwrap();
+    let doc = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        doc.contains(&format!("{want} peer lease(s) not programmed")),
+        "{doc}"
+    );
+
+    // Someone rewrites node2's own lease with its address but another VTEP: node2 writes it
+    // back, and traffic keeps flowing.
+    let key2 = format!("{}-24", s2.network());
+    let original = c.leases().into_iter().find(|(k, _)| *k == key2).unwrap().1;
+    put(&c, &key2, &vxlan_value("198.18.0.12", "02:66:00:00:00:09"));
+    poll(
+        "node2 to restore its lease",
+        Duration::from_secs(10),
+        || {
+            let now = c.leases().into_iter().find(|(k, _)| *k == key2)?.1;
+            (now == original).then_some(())
+        },
+    );
+    assert!(
+        ping(&c, &a.target(), b.ip),
+        "pods reach each other after the repair"
+    );
+
+    // Once the forgeries are deleted nothing is refused any more.
+    for (k, _) in &forged {
+        c.etcdctl(&["del", &format!("{PREFIX}/subnets/{k}")]);
+    }
+    for k in ["10.244.206.0-24", "10.244.207.0-24"] {
+        c.etcdctl(&["del", &format!("{PREFIX}/subnets/{k}")]);
+    }
+    poll("the refusals to clear", Duration::from_secs(10), || {
+        refused(&c, "node1").is_empty().then_some(())
+    });
+}
