@@ -1,5 +1,6 @@
 //! `podnetctl status`: one node's lease, backend, peers and how each is reached, and any drift
-//! between what should be in the kernel and what is. Read from the node agent's `/status`.
+//! between what should be in the kernel and what is. Read from the node agent's `/status` on its
+//! root-only local socket (the TCP port, which pods can reach, does not serve it).
 
 use std::path::PathBuf;
 
@@ -13,32 +14,9 @@ pub struct StatusArgs {
     /// The local agent's socket (podnetd --status-socket).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Ask another node's agent instead, at HOST:PORT (its --healthz-port).
-    #[arg(long)]
-    pub node: Option<String>,
     /// Print the raw status document.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Fetches the status document from the local socket, or from another node.
-pub fn fetch(args: &StatusArgs) -> anyhow::Result<Status> {
-    let (code, body) = match &args.node {
-        Some(node) => {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(node)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "--node {node}: {e} (expected HOST:PORT, the agent's --healthz-port)"
-                    )
-                })?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("--node {node}: no address"))?;
-            httpget::tcp(addr, "/status")
-                .map_err(|e| anyhow::anyhow!("cannot reach podnetd at {addr}: {e}"))?
-        }
-        None => return fetch_local(&args.socket),
-    };
-    parse(code, &body)
 }
 
 /// Fetches the status document from the agent's local socket.
@@ -193,7 +171,7 @@ fn render_drift(v: &Status) -> String {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<i32> {
-    let v = fetch(&args)?;
+    let v = fetch_local(&args.socket)?;
     if args.json {
         let value: serde_json::Value = serde_json::from_str(&v.to_json())?;
         println!("{}", serde_json::to_string_pretty(&value)?);

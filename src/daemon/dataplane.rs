@@ -215,6 +215,7 @@ fn run(
                 let _ = reply.send(r);
             }
             Cmd::Add(l) => {
+                super::crash::test_point("dataplane");
                 if ready {
                     let report = rec.add(&l);
                     record(&stats, &rec, &report, &metrics);

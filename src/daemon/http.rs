@@ -1,6 +1,8 @@
-//! podnetd's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` and `/status` (JSON, read by
-//! `podnetctl status`). Served on `--healthz-ip:--healthz-port` when a port is given, and always
-//! on the local socket `--status-socket`.
+//! podnetd's HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, `/status` (JSON, read by
+//! `podnetctl status`) and `/policy`. All are served on the root-only local socket
+//! `--status-socket`; on `--healthz-ip:--healthz-port`, when a port is given, only the first
+//! three, with `/metrics` from a cache at most a second old. Connections are limited and timed
+//! out (`serve`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,6 +53,8 @@ pub struct Shared {
     pub dataplane: Mutex<Option<Dataplane>>,
     pub firewall: Mutex<Option<Firewall>>,
     pub policy: Mutex<Option<PolicyEngine>>,
+    /// The public listener's `/metrics`, shared by everyone who asks within a second.
+    public_cache: super::serve::Cached,
 }
 
 impl Shared {
@@ -69,6 +73,7 @@ impl Shared {
             dataplane: Mutex::new(None),
             firewall: Mutex::new(None),
             policy: Mutex::new(None),
+            public_cache: super::serve::Cached::default(),
         })
     }
 
@@ -183,22 +188,22 @@ fn refresh_gauges(sh: &Shared) {
     }
 }
 
-async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
-    refresh_gauges(&sh);
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics_text(sh: &Shared) -> String {
+    refresh_gauges(sh);
     let mut text = sh.metrics.render();
     let engine = sh.policy.lock().expect("policy lock").clone();
     if let Some(p) = engine {
         let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
         text = body + &policy_metrics(&p.counters().await) + "# EOF\n";
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    text
+}
+
+async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let text = metrics_text(&sh).await;
+    ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
 }
 
 /// The policy table's counters as OpenMetrics counter families.
@@ -336,7 +341,8 @@ async fn status_endpoint(State(sh): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-fn router(sh: Arc<Shared>) -> Router {
+/// Everything, for the local socket: only root on this node reaches it.
+fn local_router(sh: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -346,16 +352,34 @@ fn router(sh: Arc<Shared>) -> Router {
         .with_state(sh)
 }
 
+/// What the network may ask (`--healthz-port`, which every pod can reach): health, and
+/// metrics from a cache at most a second old, so a flood of requests costs one collection a
+/// second. `/status` (peers, addresses, errors) and `/policy` (pod names, labels, policies)
+/// are local only.
+fn public_router(sh: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(cached_metrics))
+        .with_state(sh)
+}
+
+async fn cached_metrics(State(sh): State<Arc<Shared>>) -> Response {
+    let s = sh.clone();
+    let body = sh
+        .public_cache
+        .get(|| async move { metrics_text(&s).await })
+        .await;
+    ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+}
+
 /// Starts the listeners; errors binding them are returned (a port in use is a config error).
 pub async fn serve(sh: Arc<Shared>, tcp: Option<SocketAddr>, socket: &Path) -> Result<(), String> {
     if let Some(addr) = tcp {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("--healthz-ip/--healthz-port {addr}: {e}"))?;
-        let app = router(sh.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        tokio::spawn(super::serve::run(l, public_router(sh.clone())));
     }
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
@@ -365,10 +389,10 @@ pub async fn serve(sh: Arc<Shared>, tcp: Option<SocketAddr>, socket: &Path) -> R
     let _ = std::fs::remove_file(socket);
     let l = tokio::net::UnixListener::bind(socket)
         .map_err(|e| format!("--status-socket {}: {e}", socket.display()))?;
-    let app = router(sh.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    // Root only, whatever the umask: connecting needs write permission on the socket.
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("--status-socket {}: {e}", socket.display()))?;
+    tokio::spawn(super::serve::run(l, local_router(sh.clone())));
     Ok(())
 }
 

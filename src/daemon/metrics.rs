@@ -157,12 +157,12 @@ fn udp_stats(r: &mut Registry) -> std::sync::Arc<crate::backend::udp::Stats> {
         no_route: counter(&dropped, "reason", "no_route"),
         ttl_expired: counter(&dropped, "reason", "ttl_expired"),
         malformed: counter(&dropped, "reason", "malformed"),
+        spoofed: counter(&dropped, "reason", "spoofed"),
         errors: errors.clone(),
     });
     let help = "Packets the udp backend carried, by direction (out: to a peer, in: from a peer)";
     r.register("udp_packets", help, packets);
-    let help =
-        "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable)";
+    let help = "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable; spoofed: a peer's packet from outside its subnet)";
     r.register("udp_dropped", help, dropped);
     r.register(
         "udp_errors",

@@ -10,6 +10,7 @@
 //! Blocking kernel work runs on OS threads (`dataplane`, `firewall`); the async side does the
 //! lease store and HTTP.
 
+pub mod crash;
 pub mod dataplane;
 pub mod event_loop;
 pub mod firewall;
@@ -21,9 +22,12 @@ pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod policy_sources;
+pub mod serve;
 pub mod startup;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::BackendError;
 use crate::config::ConfigError;
@@ -36,6 +40,7 @@ use crate::lease::etcd::{EtcdOptions, EtcdStore};
 use crate::lease::kube::{Annotations, KubeManager};
 use crate::lease::manager::SubnetManager;
 use crate::util::backoff::{self, Attempt};
+use crate::util::files::Lock;
 use flags::Flags;
 use http::Shared;
 
@@ -64,6 +69,7 @@ pub fn main() -> i32 {
     memory::limit_arenas();
     let flags = Flags::from_env();
     crate::logging::init(flags.verbosity);
+    crash::exit_on_panic();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "podnetd starting");
     if let Err(e) = flags.validate() {
         tracing::error!("{e}");
@@ -114,7 +120,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// How long a second podnetd waits for the first to exit (a restart overlapping a shutdown).
+const INSTANCE_WAIT: Duration = Duration::from_secs(5);
+
+/// One podnetd per node: two would fight over the same devices, routes and lease. The lock
+/// sits beside the status socket (lab nodes each have their own); it goes with the process.
+fn instance_lock(socket: &Path) -> Result<Lock, DaemonError> {
+    let mut path = socket.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            DaemonError::Flags(format!("--status-socket {}: {e}", socket.display()))
+        })?;
+    }
+    Lock::acquire(&path, 0o600, Some(INSTANCE_WAIT))
+        .map_err(|e| DaemonError::Flags(format!("another podnetd is running on this node: {e}")))
+}
+
 async fn run(flags: Flags) -> Result<(), DaemonError> {
+    let _instance = instance_lock(&flags.status_socket)?;
     let shared = Shared::new(&flags.subnet_file);
     let tcp = (flags.healthz_port != 0)
         .then(|| std::net::SocketAddr::new(flags.healthz_ip, flags.healthz_port));

@@ -164,6 +164,16 @@ pub struct Route {
     pub prefsrc: Option<IpAddr>,
 }
 
+/// The first of `n` consecutive sequence numbers after `current`: never 0 (the kernel's own
+/// messages carry 0), never wrapping past `u32::MAX` in between.
+fn seq_block_start(current: u32, n: usize) -> u32 {
+    let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    match current.checked_add(n) {
+        Some(_) => current + 1,
+        None => 1,
+    }
+}
+
 impl Route {
     /// A unicast route in the main table with universe scope.
     pub fn unicast(dst: IpNet, protocol: u8) -> Route {
@@ -351,6 +361,13 @@ impl Netlink {
         self.seq
     }
 
+    /// Makes the next `n` sequence numbers consecutive (`apply` finds a reply's change by its
+    /// distance from the first): near the top of the range, starts again from 1.
+    fn reserve_seqs(&mut self, n: usize) -> u32 {
+        self.seq = seq_block_start(self.seq, n) - 1;
+        self.seq + 1
+    }
+
     fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -479,7 +496,7 @@ impl Netlink {
         let mut data = Vec::with_capacity(BATCH_BYTES + 4096);
         for chunk in changes.chunks(BATCH_MESSAGES) {
             data.clear();
-            let first_seq = self.seq.wrapping_add(1).max(1);
+            let first_seq = self.reserve_seqs(chunk.len());
             let mut seqs = Vec::with_capacity(chunk.len());
             let mut sends: Vec<(usize, usize)> = Vec::new();
             let mut start = 0;
@@ -1383,4 +1400,25 @@ fn parse_fdb(m: &NeighbourMessage) -> Option<Fdb> {
         permanent: m.header.state == NeighbourState::Permanent,
         own: m.header.flags.contains(NeighbourFlags::Own),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_wrap_without_splitting_a_batch() {
+        assert_eq!(seq_block_start(0, 5), 1);
+        assert_eq!(seq_block_start(41, 5), 42);
+        assert_eq!(seq_block_start(u32::MAX - 5, 5), u32::MAX - 4);
+        // Would wrap inside the batch: start again at 1.
+        assert_eq!(seq_block_start(u32::MAX - 2, 5), 1);
+        assert_eq!(seq_block_start(u32::MAX, 1), 1);
+        // A batch at the very top: every number from the first is consecutive and non-zero.
+        for current in [u32::MAX - 300, u32::MAX - 256, u32::MAX - 255, u32::MAX] {
+            let first = seq_block_start(current, BATCH_MESSAGES);
+            let last = first.checked_add(BATCH_MESSAGES as u32 - 1).unwrap();
+            assert!(first > 0 && last >= first, "{current}: {first}..{last}");
+        }
+    }
 }

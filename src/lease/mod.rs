@@ -506,7 +506,8 @@ impl PeerSet {
                 (self.all.clone(), BTreeMap::new(), index)
             }
             Some(c) => {
-                let sel = c.select(self.all.values());
+                let peers = &self.peers;
+                let sel = c.select(self.all.values(), |k| peers.contains_key(k));
                 let next = sel.accepted.iter().map(|l| (l.key, (*l).clone())).collect();
                 let refused = sel
                     .refused

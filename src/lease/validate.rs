@@ -191,8 +191,13 @@ impl Checker {
     }
 
     /// Splits leases into the accepted and the refused (with why). Among leases that each pass
-    /// `check`, one overlapping an older lease, or reusing its VtepMAC, is refused.
-    pub fn select<'a>(&self, leases: impl Iterator<Item = &'a Lease>) -> Selection<'a> {
+    /// `check`, one overlapping an older lease, or reusing its VtepMAC, is refused; between two
+    /// as old (creation times in seconds tie), the `incumbent` one, already programmed, stays.
+    pub fn select<'a>(
+        &self,
+        leases: impl Iterator<Item = &'a Lease>,
+        incumbent: impl Fn(&SubnetKey) -> bool,
+    ) -> Selection<'a> {
         let mut sel = Selection::default();
         let mut valid: Vec<&Lease> = Vec::new();
         for l in leases {
@@ -202,7 +207,7 @@ impl Checker {
             }
         }
         // Oldest first, so a later lease is the one that yields.
-        valid.sort_by_key(|l| (l.created, l.key));
+        valid.sort_by_key(|l| (l.created, !incumbent(&l.key), l.key));
         for l in valid {
             match sel.index.admits(l) {
                 Ok(()) => {
@@ -443,7 +448,7 @@ mod tests {
         let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 9);
         let other = lease("10.244.4.0-24", "198.18.0.14", "02:00:00:00:00:04", 7);
         let all = [thief.clone(), old.clone(), other.clone()];
-        let sel = c.select(all.iter());
+        let sel = c.select(all.iter(), |_| false);
         let accepted: Vec<String> = sel.accepted.iter().map(|l| l.key.to_string()).collect();
         assert_eq!(accepted, ["10.244.2.0-24", "10.244.4.0-24"]);
         assert_eq!(sel.refused.len(), 1);
@@ -536,7 +541,17 @@ mod tests {
         );
         assert_eq!(
             kps.delete(&small.key),
-            vec![LeaseEvent::Removed(small), LeaseEvent::Added(big)]
+            vec![LeaseEvent::Removed(small), LeaseEvent::Added(big.clone())]
+        );
+        // Created in the same second (Node times are in seconds), with a lower subnet and the
+        // same VTEP: the lease already programmed stays.
+        let twin = lease("10.244.4.0-24", "198.18.0.19", "02:00:00:00:00:08", 4);
+        assert_eq!(kps.put(twin.clone()), vec![]);
+        let (key, why) = kps.refused().next().unwrap();
+        assert_eq!(*key, twin.key);
+        assert!(
+            why.contains("is already the older lease 10.244.8.0-22's"),
+            "{why}"
         );
     }
 }

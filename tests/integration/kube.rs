@@ -575,3 +575,96 @@ fn in_cluster_configuration_and_the_pod_name_fallback() {
         "{users:?}"
     );
 }
+
+#[test]
+fn forged_nodes_are_refused_and_pods_keep_talking() {
+    let mut k = KubeLab::new("khz", 2, 1);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+        k.start(n, "vxlan", &[]);
+    }
+    for n in ["node1", "node2"] {
+        k.ready(n);
+    }
+    let pods = vec![
+        k.c.add_pod("node1", "a", "1.0.0"),
+        k.c.add_pod("node2", "b", "1.0.0"),
+    ];
+    mesh(&k.c, &pods);
+    let data: Value =
+        serde_json::from_str(&k.annotations("node2")[&format!("{PREFIX}/backend-data")]).unwrap();
+    let mac2 = data["VtepMAC"].as_str().unwrap().to_string();
+    // Nodes anyone with nodes/status rights could write: a default-route grab, a stolen VTEP,
+    // and node1's own address.
+    let tmpl = fixtures::fixture("node-worker").unwrap();
+    let forge = |name: &str, cidr: &str, ip: &str, mac: &str| {
+        let mut n = fixtures::node(&tmpl, name, &[ip.parse().unwrap()], &[cidr]);
+        n["metadata"]["annotations"] = json!({
+            format!("{PREFIX}/kube-subnet-manager"): "true",
+            format!("{PREFIX}/backend-type"): "vxlan",
+            format!("{PREFIX}/backend-data"): format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+            format!("{PREFIX}/public-ip"): ip,
+        });
+        k.store().create(n).unwrap();
+    };
+    forge(
+        "evil-route",
+        "0.0.0.0/1",
+        "198.18.0.66",
+        "02:66:00:00:00:01",
+    );
+    forge("evil-mac", "10.244.50.0/24", "198.18.0.66", &mac2);
+    forge(
+        "evil-self",
+        "10.244.51.0/24",
+        "198.18.0.11",
+        "02:66:00:00:00:03",
+    );
+    let sock = k.c.node_dir("node1").unwrap().join("podnetd.sock");
+    let refused = || {
+        let (_, body) = podnet::httpget::unix(&sock, "/status").unwrap();
+        podnet::status::Status::from_json(&body)
+            .unwrap()
+            .rejected_leases
+    };
+    let seen = poll(
+        "node1 to refuse the forged nodes",
+        Duration::from_secs(10),
+        || Some(refused()).filter(|r| r.len() == 3),
+    );
+    let text = seen.join("\n");
+    for why in [
+        "lease 0.0.0.0-1: subnet 0.0.0.0-1 overlaps this node's",
+        &format!("lease 10.244.50.0-24: VtepMAC {mac2} is already the older lease"),
+        "lease 10.244.51.0-24: public address 198.18.0.11 is this node's own",
+    ] {
+        assert!(text.contains(why), "{why:?} not in\n{text}");
+    }
+    // Nothing of theirs is in node1's kernel; node2's VTEP still leads to node2.
+    assert!(
+        k.c.ip_json("node1", &["route", "show", "0.0.0.0/1"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    for sn in ["10.244.50.0/24", "10.244.51.0/24"] {
+        assert!(
+            k.c.ip_json("node1", &["route", "show", sn])
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let fdb = ok(k
+        .c
+        .lab
+        .exec("node1", &["bridge", "fdb", "show", "dev", "flannel.1"])
+        .unwrap());
+    let entry = fdb
+        .lines()
+        .find(|l| l.starts_with(&mac2))
+        .unwrap_or_default();
+    assert!(entry.contains("dst 198.18.0.12"), "{fdb}");
+    mesh(&k.c, &pods);
+    assert_eq!(metric(&k, "node1", "podnet_leases_rejected"), 3.0);
+}

@@ -455,3 +455,162 @@ fn the_demo_runs_and_cleans_up() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_health_port_serves_strangers_little_and_briefly() {
+    let mut c = Cluster::small("ohp", 2);
+    c.put_config(VXLAN);
+    let sock_flag = format!("--status-socket={}", socket(&c, "node1"));
+    let n1 = c.start("node1", &[&sock_flag, "--healthz-port=9099"]);
+    c.wait_ready("node1");
+    poll("/healthz", Duration::from_secs(10), || {
+        get(&c, "node1", "/healthz")
+    });
+    // A second podnetd on the node refuses to start, and leaves the first's socket alone.
+    let (code, err) = c.run_podnetd("node1", &[&sock_flag], Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{err}");
+    let holder = format!("is still held after 5s by process {}", n1.id.pid);
+    assert!(
+        err.contains("another podnetd is running on this node: lock ") && err.contains(&holder),
+        "{err}"
+    );
+    let sock = std::path::PathBuf::from(socket(&c, "node1"));
+    assert_eq!(podnet::httpget::unix(&sock, "/healthz").unwrap().0, 200);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the status socket is root's alone");
+    // Peers, addresses, errors, pod names and policies stay on that socket.
+    assert_eq!(get(&c, "node1", "/status").unwrap().0, 404);
+    assert_eq!(get(&c, "node1", "/policy?pod=default/a").unwrap().0, 404);
+    assert_eq!(podnet::httpget::unix(&sock, "/status").unwrap().0, 200);
+
+    // Eight clients loop on /metrics while a peer arrives: it is programmed all the same, and
+    // podnetd does not grow.
+    let rss_before = rss_kib(n1.id.pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr: SocketAddr = "198.18.0.11:9099".parse().unwrap();
+    let ns = c.lab.netns("node1").unwrap();
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            let ns = c.lab.netns("node1").unwrap();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                ns.run(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if podnet::httpget::tcp(addr, "/metrics").is_ok() {
+                            n += 1;
+                        }
+                    }
+                })
+                .unwrap();
+                n
+            })
+        })
+        .collect();
+    c.start("node2", &[]);
+    let s2 = c.wait_ready("node2").subnet.unwrap().trunc();
+    poll(
+        "node1 to route node2's subnet",
+        Duration::from_secs(10),
+        || {
+            let r = c.ip_json("node1", &["route", "show", &s2.to_string()]);
+            (r.as_array().unwrap().len() == 1).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served: u64 = flood.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(served > 100, "the flood was answered ({served} requests)");
+    let rss_after = rss_kib(n1.id.pid);
+    assert!(
+        rss_after < rss_before + 4096,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB under {served} requests"
+    );
+
+    // Clients that connect and say nothing take every slot...
+    let idle: Vec<std::net::TcpStream> = ns
+        .run(|| {
+            (0..podnet::daemon::serve::MAX_CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect()
+        })
+        .unwrap();
+    poll("the slots to fill", Duration::from_secs(5), || {
+        get(&c, "node1", "/healthz").is_none().then_some(())
+    });
+    // ...but not the local socket's,
+    assert_eq!(podnet::httpget::unix(&sock, "/healthz").unwrap().0, 200);
+    // and they are shown the door after the header timeout.
+    let t = std::time::Instant::now();
+    poll(
+        "the idle clients to be dropped",
+        Duration::from_secs(15),
+        || get(&c, "node1", "/healthz").map(|(code, _)| assert_eq!(code, 200)),
+    );
+    let waited = t.elapsed();
+    assert!(
+        waited <= podnet::daemon::serve::HEADER_TIMEOUT + Duration::from_secs(3),
+        "{waited:?}"
+    );
+    for mut s in idle {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed by the server: end of stream, or a reset, never a hang.
+        match s.read(&mut buf) {
+            Ok(n) => {
+                assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"))
+            }
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_panic_in_any_thread_ends_podnetd_for_its_supervisor_to_restart() {
+    let mut c = Cluster::small("opn", 2);
+    c.put_config(VXLAN);
+    // node1's data-plane thread panics when it is first given a peer (debug builds only).
+    let argv = c.podnetd_args("node1", &[]);
+    let mut cmd = c.lab.command("node1", &argv).unwrap();
+    cmd.env("PODNET_TEST_PANIC", "dataplane")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _guard = Kill(child.id());
+    c.wait_ready("node1");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "up and ready before any peer"
+    );
+    c.start("node2", &[]);
+    let status = poll("node1 to exit", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(podnet::daemon::crash::EXIT_CODE),
+        "{err}"
+    );
+    assert!(
+        err.contains("podnetd panicked: PODNET_TEST_PANIC=dataplane; exiting so that a restart rebuilds the node")
+            && err.contains("thread=\"dataplane\""),
+        "{err}"
+    );
+}

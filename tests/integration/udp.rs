@@ -233,6 +233,66 @@ fn udp_three_nodes_on_two_segments_wire_format_and_unreachable() {
         metric(&a.node, "podnet_udp_dropped_total{reason=\"no_route\"}"),
         1.0
     );
+
+    // Anti-spoofing: b sends a packet claiming to come from the third node's pod. It is
+    // dropped and counted; the same packet with b's own pod as source goes through.
+    let spoofed = "podnet_udp_dropped_total{reason=\"spoofed\"}";
+    let inbound = "podnet_udp_packets_total{direction=\"in\"}";
+    assert_eq!(metric(&a.node, spoofed), 0.0);
+    let send_from_b = |src: Ipv4Addr| {
+        let pkt = echo_request(src, a.ip);
+        c.lab
+            .netns(&b.node)
+            .unwrap()
+            .run(|| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(&pkt, (a_public, 8285)).unwrap();
+            })
+            .unwrap();
+    };
+    let before = metric(&a.node, inbound);
+    send_from_b(pods[2].ip);
+    poll(
+        "the spoofed packet to be counted",
+        Duration::from_secs(5),
+        || (metric(&a.node, spoofed) == 1.0).then_some(()),
+    );
+    assert_eq!(
+        metric(&a.node, inbound),
+        before,
+        "nothing spoofed reached the pod"
+    );
+    send_from_b(b.ip);
+    poll(
+        "the honest packet to be delivered",
+        Duration::from_secs(5),
+        || (metric(&a.node, inbound) > before).then_some(()),
+    );
+    assert_eq!(metric(&a.node, spoofed), 1.0);
+}
+
+/// An ICMP echo request from `src` to `dst`, checksums right.
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    fn sum(data: &[u8]) -> u16 {
+        let mut s: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+    let mut p = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let h = sum(&p);
+    p[10..12].copy_from_slice(&h.to_be_bytes());
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let c = sum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&icmp);
+    p
 }
 
 #[test]

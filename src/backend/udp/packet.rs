@@ -25,6 +25,11 @@ pub fn ipv4_dst(p: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(p[16], p[17], p[18], p[19]))
 }
 
+/// The source of a packet `ipv4_dst` accepted.
+pub fn ipv4_src(p: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(p[12], p[13], p[14], p[15])
+}
+
 /// Internet checksum (RFC 1071) of `data`.
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

@@ -38,6 +38,8 @@ pub struct Stats {
     pub no_route: Counter,
     pub ttl_expired: Counter,
     pub malformed: Counter,
+    /// From a peer, but with an inner source outside that peer's subnet.
+    pub spoofed: Counter,
     pub errors: Counter,
 }
 
@@ -307,8 +309,13 @@ fn decapsulate(
 ) {
     let mut out = 0;
     let mut written = 0;
+    let peers = w.peers.read().expect("peer table lock");
     for m in 0..n {
         let meta = b.meta[m];
+        let sender = match meta.addr {
+            std::net::SocketAddr::V4(a) => Some(*a.ip()),
+            std::net::SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
+        };
         let stride = if meta.stride == 0 {
             meta.len
         } else {
@@ -320,6 +327,12 @@ fn decapsulate(
         for dgram in b.rx[m][..meta.len].chunks(stride) {
             if packet::ipv4_dst(dgram).is_none() {
                 w.stats.malformed.inc();
+                continue;
+            }
+            // Anti-spoofing: a peer speaks only for its own subnet.
+            let owner = peers.lookup(packet::ipv4_src(dgram)).map(|a| *a.ip());
+            if owner.is_none() || owner != sender {
+                w.stats.spoofed.inc();
                 continue;
             }
             if out == b.to_tun.len() {
