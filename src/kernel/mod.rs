@@ -12,6 +12,7 @@ pub mod nft;
 pub mod sysctl;
 pub mod tun;
 pub mod udp;
+pub mod wireguard;
 
 use std::fmt;
 use std::io;
@@ -74,6 +75,15 @@ impl KernelError {
         matches!(
             self.errno(),
             Some(libc::ENOENT | libc::ESRCH | libc::ENODEV | libc::EADDRNOTAVAIL)
+        )
+    }
+
+    /// The kernel lacks what the request needs (a link kind without its module, a generic
+    /// netlink family that is not registered).
+    pub fn is_not_supported(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::EOPNOTSUPP | libc::ENOENT | libc::EPROTONOSUPPORT)
         )
     }
 

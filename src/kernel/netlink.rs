@@ -112,6 +112,8 @@ pub enum NewLinkKind<'a> {
         peer_mac: Option<Mac>,
     },
     Vxlan(Vxlan),
+    /// A kernel WireGuard device (configured afterwards over generic netlink).
+    Wireguard,
 }
 
 /// Parameters of a new link.
@@ -684,6 +686,7 @@ impl Netlink {
                     LinkInfo::Data(InfoData::Vxlan(data)),
                 ]
             }
+            NewLinkKind::Wireguard => vec![LinkInfo::Kind(InfoKind::Wireguard)],
         };
         msg.attributes.push(LinkAttribute::LinkInfo(info));
         self.exec(
