@@ -12,21 +12,17 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 /// Backends podnet implements.
-pub const SUPPORTED_BACKENDS: [&str; 3] = ["vxlan", "host-gw", "udp"];
+pub const SUPPORTED_BACKENDS: [&str; 4] = ["vxlan", "host-gw", "udp", "wireguard"];
 /// Backends flannel has that podnet does not (yet).
-const FLANNEL_ONLY_BACKENDS: [&str; 6] = [
-    "ipip",
-    "wireguard",
-    "ipsec",
-    "alloc",
-    "extension",
-    "tencent-vpc",
-];
+const FLANNEL_ONLY_BACKENDS: [&str; 5] = ["ipip", "ipsec", "alloc", "extension", "tencent-vpc"];
 
 pub const DEFAULT_VXLAN_VNI: u32 = 1;
 /// What the kernel uses for port 0 and what flannel documents.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// flannel's WireGuard ports (IPv4 and IPv6 underlay).
+pub const DEFAULT_WG_PORT: u16 = 51820;
+pub const DEFAULT_WG_PORT_V6: u16 = 51821;
 
 /// An invalid config, naming the field and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +52,85 @@ pub struct UdpOptions {
     pub port: u16,
 }
 
+/// flannel's `Mode` for wireguard: how IPv4 and IPv6 pod traffic map onto devices and which
+/// underlay family carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgMode {
+    /// One device per pod address family, each over its own underlay family (the default).
+    Separate,
+    /// One device; endpoints over IPv4 where the peer has one, else IPv6.
+    Auto,
+    /// One device, endpoints over IPv4.
+    Ipv4,
+    /// One device, endpoints over IPv6.
+    Ipv6,
+}
+
+impl WgMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            WgMode::Separate => "separate",
+            WgMode::Auto => "auto",
+            WgMode::Ipv4 => "ipv4",
+            WgMode::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Which WireGuard implementation carries the traffic (podnet's `Backend.Engine`, or podnetd's
+/// `--wireguard-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgEngine {
+    /// The kernel's where `ip link add type wireguard` works, else userspace.
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl WgEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            WgEngine::Auto => "auto",
+            WgEngine::Kernel => "kernel",
+            WgEngine::Userspace => "userspace",
+        }
+    }
+
+    /// Parses `auto`, `kernel` or `userspace` (any case); the error names `field`.
+    pub fn parse(field: &str, s: &str) -> Result<WgEngine, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(WgEngine::Auto),
+            "kernel" => Ok(WgEngine::Kernel),
+            "userspace" => Ok(WgEngine::Userspace),
+            _ => err(format!(
+                "{field} {s:?}: expected \"auto\", \"kernel\" or \"userspace\""
+            )),
+        }
+    }
+}
+
+/// wireguard backend options (flannel's, plus `Engine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardOptions {
+    pub listen_port: u16,
+    pub listen_port_v6: u16,
+    /// Pre-shared key, 32 bytes (base64 in the config), the same on every node.
+    pub psk: Option<[u8; 32]>,
+    /// Seconds between keepalives when idle; 0 is off.
+    pub persistent_keepalive: u16,
+    /// Underlay MTU to assume instead of the interface's.
+    pub mtu: Option<u32>,
+    pub mode: WgMode,
+    pub engine: WgEngine,
+}
+
 /// The data path, chosen by `Backend.Type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     Vxlan(VxlanOptions),
     HostGw,
     Udp(UdpOptions),
+    Wireguard(WireguardOptions),
 }
 
 impl BackendConfig {
@@ -71,6 +140,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(_) => "vxlan",
             BackendConfig::HostGw => "host-gw",
             BackendConfig::Udp(_) => "udp",
+            BackendConfig::Wireguard(_) => "wireguard",
         }
     }
 }
@@ -242,6 +312,7 @@ impl NetworkConfig {
             BackendConfig::Udp(o) => {
                 b.insert("Port".into(), o.port.into());
             }
+            BackendConfig::Wireguard(o) => wireguard_json(o, &mut b),
         }
         m.insert("Backend".into(), Value::Object(b));
         Value::Object(m)
@@ -449,6 +520,7 @@ fn parse_backend(f: &Fields<'_>) -> Result<BackendConfig, ConfigError> {
             Ok(BackendConfig::Vxlan(o))
         }
         "host-gw" => Ok(BackendConfig::HostGw),
+        "wireguard" => parse_wireguard(&backend).map(BackendConfig::Wireguard),
         "udp" => {
             let port = match backend.uint("Port", 65_535)? {
                 None | Some(0) => DEFAULT_UDP_PORT,
@@ -465,6 +537,100 @@ fn parse_backend(f: &Fields<'_>) -> Result<BackendConfig, ConfigError> {
             SUPPORTED_BACKENDS.join(", ")
         )),
     }
+}
+
+/// Bytes WireGuard adds over an IPv6 underlay (40 + 8 + 32), what flannel subtracts either way.
+pub const WG_OVERHEAD: u32 = 80;
+
+fn parse_wireguard(b: &Fields<'_>) -> Result<WireguardOptions, ConfigError> {
+    let port = |key: &str, default: u16| -> Result<u16, ConfigError> {
+        match b.uint(key, 65_535)? {
+            None => Ok(default),
+            Some(0) => err(format!(
+                "Backend.{key} 0: WireGuard needs a fixed port (peers are told it in the lease)"
+            )),
+            Some(p) => Ok(p as u16),
+        }
+    };
+    let psk = match b.string("PSK")? {
+        None | Some("") => None,
+        Some(text) => Some(parse_key32(text).ok_or_else(|| {
+            ConfigError(format!(
+                "Backend.PSK {:?}: not a WireGuard key (32 bytes in base64, as `wg genpsk` prints)",
+                redact(text)
+            ))
+        })?),
+    };
+    let mode = match b.string("Mode")? {
+        None => WgMode::Separate,
+        Some(m) => match m.to_ascii_lowercase().as_str() {
+            "separate" => WgMode::Separate,
+            "auto" => WgMode::Auto,
+            "ipv4" => WgMode::Ipv4,
+            "ipv6" => WgMode::Ipv6,
+            _ => {
+                return err(format!(
+                    "Backend.Mode {m:?}: expected \"separate\", \"auto\", \"ipv4\" or \"ipv6\""
+                ));
+            }
+        },
+    };
+    let engine = match b.string("Engine")? {
+        None => WgEngine::Auto,
+        Some(e) => WgEngine::parse("Backend.Engine", e)?,
+    };
+    let mtu = match b.uint("MTU", 65_535)? {
+        None | Some(0) => None,
+        Some(m) if m < 68 + u64::from(WG_OVERHEAD) => {
+            return err(format!(
+                "Backend.MTU {m}: too small to carry WireGuard (at least 148)"
+            ));
+        }
+        Some(m) => Some(m as u32),
+    };
+    Ok(WireguardOptions {
+        listen_port: port("ListenPort", DEFAULT_WG_PORT)?,
+        listen_port_v6: port("ListenPortV6", DEFAULT_WG_PORT_V6)?,
+        psk,
+        persistent_keepalive: b.uint("PersistentKeepaliveInterval", 65_535)?.unwrap_or(0) as u16,
+        mtu,
+        mode,
+        engine,
+    })
+}
+
+/// A 32-byte key in standard base64 (what `wg genkey`, `wg pubkey` and `wg genpsk` print).
+pub fn parse_key32(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// A secret as it may appear in an error: its length and first characters only.
+fn redact(secret: &str) -> String {
+    let head: String = secret.chars().take(4).collect();
+    format!("{head}... ({} characters)", secret.chars().count())
+}
+
+fn wireguard_json(o: &WireguardOptions, b: &mut Map<String, Value>) {
+    b.insert("ListenPort".into(), o.listen_port.into());
+    b.insert("ListenPortV6".into(), o.listen_port_v6.into());
+    if let Some(psk) = &o.psk {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD.encode(psk);
+        b.insert("PSK".into(), text.into());
+    }
+    b.insert(
+        "PersistentKeepaliveInterval".into(),
+        o.persistent_keepalive.into(),
+    );
+    if let Some(mtu) = o.mtu {
+        b.insert("MTU".into(), mtu.into());
+    }
+    b.insert("Mode".into(), o.mode.name().into());
+    b.insert("Engine".into(), o.engine.name().into());
 }
 
 fn vxlan_defaults() -> VxlanOptions {
@@ -737,15 +903,15 @@ mod tests {
     fn invalid_unknown_backend_type() {
         assert_eq!(
             error(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#),
-            "Backend.Type \"carrier-pigeon\": unknown backend type (podnet has vxlan, host-gw, udp)"
+            "Backend.Type \"carrier-pigeon\": unknown backend type (podnet has vxlan, host-gw, udp, wireguard)"
         );
         assert_eq!(
-            error(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#),
-            "Backend.Type \"wireguard\": a flannel backend podnet does not implement (podnet has vxlan, host-gw, udp)"
+            error(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec"}}"#),
+            "Backend.Type \"ipsec\": a flannel backend podnet does not implement (podnet has vxlan, host-gw, udp, wireguard)"
         );
         assert_eq!(
             error(r#"{"Network":"10.244.0.0/16","Backend":{"VNI":2}}"#),
-            "Backend.Type: missing (one of vxlan, host-gw, udp)"
+            "Backend.Type: missing (one of vxlan, host-gw, udp, wireguard)"
         );
         assert_eq!(
             error(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#),
@@ -756,6 +922,87 @@ mod tests {
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#
             ),
             "Backend.DirectRouting \"yes\": expected true or false"
+        );
+    }
+
+    #[test]
+    fn wireguard_defaults_are_flannels() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(
+            c.backend,
+            BackendConfig::Wireguard(WireguardOptions {
+                listen_port: 51820,
+                listen_port_v6: 51821,
+                psk: None,
+                persistent_keepalive: 0,
+                mtu: None,
+                mode: WgMode::Separate,
+                engine: WgEngine::Auto,
+            })
+        );
+        let again = NetworkConfig::parse(&c.to_json().to_string()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn wireguard_options_case_insensitively() {
+        let psk = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=";
+        let c = parse(&format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"type":"WireGuard","listenport":5000,"ListenPortV6":5001,
+                "psk":"{psk}","PersistentKeepaliveInterval":25,"MTU":9000,"Mode":"IPv4","Engine":"Userspace"}}}}"#
+        ));
+        let BackendConfig::Wireguard(o) = &c.backend else {
+            panic!("{c:?}")
+        };
+        assert_eq!((o.listen_port, o.listen_port_v6), (5000, 5001));
+        assert_eq!(o.psk, parse_key32(psk));
+        assert!(o.psk.is_some());
+        assert_eq!(o.persistent_keepalive, 25);
+        assert_eq!(o.mtu, Some(9000));
+        assert_eq!((o.mode, o.engine), (WgMode::Ipv4, WgEngine::Userspace));
+        // An empty PSK is none, as in flannel.
+        let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":""}}"#);
+        assert!(matches!(
+            c.backend,
+            BackendConfig::Wireguard(WireguardOptions { psk: None, .. })
+        ));
+        assert_eq!(NetworkConfig::parse(&c.to_json().to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn invalid_wireguard_options_name_field_and_value() {
+        let wg = |extra: &str| {
+            error(&format!(
+                r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard",{extra}}}}}"#
+            ))
+        };
+        assert_eq!(
+            wg(r#""ListenPort":70000"#),
+            "Backend.ListenPort 70000: expected a whole number from 0 to 65535"
+        );
+        assert_eq!(
+            wg(r#""ListenPort":0"#),
+            "Backend.ListenPort 0: WireGuard needs a fixed port (peers are told it in the lease)"
+        );
+        assert_eq!(
+            wg(r#""PSK":"c2hvcnQ=""#),
+            "Backend.PSK \"c2hv... (8 characters)\": not a WireGuard key (32 bytes in base64, as `wg genpsk` prints)"
+        );
+        assert_eq!(
+            wg(r#""Mode":"both""#),
+            "Backend.Mode \"both\": expected \"separate\", \"auto\", \"ipv4\" or \"ipv6\""
+        );
+        assert_eq!(
+            wg(r#""Engine":"fast""#),
+            "Backend.Engine \"fast\": expected \"auto\", \"kernel\" or \"userspace\""
+        );
+        assert_eq!(
+            wg(r#""MTU":100"#),
+            "Backend.MTU 100: too small to carry WireGuard (at least 148)"
+        );
+        assert_eq!(
+            wg(r#""PersistentKeepaliveInterval":"25s""#),
+            "Backend.PersistentKeepaliveInterval \"25s\": expected a number"
         );
     }
 

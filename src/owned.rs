@@ -4,7 +4,7 @@
 //! - Routes carry protocol `RTPROT_PODNET` (86): every route with it is podnet's, in any table;
 //!   no other route is ever changed or deleted.
 //! - Devices: the VXLAN device `flannel.<VNI>` (and `flannel-v6.<VNI>` for IPv6 underlays) and
-//!   the udp backend's TUN device `flannel0` — flannel's names, so a node moves between flanneld
+//!   the udp backend's TUN device `flannel0`, the wireguard backend's `flannel-wg` — flannel's names, so a node moves between flanneld
 //!   and podnetd without renaming. Every permanent neighbour and FDB entry on these devices is
 //!   podnet's.
 //! - nftables: the table `inet podnet` (masquerade, forward, tunnel guard) written by podnetd,
@@ -16,6 +16,10 @@ pub const RTPROT_PODNET: u8 = 86;
 
 /// The udp backend's TUN device (flannel's name).
 pub const UDP_DEVICE: &str = "flannel0";
+
+/// The wireguard backend's device (flannel's name): kind `wireguard` with the kernel engine, a
+/// TUN device with the userspace one.
+pub const WG_DEVICE: &str = "flannel-wg";
 
 /// nftables family of podnet's tables.
 pub const NFT_FAMILY: &str = "inet";
@@ -44,7 +48,8 @@ pub fn is_podnet_device(name: &str, kind: Option<&str>) -> bool {
     };
     match kind {
         Some("vxlan") => numbered("flannel.") || numbered("flannel-v6."),
-        Some("tun") => name == UDP_DEVICE,
+        Some("tun") => name == UDP_DEVICE || name == WG_DEVICE,
+        Some("wireguard") => name == WG_DEVICE,
         _ => false,
     }
 }
@@ -64,5 +69,8 @@ mod tests {
         assert!(!is_podnet_device("flannel.x", Some("vxlan")));
         assert!(!is_podnet_device("vxlan0", Some("vxlan")));
         assert!(!is_podnet_device("flannel0", None));
+        assert!(is_podnet_device("flannel-wg", Some("wireguard")));
+        assert!(is_podnet_device("flannel-wg", Some("tun")));
+        assert!(!is_podnet_device("wg0", Some("wireguard")));
     }
 }

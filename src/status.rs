@@ -54,6 +54,9 @@ pub struct NodeInfo {
     /// Bytes the backend adds to every packet on the external interface.
     #[serde(default)]
     pub encap_overhead: Option<u32>,
+    /// The wireguard backend's engine: `kernel` or `userspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -99,6 +102,28 @@ pub struct PeerInfo {
     pub public_ip: String,
     pub path: PathKind,
     pub reason: Option<String>,
+    /// The peer's WireGuard tunnel (wireguard backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardPeer>,
+}
+
+/// One peer's WireGuard tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardPeer {
+    pub public_key: String,
+    pub endpoint: String,
+    /// Handshakes completed since podnetd started.
+    pub handshakes: u64,
+    /// Seconds since the last handshake (`None`: none yet).
+    pub last_handshake_seconds: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Handshakes that failed (a key or PSK mismatch), and why, while it lasts.
+    #[serde(default)]
+    pub handshake_failures: u64,
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 /// Kernel objects missing or unexpected, each as one line (`route 10.244.2.0/24 via ...`).
@@ -210,6 +235,7 @@ mod tests {
                 subnet_file: "/run/flannel/subnet.env".into(),
                 tunnel_device: Some("flannel.1".into()),
                 encap_overhead: Some(50),
+                engine: None,
             },
             peers: vec![PeerInfo {
                 subnet: Some("10.244.2.0/24".into()),
@@ -217,6 +243,7 @@ mod tests {
                 public_ip: "198.18.0.12".into(),
                 path: PathKind::Tunnel,
                 reason: None,
+                wireguard: None,
             }],
             lease_store: "etcd".into(),
             ..Default::default()

@@ -14,6 +14,7 @@ pub mod host_gw;
 pub mod reconcile;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -98,6 +99,23 @@ pub struct PeerPlan {
     pub objects: PeerObjects,
 }
 
+/// An encrypted tunnel's engine and its peers (the wireguard backend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunnelReport {
+    /// `kernel` or `userspace`.
+    pub engine: &'static str,
+    pub peers: Vec<wireguard::PeerStats>,
+}
+
+/// What the daemon hands every backend: where counters go, and the wireguard backend's
+/// node-local settings.
+pub struct Local {
+    pub udp_stats: std::sync::Arc<udp::Stats>,
+    pub wireguard_stats: std::sync::Arc<udp::Stats>,
+    pub wireguard_key_file: std::path::PathBuf,
+    pub wireguard_engine: Option<crate::config::WgEngine>,
+}
+
 /// A data path.
 pub trait Backend: Send {
     fn type_name(&self) -> &'static str;
@@ -129,16 +147,22 @@ pub trait Backend: Send {
 
     /// Devices whose deletion calls for an immediate full pass.
     fn device_names(&self) -> Vec<String>;
+
+    /// An encrypting backend's engine and per-peer counters.
+    fn tunnel_report(&mut self) -> Option<TunnelReport> {
+        None
+    }
 }
 
 /// Builds the backend the config asks for. `previous` is this node's lease as etcd still has it
 /// (from before a restart or a reboot, or written by flanneld on a node being migrated): the
-/// identity it published is kept. `udp_stats` are the counters the udp data path reports to.
+/// identity it published is kept. `local` says where userspace data paths count packets and
+/// where the wireguard key lives.
 pub fn new(
     cfg: &NetworkConfig,
     ext: &ExternalInterface,
     previous: Option<&Lease>,
-    udp_stats: std::sync::Arc<udp::Stats>,
+    local: Local,
 ) -> Result<Box<dyn Backend>, BackendError> {
     if cfg.v4.is_none() || cfg.v6.is_some() {
         return Err(BackendError::Invalid(
@@ -158,7 +182,17 @@ pub fn new(
             o.clone(),
             cfg.v4.as_ref().expect("checked above").network,
             ext.clone(),
-            udp_stats,
+            local.udp_stats,
+        )?)),
+        BackendConfig::Wireguard(o) => Ok(Box::new(wireguard::Wireguard::new(
+            o.clone(),
+            cfg.v4.as_ref().expect("checked above").network,
+            ext.clone(),
+            wireguard::Local {
+                key_file: local.wireguard_key_file,
+                engine: local.wireguard_engine,
+                stats: local.wireguard_stats,
+            },
         )?)),
     }
 }

@@ -376,6 +376,11 @@ impl Reconciler {
             .collect()
     }
 
+    /// The backend's tunnel engine and per-peer counters, if it encrypts.
+    pub fn tunnel_report(&mut self) -> Option<super::TunnelReport> {
+        self.backend.tunnel_report()
+    }
+
     /// Compares the kernel with the desired state without changing anything.
     pub fn drift(&mut self) -> Result<Drift, BackendError> {
         let mut drift = Drift::default();

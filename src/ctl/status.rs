@@ -65,8 +65,14 @@ pub fn render(v: &Status) -> String {
         s(&v.node.iface)
     );
     out += &render_lease(v);
+    let engine = v
+        .node
+        .engine
+        .as_ref()
+        .map(|e| format!(" ({e} engine)"))
+        .unwrap_or_default();
     out += &format!(
-        "backend   {}, pod MTU {}\n",
+        "backend   {}{engine}, pod MTU {}\n",
         s(&v.node.backend),
         s(&v.node.mtu)
     );
@@ -142,6 +148,38 @@ fn render_peers(v: &Status) -> String {
             p.public_ip,
             p.path.label()
         );
+        if let Some(wg) = &p.wireguard {
+            out += &render_wireguard(wg);
+        }
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..=9_999 => format!("{n} B"),
+        10_000..=9_999_999 => format!("{:.1} kB", n as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.1} GB", n as f64 / 1e9),
+    }
+}
+
+fn render_wireguard(wg: &crate::status::WireguardPeer) -> String {
+    let last = match wg.last_handshake_seconds {
+        Some(x) => format!("handshake {} ago", duration(x)),
+        None => "no handshake yet".into(),
+    };
+    let mut out = format!(
+        "    wireguard {} key {}  {last} ({} in all, {} failed)  in {}  out {}\n",
+        wg.endpoint,
+        wg.public_key,
+        wg.handshakes,
+        wg.handshake_failures,
+        bytes(wg.rx_bytes),
+        bytes(wg.tx_bytes)
+    );
+    if let Some(p) = &wg.problem {
+        out += &format!("    PROBLEM   {p}\n");
     }
     out
 }

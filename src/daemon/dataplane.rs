@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::{Metrics, label};
 use crate::backend::reconcile::{Drift, PathCounts, Reconciler, Report};
-use crate::backend::{Backend, BackendError, PeerPath, Registration};
+use crate::backend::{Backend, BackendError, PeerPath, Registration, TunnelReport};
 use crate::kernel::netlink::{LinkEvent, LinkEvents, Netlink};
 use crate::lease::{Lease, SubnetKey};
 
@@ -36,6 +36,7 @@ enum Cmd {
     Peers(oneshot::Sender<Vec<(Lease, PeerPath)>>),
     Resync(&'static str),
     Drift(oneshot::Sender<Result<Drift, BackendError>>),
+    Tunnel(oneshot::Sender<Option<TunnelReport>>),
 }
 
 /// Handle to the data-plane thread.
@@ -136,6 +137,13 @@ impl Dataplane {
             return Vec::new();
         }
         r.await.unwrap_or_default()
+    }
+
+    /// The encrypting backend's engine and per-peer counters (`None` for other backends).
+    pub async fn tunnel(&self) -> Option<TunnelReport> {
+        let (t, r) = oneshot::channel();
+        self.tx.send(Cmd::Tunnel(t)).ok()?;
+        r.await.ok().flatten()
     }
 
     pub async fn drift(&self) -> Result<Drift, BackendError> {
@@ -258,6 +266,9 @@ fn run(
             }
             Cmd::Drift(reply) => {
                 let _ = reply.send(rec.drift());
+            }
+            Cmd::Tunnel(reply) => {
+                let _ = reply.send(rec.tunnel_report());
             }
         }
     }

@@ -137,9 +137,22 @@ pub struct Flags {
     #[arg(long)]
     pub policy_log_group: Option<u16>,
 
+    /// The wireguard backend's private key file (flannel's WIREGUARD_KEY_FILE; created mode 0400
+    /// with a new key when missing, kept across restarts).
+    #[arg(long, env = "WIREGUARD_KEY_FILE", default_value = crate::backend::wireguard::key::DEFAULT_PATH)]
+    pub wireguard_key_file: PathBuf,
+    /// The wireguard backend's engine: auto (the kernel's where it has WireGuard), kernel or
+    /// userspace; overrides the network config's Backend.Engine.
+    #[arg(long, value_parser = parse_engine)]
+    pub wireguard_engine: Option<crate::config::WgEngine>,
+
     /// Log verbosity: 0 info, 1 debug, 2 trace (`-v=2` as with flanneld).
     #[arg(short = 'v', long = "v", default_value_t = 0, num_args = 0..=1, default_missing_value = "1")]
     pub verbosity: u8,
+}
+
+fn parse_engine(s: &str) -> Result<crate::config::WgEngine, String> {
+    crate::config::WgEngine::parse("--wireguard-engine", s).map_err(|e| e.to_string())
 }
 
 /// `60` means minutes; `90s`, `5m`, `2h` carry their unit.

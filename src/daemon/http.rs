@@ -193,6 +193,14 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 async fn metrics_text(sh: &Shared) -> String {
     refresh_gauges(sh);
     let mut text = sh.metrics.render();
+    let dp = sh.dataplane.lock().expect("dataplane lock").clone();
+    if let Some(t) = match &dp {
+        Some(d) => d.tunnel().await,
+        None => None,
+    } {
+        let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+        text = body + &super::metrics::wireguard_text(&t.peers) + "# EOF\n";
+    }
     let engine = sh.policy.lock().expect("policy lock").clone();
     if let Some(p) = engine {
         let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
@@ -266,6 +274,9 @@ pub async fn status(sh: &Shared) -> Status {
     let mut st = Status::default();
     if let Some(d) = &dp {
         st.peers = d.peers().await.iter().map(peer_info).collect();
+        if let Some(t) = d.tunnel().await {
+            attach_tunnels(&mut st.peers, &t);
+        }
         let stats = d.stats().lock().expect("stats lock").clone();
         st.dataplane = Some(DataplaneInfo {
             full_passes: stats.full_passes,
@@ -318,6 +329,25 @@ pub async fn status(sh: &Shared) -> Status {
     st
 }
 
+/// Each peer's WireGuard counters, next to how it is reached.
+fn attach_tunnels(peers: &mut [PeerInfo], t: &crate::backend::TunnelReport) {
+    for p in peers.iter_mut() {
+        let Some(s) = t.peers.iter().find(|s| s.lease.to_string() == p.key) else {
+            continue;
+        };
+        p.wireguard = Some(crate::status::WireguardPeer {
+            public_key: crate::backend::wireguard::key::b64(&s.public_key),
+            endpoint: s.endpoint.to_string(),
+            handshakes: s.handshakes,
+            last_handshake_seconds: s.last_handshake.map(|d| d.as_secs()),
+            rx_bytes: s.rx_bytes,
+            tx_bytes: s.tx_bytes,
+            handshake_failures: s.failures,
+            problem: s.problem.clone(),
+        });
+    }
+}
+
 fn peer_info((l, p): &(Lease, PeerPath)) -> PeerInfo {
     let (path, reason) = match p {
         PeerPath::Direct => (PathKind::Direct, None),
@@ -330,6 +360,7 @@ fn peer_info((l, p): &(Lease, PeerPath)) -> PeerInfo {
         public_ip: l.attrs.public_ip.to_string(),
         path,
         reason,
+        wireguard: None,
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub tunnel_guard_peers: Gauge,
     /// The udp backend's packet counters, handed to its workers.
     pub udp: std::sync::Arc<crate::backend::udp::Stats>,
+    /// The wireguard userspace engine's packet counters, handed to its workers.
+    pub wireguard: std::sync::Arc<crate::backend::udp::Stats>,
+    /// 1 for the wireguard engine that runs (`engine` = kernel or userspace).
+    pub wireguard_engine: Family<Labels, Gauge>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -59,12 +63,19 @@ impl Metrics {
             firewall_errors: Counter::default(),
             foreign_masquerade_rules: Gauge::default(),
             tunnel_guard_peers: Gauge::default(),
-            udp: udp_stats(&mut registry),
+            udp: packet_stats(&mut registry, "udp"),
+            wireguard: packet_stats(&mut registry, "wireguard"),
+            wireguard_engine: Family::default(),
             registry: Registry::default(),
         };
         m.register_lease(&mut registry);
         m.register_dataplane(&mut registry);
         m.register_firewall(&mut registry);
+        registry.register(
+            "wireguard_engine_info",
+            "The wireguard backend's engine (label engine: kernel or userspace)",
+            m.wireguard_engine.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -142,8 +153,9 @@ impl Default for Metrics {
     }
 }
 
-/// The udp backend's packet counters, registered; its workers hold the handles.
-fn udp_stats(r: &mut Registry) -> std::sync::Arc<crate::backend::udp::Stats> {
+/// A userspace data path's packet counters (`udp`, or the wireguard userspace engine),
+/// registered under its name; its workers hold the handles.
+fn packet_stats(r: &mut Registry, name: &str) -> std::sync::Arc<crate::backend::udp::Stats> {
     let packets = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
     let errors = Counter::default();
@@ -160,16 +172,73 @@ fn udp_stats(r: &mut Registry) -> std::sync::Arc<crate::backend::udp::Stats> {
         spoofed: counter(&dropped, "reason", "spoofed"),
         errors: errors.clone(),
     });
-    let help = "Packets the udp backend carried, by direction (out: to a peer, in: from a peer)";
-    r.register("udp_packets", help, packets);
-    let help = "Packets the udp backend dropped, by reason (no_route answers with ICMP net unreachable; spoofed: a peer's packet from outside its subnet)";
-    r.register("udp_dropped", help, dropped);
+    let help = format!(
+        "Packets the {name} backend carried in userspace, by direction (out: to a peer, in: from a peer)"
+    );
+    r.register(format!("{name}_packets"), help, packets);
+    let help = format!(
+        "Packets the {name} backend dropped in userspace, by reason (no_route answers with ICMP net unreachable; \
+         spoofed: a peer's packet from outside its subnet, or a key no lease carries; malformed: \
+         not a packet, or one that does not decrypt)"
+    );
+    r.register(format!("{name}_dropped"), help, dropped);
     r.register(
-        "udp_errors",
-        "System calls of the udp data path that failed",
+        format!("{name}_errors"),
+        format!("System calls of the {name} data path that failed"),
         errors,
     );
     stats
+}
+
+/// The wireguard backend's per-peer counters as OpenMetrics families (the peers come and go
+/// with leases, so they are rendered from the engine's report at each scrape).
+pub fn wireguard_text(peers: &[crate::backend::wireguard::PeerStats]) -> String {
+    let mut s = String::new();
+    let families: [(&str, &str, &str); 4] = [
+        (
+            "wireguard_peer_handshakes",
+            "counter",
+            "Handshakes completed with the peer",
+        ),
+        (
+            "wireguard_peer_handshake_failures",
+            "counter",
+            "Handshakes with the peer that failed (a key or PSK mismatch)",
+        ),
+        (
+            "wireguard_peer_bytes",
+            "counter",
+            "Bytes carried to (out) and from (in) the peer",
+        ),
+        (
+            "wireguard_peer_last_handshake_seconds",
+            "gauge",
+            "Seconds since the last handshake with the peer",
+        ),
+    ];
+    for (name, kind, help) in families {
+        s += &format!("# HELP podnet_{name} {help}.\n# TYPE podnet_{name} {kind}\n");
+        for p in peers {
+            let peer = p.lease.to_string();
+            let total = if kind == "counter" { "_total" } else { "" };
+            let line =
+                |labels: String, v: String| format!("podnet_{name}{total}{{{labels}}} {v}\n");
+            let l = format!("peer=\"{peer}\"");
+            s += &match name {
+                "wireguard_peer_handshakes" => line(l, p.handshakes.to_string()),
+                "wireguard_peer_handshake_failures" => line(l, p.failures.to_string()),
+                "wireguard_peer_bytes" => {
+                    line(format!("{l},direction=\"in\""), p.rx_bytes.to_string())
+                        + &line(format!("{l},direction=\"out\""), p.tx_bytes.to_string())
+                }
+                _ => match p.last_handshake {
+                    Some(d) => line(l, format!("{:.3}", d.as_secs_f64())),
+                    None => String::new(),
+                },
+            };
+        }
+    }
+    s
 }
 
 /// Labels for a lease store failure.

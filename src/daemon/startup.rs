@@ -43,12 +43,26 @@ pub async fn start<M: SubnetManager>(
     shared.set_rejections(Box::new(move || s.rejected()));
     let mut attrs = lease_attrs(&cfg, &ext);
     let previous = store.previous_lease(&cfg, &attrs).await;
-    let udp_stats = shared.metrics.udp.clone();
-    let be = backend::new(&cfg, &ext, previous.as_ref(), udp_stats)?;
+    let local = backend::Local {
+        udp_stats: shared.metrics.udp.clone(),
+        wireguard_stats: shared.metrics.wireguard.clone(),
+        wireguard_key_file: flags.wireguard_key_file.clone(),
+        wireguard_engine: flags.wireguard_engine,
+    };
+    let be = backend::new(&cfg, &ext, previous.as_ref(), local)?;
     let dataplane = Dataplane::start(be, shared.metrics.clone())?;
     *shared.dataplane.lock().expect("dataplane lock") = Some(dataplane.clone());
     let reg = dataplane.prepare().await?;
+    let engine = dataplane.tunnel().await.map(|t| t.engine);
+    if let Some(e) = engine {
+        shared
+            .metrics
+            .wireguard_engine
+            .get_or_create(&super::metrics::label("engine", e))
+            .set(1);
+    }
     shared.update(|s| {
+        s.node.engine = engine.map(String::from);
         s.node.mtu = Some(reg.mtu);
         s.node.tunnel_device = reg.tunnel_device.clone();
         s.node.encap_overhead = Some(reg.overhead);

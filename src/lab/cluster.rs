@@ -191,6 +191,11 @@ impl Cluster {
             format!("--etcd-endpoints={}", self.eps),
             format!("--subnet-file={}", self.env_path(node)?.display()),
             format!("--status-socket={}", self.socket_path(node)?.display()),
+            // Lab nodes share the host's files: each keeps its own WireGuard key.
+            format!(
+                "--wireguard-key-file={}",
+                self.node_dir(node)?.join("wgkey").display()
+            ),
         ];
         let mut argv = vec![self.bins.podnetd.display().to_string()];
         argv.extend(merge_flags(&defaults, extra));

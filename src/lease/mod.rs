@@ -14,6 +14,7 @@ pub mod manager;
 #[cfg(test)]
 pub mod memory;
 pub mod validate;
+pub mod wireguard;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -12,15 +12,18 @@
 //!   a `0.0.0.0-1` lease would otherwise replace the default route;
 //! - its public address is unspecified, loopback, multicast, link-local, broadcast, or one of
 //!   this node's own;
-//! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC`);
-//! - it overlaps another valid lease, or reuses another's VtepMAC: the older lease (by creation)
-//!   wins, so a newcomer cannot take over a subnet or a VTEP.
+//! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC`;
+//!   wireguard: a 32-byte base64 `PublicKey` that is not all zeros, a `Port` from 1 to 65535);
+//! - it overlaps another valid lease, or reuses another's identity — a VtepMAC, a WireGuard
+//!   public key, or a WireGuard endpoint (public address and port): the older lease (by
+//!   creation) wins, so a newcomer cannot take over a subnet, a VTEP or a tunnel.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::wireguard::WireguardData;
 use super::{Lease, SubnetKey};
 use crate::config::NetworkConfig;
 use crate::kernel::Mac;
@@ -74,6 +77,44 @@ fn vtep(l: &Lease) -> Result<Option<Mac>, String> {
         return Err(format!("VtepMAC {mac} is not a unicast address"));
     }
     Ok(Some(mac))
+}
+
+/// What one lease may claim and no other may: the older lease keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Identity {
+    VtepMac(Mac),
+    WgKey([u8; 32]),
+    WgEndpoint(SocketAddrV4),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::VtepMac(m) => write!(f, "VtepMAC {m}"),
+            Identity::WgKey(k) => {
+                let d = WireguardData {
+                    public_key: *k,
+                    port: 0,
+                };
+                write!(f, "WireGuard public key {}", d.key_text())
+            }
+            Identity::WgEndpoint(e) => write!(f, "WireGuard endpoint {e}"),
+        }
+    }
+}
+
+/// The identities a lease claims (none for a lease whose backend data does not parse: such a
+/// lease never passes `check`).
+fn identities(l: &Lease) -> Vec<Identity> {
+    let mut ids = Vec::new();
+    if let Ok(Some(mac)) = vtep(l) {
+        ids.push(Identity::VtepMac(mac));
+    }
+    if let Ok(Some(wg)) = WireguardData::of(l) {
+        ids.push(Identity::WgKey(wg.public_key));
+        ids.push(Identity::WgEndpoint(wg.endpoint(l.attrs.public_ip)));
+    }
+    ids
 }
 
 impl Checker {
@@ -187,11 +228,14 @@ impl Checker {
         if let (Some(ip), Some(_)) = (l.attrs.public_ipv6, l.key.v6) {
             self.public(IpAddr::V6(ip))?;
         }
-        vtep(l).map(|_| ())
+        vtep(l)?;
+        WireguardData::of(l)?;
+        Ok(())
     }
 
     /// Splits leases into the accepted and the refused (with why). Among leases that each pass
-    /// `check`, one overlapping an older lease, or reusing its VtepMAC, is refused; between two
+    /// `check`, one overlapping an older lease, or reusing its VtepMAC, WireGuard key or
+    /// endpoint, is refused; between two
     /// as old (creation times in seconds tie), the `incumbent` one, already programmed, stays.
     pub fn select<'a>(
         &self,
@@ -221,12 +265,12 @@ impl Checker {
     }
 }
 
-/// The accepted leases' subnets and VtepMACs: whether another lease collides with one costs a
-/// few lookups.
+/// The accepted leases' subnets and identities (VtepMACs, WireGuard keys and endpoints):
+/// whether another lease collides with one costs a few lookups.
 #[derive(Debug, Default)]
 pub struct Index {
     taken: Taken,
-    macs: BTreeMap<Mac, SubnetKey>,
+    claimed: BTreeMap<Identity, SubnetKey>,
 }
 
 impl Index {
@@ -235,29 +279,27 @@ impl Index {
         if let Some(older) = self.taken.overlapping(&l.key).filter(|k| *k != l.key) {
             return Err(format!("subnet {} overlaps the older lease {older}", l.key));
         }
-        if let Ok(Some(mac)) = vtep(l)
-            && let Some(other) = self.macs.get(&mac).filter(|k| **k != l.key)
-        {
-            return Err(format!(
-                "VtepMAC {mac} is already the older lease {other}'s"
-            ));
+        for id in identities(l) {
+            if let Some(other) = self.claimed.get(&id).filter(|k| **k != l.key) {
+                return Err(format!("{id} is already the older lease {other}'s"));
+            }
         }
         Ok(())
     }
 
     pub fn insert(&mut self, l: &Lease) {
         self.taken.insert(l.key);
-        if let Ok(Some(mac)) = vtep(l) {
-            self.macs.insert(mac, l.key);
+        for id in identities(l) {
+            self.claimed.insert(id, l.key);
         }
     }
 
     pub fn remove(&mut self, l: &Lease) {
         self.taken.remove(&l.key);
-        if let Ok(Some(mac)) = vtep(l)
-            && self.macs.get(&mac) == Some(&l.key)
-        {
-            self.macs.remove(&mac);
+        for id in identities(l) {
+            if self.claimed.get(&id) == Some(&l.key) {
+                self.claimed.remove(&id);
+            }
         }
     }
 }
@@ -477,6 +519,69 @@ mod tests {
                 .unwrap_err()
                 .contains("outside Network")
         );
+    }
+
+    fn wg_lease(key: &str, ip: &str, data: &str, created: i64) -> Lease {
+        let mut l = lease(key, ip, "02:00:00:00:00:02", created);
+        l.attrs.backend_type = "wireguard".into();
+        l.attrs.backend_data = Some(RawValue::from_string(data.into()).unwrap());
+        l
+    }
+
+    const KEY_A: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+    const KEY_B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    #[test]
+    fn wireguard_leases_are_checked_and_keep_their_key_and_endpoint() {
+        let c = checker();
+        let data = |k: &str, port: u16| format!(r#"{{"PublicKey":"{k}","Port":{port}}}"#);
+        let a = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A, 51820), 5);
+        assert_eq!(c.check(&a), Ok(()));
+        let bad = wg_lease(
+            "10.244.2.0-24",
+            "198.18.0.12",
+            r#"{"PublicKey":"x","Port":1}"#,
+            5,
+        );
+        assert!(c.check(&bad).unwrap_err().contains("not a WireGuard key"));
+        let bad = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A, 0), 5);
+        assert!(c.check(&bad).unwrap_err().contains("Port 0"));
+        // A newer lease claiming a's key, from another address: refused.
+        let thief = wg_lease("10.244.3.0-24", "198.18.0.13", &data(KEY_A, 51820), 9);
+        // A newer lease claiming a's endpoint with its own key: refused too.
+        let squatter = wg_lease("10.244.4.0-24", "198.18.0.12", &data(KEY_B, 51820), 8);
+        // Same address, another port, another key: a second tunnel, accepted.
+        let other = wg_lease("10.244.5.0-24", "198.18.0.12", &data(KEY_B, 51821), 7);
+        let all = [thief.clone(), squatter.clone(), a.clone(), other.clone()];
+        let sel = c.select(all.iter(), |_| false);
+        let accepted: Vec<String> = sel.accepted.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(accepted, ["10.244.2.0-24", "10.244.5.0-24"]);
+        let why: BTreeMap<String, String> = sel
+            .refused
+            .iter()
+            .map(|(l, w)| (l.key.to_string(), w.clone()))
+            .collect();
+        assert_eq!(
+            why["10.244.3.0-24"],
+            format!("WireGuard public key {KEY_A} is already the older lease 10.244.2.0-24's")
+        );
+        assert!(
+            why["10.244.4.0-24"].contains("WireGuard public key")
+                || why["10.244.4.0-24"].contains("endpoint"),
+            "{why:?}"
+        );
+        // A key rotation rewrites the lease itself: its own earlier version is no collision.
+        let mut index = sel.index;
+        let rotated = wg_lease(
+            "10.244.2.0-24",
+            "198.18.0.12",
+            &data(KEY_A.replace('H', "J").as_str(), 51820),
+            5,
+        );
+        assert_eq!(index.admits(&rotated), Ok(()));
+        index.remove(&a);
+        index.insert(&rotated);
+        assert_eq!(index.admits(&thief), Ok(()), "the old key is free again");
     }
 
     #[test]

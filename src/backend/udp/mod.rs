@@ -20,8 +20,8 @@
 //! link watcher asks for it) recreates the device, its address and route, and restarts them.
 //! While podnetd is stopped the persistent device keeps its route and drops what it is sent.
 
-mod packet;
-mod peers;
+pub(crate) mod packet;
+pub(crate) mod peers;
 mod worker;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -275,7 +275,7 @@ impl Backend for Udp {
     }
 
     fn peers_reset(&mut self, peers: &[&Lease]) {
-        let mut t = PeerTable::default();
+        let mut t: PeerTable = PeerTable::default();
         for p in peers {
             if let Some(subnet) = p.key.v4 {
                 t.insert(subnet, SocketAddrV4::new(p.attrs.public_ip, self.opts.port));

@@ -9,10 +9,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 
-#[derive(Debug, Default, Clone)]
-pub struct PeerTable {
+/// Subnets and what their packets go to: the udp backend's peer addresses, the wireguard
+/// backend's tunnels.
+#[derive(Debug, Clone)]
+pub struct PeerTable<T = SocketAddrV4> {
     /// By prefix length, longest first: network address → where its packets go.
-    by_len: Vec<(u8, HashMap<u32, SocketAddrV4>)>,
+    by_len: Vec<(u8, HashMap<u32, T>)>,
+}
+
+impl<T> Default for PeerTable<T> {
+    fn default() -> Self {
+        PeerTable { by_len: Vec::new() }
+    }
 }
 
 fn mask(len: u8) -> u32 {
@@ -23,8 +31,14 @@ fn mask(len: u8) -> u32 {
     }
 }
 
-impl PeerTable {
-    pub fn insert(&mut self, subnet: Ipv4Net, to: SocketAddrV4) {
+impl<T: Copy> PeerTable<T> {
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<T> {
+        self.get(dst).copied()
+    }
+}
+
+impl<T> PeerTable<T> {
+    pub fn insert(&mut self, subnet: Ipv4Net, to: T) {
         let len = subnet.prefix_len();
         let at = match self.by_len.iter().position(|(l, _)| *l <= len) {
             Some(i) if self.by_len[i].0 == len => i,
@@ -50,11 +64,12 @@ impl PeerTable {
         }
     }
 
-    pub fn lookup(&self, dst: Ipv4Addr) -> Option<SocketAddrV4> {
+    /// What the subnet holding `dst` maps to.
+    pub fn get(&self, dst: Ipv4Addr) -> Option<&T> {
         let d = u32::from(dst);
         self.by_len
             .iter()
-            .find_map(|(len, m)| m.get(&(d & mask(*len))).copied())
+            .find_map(|(len, m)| m.get(&(d & mask(*len))))
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +91,7 @@ mod tests {
 
     #[test]
     fn finds_the_subnet_holding_the_destination() {
-        let mut t = PeerTable::default();
+        let mut t: PeerTable = PeerTable::default();
         t.insert("10.244.5.0/24".parse().unwrap(), to(12));
         t.insert("10.244.6.0/24".parse().unwrap(), to(13));
         assert_eq!(t.lookup("10.244.5.77".parse().unwrap()), Some(to(12)));
@@ -97,7 +112,7 @@ mod tests {
 
     #[test]
     fn mixed_prefix_lengths_match_longest_first() {
-        let mut t = PeerTable::default();
+        let mut t: PeerTable = PeerTable::default();
         t.insert("10.244.0.0/16".parse().unwrap(), to(1));
         t.insert("10.244.8.0/21".parse().unwrap(), to(2));
         t.insert("10.244.9.0/24".parse().unwrap(), to(3));
