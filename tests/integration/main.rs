@@ -17,3 +17,4 @@ mod pods;
 mod policy;
 mod support;
 mod udp;
+mod wireguard;
