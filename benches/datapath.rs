@@ -5,12 +5,18 @@
 //! interleaved round by round in one run so that machine noise hits all three alike.
 //!
 //!   sudo cargo bench --bench datapath       (BENCH_RUNS=5, BENCH_SECONDS=3,
-//!                                            BENCH_BACKENDS=host-gw,vxlan,udp by default)
+//!                                            BENCH_BACKENDS=host-gw,vxlan,udp,wireguard by default)
 //!
 //! Lab: nodes 1 and 2 run podnetd and get their pods from podnet's CNI plugin; nodes 3 and 4 are
 //! the reference: built by hand (and given the nftables ruleset of their podnet twin, addresses
 //! swapped, so that both sides pay for the same hooks and connection tracking), or running
-//! podnetd with vxlan under a second etcd prefix.
+//! podnetd with vxlan under a second etcd prefix. wireguard (userspace engine here) is measured
+//! against podnet's udp backend on nodes 3 and 4 and podnet's kernel VXLAN on nodes 5 and 6, all
+//! in the same rounds.
+//!
+//! CPU per Gbit/s: during each throughput run, the whole machine's busy time (from /proc/stat:
+//! both nodes, both iperf3 ends, softirqs — and whatever else the machine runs) and the two
+//! podnetd processes' own, each divided by the rate.
 
 mod common;
 
@@ -109,11 +115,54 @@ struct Path {
     name: &'static str,
     client: String,
     server_ip: Ipv4Addr,
+    /// The podnetd processes carrying this path (none for the bare underlay and the
+    /// hand-made reference).
+    podnetd: Vec<u32>,
 }
 
-/// One iperf3 run over a path; bits per second received.
-fn throughput(lab: &Lab, p: &Path, seconds: u32) -> f64 {
-    common::throughput(lab, &p.client, &p.server_ip.to_string(), seconds)
+/// Busy and total jiffies of the whole machine (`cpu` line of /proc/stat).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    (busy, busy + v[3] + v[4])
+}
+
+/// User and system jiffies of a process.
+fn process_jiffies(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime is the 14th field.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// One iperf3 run over a path: bits per second received, and the cores busy meanwhile (the
+/// whole machine's, and the path's podnetd processes').
+fn throughput(lab: &Lab, p: &Path, seconds: u32) -> (f64, f64, f64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let (b0, t0) = machine_jiffies();
+    let p0: u64 = p.podnetd.iter().map(|pid| process_jiffies(*pid)).sum();
+    let start = Instant::now();
+    let bps = common::throughput(lab, &p.client, &p.server_ip.to_string(), seconds);
+    let wall = start.elapsed().as_secs_f64();
+    let (b1, t1) = machine_jiffies();
+    let p1: u64 = p.podnetd.iter().map(|pid| process_jiffies(*pid)).sum();
+    let machine = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * cpus;
+    // Clock ticks are 100 per second on Linux.
+    let podnetd = (p1 - p0) as f64 / 100.0 / wall;
+    (bps, machine, podnetd)
 }
 
 /// Mean round trip over a path, in seconds.
@@ -128,17 +177,26 @@ struct Row {
     reference: bool,
     gbps: Summary,
     rtt: Summary,
+    /// Cores busy per Gbit/s: the whole machine, and the path's podnetd processes.
+    cpu_per_gbps: Summary,
+    podnetd_per_gbps: Summary,
 }
 
 /// podnetd on two nodes with `backend`, under its own etcd prefix, and a pod on each from the
-/// plugin; returns the pods' addresses once they reach each other.
-fn podnet_pair(c: &mut Cluster, backend: &str, nodes: [&str; 2], prefix: &str) -> [Ipv4Addr; 2] {
+/// plugin; returns the pods' addresses once they reach each other, and podnetd's PIDs.
+fn podnet_pair(
+    c: &mut Cluster,
+    backend: &str,
+    nodes: [&str; 2],
+    prefix: &str,
+) -> ([Ipv4Addr; 2], Vec<u32>) {
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
     c.etcdctl(&["put", &format!("{prefix}/config"), &config])
         .unwrap();
     let prefix_flag = format!("--etcd-prefix={prefix}");
+    let mut pids = Vec::new();
     for node in nodes {
-        c.start(node, &[&prefix_flag]).unwrap();
+        pids.push(c.start(node, &[&prefix_flag]).unwrap().id.pid);
     }
     let mut pods = Vec::new();
     for node in nodes {
@@ -156,7 +214,7 @@ fn podnet_pair(c: &mut Cluster, backend: &str, nodes: [&str; 2], prefix: &str) -
                 .then_some(())
         });
     }
-    [pods[0], pods[1]]
+    ([pods[0], pods[1]], pids)
 }
 
 /// The twin pair (nodes 3 and 4) built by hand like podnet's pair: objects from `ip` and
@@ -190,42 +248,77 @@ fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2]
     hand
 }
 
+/// The other node of a pair (node1 ↔ node2, node3 ↔ node4, ...).
+fn peer_of(node: &str) -> String {
+    let n: usize = node.trim_start_matches("node").parse().unwrap();
+    format!("node{}", if n % 2 == 1 { n + 1 } else { n - 1 })
+}
+
 fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
-    let mut c = Cluster::up(&LabSpec::new(unique("bdp"), 4), binaries()).unwrap();
-    let pods = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX);
-    // Kernel backends are compared with the same kernel objects made by hand; the userspace
-    // tunnel with podnet's kernel VXLAN.
-    let (ref_name, ref_pods, ref_targets) = if backend == "udp" {
-        let p = podnet_pair(
-            &mut c,
-            "vxlan",
-            ["node3", "node4"],
-            "/podnet-bench-vxlan/network",
-        );
-        ("podnet vxlan", p, ["node3/pod", "node4/pod"])
+    let nodes = if backend == "wireguard" { 6 } else { 4 };
+    let mut c = Cluster::up(&LabSpec::new(unique("bdp"), nodes), binaries()).unwrap();
+    let (pods, pids) = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX);
+    let mut paths = vec![Path {
+        name: "podnet",
+        client: "node1/pod".into(),
+        server_ip: pods[1],
+        podnetd: pids,
+    }];
+    // Kernel backends are compared with the same kernel objects made by hand; the udp tunnel
+    // with podnet's kernel VXLAN; wireguard with podnet's udp backend, VXLAN beside them.
+    match backend {
+        "udp" | "wireguard" => {
+            let (reference, others): (&str, &[&str]) = if backend == "udp" {
+                ("vxlan", &[])
+            } else {
+                ("udp", &["vxlan"])
+            };
+            for (i, b) in std::iter::once(&reference).chain(others).enumerate() {
+                let pair = [["node3", "node4"], ["node5", "node6"]][i];
+                let prefix = format!("/podnet-bench-{b}/network");
+                let (p, pids) = podnet_pair(&mut c, b, pair, &prefix);
+                paths.push(Path {
+                    name: if *b == "vxlan" {
+                        "podnet vxlan"
+                    } else {
+                        "podnet udp"
+                    },
+                    client: format!("{}/pod", pair[0]),
+                    server_ip: p[1],
+                    podnetd: pids,
+                });
+            }
+        }
+        _ => {
+            let p = hand_pair(&mut c.lab, backend, pods);
+            paths.push(Path {
+                name: "by hand",
+                client: "node3/hand".into(),
+                server_ip: p[1],
+                podnetd: Vec::new(),
+            });
+        }
+    }
+    let bare = if backend == "wireguard" {
+        ["node5", "node6"]
     } else {
-        let p = hand_pair(&mut c.lab, backend, pods);
-        ("by hand", p, ["node3/hand", "node4/hand"])
+        ["node3", "node4"]
     };
     let lab = &mut c.lab;
-    let paths = [
-        Path {
-            name: "podnet",
-            client: "node1/pod".into(),
-            server_ip: pods[1],
-        },
-        Path {
-            name: ref_name,
-            client: ref_targets[0].into(),
-            server_ip: ref_pods[1],
-        },
-        Path {
-            name: "bare underlay",
-            client: "node3".into(),
-            server_ip: node_ip(lab, "node4"),
-        },
-    ];
-    for server in ["node2/pod", ref_targets[1], "node4"] {
+    paths.push(Path {
+        name: "bare underlay",
+        client: bare[0].into(),
+        server_ip: node_ip(lab, bare[1]),
+        podnetd: Vec::new(),
+    });
+    let servers: Vec<String> = paths
+        .iter()
+        .map(|p| match p.client.split_once('/') {
+            Some((node, pod)) => format!("{}/{pod}", peer_of(node)),
+            None => peer_of(&p.client),
+        })
+        .collect();
+    for server in &servers {
         lab.spawn(server, &["iperf3".to_string(), "-s".into()], &[])
             .unwrap();
     }
@@ -281,7 +374,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let gbps = throughput(lab, &paths[0], 3) / 1e9;
+        let gbps = throughput(lab, &paths[0], 3).0 / 1e9;
         perf.wait().unwrap();
         eprintln!(
             "== {gbps:.2} Gbit/s; top:\n{}",
@@ -297,11 +390,17 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
     }
     let mut bps = vec![Vec::new(); paths.len()];
     let mut rtt = vec![Vec::new(); paths.len()];
+    let mut cpu = vec![Vec::new(); paths.len()];
+    let mut own = vec![Vec::new(); paths.len()];
     for r in 0..runs {
         // Rotate the order so that no path is always first after an idle moment.
         for k in 0..paths.len() {
             let i = (k + r) % paths.len();
-            bps[i].push(throughput(lab, &paths[i], seconds) / 1e9);
+            let (b, machine, podnetd) = throughput(lab, &paths[i], seconds);
+            let gbps = b / 1e9;
+            bps[i].push(gbps);
+            cpu[i].push(machine / gbps);
+            own[i].push(podnetd / gbps);
             rtt[i].push(latency(lab, &paths[i]));
         }
         eprintln!("{backend}: round {}/{runs}", r + 1);
@@ -315,6 +414,8 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             reference: i == 1,
             gbps: summarize(&bps[i]),
             rtt: summarize(&rtt[i]),
+            cpu_per_gbps: summarize(&cpu[i]),
+            podnetd_per_gbps: summarize(&own[i]),
         })
         .collect();
     c.lab.down().unwrap();
@@ -328,7 +429,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan,udp".into());
+    let backends =
+        std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan,udp,wireguard".into());
     let mut rows = Vec::new();
     for b in backends.split(',') {
         rows.extend(bench_backend(b.trim(), runs, seconds));
@@ -336,15 +438,17 @@ fn main() {
     println!(
         "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one stream, 200 pings; median (min–max)\n"
     );
-    println!("| backend | path | TCP Gbit/s | vs reference | RTT µs | vs reference |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| backend | path | TCP Gbit/s | vs reference | RTT µs | vs reference | machine cores per Gbit/s | podnetd cores per Gbit/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let hand = rows
             .iter()
             .find(|h| h.backend == r.backend && h.reference)
             .unwrap();
         println!(
-            "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.1} ({:.1}–{:.1}) | {:.3} |",
+            "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.1} ({:.1}–{:.1}) | {:.3} | {:.3} | {:.3} |",
             r.backend,
             if r.reference {
                 format!("{} (reference)", r.path)
@@ -359,6 +463,8 @@ fn main() {
             r.rtt.min * 1e6,
             r.rtt.max * 1e6,
             r.rtt.median / hand.rtt.median,
+            r.cpu_per_gbps.median,
+            r.podnetd_per_gbps.median,
         );
     }
 }
