@@ -368,8 +368,19 @@ fn restart(c: &mut Cluster, node: &str, extra: &[&str]) {
     poll(
         &format!("{node} ready again"),
         Duration::from_secs(30),
-        || status(c, node)["ready"].as_bool().filter(|r| *r),
+        || try_status(c, node)?["ready"].as_bool().filter(|r| *r),
     );
+}
+
+/// The status document, or `None` while podnetd is not answering yet.
+fn try_status(c: &Cluster, node: &str) -> Option<Value> {
+    let sock = socket(c, node);
+    let out = c
+        .lab
+        .exec(node, &[PODNETCTL, "status", "--json", "--socket", &sock])
+        .ok()
+        .filter(|o| o.status.success())?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 #[test]
@@ -378,6 +389,31 @@ fn wireguard_restart_rotation_psk_mismatch_and_device_recovery() {
     let config =
         format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","PSK":"{psk}"}}}}"#);
     let mut c = Cluster::small("bwr", 2);
+    // The kernel engine forced where the kernel has no WireGuard: podnetd says so and stops.
+    c.put_config(&config);
+    let probe = c
+        .lab
+        .exec(
+            "node1",
+            &["ip", "link", "add", "wgprobe", "type", "wireguard"],
+        )
+        .unwrap();
+    if probe.status.success() {
+        ok(c.lab
+            .exec("node1", &["ip", "link", "del", "wgprobe"])
+            .unwrap());
+    } else {
+        let (code, err) = c.run_podnetd(
+            "node1",
+            &["--wireguard-engine=kernel"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("wireguard engine \"kernel\" was asked for, but this kernel makes no WireGuard devices"),
+            "{err}"
+        );
+    }
     let pods = boot(&mut c, &config);
     connected(&c, &pods);
     let (a, b) = (&pods[0], &pods[1]);
