@@ -92,14 +92,34 @@ impl KernelEngine {
             tracing::warn!("wireguard: {what}: {e}; the next full pass retries");
         }
     }
+}
 
-    /// Whether the kernel's peer matches what we would configure.
-    fn in_sync(&self, have: &PeerState, want: &PeerConfig) -> bool {
-        have.endpoint == Some(std::net::SocketAddr::V4(want.endpoint))
-            && have.allowed == want.allowed
-            && have.keepalive == want.keepalive
-            && have.has_psk == want.psk.is_some()
-    }
+/// Whether the kernel's peer matches what we would configure.
+fn in_sync(have: &PeerState, want: &PeerConfig) -> bool {
+    have.endpoint == Some(std::net::SocketAddr::V4(want.endpoint))
+        && have.allowed == want.allowed
+        && have.keepalive == want.keepalive
+        && have.has_psk == want.psk.is_some()
+}
+
+/// What turns the device's peers (`have`) into `want`: the keys to remove (peers no lease asks
+/// for) and the peers to add or update, in key order.
+pub fn plan(have: &[PeerState], want: &[PeerConfig]) -> (Vec<[u8; 32]>, Vec<PeerConfig>) {
+    let wanted: HashMap<[u8; 32], &PeerConfig> = want.iter().map(|w| (w.public_key, w)).collect();
+    let mut stale: Vec<[u8; 32]> = have
+        .iter()
+        .filter(|h| !wanted.contains_key(&h.public_key))
+        .map(|h| h.public_key)
+        .collect();
+    let had: HashMap<[u8; 32], &PeerState> = have.iter().map(|h| (h.public_key, h)).collect();
+    let mut update: Vec<PeerConfig> = want
+        .iter()
+        .filter(|w| had.get(&w.public_key).is_none_or(|h| !in_sync(h, w)))
+        .cloned()
+        .collect();
+    stale.sort();
+    update.sort_by_key(|p| p.public_key);
+    (stale, update)
 }
 
 impl Engine for KernelEngine {
@@ -169,22 +189,8 @@ impl Engine for KernelEngine {
                 return;
             }
         };
-        let want: HashMap<[u8; 32], PeerConfig> = self
-            .wanted
-            .values()
-            .map(|p| (p.public_key, self.config(p)))
-            .collect();
-        let stale: Vec<[u8; 32]> = have
-            .iter()
-            .filter(|h| !want.contains_key(&h.public_key))
-            .map(|h| h.public_key)
-            .collect();
-        let have: HashMap<[u8; 32], &PeerState> = have.iter().map(|h| (h.public_key, h)).collect();
-        let update: Vec<PeerConfig> = want
-            .values()
-            .filter(|w| have.get(&w.public_key).is_none_or(|h| !self.in_sync(h, w)))
-            .cloned()
-            .collect();
+        let want: Vec<PeerConfig> = self.wanted.values().map(|p| self.config(p)).collect();
+        let (stale, update) = plan(&have, &want);
         if !stale.is_empty() {
             tracing::info!(
                 peers = stale.len(),
@@ -231,5 +237,60 @@ impl Engine for KernelEngine {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(k: u8, ip: u8) -> PeerConfig {
+        PeerConfig {
+            public_key: [k; 32],
+            endpoint: std::net::SocketAddrV4::new([198, 18, 0, ip].into(), 51820),
+            allowed: vec![format!("10.244.{k}.0/24").parse().unwrap()],
+            psk: None,
+            keepalive: 0,
+        }
+    }
+
+    fn state(c: &PeerConfig) -> PeerState {
+        PeerState {
+            public_key: c.public_key,
+            endpoint: Some(std::net::SocketAddr::V4(c.endpoint)),
+            allowed: c.allowed.clone(),
+            keepalive: c.keepalive,
+            has_psk: c.psk.is_some(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_pass_removes_stale_peers_fixes_changed_ones_and_adds_the_missing() {
+        // After a restart the device still has peers 1 (unchanged), 2 (moved to another
+        // address) and 9 (its lease is gone); 3 is new.
+        let want = [config(1, 11), config(2, 22), config(3, 13)];
+        let have = [
+            state(&config(1, 11)),
+            state(&config(2, 12)),
+            state(&config(9, 19)),
+        ];
+        let (stale, update) = plan(&have, &want);
+        assert_eq!(stale, vec![[9; 32]]);
+        assert_eq!(update, vec![config(2, 22), config(3, 13)]);
+        // In sync: nothing to send.
+        let have: Vec<PeerState> = want.iter().map(state).collect();
+        assert_eq!(plan(&have, &want), (vec![], vec![]));
+        // A PSK configured since: every peer is rewritten.
+        let with_psk: Vec<PeerConfig> = want
+            .iter()
+            .map(|c| PeerConfig {
+                psk: Some([5; 32]),
+                ..c.clone()
+            })
+            .collect();
+        assert_eq!(plan(&have, &with_psk).1.len(), 3);
+        // No leases: every peer goes.
+        assert_eq!(plan(&have, &[]).0.len(), 3);
     }
 }
