@@ -97,6 +97,23 @@ pub fn throughput(lab: &Lab, client: &str, server: &str, seconds: u32) -> f64 {
         .unwrap()
 }
 
+/// One iperf3 run like `throughput`, and the CPU both iperf3 ends used meanwhile, in cores
+/// (iperf3's own accounting of its processes: user and system time, the kernel's send and
+/// receive work done in their system calls included).
+pub fn throughput_cpu(lab: &Lab, client: &str, server: &str, seconds: u32) -> (f64, f64) {
+    let secs = seconds.to_string();
+    let out = run_in(lab, client, &["iperf3", "-J", "-c", server, "-t", &secs]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let cores = (cpu["host_total"].as_f64().unwrap_or(0.0)
+        + cpu["remote_total"].as_f64().unwrap_or(0.0))
+        / 100.0;
+    (bps, cores)
+}
+
 /// Mean round trip of 200 pings 2 ms apart from `client` to `server`, in seconds.
 pub fn latency(lab: &Lab, client: &str, server: &str) -> f64 {
     let out = run_in(
