@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
-use ipnet::Ipv4Net;
 
 use super::PeerSpec;
 use crate::backend::udp::PeerTable;
@@ -53,8 +52,6 @@ impl Failure {
 pub struct Counters {
     pub handshakes: AtomicU64,
     pub failures: AtomicU64,
-    pub rx_packets: AtomicU64,
-    pub tx_packets: AtomicU64,
     /// Initiations answered since data last arrived.
     answered_unused: AtomicU32,
     /// The session data last arrived on.
@@ -129,7 +126,6 @@ impl Peer {
     /// Data (or a keepalive) arrived on `session`.
     pub fn data_received(&self, session: u32) {
         let c = &self.counters;
-        c.rx_packets.fetch_add(1, Ordering::Relaxed);
         if c.rx_session.swap(session, Ordering::Relaxed) != session {
             c.answered_unused.store(0, Ordering::Relaxed);
             self.confirm(session);
@@ -314,11 +310,6 @@ impl Factory {
 /// Whether `src` may appear as the source of a packet from `peer` (its allowed IPs: its subnet).
 pub fn allowed(peer: &Peer, src: Ipv4Addr) -> bool {
     peer.spec.subnet.contains(&src)
-}
-
-/// `Ipv4Net` of a subnet key (wireguard leases are IPv4 here).
-pub fn subnet(key: &SubnetKey) -> Option<Ipv4Net> {
-    key.v4
 }
 
 #[cfg(test)]

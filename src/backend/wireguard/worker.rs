@@ -265,7 +265,6 @@ fn encrypt(cx: &mut Ctx<'_>, b: &mut Buffers, n: usize) {
             cx.send(to, &msg, None);
             continue;
         }
-        peer.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
         let extends = run.as_ref().is_some_and(|r| {
             r.to == to
                 && !r.closed
