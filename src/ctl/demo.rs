@@ -12,7 +12,8 @@ use crate::lab::cluster::{Binaries, Cluster, Pod};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Data path: vxlan (nodes on two L2 segments joined by a router) or host-gw (one segment).
+    /// Data path: vxlan or wireguard (nodes on two L2 segments joined by a router), or host-gw
+    /// (one segment).
     #[arg(long, default_value = "vxlan")]
     pub backend: String,
     /// Number of nodes.
@@ -66,11 +67,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let config = match args.backend.as_str() {
         "vxlan" => r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
         "host-gw" => r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
-        other => anyhow::bail!("--backend {other:?}: the demo runs vxlan or host-gw"),
+        "wireguard" => r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
+        other => anyhow::bail!("--backend {other:?}: the demo runs vxlan, wireguard or host-gw"),
     };
     let bins = Binaries::beside_this_program()?;
     catch_interrupts();
-    let segments = if args.backend == "vxlan" && args.nodes >= 2 {
+    let segments = if args.backend != "host-gw" && args.nodes >= 2 {
         2
     } else {
         1

@@ -18,8 +18,8 @@
 //!   subnet has the more specific route via the pod bridge);
 //! - per peer, nothing in the routing tables: a WireGuard peer with the lease's public key,
 //!   endpoint `<PublicIP>:<Port>` and allowed IPs = the lease's subnet (cryptokey routing: a
-//!   packet from a peer is accepted only with a source inside its subnet). Single `Mode`s other
-//!   than `ipv6` all mean this one IPv4 device while pod networks are IPv4 only.
+//!   packet from a peer is accepted only with a source inside its subnet). Every `Mode` but
+//!   `ipv6` (refused) means this one IPv4 device while pod networks are IPv4 only.
 //!
 //! Invariants: the device's peers are exactly the accepted wireguard leases — a full pass (at
 //! start, on every resync tick, and when the device is deleted) removes any other (flannel keeps
