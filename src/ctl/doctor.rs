@@ -469,6 +469,53 @@ fn refused_leases(node: &Node) -> Option<Check> {
     ))
 }
 
+/// A WireGuard tunnel is down when a handshake failed since the last good one, or when the
+/// last one is older than WireGuard's 180 s session limit (none at all: not yet).
+const WG_STALE_SECONDS: u64 = 180;
+
+/// The wireguard backend's tunnels, from the agent's status (`None` for other backends).
+fn wireguard_tunnels(status: &Status) -> Option<Check> {
+    let engine = status.node.engine.as_deref()?;
+    let mut bad = Vec::new();
+    let mut up = 0;
+    for p in &status.peers {
+        let Some(wg) = &p.wireguard else { continue };
+        let who = format!("{} ({})", p.key, wg.endpoint);
+        if let Some(problem) = &wg.problem {
+            bad.push(format!("{who}: {problem}"));
+        } else {
+            match wg.last_handshake_seconds {
+                Some(s) if s <= WG_STALE_SECONDS => up += 1,
+                Some(s) => bad.push(format!("{who}: last handshake {s} s ago")),
+                None => bad.push(format!("{who}: no handshake yet")),
+            }
+        }
+    }
+    Some(if bad.is_empty() {
+        check(
+            "wireguard",
+            Verdict::Pass,
+            format!("{up} tunnel(s) up ({engine} engine)"),
+            None,
+        )
+    } else {
+        check(
+            "wireguard",
+            Verdict::Warn,
+            format!(
+                "{} of {} tunnel(s) not up ({engine} engine): {}",
+                bad.len(),
+                bad.len() + up,
+                bad.join("; ")
+            ),
+            Some(
+                "a tunnel without traffic has no handshake, which is fine; otherwise check that the peer runs, that UDP to its \
+                 ListenPort passes, and that every node has the same PSK (restart all after changing it)",
+            ),
+        )
+    })
+}
+
 fn vxlan_checksum(node: &Node) -> Check {
     let tunnels = node.tunnels();
     if tunnels.is_empty() {
@@ -554,6 +601,9 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     if let Some(c) = refused_leases(&node) {
         out.push(c);
     }
+    if let Some(c) = node.status.as_ref().and_then(wireguard_tunnels) {
+        out.push(c);
+    }
     if node.status.as_ref().is_some_and(|s| s.policy.is_some()) {
         out.push(policy_shadow());
     }
@@ -627,4 +677,58 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
     } else {
         0
     })
+}
+
+#[cfg(test)]
+mod wireguard_tests {
+    use super::*;
+    use crate::status::{PathKind, PeerInfo, WireguardPeer};
+
+    fn peer(key: &str, last: Option<u64>, problem: Option<&str>) -> PeerInfo {
+        PeerInfo {
+            subnet: None,
+            key: key.into(),
+            public_ip: "198.18.0.12".into(),
+            path: PathKind::Tunnel,
+            reason: None,
+            wireguard: Some(WireguardPeer {
+                endpoint: "198.18.0.12:51820".into(),
+                last_handshake_seconds: last,
+                problem: problem.map(String::from),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn tunnels_up_pass_and_down_ones_are_named() {
+        let mut st = Status::default();
+        assert!(wireguard_tunnels(&st).is_none(), "not a wireguard node");
+        st.node.engine = Some("userspace".into());
+        st.peers = vec![peer("10.244.2.0-24", Some(5), None)];
+        let c = wireguard_tunnels(&st).unwrap();
+        assert_eq!(c.verdict, Verdict::Pass);
+        assert_eq!(c.detail, "1 tunnel(s) up (userspace engine)");
+        st.peers.push(peer("10.244.3.0-24", Some(900), None));
+        st.peers.push(peer(
+            "10.244.4.0-24",
+            None,
+            Some("the pre-shared keys (PSK) differ"),
+        ));
+        let c = wireguard_tunnels(&st).unwrap();
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.detail.starts_with("2 of 3 tunnel(s) not up"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("10.244.3.0-24 (198.18.0.12:51820): last handshake 900 s ago")
+        );
+        assert!(
+            c.detail
+                .contains("10.244.4.0-24 (198.18.0.12:51820): the pre-shared keys (PSK) differ")
+        );
+    }
 }

@@ -553,6 +553,28 @@ fn wireguard_restart_rotation_psk_mismatch_and_device_recovery() {
     assert!(problem.contains("PSK"), "{problem}");
     let text = status_text(&c, &b.node);
     assert!(text.contains("PROBLEM"), "{text}");
+    let env = c.env_path(&b.node).display().to_string();
+    let sock = socket(&c, &b.node);
+    let out = c
+        .lab
+        .exec(
+            &b.node,
+            &[
+                PODNETCTL,
+                "doctor",
+                "--subnet-file",
+                &env,
+                "--socket",
+                &sock,
+            ],
+        )
+        .unwrap();
+    let doc = String::from_utf8_lossy(&out.stdout);
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("wireguard"))
+        .unwrap_or_default();
+    assert!(line.contains("warn") && line.contains("PSK"), "{doc}");
     let m = metrics(&c, &b.node);
     let fails = m
         .lines()
