@@ -586,6 +586,66 @@ mod tests {
     }
 
     #[test]
+    fn container_ids_follow_the_specs_rule() {
+        let sha = "4f6e2c0a9d1b8e7f3a5c6d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+        for ok in [
+            "a",
+            "0",
+            "abc",
+            "A_b.c-d",
+            "k8s.io-ctr_1",
+            "cnitool-0123456789abcdef0123",
+            sha,
+        ] {
+            assert!(valid_container_id(ok), "{ok:?} should be valid");
+        }
+        let bad = [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            ".",
+            "..",
+            "../../etc/x",
+            "a/b",
+            "/etc/x",
+            "a b",
+            "a\n",
+            "a:b",
+            "a\\b",
+            "ä",
+            "a;b",
+            "a*",
+        ];
+        for id in bad {
+            assert!(!valid_container_id(id), "{id:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn a_bad_container_id_is_refused_for_every_attachment_verb() {
+        for verb in ["ADD", "DEL", "CHECK"] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", "../../etc/x"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0"),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, 4, "{verb}");
+            assert!(
+                e.msg
+                    .starts_with(r#"CNI_CONTAINERID "../../etc/x": must match"#),
+                "{verb}: {}",
+                e.msg
+            );
+        }
+        // Verbs without an attachment ignore it (podman's VERSION sends an empty one).
+        let v = Args::from_env(&env(&[("CNI_COMMAND", "GC"), ("CNI_CONTAINERID", "../x")]));
+        assert!(v.is_ok());
+    }
+
+    #[test]
     fn the_kube_flannel_conflist_entry_parses() {
         let c = NetConf::parse(
             br#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}}"#,

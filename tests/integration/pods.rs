@@ -561,3 +561,41 @@ fn debians_portmap_and_bandwidth_chain_after_podnet() {
     assert!(c.allocations("node1").is_empty());
     assert!(c.veths("node1").is_empty());
 }
+
+#[test]
+fn hostile_container_ids_are_refused_and_touch_nothing() {
+    let mut c = cluster("chost", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "h").unwrap());
+    let node_dir = c.lab.node_dir("node1").unwrap();
+    // dataDir two levels down, so "../../etc/x" from it lands in the node's directory.
+    let mut conf = c.cni_conf("node1", "1.0.0");
+    conf["dataDir"] = json!(node_dir.join("t/flannel"));
+    let conf = conf.to_string();
+    // Where a traversal would point: flannel's per-container file and the pod record.
+    let decoys = [
+        node_dir.join("etc/x"),
+        node_dir.join("t/etc/x.json"),
+        node_dir.join("decoy-abs"),
+    ];
+    for d in &decoys {
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+        std::fs::write(d, "decoy").unwrap();
+    }
+    let absolute = decoys[2].display().to_string();
+    for id in ["../../etc/x", absolute.as_str(), "-x", "a b"] {
+        for verb in ["DEL", "ADD"] {
+            let env = Cluster::attach_env(verb, id, &ns, "eth0");
+            rejected(&c, &env, &conf, 4, &format!("CNI_CONTAINERID {id:?}"));
+        }
+    }
+    for d in &decoys {
+        assert_eq!(
+            std::fs::read_to_string(d).unwrap(),
+            "decoy",
+            "{}",
+            d.display()
+        );
+    }
+    let pod_links = c.ip_json("node1/h", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
