@@ -48,6 +48,16 @@ fn valid_container_id(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// The kernel's rule for interface names (`dev_valid_name`), which libcni's
+/// `ValidateInterfaceName` follows: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.contains(char::is_whitespace)
+}
+
 /// CNI_ARGS keys podnet understands; anything else needs `IgnoreUnknown=1`.
 const KNOWN_ARGS: [&str; 6] = [
     "IgnoreUnknown",
@@ -112,12 +122,12 @@ impl Args {
             ));
         }
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
-        if needs_attachment
-            && (ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace))
-        {
+        if needs_attachment && !valid_ifname(&ifname) {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+                format!(
+                    "CNI_IFNAME {ifname:?}: not a valid interface name (1-15 bytes, not \".\" or \"..\", no '/', ':' or whitespace)"
+                ),
             ));
         }
         let mut args = Vec::new();
@@ -643,6 +653,53 @@ mod tests {
         // Verbs without an attachment ignore it (podman's VERSION sends an empty one).
         let v = Args::from_env(&env(&[("CNI_COMMAND", "GC"), ("CNI_CONTAINERID", "../x")]));
         assert!(v.is_ok());
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernels_rule() {
+        let max = "a".repeat(15);
+        for ok in [
+            "eth0",
+            "eth1",
+            "lo",
+            "net1",
+            "e",
+            max.as_str(),
+            "eth0.100",
+            "eth-0_x",
+        ] {
+            assert!(valid_ifname(ok), "{ok:?} should be valid");
+        }
+        let long = "a".repeat(16);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "eth0:1",
+            "a/b",
+            "a b",
+            "a\tb",
+            "eth0\n",
+            long.as_str(),
+        ] {
+            assert!(!valid_ifname(bad), "{bad:?} should be invalid");
+        }
+        for verb in ["ADD", "DEL", "CHECK"] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", "c"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0:1"),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, 4, "{verb}");
+            assert!(
+                e.msg
+                    .starts_with(r#"CNI_IFNAME "eth0:1": not a valid interface name"#),
+                "{}",
+                e.msg
+            );
+        }
     }
 
     #[test]

@@ -599,3 +599,20 @@ fn hostile_container_ids_are_refused_and_touch_nothing() {
     let pod_links = c.ip_json("node1/h", &["link"]);
     assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
 }
+
+#[test]
+fn interface_names_the_kernel_refuses_are_refused_up_front() {
+    let mut c = cluster("cifn", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "i").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    // Before: ':' and '.' got as far as the kernel (code 103, after an address was taken).
+    let long = "a".repeat(16);
+    for ifname in ["eth0:1", ".", "..", "a/b", "a b", long.as_str()] {
+        for verb in ["ADD", "DEL"] {
+            let env = Cluster::attach_env(verb, "ifname-ctr", &ns, ifname);
+            rejected(&c, &env, &conf, 4, &format!("CNI_IFNAME {ifname:?}"));
+        }
+    }
+    let pod_links = c.ip_json("node1/i", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
