@@ -153,6 +153,39 @@ fn open_netns(path: &Path) -> Result<NetNs, CniError> {
     })
 }
 
+/// Refuses a `CNI_NETNS` that is the host's own network namespace: the one the plugin runs in,
+/// or init's (they differ only where the plugin itself runs in a namespace, as in the lab). ADD
+/// would move an interface into it and replace its routes; DEL would take the host's own
+/// `CNI_IFNAME` out of service. A path that does not open as a namespace is left to the verb.
+fn refuse_host_netns(path: &Path, effect: &str) -> Result<(), CniError> {
+    let Ok(ns) = NetNs::open_path(path) else {
+        return Ok(());
+    };
+    let is_host = |host: Result<NetNs, KernelError>| host.and_then(|h| ns.same_as(&h));
+    let host = is_host(NetNs::current())
+        .and_then(|own| Ok(own || is_host(NetNs::host())?))
+        .map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!(
+                    "CNI_NETNS {:?}: cannot tell whether it is the host's network namespace",
+                    path.display().to_string()
+                ),
+            )
+            .with_details(e.to_string())
+        })?;
+    if !host {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_ENV,
+        format!(
+            "CNI_NETNS {:?}: the host's own network namespace, not a container's; refused: {effect}",
+            path.display().to_string()
+        ),
+    ))
+}
+
 fn kernel(what: &str, e: KernelError) -> CniError {
     CniError::new(code::KERNEL, what.to_string()).with_details(e.to_string())
 }
@@ -218,6 +251,10 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     let layout = Layout::new(&env, conf)?;
     let netns_path = args.netns.as_ref().expect("ADD requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
+    refuse_host_netns(
+        netns_path,
+        "ADD would move an interface into it and replace its routes",
+    )?;
     // Addresses first: without one there is nothing to wire.
     let ips = allocate(args, conf, &layout, undo)?;
 
@@ -385,6 +422,15 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
 /// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released. The
 /// pair is retired at once and deleted in the background (see `veth`).
 pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
+    if let Some(path) = &args.netns {
+        refuse_host_netns(
+            path,
+            &format!(
+                "DEL would take the host's own {} out of service",
+                args.ifname
+            ),
+        )?;
+    }
     let mut errors: Vec<String> = Vec::new();
     let mut pod_ips: Vec<IpAddr> = Vec::new();
     let mut pod_end: Option<(NetNs, u32)> = None;
@@ -489,6 +535,7 @@ pub fn check(args: &Args, conf: &NetConf) -> Result<(), CniError> {
     })?;
     let netns_path = args.netns.as_ref().expect("CHECK requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
+    refuse_host_netns(netns_path, "CHECK would judge the host's interfaces")?;
     let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
     let link = pod
         .link(&args.ifname)

@@ -616,3 +616,51 @@ fn interface_names_the_kernel_refuses_are_refused_up_front() {
     let pod_links = c.ip_json("node1/i", &["link"]);
     assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
 }
+
+#[test]
+fn the_nodes_own_namespace_is_refused_as_a_pod_namespace() {
+    let mut c = cluster("cown", 1);
+    let a = c.add_pod("node1", "a", "1.0.0");
+    let node_ns = format!("/run/netns/{}", c.lab.plan().host("node1").unwrap().netns);
+    // A process in the node: /proc/PID/ns/net is the node's namespace by another path.
+    let mut sleeper = c
+        .lab
+        .command("node1", &["sleep", "60"])
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let proc_ns = format!("/proc/{}/ns/net", sleeper.id());
+    let node_state = |c: &Cluster| {
+        [
+            c.ip_json("node1", &["addr", "show", "dev", "eth0"]),
+            c.ip_json("node1", &["addr", "show", "dev", "cni0"]),
+            c.ip_json("node1", &["route", "show", "table", "all"]),
+        ]
+    };
+    let before = node_state(&c);
+    let conf = c.cni_conf("node1", "1.0.0");
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = a.result.clone();
+    for path in [&node_ns, &proc_ns] {
+        // ADD would put a pod end (eth9) and a default route into the node; DEL would take the
+        // node's eth0 out of service (and release pod a's address).
+        let calls = [
+            ("ADD", "own-ctr", "eth9", &conf),
+            ("DEL", a.container.as_str(), "eth0", &conf),
+            ("CHECK", a.container.as_str(), "eth0", &check_conf),
+        ];
+        for (verb, id, ifname, conf) in calls {
+            let env = Cluster::attach_env(verb, id, path, ifname);
+            let msg = format!("CNI_NETNS {path:?}: the host's own network namespace");
+            rejected(&c, &env, &conf.to_string(), 4, &msg);
+        }
+    }
+    assert_eq!(node_state(&c), before, "the node's network changed");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // Pod a is untouched: reachable, and deleted normally with its own namespace.
+    let gw = c.wait_ready("node1").subnet.unwrap().addr();
+    assert!(ping(&c, &a.target(), gw));
+    assert_eq!(c.del_pod(&a, &a.netns).0, 0);
+    assert!(c.allocations("node1").is_empty());
+}
