@@ -420,24 +420,31 @@ fn parse_runtime(m: &Map<String, Value>) -> Result<(Value, Vec<IpAddr>), CniErro
 
 type Attachments = Option<Vec<(String, String)>>;
 
+const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+
+/// GC's `cni.dev/valid-attachments`: a list of `{"containerID", "ifname"}`, both strings.
 fn parse_valid_attachments(m: &Map<String, Value>) -> Result<Attachments, CniError> {
-    match m.get("cni.dev/valid-attachments") {
-        None => Ok(None),
-        Some(Value::Array(list)) => Ok(Some(
-            list.iter()
-                .map(|a| {
-                    let field = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default();
-                    (
-                        field("containerID").to_string(),
-                        field("ifname").to_string(),
-                    )
-                })
-                .collect(),
-        )),
-        Some(v) => Err(invalid(format!(
-            "cni.dev/valid-attachments: expected a list, got {v}"
-        ))),
+    let list = match m.get(VALID_ATTACHMENTS) {
+        None => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(v) => {
+            return Err(invalid(format!(
+                "{VALID_ATTACHMENTS}: expected a list, got {v}"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let field = |k: &str| match a.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            v => Err(invalid(format!(
+                "{VALID_ATTACHMENTS}[{i}].{k}: expected a string, got {}",
+                v.map_or("nothing".to_string(), Value::to_string)
+            ))),
+        };
+        out.push((field("containerID")?, field("ifname")?));
     }
+    Ok(Some(out))
 }
 
 impl NetConf {
@@ -504,6 +511,18 @@ impl NetConf {
             requested_ips,
             prev_result,
             valid_attachments: parse_valid_attachments(&m)?,
+        })
+    }
+}
+
+impl NetConf {
+    /// GC's attachments to keep. Required: without the list GC cannot tell what is in use, and
+    /// releasing everything is what an empty list asks for, not a missing one.
+    pub fn gc_keep(&self) -> Result<&[(String, String)], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| {
+            invalid(format!(
+                "{VALID_ATTACHMENTS}: missing; GC needs the attachments to keep (an empty list releases everything)"
+            ))
         })
     }
 }
@@ -700,6 +719,41 @@ mod tests {
                 e.msg
             );
         }
+    }
+
+    #[test]
+    fn gc_needs_the_attachments_to_keep() {
+        let parse = |extra: &str| {
+            NetConf::parse(format!(r#"{{"cniVersion":"1.1.0","name":"n"{extra}}}"#).as_bytes())
+        };
+        let e = parse("").unwrap().gc_keep().unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(
+            e.msg.starts_with("cni.dev/valid-attachments: missing"),
+            "{}",
+            e.msg
+        );
+        let empty = parse(r#","cni.dev/valid-attachments":[]"#).unwrap();
+        assert_eq!(empty.gc_keep().unwrap(), &[]);
+        let two = parse(
+            r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth1"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            two.gc_keep().unwrap(),
+            &[("a".into(), "eth0".into()), ("b".into(), "eth1".into())]
+        );
+        let e = parse(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":7,"ifname":"eth0"}]"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (
+                7,
+                "cni.dev/valid-attachments[1].containerID: expected a string, got 7"
+            )
+        );
+        let e = parse(r#","cni.dev/valid-attachments":{}"#).unwrap_err();
+        assert_eq!(e.code, 7);
     }
 
     #[test]

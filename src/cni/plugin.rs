@@ -650,7 +650,7 @@ fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
 
 /// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let valid = conf.gc_keep()?;
     for (id, _) in records::read_all(&conf.data_dir) {
         if !valid.iter().any(|(v_id, _)| *v_id == id) {
             records::remove(&conf.data_dir, &id);

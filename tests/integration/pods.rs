@@ -365,6 +365,20 @@ fn check_status_and_gc() {
     let (code, out) = c.cni("node1", &status, &gone.to_string());
     assert_eq!(code, 1);
     assert!(out.contains(r#""code":50"#), "{out}");
+    // GC without the list of attachments to keep (or with a broken one) is a config error, and
+    // releases nothing: it used to release every address on the node.
+    let gc_env = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")];
+    let bare = c.cni_conf("node1", "1.1.0").to_string();
+    rejected(&c, &gc_env, &bare, 7, "cni.dev/valid-attachments: missing");
+    let mut broken = c.cni_conf("node1", "1.1.0");
+    broken["cni.dev/valid-attachments"] = json!([{"containerID": b.container}]);
+    rejected(
+        &c,
+        &gc_env,
+        &broken.to_string(),
+        7,
+        "cni.dev/valid-attachments[0].ifname: expected a string",
+    );
     // GC: only b is still a valid attachment; a's address and link go.
     let mut gc = c.cni_conf("node1", "1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": b.container, "ifname": "eth0"}]);
