@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::util::json::get_ci;
 
+use super::ipam::Range;
 use super::spec::{self, CniError, CniResult, code};
 
 /// The verb.
@@ -356,15 +357,40 @@ fn parse_ranges(ipam: &Map<String, Value>) -> Result<Vec<RangeOverride>, CniErro
                     .map(|v| parse_ip(&format!("ipam.ranges[].{k}"), v))
                     .transpose()
             };
-            out.push(RangeOverride {
+            let r = RangeOverride {
                 subnet: subnet.trunc(),
                 start: f("rangeStart")?,
                 end: f("rangeEnd")?,
                 gateway: f("gateway")?,
-            });
+            };
+            check_range(&r)?;
+            out.push(r);
         }
     }
     Ok(out)
+}
+
+/// A range override holds a gateway and a pod, and its addresses are host addresses of its
+/// subnet in the subnet's family; each error names the field.
+fn check_range(r: &RangeOverride) -> Result<(), CniError> {
+    let range = Range::for_subnet(r.subnet, None)
+        .map_err(|e| invalid(format!("ipam.ranges[].subnet: {e}")))?;
+    let fields = [
+        ("gateway", r.gateway),
+        ("rangeStart", r.start),
+        ("rangeEnd", r.end),
+    ];
+    for (k, ip) in fields {
+        if let Some(ip) = ip {
+            range
+                .check_host(ip)
+                .map_err(|e| invalid(format!("ipam.ranges[].{k}: {e}")))?;
+        }
+    }
+    range
+        .with_bounds(r.start, r.end)
+        .map_err(|e| invalid(format!("ipam.ranges[].rangeStart/rangeEnd: {e}")))?;
+    Ok(())
 }
 
 fn parse_routes(ipam: &Map<String, Value>) -> Result<Vec<spec::RouteEntry>, CniError> {
@@ -754,6 +780,49 @@ mod tests {
         );
         let e = parse(r#","cni.dev/valid-attachments":{}"#).unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn ranges_too_small_or_with_foreign_addresses_name_the_field() {
+        let err = |range: &str| {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"ranges":[[{range}]]}}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, 7, "{range}: {}", e.msg);
+            e.msg
+        };
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/31"}"#),
+            "ipam.ranges[].subnet: 10.244.3.0/31 is too small for a gateway and a pod (an IPv4 subnet needs a /30 or larger)"
+        );
+        for tiny in ["10.244.3.7/32", "fd00::/127", "fd00::1/128"] {
+            let msg = err(&format!(r#"{{"subnet":"{tiny}"}}"#));
+            assert!(msg.starts_with("ipam.ranges[].subnet: "), "{msg}");
+            assert!(msg.contains("too small for a gateway and a pod"), "{msg}");
+        }
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/24","gateway":"fd00::1"}"#),
+            "ipam.ranges[].gateway: fd00::1 is not an IPv4 address, as 10.244.3.0/24 is"
+        );
+        assert_eq!(
+            err(r#"{"subnet":"fd00:3::/64","gateway":"10.244.3.1"}"#),
+            "ipam.ranges[].gateway: 10.244.3.1 is not an IPv6 address, as fd00:3::/64 is"
+        );
+        assert!(
+            err(r#"{"subnet":"10.244.3.0/24","gateway":"10.244.4.1"}"#).starts_with(
+                "ipam.ranges[].gateway: 10.244.4.1 is not a host address of 10.244.3.0/24"
+            )
+        );
+        assert!(
+            err(r#"{"subnet":"10.244.3.0/24","rangeEnd":"fd00::9"}"#)
+                .starts_with("ipam.ranges[].rangeEnd: fd00::9 is not an IPv4 address")
+        );
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/24","rangeStart":"10.244.3.9","rangeEnd":"10.244.3.2"}"#),
+            "ipam.ranges[].rangeStart/rangeEnd: the range 10.244.3.9-10.244.3.2 ends before it starts"
+        );
+        let ok = r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.244.3.0/30","gateway":"10.244.3.2"}]]}}"#;
+        assert!(NetConf::parse(ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -75,50 +75,11 @@ struct Layout {
 
 impl Layout {
     fn new(env: &SubnetEnv, conf: &NetConf) -> Result<Layout, CniError> {
-        let mut families = Vec::new();
-        let subnets: Vec<IpNet> = env.gateways();
-        for gw in subnets {
-            let subnet = gw.trunc();
-            let over: Vec<_> = conf
-                .ipam_ranges
-                .iter()
-                .filter(|r| r.subnet.addr().is_ipv4() == subnet.addr().is_ipv4())
-                .collect();
-            let range = match over.first() {
-                None => Range::for_subnet(subnet, Some(gw.addr())),
-                Some(o) => {
-                    if o.subnet != subnet {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!(
-                                "ipam.ranges: subnet {} is not this node's pod subnet {subnet}",
-                                o.subnet
-                            ),
-                        ));
-                    }
-                    let mut r = Range::for_subnet(subnet, Some(o.gateway.unwrap_or(gw.addr())));
-                    if let Some(s) = o.start {
-                        r.start = s;
-                    }
-                    if let Some(e) = o.end {
-                        r.end = e;
-                    }
-                    if !subnet.contains(&r.start) || !subnet.contains(&r.end) || r.start > r.end {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!(
-                                "ipam.ranges: {}-{} is not a range inside {subnet}",
-                                r.start, r.end
-                            ),
-                        ));
-                    }
-                    r
-                }
-            };
-            let gw_addr = range.gateway.unwrap_or(gw.addr());
-            let gw_net = IpNet::new(gw_addr, subnet.prefix_len()).expect("prefix from a subnet");
-            families.push((range, gw_net));
-        }
+        let families = env
+            .gateways()
+            .into_iter()
+            .map(|gw| family_range(gw, conf))
+            .collect::<Result<_, _>>()?;
         let networks: Vec<IpNet> = env
             .networks
             .iter()
@@ -134,6 +95,53 @@ impl Layout {
             masq_networks: env.networks.clone(),
         })
     }
+}
+
+/// One family's range and gateway: the node's subnet from `subnet.env` (`gw`, the gateway with
+/// the subnet's prefix), narrowed by the config's first `ipam.ranges` entry of that family.
+fn family_range(gw: IpNet, conf: &NetConf) -> Result<(Range, IpNet), CniError> {
+    let subnet = gw.trunc();
+    let node = Range::for_subnet(subnet, Some(gw.addr())).map_err(|e| {
+        let key = if gw.addr().is_ipv4() {
+            "FLANNEL_SUBNET"
+        } else {
+            "FLANNEL_IPV6_SUBNET"
+        };
+        CniError::new(
+            code::SUBNET_FILE_INVALID,
+            format!(
+                "invalid subnet file {}: {key}={gw}: {e}",
+                conf.subnet_file.display()
+            ),
+        )
+    })?;
+    let over = conf
+        .ipam_ranges
+        .iter()
+        .find(|r| r.subnet.addr().is_ipv4() == subnet.addr().is_ipv4());
+    let range = match over {
+        None => node,
+        Some(o) if o.subnet != subnet => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "ipam.ranges: subnet {} is not this node's pod subnet {subnet}",
+                    o.subnet
+                ),
+            ));
+        }
+        Some(o) => Range::for_subnet(subnet, Some(o.gateway.unwrap_or(gw.addr())))
+            .and_then(|r| r.with_bounds(o.start, o.end))
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("ipam.ranges: {e}")))?,
+    };
+    let gw_addr = range.gateway().unwrap_or(gw.addr());
+    let gw_net = IpNet::new(gw_addr, subnet.prefix_len()).map_err(|_| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("gateway {gw_addr} does not fit the prefix of {subnet}"),
+        )
+    })?;
+    Ok((range, gw_net))
 }
 
 fn open_netns(path: &Path) -> Result<NetNs, CniError> {

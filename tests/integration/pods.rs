@@ -678,3 +678,53 @@ fn the_nodes_own_namespace_is_refused_as_a_pod_namespace() {
     assert_eq!(c.del_pod(&a, &a.netns).0, 0);
     assert!(c.allocations("node1").is_empty());
 }
+
+#[test]
+fn subnets_without_room_and_foreign_gateways_are_refused_with_their_field() {
+    let mut c = cluster("crng", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "r").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0");
+    let add = Cluster::attach_env("ADD", "range-ctr", &ns, "eth0");
+    let dir = c.lab.node_dir("node1").unwrap();
+    // subnet.env with a node subnet too small for a gateway and a pod: code 100.
+    for (i, subnet) in ["10.244.9.1/31", "10.244.9.1/32"].iter().enumerate() {
+        let env = dir.join(format!("tiny{i}.env"));
+        std::fs::write(
+            &env,
+            format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+        )
+        .unwrap();
+        let mut v = conf.clone();
+        v["subnetFile"] = json!(env);
+        let msg = format!("FLANNEL_SUBNET={subnet}: ");
+        rejected(&c, &add, &v.to_string(), 100, &msg);
+        rejected(
+            &c,
+            &add,
+            &v.to_string(),
+            100,
+            "too small for a gateway and a pod",
+        );
+    }
+    // ipam.ranges: a subnet without room, a gateway of the other family: code 7.
+    let subnet = c.wait_ready("node1").subnet.unwrap().trunc();
+    let mut v = conf.clone();
+    v["ipam"]["ranges"] = json!([[{"subnet": "10.244.9.0/31"}]]);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        7,
+        "ipam.ranges[].subnet: 10.244.9.0/31 is too small",
+    );
+    v["ipam"]["ranges"] = json!([[{"subnet": subnet.to_string(), "gateway": "fd00::1"}]]);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        7,
+        &format!("ipam.ranges[].gateway: fd00::1 is not an IPv4 address, as {subnet} is"),
+    );
+    let pod_links = c.ip_json("node1/r", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
