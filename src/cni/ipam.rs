@@ -199,21 +199,44 @@ fn io_err(what: String, e: std::io::Error) -> CniError {
     CniError::new(code::IO, what).with_details(e.to_string())
 }
 
+/// Gives `path` exactly `mode`: a directory host-local made (0755, its lock file 0750) is
+/// closed the first time podnet opens it.
+fn restrict(path: &Path, mode: u32) -> Result<(), CniError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| io_err(format!("stat {}", path.display()), e))?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(format!("chmod {mode:o} {}", path.display()), e))
+}
+
 impl Store {
     /// Opens and locks a network's allocation directory. The directory is root's alone (0700,
     /// the lock file 0600): allocations are not other users' business.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
+        Store::open_with_timeout(data_dir, network, LOCK_TIMEOUT)
+    }
+
+    /// `open`, waiting at most `timeout` for the lock (code 11 naming the holder after that).
+    pub fn open_with_timeout(
+        data_dir: &Path,
+        network: &str,
+        timeout: Duration,
+    ) -> Result<Store, CniError> {
         let dir = data_dir.join(network);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| io_err(format!("create {}", dir.display()), e))?;
-        let lock =
-            Lock::acquire(&dir.join(LOCK), 0o600, Some(LOCK_TIMEOUT)).map_err(|e| match e {
-                LockError::Timeout { .. } => CniError::new(code::TRY_AGAIN_LATER, e.to_string()),
-                e => CniError::new(code::IO, e.to_string()),
-            })?;
+        restrict(&dir, 0o700)?;
+        let lock = Lock::acquire(&dir.join(LOCK), 0o600, Some(timeout)).map_err(|e| match e {
+            LockError::Timeout { .. } => CniError::new(code::TRY_AGAIN_LATER, e.to_string()),
+            e => CniError::new(code::IO, e.to_string()),
+        })?;
+        restrict(lock.path(), 0o600)?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -598,6 +621,46 @@ mod tests {
                 .code,
             7
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_store_is_roots_alone_and_a_held_lock_names_its_holder() {
+        assert_eq!(LOCK_TIMEOUT, Duration::from_secs(60), "the product default");
+        let d = tmp();
+        let held = Store::open(&d, "n").unwrap();
+        assert_eq!(mode(&d.join("n")), 0o700);
+        assert_eq!(mode(&d.join("n/lock")), 0o600);
+        // flock belongs to the open file description: a second open in this process contends.
+        let e = Store::open_with_timeout(&d, "n", Duration::from_millis(50))
+            .err()
+            .unwrap();
+        assert_eq!(e.code, 11, "{e}");
+        assert!(e.msg.contains("is still held after 50ms"), "{}", e.msg);
+        let holder = format!("by process {}", std::process::id());
+        assert!(e.msg.contains(&holder), "{}", e.msg);
+        drop(held);
+        assert!(Store::open_with_timeout(&d, "n", Duration::from_millis(50)).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_left_open_by_host_local_is_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmp();
+        // host-local 1.1.1 creates its directory 0755 and its lock file 0750.
+        std::fs::create_dir_all(d.join("n")).unwrap();
+        std::fs::set_permissions(d.join("n"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(d.join("n/lock"), "").unwrap();
+        std::fs::set_permissions(d.join("n/lock"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let _s = Store::open(&d, "n").unwrap();
+        assert_eq!(mode(&d.join("n")), 0o700);
+        assert_eq!(mode(&d.join("n/lock")), 0o600);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
