@@ -13,7 +13,7 @@ use super::ipam::{Range, Store};
 use super::spec::{self, CniError, CniResult, Interface, IpConfig, RouteEntry, code};
 use super::{bridge, records, veth};
 use crate::firewall;
-use crate::kernel::netlink::Netlink;
+use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::NetNs;
 use crate::kernel::{KernelError, nft};
 use crate::owned;
@@ -274,8 +274,10 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     };
     let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
     let host_name = veth::host_name(&args.container_id, &args.ifname);
+    let owner = veth::owner_alias(&args.container_id, &args.ifname);
     let spec = veth::VethSpec {
         host_name: &host_name,
+        owner: &owner,
         ifname: &args.ifname,
         mtu: layout.mtu,
         bridge: br.index,
@@ -440,80 +442,19 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
         )?;
     }
     let mut errors: Vec<String> = Vec::new();
-    let mut pod_ips: Vec<IpAddr> = Vec::new();
-    let mut pod_end: Option<(NetNs, u32)> = None;
-    if let Some(path) = &args.netns
-        && let Ok(ns) = NetNs::open_path(path)
-        && let Ok(mut nl) = Netlink::open_in(&ns)
-        && let Ok(Some(link)) = nl.link(&args.ifname)
+    let mut pod_end = find_pod_end(args);
+    if let Some(p) = &mut pod_end
+        && let Err(e) = veth::retire(&mut p.nl, &p.link, false)
     {
-        pod_ips = nl
-            .addrs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.index == link.index)
-            .map(|a| a.net.addr())
-            .collect();
-        if let Err(e) = veth::retire(&mut nl, &args.ifname, false) {
-            errors.push(format!(
-                "take {} in the pod out of service: {e}",
-                args.ifname
-            ));
-        }
-        pod_end = Some((ns, link.index));
+        errors.push(format!(
+            "take {} in the pod out of service: {e}",
+            args.ifname
+        ));
     }
-    match Netlink::open() {
-        Ok(mut host) => match veth::retire(
-            &mut host,
-            &veth::host_name(&args.container_id, &args.ifname),
-            true,
-        ) {
-            Ok(true) => spawn_reaper(),
-            Ok(false) => {
-                // No host end by podnet's name: a pod wired by flannel's bridge plugin (random
-                // host name). Deleting its pod end takes the pair with it, the slow way.
-                if let Some((ns, index)) = &pod_end
-                    && let Ok(mut nl) = Netlink::open_in(ns)
-                    && let Err(e) = nl.del_link(*index)
-                {
-                    errors.push(format!("delete {} in the pod: {e}", args.ifname));
-                }
-            }
-            Err(e) => errors.push(format!("take the host end out of service: {e}")),
-        },
-        Err(e) => errors.push(format!("open netlink: {e}")),
-    }
-    let released = match Store::open(&conf.ipam_data_dir, &conf.name) {
-        Ok(store) => {
-            let mut done: Vec<IpAddr> = pod_ips
-                .iter()
-                .copied()
-                .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
-                .collect();
-            if done.is_empty() {
-                done = store.release(&args.container_id, &args.ifname);
-            }
-            done
-        }
-        Err(e) => {
-            errors.push(e.to_string());
-            Vec::new()
-        }
-    };
-    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
-        (Some(m), _) => m,
-        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
-        (None, Err(_)) => false,
-    };
-    if masq {
-        for ip in released.iter().filter_map(|ip| match ip {
-            IpAddr::V4(v) => Some(*v),
-            _ => None,
-        }) {
-            // Absent from the set is the state we want.
-            let _ = nft::apply(&firewall::pod_masq_remove(ip));
-        }
-    }
+    del_host_end(args, pod_end.as_mut(), &mut errors);
+    let pod_ips = pod_end.map(|p| p.ips).unwrap_or_default();
+    let released = release(args, conf, &pod_ips, &mut errors);
+    unmasquerade(conf, &released);
     let flannel_state = conf.data_dir.join(&args.container_id);
     if flannel_state.exists() {
         let _ = std::fs::remove_file(flannel_state);
@@ -526,6 +467,109 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
             CniError::new(code::KERNEL, "DEL could not remove everything")
                 .with_details(errors.join("; ")),
         )
+    }
+}
+
+/// The pod end as DEL finds it in `CNI_NETNS`.
+struct PodEnd {
+    nl: Netlink,
+    link: Link,
+    ips: Vec<IpAddr>,
+}
+
+fn find_pod_end(args: &Args) -> Option<PodEnd> {
+    let ns = NetNs::open_path(args.netns.as_ref()?).ok()?;
+    let mut nl = Netlink::open_in(&ns).ok()?;
+    let link = nl.link(&args.ifname).ok()??;
+    let ips = nl
+        .addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.net.addr())
+        .collect();
+    Some(PodEnd { nl, link, ips })
+}
+
+/// Retires the host end when it is this attachment's: its alias says so, or, for a pair made
+/// before host ends carried aliases, it is the pod end's peer. A link by that name that is
+/// anyone else's is left alone. Without a host end of ours, deleting the pod end takes the
+/// pair with it, the slow way (pods wired by flannel's bridge plugin: random host names).
+fn del_host_end(args: &Args, pod_end: Option<&mut PodEnd>, errors: &mut Vec<String>) {
+    let mut host = match Netlink::open() {
+        Ok(h) => h,
+        Err(e) => return errors.push(format!("open netlink: {e}")),
+    };
+    let name = veth::host_name(&args.container_id, &args.ifname);
+    let found = match host.link(&name) {
+        Ok(l) => l,
+        Err(e) => return errors.push(format!("look up the host end {name}: {e}")),
+    };
+    let alias = veth::owner_alias(&args.container_id, &args.ifname);
+    let ours = found.filter(|l| match veth::owner(l, &alias) {
+        veth::Owner::This => true,
+        veth::Owner::Unknown => pod_end.as_ref().is_some_and(|p| is_pair(l, &p.link)),
+        veth::Owner::Other(_) => false,
+    });
+    match (ours, pod_end) {
+        (Some(l), _) => match veth::retire(&mut host, &l, true) {
+            Ok(()) => spawn_reaper(),
+            Err(e) => errors.push(format!("take the host end out of service: {e}")),
+        },
+        (None, Some(p)) => {
+            if let Err(e) = p.nl.del_link(p.link.index) {
+                errors.push(format!("delete {} in the pod: {e}", args.ifname));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Whether two veth ends are each other's peer.
+fn is_pair(host: &Link, pod: &Link) -> bool {
+    host.parent == Some(pod.index) && pod.parent == Some(host.index)
+}
+
+/// Releases the attachment's addresses: those the pod end had, else all it holds.
+fn release(
+    args: &Args,
+    conf: &NetConf,
+    pod_ips: &[IpAddr],
+    errors: &mut Vec<String>,
+) -> Vec<IpAddr> {
+    let store = match Store::open(&conf.ipam_data_dir, &conf.name) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(e.to_string());
+            return Vec::new();
+        }
+    };
+    let done: Vec<IpAddr> = pod_ips
+        .iter()
+        .copied()
+        .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
+        .collect();
+    if done.is_empty() {
+        return store.release(&args.container_id, &args.ifname);
+    }
+    done
+}
+
+/// Takes released IPv4 addresses out of the plugin's masquerade set, when `ipMasq` is in effect.
+fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
+    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
+        (Some(m), _) => m,
+        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
+        (None, Err(_)) => false,
+    };
+    if !masq {
+        return;
+    }
+    for ip in released {
+        if let IpAddr::V4(v) = ip {
+            // Absent from the set is the state we want.
+            let _ = nft::apply(&firewall::pod_masq_remove(*v));
+        }
     }
 }
 
@@ -609,6 +653,12 @@ pub fn check(args: &Args, conf: &NetConf) -> Result<(), CniError> {
         .link(&host_name)
         .map_err(|e| kernel("look up the host end", e))?
         .ok_or_else(|| check_failed(format!("host end {host_name} not found")))?;
+    let alias = veth::owner_alias(&args.container_id, &args.ifname);
+    if let veth::Owner::Other(other) = veth::owner(&h, &alias) {
+        return Err(check_failed(format!(
+            "host end {host_name} belongs to {other}, not {alias}"
+        )));
+    }
     if h.master != Some(br.index) {
         return Err(check_failed(format!(
             "{host_name} is not attached to {}",
@@ -676,7 +726,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             continue;
         }
         if !ifname.is_empty()
-            && let Err(e) = host.del_link_named(&veth::host_name(&id, &ifname))
+            && let Err(e) = del_stale_host_end(&mut host, &id, &ifname, valid)
         {
             errors.push(format!("delete the link of {id}/{ifname}: {e}"));
         }
@@ -706,6 +756,30 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             CniError::new(code::KERNEL, "GC could not remove everything")
                 .with_details(errors.join("; ")),
         )
+    }
+}
+
+/// GC: deletes a released attachment's host end, unless it is someone else's: its alias names
+/// another attachment, or it has none and an attachment being kept would use the same name.
+fn del_stale_host_end(
+    host: &mut Netlink,
+    id: &str,
+    ifname: &str,
+    keep: &[(String, String)],
+) -> Result<(), KernelError> {
+    let name = veth::host_name(id, ifname);
+    let Some(link) = host.link(&name)? else {
+        return Ok(());
+    };
+    let delete = match veth::owner(&link, &veth::owner_alias(id, ifname)) {
+        veth::Owner::This => true,
+        veth::Owner::Unknown => !keep.iter().any(|(k, i)| veth::host_name(k, i) == name),
+        veth::Owner::Other(_) => false,
+    };
+    if delete {
+        host.del_link(link.index)
+    } else {
+        Ok(())
     }
 }
 

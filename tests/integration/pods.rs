@@ -728,3 +728,75 @@ fn subnets_without_room_and_foreign_gateways_are_refused_with_their_field() {
     let pod_links = c.ip_json("node1/r", &["link"]);
     assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
 }
+
+/// `ip link add NAME type veth peer name PEER` on node1, with an alias when given.
+fn foreign_veth(c: &Cluster, name: &str, peer: &str, alias: Option<&str>) -> Value {
+    let add = [
+        "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+    ];
+    ok(c.lab.exec("node1", &add).unwrap());
+    if let Some(a) = alias {
+        ok(c.lab
+            .exec("node1", &["ip", "link", "set", name, "alias", a])
+            .unwrap());
+    }
+    c.ip_json("node1", &["link", "show", name])[0].clone()
+}
+
+#[test]
+fn a_host_name_collision_never_touches_the_other_owners_link() {
+    use podnet::cni::veth::host_name;
+    let mut c = cluster("ccol", 1);
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "v").unwrap());
+    let link = |c: &Cluster, name: &str| c.ip_json("node1", &["link", "show", name])[0].clone();
+    // The name attachment coll-ctr/eth0 would get, taken by another attachment's link.
+    let taken = host_name("coll-ctr", "eth0");
+    let foreign = foreign_veth(&c, &taken, "coll-peer", Some("other-ctr/eth0"));
+    let env = Cluster::attach_env("ADD", "coll-ctr", &ns, "eth0");
+    rejected(&c, &env, &conf, 104, "belongs to other-ctr/eth0");
+    // The DEL a runtime sends after a failed ADD leaves it alone too.
+    let del = Cluster::attach_env("DEL", "coll-ctr", &ns, "eth0");
+    assert_eq!(c.cni("node1", &del, &conf).0, 0);
+    assert_eq!(link(&c, &taken), foreign);
+    // So does GC of a stale allocation of coll-ctr/eth0.
+    let subnet = c.wait_ready("node1").subnet.unwrap().trunc();
+    let stale_ip = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 200);
+    let ipam = c.lab.node_dir("node1").unwrap().join("ipam/cbr0");
+    std::fs::create_dir_all(&ipam).unwrap();
+    std::fs::write(ipam.join(stale_ip.to_string()), "coll-ctr\r\neth0").unwrap();
+    let mut gc = c.cni_conf("node1", "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let gc_env = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")];
+    assert_eq!(c.cni("node1", &gc_env, &gc.to_string()), (0, String::new()));
+    assert!(c.allocations("node1").is_empty());
+    assert_eq!(link(&c, &taken), foreign);
+    // A link without an alias has no known owner: refused and kept as well.
+    let unmarked = host_name("coll-2", "eth0");
+    let before = foreign_veth(&c, &unmarked, "coll-peer2", None);
+    let env = Cluster::attach_env("ADD", "coll-2", &ns, "eth0");
+    rejected(&c, &env, &conf, 104, "no alias, so no known owner");
+    assert_eq!(link(&c, &unmarked), before);
+    // A stale link of the same attachment (left by an ADD that died) is replaced.
+    let stale_name = host_name("coll-3", "eth0");
+    let stale = foreign_veth(&c, &stale_name, "coll-peer3", Some("coll-3/eth0"));
+    let env = Cluster::attach_env("ADD", "coll-3", &ns, "eth0");
+    let (code, out) = c.cni("node1", &env, &conf);
+    assert_eq!(code, 0, "{out}");
+    let fresh = link(&c, &stale_name);
+    assert_ne!(fresh["ifindex"], stale["ifindex"]);
+    assert_eq!(fresh["ifalias"], "coll-3/eth0", "{fresh}");
+    assert!(!c.veths("node1").contains(&"coll-peer3".to_string()));
+    // A pod wired before host ends carried aliases: DEL still finds its pair (by the peer).
+    ok(c.lab
+        .exec("node1", &["ip", "link", "set", &stale_name, "alias", ""])
+        .unwrap());
+    assert_eq!(link(&c, &stale_name).get("ifalias"), None);
+    let del = Cluster::attach_env("DEL", "coll-3", &ns, "eth0");
+    assert_eq!(c.cni("node1", &del, &conf).0, 0);
+    let mut left = c.veths("node1");
+    left.sort();
+    let mut expected = vec![taken, unmarked, "coll-peer".into(), "coll-peer2".into()];
+    expected.sort();
+    assert_eq!(left, expected);
+}
