@@ -86,6 +86,8 @@ pub struct Link {
     pub hairpin: Option<bool>,
     /// Link group (`ip link set ... group N`).
     pub group: u32,
+    /// `IFLA_IFALIAS` (`ip link set ... alias TEXT`); `None` when unset or empty.
+    pub alias: Option<String>,
 }
 
 /// The VXLAN attributes podnet cares about, both for creating a device and for comparing one.
@@ -139,6 +141,9 @@ pub struct LinkChange<'a> {
     /// Bridge port option (only for links that are bridge ports).
     pub hairpin: Option<bool>,
     pub group: Option<u32>,
+    /// `IFLA_IFALIAS`, at most 254 bytes (the kernel's 255 with the NUL sent after it). Only a
+    /// change sets it: the kernel ignores it in a request that creates a link.
+    pub alias: Option<&'a str>,
 }
 
 /// An interface address.
@@ -723,6 +728,10 @@ impl Netlink {
         if let Some(g) = change.group {
             msg.attributes.push(LinkAttribute::Group(g));
         }
+        if let Some(alias) = change.alias {
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
+        }
         if let Some(hairpin) = change.hairpin {
             msg.attributes.push(LinkAttribute::LinkInfo(vec![
                 LinkInfo::PortKind(InfoPortKind::Bridge),
@@ -1136,6 +1145,7 @@ fn parse_link(l: &LinkMessage) -> Link {
         vxlan: None,
         hairpin: None,
         group: 0,
+        alias: None,
     };
     for a in &l.attributes {
         match a {
@@ -1145,6 +1155,7 @@ fn parse_link(l: &LinkMessage) -> Link {
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::Link(p) => link.parent = Some(*p),
             LinkAttribute::Group(g) => link.group = *g,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
