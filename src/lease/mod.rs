@@ -99,7 +99,9 @@ impl fmt::Display for SubnetKey {
 }
 
 impl SubnetKey {
-    /// Parses the last path element of a lease key; `None` for anything else.
+    /// Parses the last path element of a lease key; `None` for anything else, including keys
+    /// not spelled as they are written (host bits set, `024`, upper-case or uncompressed IPv6):
+    /// podnet renews and deletes a lease under `to_string()`, which must be the key that exists.
     pub fn parse(s: &str) -> Option<SubnetKey> {
         let (v4s, v6s) = match s.split_once('&') {
             Some((a, b)) => (a, Some(b)),
@@ -123,7 +125,8 @@ impl SubnetKey {
         if v4.is_none() && v6.is_none() {
             return None;
         }
-        Some(SubnetKey { v4, v6 })
+        let key = SubnetKey { v4, v6 };
+        (key.to_string() == s).then_some(key)
     }
 
     fn overlaps(&self, other: &SubnetKey) -> bool {
@@ -488,6 +491,23 @@ mod tests {
             "x-24",
             "10.5.52.0-24&zz-64",
             "0.0.0.0-0",
+        ] {
+            assert!(SubnetKey::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn keys_not_spelled_as_written_are_refused() {
+        // Found by the fuzz property lease_key_parse_accepts_only_what_it_prints: these parsed
+        // and printed as another key, so renewing or deleting them touched a key that does
+        // not exist (and host bits made routes the kernel refuses).
+        for bad in [
+            "0.0.0.0-0&::4000:0:0:0-0",
+            "10.5.52.1-24",
+            "10.5.52.0-024",
+            "10.5.52.0-+24",
+            "10.5.52.0-24&FC00:0:0:1::-64",
+            "10.5.52.0-24&fc00:0:0:1:0:0:0:0-64",
         ] {
             assert!(SubnetKey::parse(bad).is_none(), "{bad:?} parsed");
         }
