@@ -48,6 +48,17 @@ fn valid_container_id(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// Linux's rule for interface names (`dev_valid_name`): 1 to 15 bytes, not `.` or `..`, no
+/// `/`, `:` or white space. Checked up front so a bad name is an argument error, not a
+/// kernel error halfway through wiring a pod.
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// CNI_ARGS keys podnet understands; anything else needs `IgnoreUnknown=1`.
 const KNOWN_ARGS: [&str; 6] = [
     "IgnoreUnknown",
@@ -112,9 +123,7 @@ impl Args {
             ));
         }
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
-        if needs_attachment
-            && (ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace))
-        {
+        if needs_attachment && !valid_ifname(&ifname) {
             return Err(CniError::new(
                 code::INVALID_ENV,
                 format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
@@ -294,7 +303,7 @@ impl BridgeOpts {
             .or(get_str(m, "bridge", "bridge")?)
             .unwrap_or(DEFAULT_BRIDGE)
             .to_string();
-        if bridge.is_empty() || bridge.len() > 15 {
+        if !valid_ifname(&bridge) {
             return Err(invalid(format!(
                 "bridge {bridge:?}: not a valid interface name"
             )));
@@ -583,6 +592,42 @@ mod tests {
             Args::from_env(&env(&[])).unwrap_err().msg,
             "required env variable CNI_COMMAND missing"
         );
+    }
+
+    #[test]
+    fn interface_names_linux_refuses_are_invalid_env() {
+        // Found by the fuzz property cni_args_from_env_never_panics: CNI_IFNAME ":" was
+        // accepted, and the kernel refused it only once the pod was half wired.
+        for bad in [
+            ":",
+            ".",
+            "..",
+            "eth:0",
+            "eth/0",
+            "eth 0",
+            "0123456789abcdef",
+        ] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", bad),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bridge_names_linux_refuses_are_invalid_config() {
+        // Found by the fuzz property cni_netconf_parse_never_panics: "delegate":{"bridge":"br/0"}
+        // (in an otherwise valid config) was accepted; only its length was checked.
+        for bad in ["br/0", "..", "br 0", "br:0", "", "0123456789abcdef"] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","delegate":{{"bridge":"{bad}"}}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
     }
 
     #[test]
