@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
 
-use crate::support::{addr_text, cidr_text, config, json, mutate, mutations, nasty_string};
+use crate::support::{addr_text, cidr_text, config, deep, json, mutate, mutations, nasty_string};
 
 fn version() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -122,6 +122,7 @@ fn netconf_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         1 => prop::collection::vec(any::<u8>(), 0..256),
         1 => nasty_string().prop_map(String::into_bytes),
+        1 => deep().prop_map(String::into_bytes),
         1 => json().prop_map(|v| v.to_string().into_bytes()),
         8 => netconf_doc().prop_map(|v| v.to_string().into_bytes()),
     ]

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
 
-use crate::support::{config, json, mutate, mutations, nasty_string, prefix};
+use crate::support::{config, deep, json, mutate, mutations, nasty_string, prefix};
 
 /// How many subnets are checked at each end of the allocatable range.
 const WINDOW: usize = 64;
@@ -166,6 +166,7 @@ fn config_text() -> impl Strategy<Value = String> {
     prop_oneof![
         1 => any::<String>(),
         1 => nasty_string(),
+        1 => deep(),
         1 => json().prop_map(|v| v.to_string()),
         8 => config_doc().prop_map(|v| v.to_string()),
     ]

@@ -1,6 +1,8 @@
 //! Nodes as the Kubernetes API serves them: annotations any node (or flanneld) may have written,
 //! podCIDRs.
 
+use std::sync::OnceLock;
+
 use k8s_openapi::api::core::v1::Node;
 use podnet::lease::LeaseAttrs;
 use podnet::lease::kube::{Annotations, DEFAULT_PREFIX, annotation_changes, node_lease};
@@ -29,17 +31,25 @@ fn pod_cidr() -> impl Strategy<Value = String> {
     ]
 }
 
+/// The names under flanneld's prefix (built once: `Annotations::new` compiles a regex).
+fn default_names() -> Annotations {
+    static NAMES: OnceLock<Annotations> = OnceLock::new();
+    NAMES
+        .get_or_init(|| Annotations::new(DEFAULT_PREFIX).expect("default prefix"))
+        .clone()
+}
+
 /// The annotation names, under the default prefix or another (valid or not: an invalid one
 /// falls back to the default).
 fn annotations() -> impl Strategy<Value = Annotations> {
-    let prefix = prop_oneof![
-        4 => Just(DEFAULT_PREFIX.to_string()),
+    let other = prop_oneof![
         1 => select(vec!["example.com/podnet", "example.com/", "a.b"]).prop_map(String::from),
         1 => nasty_string(),
     ];
-    prefix.prop_map(|p| {
-        Annotations::new(&p).unwrap_or_else(|_| Annotations::new(DEFAULT_PREFIX).expect("default"))
-    })
+    prop_oneof![
+        4 => Just(()).prop_map(|_| default_names()),
+        1 => other.prop_map(|p| Annotations::new(&p).unwrap_or_else(|_| default_names())),
+    ]
 }
 
 /// Values for flannel's annotations, each present nine times in ten and usually plausible.

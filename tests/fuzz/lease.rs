@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use serde_json::Value;
 
-use crate::support::{config, ipv4, ipv6, json, nasty_string, prefix};
+use crate::support::{config, deep, ipv4, ipv6, json, nasty_string, prefix};
 
 /// An octet as written: usually a number 0..=255, sometimes a spelling a parser may trip on.
 fn octet() -> impl Strategy<Value = String> {
@@ -79,11 +79,14 @@ fn key_text() -> impl Strategy<Value = String> {
 /// A key as podnet or flanneld writes one: networks without host bits, at least one family.
 /// No IPv4 /0: the format spells "no IPv4" as `0.0.0.0-0`.
 fn subnet_key() -> impl Strategy<Value = SubnetKey> {
-    let v4 = (ipv4(), 1u8..=32).prop_map(|(a, l)| Ipv4Net::new(a, l).expect("prefix").trunc());
-    let v6 = (ipv6(), 0u8..=128).prop_map(|(a, l)| Ipv6Net::new(a, l).expect("prefix").trunc());
-    (prop::option::of(v4), prop::option::of(v6))
-        .prop_filter("one family at least", |(a, b)| a.is_some() || b.is_some())
-        .prop_map(|(v4, v6)| SubnetKey { v4, v6 })
+    let v4 = || (ipv4(), 1u8..=32).prop_map(|(a, l)| Ipv4Net::new(a, l).expect("prefix").trunc());
+    let v6 = || (ipv6(), 0u8..=128).prop_map(|(a, l)| Ipv6Net::new(a, l).expect("prefix").trunc());
+    prop_oneof![
+        v4().prop_map(|n| (Some(n), None)),
+        v6().prop_map(|n| (None, Some(n))),
+        (v4(), v6()).prop_map(|(a, b)| (Some(a), Some(b))),
+    ]
+    .prop_map(|(v4, v6)| SubnetKey { v4, v6 })
 }
 
 /// JSON for one lease field: `good` most of the time, else something else.
@@ -160,6 +163,7 @@ fn lease_text() -> impl Strategy<Value = String> {
             .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
         1 => json().prop_map(|v| v.to_string()),
         1 => nasty_string(),
+        1 => deep(),
         6 => lease_object(),
     ]
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use serde_json::{Value, json};
 
-use crate::support::{config, mutate, mutations, nasty_string};
+use crate::support::{config, deep, mutate, mutations, nasty_string};
 
 fn label() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -142,6 +142,7 @@ fn manifest_text() -> impl Strategy<Value = String> {
 fn any_text() -> impl Strategy<Value = String> {
     prop_oneof![
         1 => any::<String>(),
+        1 => deep(),
         1 => "[-:{}\\[\\],&*!|> a-z0-9\n.]{0,80}",
         1 => nasty_string(),
         6 => manifest_text(),

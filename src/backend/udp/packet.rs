@@ -248,9 +248,11 @@ mod tests {
 mod fuzz {
     use proptest::prelude::*;
     use proptest::sample::Index;
+    use proptest::test_runner::RngAlgorithm;
 
     use super::*;
 
+    /// As tests/fuzz does it: 512 cases or `PROPTEST_CASES`, no regression files, XorShift.
     fn config() -> ProptestConfig {
         let cases = std::env::var("PROPTEST_CASES")
             .ok()
@@ -259,6 +261,7 @@ mod fuzz {
         ProptestConfig {
             cases,
             failure_persistence: None,
+            rng_algorithm: RngAlgorithm::XorShift,
             ..ProptestConfig::default()
         }
     }
