@@ -305,7 +305,7 @@ impl BridgeOpts {
             .or(get_str(m, "bridge", "bridge")?)
             .unwrap_or(DEFAULT_BRIDGE)
             .to_string();
-        if bridge.is_empty() || bridge.len() > 15 {
+        if !valid_ifname(&bridge) {
             return Err(invalid(format!(
                 "bridge {bridge:?}: not a valid interface name"
             )));
@@ -748,6 +748,30 @@ mod tests {
     }
 
     #[test]
+    fn interface_names_linux_refuses_are_invalid_env() {
+        // Found by the fuzz property cni_args_from_env_never_panics: CNI_IFNAME ":" was
+        // accepted, and the kernel refused it only once the pod was half wired.
+        for bad in [
+            ":",
+            ".",
+            "..",
+            "eth:0",
+            "eth/0",
+            "eth 0",
+            "0123456789abcdef",
+        ] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", bad),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn gc_needs_the_attachments_to_keep() {
         let parse = |extra: &str| {
             NetConf::parse(format!(r#"{{"cniVersion":"1.1.0","name":"n"{extra}}}"#).as_bytes())
@@ -823,6 +847,18 @@ mod tests {
         );
         let ok = r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.244.3.0/30","gateway":"10.244.3.2"}]]}}"#;
         assert!(NetConf::parse(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn bridge_names_linux_refuses_are_invalid_config() {
+        // Found by the fuzz property cni_netconf_parse_never_panics: "delegate":{"bridge":"br/0"}
+        // (in an otherwise valid config) was accepted; only its length was checked.
+        for bad in ["br/0", "..", "br 0", "br:0", "", "0123456789abcdef"] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","delegate":{{"bridge":"{bad}"}}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
     }
 
     #[test]
