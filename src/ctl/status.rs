@@ -182,11 +182,23 @@ fn render_repairs(v: &Status) -> String {
         "by periodic checks only (--kernel-events=false)"
     };
     let mut out = format!(
-        "repairs   {} objects put back {how}; {} full passes, {} quiet checks\n",
-        d.repairs, d.full_passes, d.verifications
+        "repairs   {} put back {how}; {} full {}, {} quiet {}\n",
+        count(d.repairs, "object"),
+        d.full_passes,
+        plural(d.full_passes, "pass", "passes"),
+        d.verifications,
+        plural(d.verifications, "check", "checks"),
     );
     out += &render_contested(&d.contested);
     out
+}
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn render_contested(list: &[ContestedInfo]) -> String {

@@ -244,6 +244,7 @@ impl State {
             // Never before the first full list of peers: it would delete what is still wanted.
             Cmd::Verify if self.ready => self.verify(),
             Cmd::Kernel(events) if self.ready => {
+                tracing::trace!(?events, "kernel notifications");
                 let report = self.rec.on_events(&events, Instant::now());
                 self.record(&report, "repair");
             }

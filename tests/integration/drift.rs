@@ -115,7 +115,8 @@ fn undone_and_back<T: PartialEq + std::fmt::Debug>(
 
 #[test]
 fn vxlan_objects_deleted_or_changed_by_hand_are_back_within_a_second() {
-    let mut c = Cluster::small("dvx", 3);
+    // Three peers for node1.
+    let mut c = Cluster::small("dvx", 4);
     let mut extra = NO_POLLING.to_vec();
     extra.push("--ip-masq");
     let subnets = boot(&mut c, VXLAN, &extra);
@@ -124,16 +125,16 @@ fn vxlan_objects_deleted_or_changed_by_hand_are_back_within_a_second() {
     let converged = |c: &Cluster| {
         let v = kernel_view(c, "node1", "flannel.1");
         let n = |k: &str| v[k].as_array().map(|a| a.len());
-        (n("routes") == Some(2) && n("neigh") == Some(2) && n("fdb") == Some(2)).then_some(v)
+        (n("routes") == Some(3) && n("neigh") == Some(3) && n("fdb") == Some(3)).then_some(v)
     };
     let want = poll(
-        "node1 to program both peers",
+        "node1 to program its three peers",
         Duration::from_secs(15),
         || converged(&c),
     );
     let view = |c: &Cluster| kernel_view(c, "node1", "flannel.1");
     let table = poll("the nftables table", Duration::from_secs(10), || {
-        Some(nft_listing(&c, "node1")).filter(|l| l.contains("198.18.0.13"))
+        Some(nft_listing(&c, "node1")).filter(|l| l.contains("198.18.0.14"))
     });
     let mac = want["neigh"]
         .as_array()
