@@ -25,7 +25,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::kernel::Mac;
-use crate::kernel::netlink::{Change, Fdb, KernelEvent, Neighbour, Route};
+use crate::kernel::netlink::{
+    Change, Fdb, KernelEvent, Neighbour, RTPROT_KERNEL, Route, TABLE_MAIN,
+};
 use crate::owned::RTPROT_PODNET;
 
 /// One of podnet's objects, as repairs (and their backoff) name it.
@@ -53,7 +55,7 @@ pub enum Object {
 impl fmt::Display for Object {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Object::Route { table, dst } if *table == crate::kernel::netlink::TABLE_MAIN => {
+            Object::Route { table, dst } if *table == TABLE_MAIN => {
                 write!(f, "route {dst}")
             }
             Object::Route { table, dst } => write!(f, "route {dst} table {table}"),
@@ -223,13 +225,19 @@ fn classify_route(gone: bool, r: &Route, wanted: &impl Wanted, dev: &Devices) ->
             Action::Remove(key, Change::DelRoute(r.clone()))
         }
         None if r.protocol == RTPROT_PODNET => Action::Ignore,
-        None if gone && r.oif.is_some_and(|o| dev.indexes.contains(&o)) => {
-            // A route of the backend's own (the udp backend's route to the network).
-            Action::Repair(Object::Devices)
-        }
+        None if gone && is_backends_own(r, dev) => Action::Repair(Object::Devices),
         None if r.oif == Some(dev.ext) => Action::Underlay,
         None => Action::Ignore,
     }
+}
+
+/// A route the backend itself keeps through its device (the udp backend's route to the
+/// network): IPv4, in the main table, not one the kernel makes for an address.
+fn is_backends_own(r: &Route, dev: &Devices) -> bool {
+    r.oif.is_some_and(|o| dev.indexes.contains(&o))
+        && r.dst.addr().is_ipv4()
+        && r.table == TABLE_MAIN
+        && r.protocol != RTPROT_KERNEL
 }
 
 /// How many objects of a kind, and the sum of their hashes: equal tallies mean equal sets (a

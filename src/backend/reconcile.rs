@@ -116,6 +116,9 @@ impl Drift {
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 const DIGEST_RETRIES: usize = 8;
+/// More changes to podnet's objects than this in one batch of notifications are compared all
+/// at once rather than repaired one by one (someone flushed a table, a device went).
+const STORM: usize = 256;
 
 /// The desired state: each programmed peer's plan, and the digest of all their objects.
 #[derive(Default)]
@@ -555,9 +558,25 @@ impl Reconciler {
 
     /// Notifications from the kernel: each is classified (`drift::classify`); what is
     /// podnet's and wrong is scheduled for repair, at once unless something keeps undoing it,
-    /// and whatever is due is done.
+    /// and whatever is due is done. Two cases take one repair instead of one per object: the
+    /// objects' device is gone, down or rebuilt (its repair covers them), and a storm of changes
+    /// to podnet's objects (more than `STORM`: everything is compared).
     pub fn on_events(&mut self, events: &[KernelEvent], now: Instant) -> Report {
+        let ours = events.iter().filter(|e| self.on_our_objects(e)).count();
+        let covered = if ours > 0 && !self.devices_ok() {
+            self.contest.undone(Object::Devices, now);
+            true
+        } else if ours > STORM {
+            tracing::info!(changes = ours, "many of podnet's objects changed at once");
+            self.contest.undone(Object::Everything, now);
+            true
+        } else {
+            false
+        };
         for ev in events {
+            if covered && self.on_our_objects(ev) {
+                continue;
+            }
             match drift::classify(ev, &self.desired, &self.devices) {
                 Action::Ignore => {}
                 Action::Settled(key) => self.contest.settled(&key),
@@ -569,11 +588,37 @@ impl Reconciler {
                     self.removals.insert(key, change);
                     self.contest.undone(key, now);
                 }
-                Action::CheckDevice => self.check_devices(now),
+                Action::CheckDevice => {
+                    if !self.devices_ok() {
+                        self.contest.undone(Object::Devices, now);
+                    }
+                }
                 Action::Underlay => self.replan = true,
             }
         }
         self.run_due(now)
+    }
+
+    /// Whether a notification is about one of podnet's routes, neighbours or FDB entries (or
+    /// a route through its devices).
+    fn on_our_objects(&self, e: &KernelEvent) -> bool {
+        let d = &self.devices;
+        match e {
+            KernelEvent::Route { route, .. } => {
+                route.protocol == RTPROT_PODNET || route.oif.is_some_and(|o| d.indexes.contains(&o))
+            }
+            KernelEvent::Neighbour { neighbour, .. } => d.owned.contains(&neighbour.index),
+            KernelEvent::Fdb { fdb, .. } => d.owned.contains(&fdb.index),
+            KernelEvent::Link { .. } | KernelEvent::Addr { .. } => false,
+        }
+    }
+
+    /// Whether the backend's devices are as they should be (one look at the kernel).
+    fn devices_ok(&mut self) -> bool {
+        self.backend.device_ok(&mut self.nl).unwrap_or_else(|e| {
+            tracing::warn!("check the backend's devices: {e}");
+            false
+        })
     }
 
     /// Notifications were lost: every peer is re-planned and everything compared.
@@ -581,16 +626,6 @@ impl Reconciler {
         self.replan = true;
         self.contest.undone(Object::Everything, now);
         self.run_due(now)
-    }
-
-    fn check_devices(&mut self, now: Instant) {
-        let ok = self.backend.device_ok(&mut self.nl).unwrap_or_else(|e| {
-            tracing::warn!("check the backend's devices: {e}");
-            false
-        });
-        if !ok {
-            self.contest.undone(Object::Devices, now);
-        }
     }
 
     /// When the next waiting repair or retry is due.

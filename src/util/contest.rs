@@ -3,7 +3,8 @@
 //! podnetd puts its objects back when something else changes them (a route deleted by hand, a
 //! rule flushed). Once, that is drift; over and over, it is another agent managing the same
 //! object, and repairing at once every time would turn two agents into a busy loop. So each
-//! object's repairs are tracked: the first few within a while are immediate, every one after
+//! object's repairs are tracked: the first few within a while are made at once (after a few
+//! milliseconds for the burst of notifications to settle), every one after
 //! that waits twice as long as the last (up to a ceiling), and an object undone that often is
 //! *contested* — shown in status and doctor until it has been left alone for a while.
 //!
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 /// How patient to be.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// Repairs made at once before backing off.
+    /// How long the first repairs wait, so that the burst of notifications one change makes
+    /// (a device deleted takes its neighbours, FDB entries and then itself) is one undoing.
+    pub settle: Duration,
+    /// Repairs made after `settle` before backing off.
     pub free: u32,
     /// The first delay once backing off; each one after doubles it.
     pub base: Duration,
@@ -32,14 +36,15 @@ impl Policy {
     /// The wait before the repair that follows `strikes` undoings in a row.
     fn delay(&self, strikes: u32) -> Duration {
         match strikes.checked_sub(self.free + 1) {
-            None => Duration::ZERO,
+            None => self.settle,
             Some(n) => self.base.saturating_mul(1u32 << n.min(20)).min(self.max),
         }
     }
 }
 
-/// Three repairs at once, then 250 ms doubling to 30 s; forgotten after a minute of peace.
+/// Three repairs after 50 ms, then 250 ms doubling to 30 s; forgotten after a minute of peace.
 pub const DEFAULT: Policy = Policy {
+    settle: Duration::from_millis(50),
     free: 3,
     base: Duration::from_millis(250),
     max: Duration::from_secs(30),
@@ -208,7 +213,7 @@ mod tests {
         assert_eq!(
             delays,
             [
-                0, 0, 0, 250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000
+                50, 50, 50, 250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000
             ]
         );
         let (_, r) = c.contested(t).next().expect("contested");
@@ -224,21 +229,22 @@ mod tests {
         let mut c = Contest::new(DEFAULT);
         let t0 = Instant::now();
         for i in 0..5 {
-            c.undone("fdb", t0 + i * MS);
-            c.take_due(t0 + i * MS);
+            let due = c.undone("fdb", t0 + i * 100 * MS);
+            c.take_due(due);
         }
-        assert!(c.contested(t0 + 10 * MS).next().is_some());
+        let t = t0 + 1000 * MS;
+        assert!(c.contested(t).next().is_some());
         // Put back by someone else while the repair waits.
-        let due = c.undone("fdb", t0 + 10 * MS);
-        assert!(due > t0 + 10 * MS);
+        let due = c.undone("fdb", t);
+        assert!(due > t);
         c.settled(&"fdb");
         assert!(c.take_due(due).is_empty() && c.next_due().is_none());
         // A minute later it is no longer contested, and then forgotten.
-        let later = t0 + Duration::from_secs(61);
+        let later = t0 + Duration::from_secs(62);
         assert!(c.contested(later).next().is_none());
         c.expire(later);
         assert!(c.is_empty());
         // And starts with free repairs again.
-        assert_eq!(c.undone("fdb", later), later);
+        assert_eq!(c.undone("fdb", later), later + DEFAULT.settle);
     }
 }

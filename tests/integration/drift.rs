@@ -67,6 +67,14 @@ fn sorted(v: Value) -> Value {
     }
 }
 
+/// `ip -j ...`, or null when it fails (a device that does not exist yet).
+fn ip_or_null(c: &Cluster, node: &str, args: &[&str]) -> Value {
+    let mut argv = vec!["ip", "-j"];
+    argv.extend_from_slice(args);
+    let out = c.lab.exec(node, &argv).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
 /// What a user would look at: `ip -j` and `bridge -j` output, as one comparable value.
 fn kernel_view(c: &Cluster, node: &str, dev: &str) -> Value {
     let bridge = c
@@ -75,9 +83,9 @@ fn kernel_view(c: &Cluster, node: &str, dev: &str) -> Value {
         .unwrap();
     serde_json::json!({
         "routes": sorted(c.ip_json(node, &["route", "show", "proto", "86"])),
-        "neigh": sorted(c.ip_json(node, &["neigh", "show", "dev", dev, "nud", "permanent"])),
+        "neigh": sorted(ip_or_null(c, node, &["neigh", "show", "dev", dev, "nud", "permanent"])),
         "fdb": sorted(serde_json::from_slice::<Value>(&bridge.stdout).unwrap_or(Value::Null)),
-        "link": c.ip_json(node, &["-d", "link", "show", dev])[0]["address"],
+        "link": ip_or_null(c, node, &["link", "show", dev])[0]["address"],
     })
 }
 
@@ -224,12 +232,7 @@ fn the_udp_device_its_address_and_route_are_back_within_a_second() {
     let subnets = boot(&mut c, UDP, &NO_POLLING);
     let own = subnets[0].split('/').next().unwrap().to_string();
     let view = |c: &Cluster| {
-        let json = |args: &[&str]| {
-            let mut argv = vec!["ip", "-j"];
-            argv.extend_from_slice(args);
-            let out = c.lab.exec("node1", &argv).unwrap();
-            serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
-        };
+        let json = |args: &[&str]| ip_or_null(c, "node1", args);
         let link = json(&["addr", "show", "dev", "flannel0"]);
         let route = json(&["route", "show", "10.244.0.0/16"]);
         let v4: Vec<Value> = link[0]["addr_info"]
