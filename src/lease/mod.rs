@@ -18,6 +18,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -268,8 +269,8 @@ impl Keepalive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
     /// New, or changed (same subnet, new attributes).
-    Added(Lease),
-    Removed(Lease),
+    Added(Arc<Lease>),
+    Removed(Arc<Lease>),
 }
 
 /// What this node asks for.
@@ -380,6 +381,9 @@ pub fn choose(
 
 /// The other nodes' leases, kept as a set; turns snapshots and key changes into events.
 ///
+/// Each lease is held once (`Arc`): the accepted set, the set of all seen, the events and the
+/// data-plane thread that programs them share it.
+///
 /// With a `Checker` (a running node always has one), only leases that pass it are peers:
 /// events cover the accepted set alone, and a lease that stops passing (or is displaced by an
 /// older one) yields a `Removed`. Without one (unit tests), every lease but our own is a peer.
@@ -388,9 +392,9 @@ pub struct PeerSet {
     own: Option<SubnetKey>,
     checker: Option<validate::Checker>,
     /// Every lease seen but our own, accepted or not.
-    all: BTreeMap<SubnetKey, Lease>,
+    all: BTreeMap<SubnetKey, Arc<Lease>>,
     /// The peers: what the backends program.
-    peers: BTreeMap<SubnetKey, Lease>,
+    peers: BTreeMap<SubnetKey, Arc<Lease>>,
     /// Leases refused, with why.
     refused: BTreeMap<SubnetKey, String>,
     /// `refused` changed since `refused_update` last looked.
@@ -415,7 +419,7 @@ impl PeerSet {
         }
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &Lease> {
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Lease>> {
         self.peers.values()
     }
 
@@ -447,12 +451,22 @@ impl PeerSet {
 
     /// Replaces the set with a full listing and returns the difference.
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
-        self.all = snapshot
+        let all = snapshot
             .into_iter()
             .filter(|l| Some(l.key) != self.own)
-            .map(|l| (l.key, l))
+            .map(|l| (l.key, self.shared(l)))
             .collect();
+        self.all = all;
         self.recompute()
+    }
+
+    /// The lease as an `Arc`: the one already held when nothing that matters changed (a
+    /// renewal), so every holder keeps sharing one copy.
+    fn shared(&self, lease: Lease) -> Arc<Lease> {
+        match self.all.get(&lease.key) {
+            Some(old) if old.attrs == lease.attrs && old.created == lease.created => old.clone(),
+            _ => Arc::new(lease),
+        }
     }
 
     /// A key was written.
@@ -461,6 +475,7 @@ impl PeerSet {
             return Vec::new();
         }
         let key = lease.key;
+        let lease = self.shared(lease);
         let fast = self.refused.is_empty()
             && self
                 .checker
@@ -511,9 +526,13 @@ impl PeerSet {
                 (self.all.clone(), BTreeMap::new(), index)
             }
             Some(c) => {
-                let peers = &self.peers;
-                let sel = c.select(self.all.values(), |k| peers.contains_key(k));
-                let next = sel.accepted.iter().map(|l| (l.key, (*l).clone())).collect();
+                let (peers, all) = (&self.peers, &self.all);
+                let sel = c.select(all.values().map(|l| l.as_ref()), |k| peers.contains_key(k));
+                let next = sel
+                    .accepted
+                    .iter()
+                    .map(|l| (l.key, all[&l.key].clone()))
+                    .collect();
                 let refused = sel
                     .refused
                     .iter()
@@ -824,7 +843,10 @@ mod tests {
         ]);
         assert_eq!(
             ev,
-            vec![LeaseEvent::Added(a.clone()), LeaseEvent::Added(b.clone())]
+            vec![
+                LeaseEvent::Added(a.clone().into()),
+                LeaseEvent::Added(b.clone().into())
+            ]
         );
         // Same content again (a renewal): nothing.
         assert_eq!(
@@ -837,7 +859,10 @@ mod tests {
         // Changed attributes: an update.
         let mut a2 = a.clone();
         a2.attrs.public_ip = "198.18.0.99".parse().unwrap();
-        assert_eq!(ps.put(a2.clone()), vec![LeaseEvent::Added(a2.clone())]);
+        assert_eq!(
+            ps.put(a2.clone()),
+            vec![LeaseEvent::Added(a2.clone().into())]
+        );
         // Own key: never an event.
         assert_eq!(ps.put(lease("10.244.1.0-24", "198.18.0.11")), vec![]);
         assert_eq!(ps.delete(&own), vec![]);
@@ -846,9 +871,12 @@ mod tests {
         let ev = ps.reset(vec![a2.clone(), c.clone()]);
         assert_eq!(
             ev,
-            vec![LeaseEvent::Removed(b.clone()), LeaseEvent::Added(c.clone())]
+            vec![
+                LeaseEvent::Removed(b.clone().into()),
+                LeaseEvent::Added(c.clone().into())
+            ]
         );
-        assert_eq!(ps.delete(&c.key), vec![LeaseEvent::Removed(c)]);
+        assert_eq!(ps.delete(&c.key), vec![LeaseEvent::Removed(c.into())]);
         assert_eq!(ps.len(), 1);
     }
 }

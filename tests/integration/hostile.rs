@@ -64,7 +64,9 @@ fn vtep_mac(c: &Cluster, node: &str) -> String {
 
 /// Every route and neighbour/fdb entry node1 has for podnet, as text.
 fn kernel_state(c: &Cluster, node: &str) -> String {
-    let routes = c.ip_json(node, &["route", "show", "table", "all"]);
+    // IPv4 only: IPv6 link-local addresses finish duplicate detection (and get their local
+    // routes) on their own schedule.
+    let routes = c.ip_json(node, &["-4", "route", "show", "table", "all"]);
     let neigh = c.ip_json(node, &["neigh", "show", "dev", "flannel.1"]);
     let fdb = c
         .lab
