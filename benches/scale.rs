@@ -5,10 +5,17 @@
 //!
 //!   sudo cargo bench --bench scale          (BENCH_SIZES=100,1000,5000 by default)
 //!
+//! and, in `idle` (`BENCH_IDLE_SIZES`, 5000 by default), what a programmed node costs while
+//! nothing happens — CPU over `BENCH_IDLE_SECONDS` and RSS, this build beside the way podnetd
+//! ran before (`BENCH_BASELINE_PODNETD=path` adds an earlier build) — and how fast it repairs an
+//! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs.
+//!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map after sync, BENCH_SHOW_LOG=1 the
 //! start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under a wrapper.
 
 mod common;
+#[path = "scale/idle.rs"]
+mod idle;
 
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
@@ -539,29 +546,23 @@ fn startup(runs: usize) -> (common::Summary, common::Summary) {
     (summarize(&first), summarize(&again))
 }
 
-fn main() {
-    require_root();
-    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
-        .unwrap_or_else(|_| "100,1000,5000".into())
+fn sizes(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let (first, again) = startup(runs(5));
-    let mut rows = Vec::new();
-    let kube = std::env::var("BENCH_STORES").unwrap_or_else(|_| "etcd,kubernetes".into());
-    for backend in ["host-gw", "vxlan"] {
-        for &n in &sizes {
-            for store in kube.split(',') {
-                eprintln!("{backend} with {n} peers in {store}...");
-                rows.push(scenario(backend, n, store == "kubernetes"));
-            }
-        }
-    }
+        .collect()
+}
+
+fn print_startup(first: common::Summary, again: common::Summary) {
     println!(
         "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, ms median (min–max):"
     );
     println!("  first start (new lease, new device): {}", ms(first));
     println!("  restart (lease and device kept):     {}", ms(again));
+}
+
+fn print_programming(rows: Vec<Row>) {
     println!(
         "\nControl plane at scale; times in ms; one-more-lease figures are median (min–max) of 20\n"
     );
@@ -584,5 +585,73 @@ fn main() {
             ms(r.del),
             r.rss
         );
+    }
+}
+
+fn print_idle(rows: Vec<idle::IdleRow>, repairs: Vec<idle::RepairRow>) {
+    let secs = std::env::var("BENCH_IDLE_SECONDS").unwrap_or_else(|_| "60".into());
+    println!(
+        "\nIdle, side by side in one lab, {secs} s after programming (CPU: user + system, threads and children)\n"
+    );
+    println!("| backend | peers | podnetd | idle CPU, % of a core | RSS MB |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.1} |",
+            r.backend, r.n, r.name, r.cpu_percent, r.rss
+        );
+    }
+    println!(
+        "\nRepairs: deleted with netlink (nftables: `nft flush chain`), until the kernel announces it back; ms median (min–max)\n"
+    );
+    println!("| backend | peers | object | repaired after |");
+    println!("|---|---|---|---|");
+    for r in repairs {
+        println!(
+            "| {} | {} | {} | {} (n={}) |",
+            r.backend,
+            r.n,
+            r.object,
+            ms(r.after),
+            r.after.n
+        );
+    }
+}
+
+fn main() {
+    require_root();
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "startup,programming,idle".into());
+    let startup_figures = parts.contains("startup").then(|| startup(runs(5)));
+    let mut rows = Vec::new();
+    if parts.contains("programming") {
+        let kube = std::env::var("BENCH_STORES").unwrap_or_else(|_| "etcd,kubernetes".into());
+        for backend in ["host-gw", "vxlan"] {
+            for n in sizes("BENCH_SIZES", "100,1000,5000") {
+                for store in kube.split(',') {
+                    eprintln!("{backend} with {n} peers in {store}...");
+                    rows.push(scenario(backend, n, store == "kubernetes"));
+                }
+            }
+        }
+    }
+    let (mut idle_rows, mut repairs) = (Vec::new(), Vec::new());
+    if parts.contains("idle") {
+        for backend in ["host-gw", "vxlan"] {
+            for n in sizes("BENCH_IDLE_SIZES", "5000") {
+                eprintln!("{backend} idle with {n} peers...");
+                let (i, r) = idle::run(backend, n);
+                idle_rows.extend(i);
+                repairs.extend(r);
+            }
+        }
+    }
+    if let Some((first, again)) = startup_figures {
+        print_startup(first, again);
+    }
+    if !rows.is_empty() {
+        print_programming(rows);
+    }
+    if !idle_rows.is_empty() {
+        print_idle(idle_rows, repairs);
     }
 }

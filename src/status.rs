@@ -139,6 +139,22 @@ pub struct DriftInfo {
     pub error: Option<String>,
 }
 
+/// An object another agent keeps undoing; podnetd puts it back with growing delays.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContestedInfo {
+    /// The object as wanted (`route 10.244.2.0/24 via 10.244.2.0 dev #5 onlink`,
+    /// `nftables table inet podnet`).
+    pub object: String,
+    /// Times it was found undone, and put back, since this run of undoings began.
+    pub undone: u64,
+    pub repairs: u64,
+    /// How long ago this run of undoings began.
+    pub for_seconds: u64,
+    /// When the next repair is due, if one waits.
+    pub next_repair_seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirewallInfo {
@@ -150,6 +166,9 @@ pub struct FirewallInfo {
     pub restores: u64,
     pub tunnel_guard_peers: usize,
     pub last_error: Option<String>,
+    /// The table, when another agent keeps changing it.
+    #[serde(default)]
+    pub contested: Vec<ContestedInfo>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -159,6 +178,21 @@ pub struct DataplaneInfo {
     pub incremental: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Whether drift is repaired as the kernel reports it (`--kernel-events`).
+    #[serde(default)]
+    pub kernel_events: bool,
+    /// Objects put back (or removed) after the kernel reported them changed.
+    #[serde(default)]
+    pub repairs: u64,
+    /// Safety-net checks that found the kernel as wanted.
+    #[serde(default)]
+    pub verifications: u64,
+    /// Times notifications were lost and a full pass stood in for them.
+    #[serde(default)]
+    pub events_lost: u64,
+    /// Routes, neighbours, FDB entries and devices another agent keeps undoing.
+    #[serde(default)]
+    pub contested: Vec<ContestedInfo>,
 }
 
 /// The network policy engine.
@@ -246,6 +280,17 @@ mod tests {
                 wireguard: None,
             }],
             lease_store: "etcd".into(),
+            dataplane: Some(DataplaneInfo {
+                kernel_events: true,
+                contested: vec![ContestedInfo {
+                    object: "route 10.244.2.0/24 via 10.244.2.0 dev #5 onlink".into(),
+                    undone: 9,
+                    repairs: 9,
+                    for_seconds: 12,
+                    next_repair_seconds: Some(4.0),
+                }],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let text = s.to_json();
@@ -255,6 +300,8 @@ mod tests {
             "\"path\":\"tunnel\"",
             "\"leaseStore\":\"etcd\"",
             "\"lastStoreError\":null",
+            "\"kernelEvents\":true",
+            "\"nextRepairSeconds\":4.0",
         ] {
             assert!(text.contains(name), "{name} in {text}");
         }

@@ -7,9 +7,12 @@
 //! on devices the backend owns outright (`flannel.<VNI>`). Nothing else is ever deleted.
 //!
 //! A full pass runs at start (after the first complete list of peers, never before, so a restart
-//! removes nothing that is still wanted), on every resync tick, and when an owned device
-//! disappears. Between passes a peer that comes or goes costs only its own few messages.
+//! removes nothing that is still wanted), and afterwards only when something calls for one: a
+//! device recreated, notifications lost, the underlay changed, the safety net finding the
+//! kernel different. Between passes a peer that comes or goes costs only its own few messages,
+//! and an object changed behind podnet's back only its own repair (`drift`).
 
+pub mod drift;
 pub mod host_gw;
 pub mod reconcile;
 pub mod udp;
@@ -145,12 +148,23 @@ pub trait Backend: Send {
     /// Links whose permanent neighbour and FDB entries are all podnet's.
     fn owned_links(&self) -> Vec<u32>;
 
-    /// Devices whose deletion calls for an immediate full pass.
+    /// The backend's devices by name: one deleted or changed is rebuilt at once.
     fn device_names(&self) -> Vec<String>;
 
     /// An encrypting backend's engine and per-peer counters.
     fn tunnel_report(&mut self) -> Option<TunnelReport> {
         None
+    }
+
+    /// The indexes of the backend's devices now (routes through them that go are its own).
+    fn devices(&self) -> Vec<u32> {
+        self.owned_links()
+    }
+
+    /// Whether the devices are as `ensure_local` leaves them (exists, up, MTU, MAC,
+    /// attributes): a cheap look after a notification about one of them.
+    fn device_ok(&mut self, _nl: &mut Netlink) -> Result<bool, BackendError> {
+        Ok(true)
     }
 }
 

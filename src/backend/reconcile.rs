@@ -7,29 +7,87 @@
 //! diff serves every path: a full pass diffs everything against the kernel; a single peer's
 //! change diffs its new plan against its old one; drift is the full diff, not applied.
 //!
+//! Drift is found three ways, cheapest first:
+//! - a notification from the kernel (`on_events`) names one object; `drift::classify` says
+//!   whether it is podnet's and wrong, and that object alone is put back (or removed) — at once,
+//!   or with growing delays when something keeps undoing it (`util::contest`);
+//! - the safety net (`verify`, every `--resync-period`): the devices are checked, then a digest
+//!   of what podnet owns in the kernel is compared with the desired one (`drift::Digest`), one
+//!   dump per kind with nothing allocated per object;
+//! - a full pass (`resync`): every peer re-planned and everything diffed — at start, when the
+//!   digests differ, after lost notifications or a change of the underlay, and to retry after
+//!   kernel changes failed.
+//!
 //! Invariants:
 //! - nothing outside `owned` is ever changed or deleted;
 //! - installs go in dependency order (neighbour and FDB before the route, so the kernel never
 //!   resolves a gateway itself), removals after installs;
 //! - a full pass runs only once the complete peer list is known (a restart must not delete
-//!   what is still wanted); before that, single events are remembered, not applied.
+//!   what is still wanted); before that, single events are remembered, not applied;
+//! - the desired digest is always that of the programmed plans (`Desired` keeps it);
+//! - a peer's route goes to its subnet and its neighbour is its subnet's address, which is how
+//!   a notification finds the plan it belongs to.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::{IpNet, Ipv4Net};
+
+use super::drift::{self, Action, Devices, Digest, Object, Wanted};
 use super::{Backend, BackendError, PeerObjects, PeerPath, PeerPlan, Registration};
-use crate::kernel::Mac;
-use crate::kernel::netlink::{Change, Fdb, Neighbour, Netlink, Route};
+use crate::kernel::netlink::{Change, Fdb, KernelEvent, Neighbour, Netlink, Route};
+use crate::kernel::{KernelError, Mac};
 use crate::lease::{Lease, SubnetKey};
 use crate::owned::RTPROT_PODNET;
+use crate::util::contest::{self, Contest, Contested};
+
+/// What kind of work a report describes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PassKind {
+    /// One peer's change.
+    #[default]
+    Incremental,
+    /// Every peer re-planned and everything diffed.
+    Full,
+    /// Objects put back after notifications.
+    Repair,
+    /// The safety net found the kernel as wanted.
+    Verify,
+}
+
+impl PassKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PassKind::Incremental => "incremental",
+            PassKind::Full => "full",
+            PassKind::Repair => "repair",
+            PassKind::Verify => "verify",
+        }
+    }
+}
 
 /// What one pass changed.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    pub full: bool,
+    pub kind: PassKind,
     pub applied: usize,
     pub errors: Vec<String>,
     pub duration: Duration,
+    /// Objects put back or removed after notifications, by kind (`drift::Object::kind`).
+    pub repaired: Vec<&'static str>,
+}
+
+impl Report {
+    fn merge(&mut self, other: Report) {
+        if other.kind == PassKind::Full {
+            self.kind = PassKind::Full;
+        }
+        self.applied += other.applied;
+        self.errors.extend(other.errors);
+        self.repaired.extend(other.repaired);
+    }
 }
 
 /// Peers by how they are reached.
@@ -54,35 +112,118 @@ impl Drift {
     }
 }
 
+/// The first and the longest wait before trying again after kernel changes failed.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+const DIGEST_RETRIES: usize = 8;
+/// More changes to podnet's objects than this in one batch of notifications are compared all
+/// at once rather than repaired one by one (someone flushed a table, a device went).
+const STORM: usize = 256;
+
+/// The desired state: each programmed peer's plan, and the digest of all their objects.
+#[derive(Default)]
+struct Desired {
+    plans: BTreeMap<SubnetKey, PeerPlan>,
+    digest: Digest,
+}
+
+impl Desired {
+    fn insert(&mut self, key: SubnetKey, plan: PeerPlan) {
+        self.digest.add(&plan.objects);
+        if let Some(old) = self.plans.insert(key, plan) {
+            self.digest.sub(&old.objects);
+        }
+    }
+
+    fn remove(&mut self, key: &SubnetKey) -> Option<PeerPlan> {
+        let old = self.plans.remove(key)?;
+        self.digest.sub(&old.objects);
+        Some(old)
+    }
+
+    fn clear(&mut self) {
+        self.plans.clear();
+        self.digest = Digest::default();
+    }
+
+    /// The plans of the peers whose subnet starts at `addr`.
+    fn at(&self, addr: Ipv4Addr) -> impl Iterator<Item = &PeerPlan> {
+        let start = SubnetKey {
+            v4: Ipv4Net::new(addr, 0).ok(),
+            v6: None,
+        };
+        self.plans
+            .range(start..)
+            .take_while(move |(k, _)| k.v4.is_some_and(|n| n.addr() == addr))
+            .map(|(_, p)| p)
+    }
+
+    /// Every object of every plan, as one set (for a full pass and for status).
+    fn union(&self) -> PeerObjects {
+        let mut d = PeerObjects::default();
+        for plan in self.plans.values() {
+            d.neighbours.extend(plan.objects.neighbours.iter().cloned());
+            d.fdb.extend(plan.objects.fdb.iter().cloned());
+            d.routes.extend(plan.objects.routes.iter().cloned());
+        }
+        d
+    }
+}
+
+impl Wanted for Desired {
+    fn route(&self, table: u32, dst: IpNet) -> Option<&Route> {
+        let IpNet::V4(n) = dst else { return None };
+        self.at(n.addr())
+            .flat_map(|p| &p.objects.routes)
+            .find(|r| r.table == table && r.dst == dst)
+    }
+
+    fn neighbour(&self, index: u32, ip: IpAddr) -> Option<&Neighbour> {
+        let IpAddr::V4(a) = ip else { return None };
+        self.at(a)
+            .flat_map(|p| &p.objects.neighbours)
+            .find(|n| n.index == index && n.ip == ip)
+    }
+
+    fn fdb(&self, index: u32, mac: Mac) -> Option<&Fdb> {
+        // No index by address: a scan, only ever for a notification about our own device.
+        self.plans
+            .values()
+            .flat_map(|p| &p.objects.fdb)
+            .find(|f| f.index == index && f.mac == mac)
+    }
+}
+
 /// Keeps the kernel in line with the backend's view of the peers.
 pub struct Reconciler {
     backend: Box<dyn Backend>,
     nl: Netlink,
     own: Option<Lease>,
-    /// Every peer lease known (other backends' too): the data path's one copy of them.
-    leases: BTreeMap<SubnetKey, Lease>,
+    /// Every peer lease known (other backends' too), shared with the event loop's peer set.
+    leases: BTreeMap<SubnetKey, Arc<Lease>>,
     /// Plans of the peers of our backend, as last programmed.
-    programmed: BTreeMap<SubnetKey, PeerPlan>,
+    desired: Desired,
     other_backend: usize,
     /// Skip reasons already logged, so a steady state does not log on every pass.
     logged_skips: HashMap<SubnetKey, String>,
+    /// What the objects stand on, for classifying notifications.
+    devices: Devices,
+    /// Objects found undone, and when to repair them.
+    contest: Contest<Object>,
+    /// Removals waiting for their time: objects with podnet's mark that nobody wants.
+    removals: HashMap<Object, Change>,
+    /// The underlay changed (or notifications were lost): the next check re-plans every peer.
+    replan: bool,
+    /// After kernel changes failed: when to try again, and the wait after that.
+    retry: Option<Instant>,
+    retry_delay: Duration,
 }
 
-fn route_key(r: &Route) -> (u32, String) {
-    (r.table, r.dst.to_string())
+fn route_key(r: &Route) -> (u32, IpNet, Option<u32>) {
+    (r.table, r.dst, r.metric)
 }
 
-fn same_route(a: &Route, b: &Route) -> bool {
-    a.dst == b.dst
-        && a.gateway == b.gateway
-        && a.oif == b.oif
-        && a.onlink == b.onlink
-        && a.table == b.table
-        && a.kind == b.kind
-        && a.scope == b.scope
-}
-
-fn neigh_key(n: &Neighbour) -> (u32, std::net::IpAddr) {
+fn neigh_key(n: &Neighbour) -> (u32, IpAddr) {
     (n.index, n.ip)
 }
 
@@ -112,7 +253,10 @@ fn diff(desired: &PeerObjects, actual: &PeerObjects) -> Vec<Change> {
         }
     }
     for r in &desired.routes {
-        if a_r.get(&route_key(r)).is_none_or(|a| !same_route(a, r)) {
+        if a_r
+            .get(&route_key(r))
+            .is_none_or(|a| !drift::same_route(a, r))
+        {
             changes.push(Change::ReplaceRoute(r.clone()));
         }
     }
@@ -134,16 +278,42 @@ fn diff(desired: &PeerObjects, actual: &PeerObjects) -> Vec<Change> {
     changes
 }
 
+/// Installs before removals; neighbours and FDB entries before the routes that use them, and
+/// routes removed before what they use.
+fn rank(c: &Change) -> u8 {
+    match c {
+        Change::LinkUp(_) | Change::AddAddr(_) => 0,
+        Change::ReplaceNeighbour(_) => 1,
+        Change::ReplaceFdb(_) => 2,
+        Change::ReplaceRoute(_) => 3,
+        Change::DelRoute(_) => 4,
+        Change::DelFdb(_) => 5,
+        Change::DelNeighbour(_) => 6,
+    }
+}
+
 impl Reconciler {
-    pub fn new(backend: Box<dyn Backend>, nl: Netlink) -> Reconciler {
+    /// `ext` is the external interface's index: its changes can flush routes without a
+    /// notification per route.
+    pub fn new(backend: Box<dyn Backend>, nl: Netlink, ext: u32) -> Reconciler {
         Reconciler {
+            devices: Devices {
+                names: backend.device_names(),
+                ext,
+                ..Default::default()
+            },
             backend,
             nl,
             own: None,
             leases: BTreeMap::new(),
-            programmed: BTreeMap::new(),
+            desired: Desired::default(),
             other_backend: 0,
             logged_skips: HashMap::new(),
+            contest: Contest::new(contest::DEFAULT),
+            removals: HashMap::new(),
+            replan: false,
+            retry: None,
+            retry_delay: RETRY_MIN,
         }
     }
 
@@ -151,14 +321,28 @@ impl Reconciler {
         self.backend.as_ref()
     }
 
+    /// The port id of the reconciler's netlink socket: notifications of its own changes carry
+    /// it, so the event reader can leave them out.
+    pub fn port_id(&self) -> u32 {
+        self.nl.port_id()
+    }
+
     pub fn prepare(&mut self) -> Result<Registration, BackendError> {
-        self.backend.prepare(&mut self.nl)
+        let r = self.backend.prepare(&mut self.nl);
+        self.refresh_devices();
+        r
     }
 
     pub fn set_own(&mut self, own: Lease) -> Result<(), BackendError> {
         self.backend.ensure_local(&mut self.nl, &own)?;
+        self.refresh_devices();
         self.own = Some(own);
         Ok(())
+    }
+
+    fn refresh_devices(&mut self) {
+        self.devices.indexes = self.backend.devices();
+        self.devices.owned = self.backend.owned_links();
     }
 
     /// The peer's plan, or `None` for a lease of another backend; skips are logged once.
@@ -225,21 +409,43 @@ impl Reconciler {
         Ok(objects)
     }
 
-    fn desired(&self) -> PeerObjects {
-        let mut d = PeerObjects::default();
-        for plan in self.programmed.values() {
-            d.neighbours.extend(plan.objects.neighbours.iter().cloned());
-            d.fdb.extend(plan.objects.fdb.iter().cloned());
-            d.routes.extend(plan.objects.routes.iter().cloned());
+    /// The digest of what podnet owns in the kernel now: one dump per kind, nothing kept.
+    fn actual_digest(&mut self) -> Result<Digest, BackendError> {
+        let owned = self.backend.owned_links();
+        for _ in 0..DIGEST_RETRIES {
+            let mut d = Digest::default();
+            let mut complete = self.nl.visit_routes(&mut |r| {
+                if r.protocol == RTPROT_PODNET {
+                    d.routes.add(drift::route_hash(r));
+                }
+            })?;
+            if complete && !owned.is_empty() {
+                complete = self.nl.visit_neighbours(&mut |n| {
+                    if n.permanent && owned.contains(&n.index) {
+                        d.neighbours.add(drift::neighbour_hash(n));
+                    }
+                })?;
+            }
+            if complete && !owned.is_empty() {
+                complete = self.nl.visit_fdb(&mut |f| {
+                    if f.permanent && f.own && owned.contains(&f.index) {
+                        d.fdb.add(drift::fdb_hash(f));
+                    }
+                })?;
+            }
+            if complete {
+                return Ok(d);
+            }
         }
-        d
+        Err(KernelError::netlink("dump podnet's objects (changing too fast)", libc::EINTR).into())
     }
 
-    fn apply(&mut self, changes: Vec<Change>, start: Instant, full: bool) -> Report {
+    fn apply(&mut self, mut changes: Vec<Change>, start: Instant, kind: PassKind) -> Report {
         let mut report = Report {
-            full,
+            kind,
             ..Default::default()
         };
+        changes.sort_by_key(rank);
         for (change, result) in changes.iter().zip(self.nl.apply(&changes)) {
             match result {
                 Ok(()) => report.applied += 1,
@@ -253,7 +459,7 @@ impl Reconciler {
     }
 
     /// A full pass over this set of peers.
-    pub fn full(&mut self, peers: Vec<Lease>) -> Result<Report, BackendError> {
+    pub fn full(&mut self, peers: Vec<Arc<Lease>>) -> Result<Report, BackendError> {
         let own = self.own.as_ref().map(|o| o.key);
         self.leases = peers
             .into_iter()
@@ -264,7 +470,7 @@ impl Reconciler {
     }
 
     /// Peers known before the first full pass (which replaces them all).
-    pub fn remember(&mut self, peer: Lease) {
+    pub fn remember(&mut self, peer: Arc<Lease>) {
         self.leases.insert(peer.key, peer);
     }
 
@@ -273,43 +479,267 @@ impl Reconciler {
     }
 
     /// Re-plans every known peer.
-    fn replan(&mut self) {
-        self.programmed.clear();
+    fn replan_all(&mut self) {
+        self.desired.clear();
         self.other_backend = 0;
         let leases = std::mem::take(&mut self.leases);
         for p in leases.values() {
             match self.plan(p) {
-                Some(plan) => {
-                    self.programmed.insert(p.key, plan);
-                }
+                Some(plan) => self.desired.insert(p.key, plan),
                 None => self.other_backend += 1,
             }
         }
         self.leases = leases;
         let reachable: Vec<&Lease> = self
-            .programmed
+            .desired
+            .plans
             .iter()
             .filter(|(_, plan)| !matches!(plan.path, PeerPath::Skipped(_)))
-            .filter_map(|(k, _)| self.leases.get(k))
+            .filter_map(|(k, _)| self.leases.get(k).map(|l| l.as_ref()))
             .collect();
         self.backend.peers_reset(&reachable);
     }
 
-    /// A full pass over the peers known now.
+    /// A full pass over the peers known now: every peer re-planned, everything diffed.
     pub fn resync(&mut self) -> Result<Report, BackendError> {
+        let r = self.full_pass();
+        let failed = r.as_ref().map_or(true, |r| !r.errors.is_empty());
+        if failed {
+            self.retry_later();
+        } else {
+            self.retry = None;
+            self.retry_delay = RETRY_MIN;
+        }
+        r
+    }
+
+    fn full_pass(&mut self) -> Result<Report, BackendError> {
         let start = Instant::now();
         let own = self
             .own
-            .clone()
+            .as_ref()
             .ok_or_else(|| BackendError::Invalid("full pass before the own lease is set".into()))?;
-        self.backend.ensure_local(&mut self.nl, &own)?;
-        self.replan();
-        let changes = diff(&self.desired(), &self.actual()?);
-        Ok(self.apply(changes, start, true))
+        self.backend.ensure_local(&mut self.nl, own)?;
+        self.refresh_devices();
+        self.replan_all();
+        self.replan = false;
+        let changes = diff(&self.desired.union(), &self.actual()?);
+        Ok(self.apply(changes, start, PassKind::Full))
+    }
+
+    fn retry_later(&mut self) {
+        self.retry = Some(Instant::now() + self.retry_delay);
+        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+    }
+
+    /// The safety net: the devices, then the digest of what podnet owns in the kernel against
+    /// the desired one. A full pass only when they differ, the underlay changed, or earlier
+    /// changes failed; otherwise nothing is allocated per object and nothing is written.
+    pub fn verify(&mut self) -> Result<Report, BackendError> {
+        let start = Instant::now();
+        let own = self
+            .own
+            .as_ref()
+            .ok_or_else(|| BackendError::Invalid("check before the own lease is set".into()))?;
+        self.backend.ensure_local(&mut self.nl, own)?;
+        self.refresh_devices();
+        if !self.replan && self.retry.is_none() {
+            if self.actual_digest()? == self.desired.digest {
+                return Ok(Report {
+                    kind: PassKind::Verify,
+                    duration: start.elapsed(),
+                    ..Default::default()
+                });
+            }
+            tracing::info!("the kernel differs from what the peers need; making a full pass");
+        }
+        self.resync()
+    }
+
+    /// Notifications from the kernel: each is classified (`drift::classify`); what is
+    /// podnet's and wrong is scheduled for repair, at once unless something keeps undoing it,
+    /// and whatever is due is done. Two cases take one repair instead of one per object: the
+    /// objects' device is gone, down or rebuilt (its repair covers them), and a storm of changes
+    /// to podnet's objects (more than `STORM`: everything is compared).
+    pub fn on_events(&mut self, events: &[KernelEvent], now: Instant) -> Report {
+        let ours = events.iter().filter(|e| self.on_our_objects(e)).count();
+        let covered = if ours > 0 && !self.devices_ok() {
+            self.contest.undone(Object::Devices, now);
+            true
+        } else if ours > STORM {
+            tracing::info!(changes = ours, "many of podnet's objects changed at once");
+            self.contest.undone(Object::Everything, now);
+            true
+        } else {
+            false
+        };
+        for ev in events {
+            if covered && self.on_our_objects(ev) {
+                continue;
+            }
+            match drift::classify(ev, &self.desired, &self.devices) {
+                Action::Ignore => {}
+                Action::Settled(key) => self.contest.settled(&key),
+                Action::Repair(key) => {
+                    self.removals.remove(&key);
+                    self.contest.undone(key, now);
+                }
+                Action::Remove(key, change) => {
+                    self.removals.insert(key, change);
+                    self.contest.undone(key, now);
+                }
+                Action::CheckDevice => {
+                    if !self.devices_ok() {
+                        self.contest.undone(Object::Devices, now);
+                    }
+                }
+                Action::Underlay => self.replan = true,
+            }
+        }
+        self.run_due(now)
+    }
+
+    /// Whether a notification is about one of podnet's routes, neighbours or FDB entries (or
+    /// a route through its devices).
+    fn on_our_objects(&self, e: &KernelEvent) -> bool {
+        let d = &self.devices;
+        match e {
+            KernelEvent::Route { route, .. } => {
+                route.protocol == RTPROT_PODNET || route.oif.is_some_and(|o| d.indexes.contains(&o))
+            }
+            KernelEvent::Neighbour { neighbour, .. } => d.owned.contains(&neighbour.index),
+            KernelEvent::Fdb { fdb, .. } => d.owned.contains(&fdb.index),
+            KernelEvent::Link { .. } | KernelEvent::Addr { .. } => false,
+        }
+    }
+
+    /// Whether the backend's devices are as they should be (one look at the kernel).
+    fn devices_ok(&mut self) -> bool {
+        self.backend.device_ok(&mut self.nl).unwrap_or_else(|e| {
+            tracing::warn!("check the backend's devices: {e}");
+            false
+        })
+    }
+
+    /// Notifications were lost: every peer is re-planned and everything compared.
+    pub fn events_lost(&mut self, now: Instant) -> Report {
+        self.replan = true;
+        self.contest.undone(Object::Everything, now);
+        self.run_due(now)
+    }
+
+    /// When the next waiting repair or retry is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        match (self.contest.next_due(), self.retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The change that puts an object back as wanted, or removes it if nobody wants it.
+    fn fix(&mut self, key: &Object) -> Option<Change> {
+        let wanted = match *key {
+            Object::Route { table, dst } => self
+                .desired
+                .route(table, dst)
+                .cloned()
+                .map(Change::ReplaceRoute),
+            Object::Neighbour { index, ip } => self
+                .desired
+                .neighbour(index, ip)
+                .cloned()
+                .map(Change::ReplaceNeighbour),
+            Object::Fdb { index, mac } => self
+                .desired
+                .fdb(index, mac)
+                .cloned()
+                .map(Change::ReplaceFdb),
+            Object::Devices | Object::Everything => None,
+        };
+        let removal = self.removals.remove(key);
+        wanted.or(removal)
+    }
+
+    /// Runs the repairs (and a retry after failures) due by `now`.
+    pub fn run_due(&mut self, now: Instant) -> Report {
+        let start = Instant::now();
+        self.contest.expire(now);
+        let mut everything = self.retry.is_some_and(|t| t <= now);
+        let mut changes = Vec::new();
+        let mut repaired = Vec::new();
+        for key in self.contest.take_due(now) {
+            match key {
+                Object::Devices | Object::Everything => everything = true,
+                _ => match self.fix(&key) {
+                    Some(c) => changes.push(c),
+                    None => continue,
+                },
+            }
+            self.contest.repaired(&key);
+            self.log_repair(&key);
+            repaired.push(key.kind());
+        }
+        let mut report = self.apply(changes, start, PassKind::Repair);
+        report.repaired = repaired;
+        if !report.errors.is_empty() {
+            self.retry_later();
+        }
+        if everything {
+            match self.verify() {
+                Ok(r) => report.merge(r),
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    self.retry_later();
+                }
+            }
+        }
+        report.duration = start.elapsed();
+        report
+    }
+
+    fn log_repair(&self, key: &Object) {
+        let what = self.describe(key);
+        match self.contest.record(key) {
+            Some(r) if r.undone > 1 => tracing::warn!(
+                undone = r.undone,
+                repairs = r.repairs,
+                for_s = r.last.duration_since(r.first).as_secs(),
+                "{what} keeps being changed behind podnet's back; putting it back"
+            ),
+            _ => tracing::warn!("{what} was changed behind podnet's back; putting it back"),
+        }
+    }
+
+    /// An object as status shows it: the wanted object in full when there is one.
+    fn describe(&self, key: &Object) -> String {
+        let full = match *key {
+            Object::Route { table, dst } => {
+                self.desired.route(table, dst).map(|r| format!("route {r}"))
+            }
+            Object::Neighbour { index, ip } => self
+                .desired
+                .neighbour(index, ip)
+                .map(|n| format!("neighbour {n} on #{index}")),
+            Object::Fdb { index, mac } => self
+                .desired
+                .fdb(index, mac)
+                .map(|f| format!("fdb {f} on #{index}")),
+            Object::Devices | Object::Everything => None,
+        };
+        full.unwrap_or_else(|| key.to_string())
+    }
+
+    /// Objects something else keeps undoing.
+    pub fn contested(&self, now: Instant) -> Vec<Contested> {
+        self.contest.report(now, |k| self.describe(k))
+    }
+
+    pub fn contested_count(&self, now: Instant) -> usize {
+        self.contest.contested(now).count()
     }
 
     /// A peer appeared or changed: its new plan is diffed against what was programmed for it.
-    pub fn add(&mut self, peer: &Lease) -> Report {
+    pub fn add(&mut self, peer: &Arc<Lease>) -> Report {
         let start = Instant::now();
         if self.own.as_ref().is_some_and(|o| o.key == peer.key) {
             return Report::default();
@@ -320,7 +750,7 @@ impl Reconciler {
             return self.unprogram(&peer.key, start);
         };
         let old = self
-            .programmed
+            .desired
             .remove(&peer.key)
             .map(|p| p.objects)
             .unwrap_or_default();
@@ -330,8 +760,8 @@ impl Reconciler {
         } else {
             self.backend.peer_up(peer);
         }
-        self.programmed.insert(peer.key, plan);
-        self.apply(changes, start, false)
+        self.desired.insert(peer.key, plan);
+        self.apply(changes, start, PassKind::Incremental)
     }
 
     /// A peer went away.
@@ -344,12 +774,12 @@ impl Reconciler {
     fn unprogram(&mut self, key: &SubnetKey, start: Instant) -> Report {
         self.backend.peer_down(key);
         let old = self
-            .programmed
+            .desired
             .remove(key)
             .map(|p| p.objects)
             .unwrap_or_default();
         let changes = diff(&PeerObjects::default(), &old);
-        self.apply(changes, start, false)
+        self.apply(changes, start, PassKind::Incremental)
     }
 
     /// Peers by how they are reached, as last programmed.
@@ -358,7 +788,7 @@ impl Reconciler {
             other_backend: self.other_backend,
             ..Default::default()
         };
-        for plan in self.programmed.values() {
+        for plan in self.desired.plans.values() {
             match plan.path {
                 PeerPath::Direct => c.direct += 1,
                 PeerPath::Tunnel => c.tunnel += 1,
@@ -369,8 +799,9 @@ impl Reconciler {
     }
 
     /// Every programmed peer with its path.
-    pub fn peer_paths(&self) -> Vec<(Lease, PeerPath)> {
-        self.programmed
+    pub fn peer_paths(&self) -> Vec<(Arc<Lease>, PeerPath)> {
+        self.desired
+            .plans
             .iter()
             .filter_map(|(k, p)| Some((self.leases.get(k)?.clone(), p.path.clone())))
             .collect()
@@ -384,7 +815,7 @@ impl Reconciler {
     /// Compares the kernel with the desired state without changing anything.
     pub fn drift(&mut self) -> Result<Drift, BackendError> {
         let mut drift = Drift::default();
-        for c in diff(&self.desired(), &self.actual()?) {
+        for c in diff(&self.desired.union(), &self.actual()?) {
             if c.is_removal() {
                 drift.unexpected.push(c.subject());
             } else {

@@ -289,6 +289,18 @@ impl Backend for Vxlan {
     fn device_names(&self) -> Vec<String> {
         vec![self.name.clone()]
     }
+
+    fn device_ok(&mut self, nl: &mut Netlink) -> Result<bool, BackendError> {
+        let Some(l) = nl.link(&self.name)? else {
+            return Ok(false);
+        };
+        Ok(Some(l.index) == self.index
+            && l.up
+            && l.mtu == self.mtu
+            && l.mac == Some(self.mac)
+            && l.kind.as_deref() == Some("vxlan")
+            && l.vxlan.as_ref() == Some(&self.wanted()))
+    }
 }
 
 #[cfg(test)]

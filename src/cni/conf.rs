@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::util::json::get_ci;
 
+use super::ipam::Range;
 use super::spec::{self, CniError, CniResult, code};
 
 /// The verb.
@@ -46,6 +47,16 @@ fn valid_container_id(id: &str) -> bool {
     let mut chars = id.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The kernel's rule for interface names (`dev_valid_name`), which libcni's
+/// `ValidateInterfaceName` follows: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':'])
+        && !name.contains(char::is_whitespace)
 }
 
 /// CNI_ARGS keys podnet understands; anything else needs `IgnoreUnknown=1`.
@@ -112,12 +123,12 @@ impl Args {
             ));
         }
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
-        if needs_attachment
-            && (ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace))
-        {
+        if needs_attachment && !valid_ifname(&ifname) {
             return Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+                format!(
+                    "CNI_IFNAME {ifname:?}: not a valid interface name (1-15 bytes, not \".\" or \"..\", no '/', ':' or whitespace)"
+                ),
             ));
         }
         let mut args = Vec::new();
@@ -294,7 +305,7 @@ impl BridgeOpts {
             .or(get_str(m, "bridge", "bridge")?)
             .unwrap_or(DEFAULT_BRIDGE)
             .to_string();
-        if bridge.is_empty() || bridge.len() > 15 {
+        if !valid_ifname(&bridge) {
             return Err(invalid(format!(
                 "bridge {bridge:?}: not a valid interface name"
             )));
@@ -346,15 +357,40 @@ fn parse_ranges(ipam: &Map<String, Value>) -> Result<Vec<RangeOverride>, CniErro
                     .map(|v| parse_ip(&format!("ipam.ranges[].{k}"), v))
                     .transpose()
             };
-            out.push(RangeOverride {
+            let r = RangeOverride {
                 subnet: subnet.trunc(),
                 start: f("rangeStart")?,
                 end: f("rangeEnd")?,
                 gateway: f("gateway")?,
-            });
+            };
+            check_range(&r)?;
+            out.push(r);
         }
     }
     Ok(out)
+}
+
+/// A range override holds a gateway and a pod, and its addresses are host addresses of its
+/// subnet in the subnet's family; each error names the field.
+fn check_range(r: &RangeOverride) -> Result<(), CniError> {
+    let range = Range::for_subnet(r.subnet, None)
+        .map_err(|e| invalid(format!("ipam.ranges[].subnet: {e}")))?;
+    let fields = [
+        ("gateway", r.gateway),
+        ("rangeStart", r.start),
+        ("rangeEnd", r.end),
+    ];
+    for (k, ip) in fields {
+        if let Some(ip) = ip {
+            range
+                .check_host(ip)
+                .map_err(|e| invalid(format!("ipam.ranges[].{k}: {e}")))?;
+        }
+    }
+    range
+        .with_bounds(r.start, r.end)
+        .map_err(|e| invalid(format!("ipam.ranges[].rangeStart/rangeEnd: {e}")))?;
+    Ok(())
 }
 
 fn parse_routes(ipam: &Map<String, Value>) -> Result<Vec<spec::RouteEntry>, CniError> {
@@ -410,24 +446,31 @@ fn parse_runtime(m: &Map<String, Value>) -> Result<(Value, Vec<IpAddr>), CniErro
 
 type Attachments = Option<Vec<(String, String)>>;
 
+const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+
+/// GC's `cni.dev/valid-attachments`: a list of `{"containerID", "ifname"}`, both strings.
 fn parse_valid_attachments(m: &Map<String, Value>) -> Result<Attachments, CniError> {
-    match m.get("cni.dev/valid-attachments") {
-        None => Ok(None),
-        Some(Value::Array(list)) => Ok(Some(
-            list.iter()
-                .map(|a| {
-                    let field = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default();
-                    (
-                        field("containerID").to_string(),
-                        field("ifname").to_string(),
-                    )
-                })
-                .collect(),
-        )),
-        Some(v) => Err(invalid(format!(
-            "cni.dev/valid-attachments: expected a list, got {v}"
-        ))),
+    let list = match m.get(VALID_ATTACHMENTS) {
+        None => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(v) => {
+            return Err(invalid(format!(
+                "{VALID_ATTACHMENTS}: expected a list, got {v}"
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let field = |k: &str| match a.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            v => Err(invalid(format!(
+                "{VALID_ATTACHMENTS}[{i}].{k}: expected a string, got {}",
+                v.map_or("nothing".to_string(), Value::to_string)
+            ))),
+        };
+        out.push((field("containerID")?, field("ifname")?));
     }
+    Ok(Some(out))
 }
 
 impl NetConf {
@@ -494,6 +537,18 @@ impl NetConf {
             requested_ips,
             prev_result,
             valid_attachments: parse_valid_attachments(&m)?,
+        })
+    }
+}
+
+impl NetConf {
+    /// GC's attachments to keep. Required: without the list GC cannot tell what is in use, and
+    /// releasing everything is what an empty list asks for, not a missing one.
+    pub fn gc_keep(&self) -> Result<&[(String, String)], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| {
+            invalid(format!(
+                "{VALID_ATTACHMENTS}: missing; GC needs the attachments to keep (an empty list releases everything)"
+            ))
         })
     }
 }
@@ -583,6 +638,227 @@ mod tests {
             Args::from_env(&env(&[])).unwrap_err().msg,
             "required env variable CNI_COMMAND missing"
         );
+    }
+
+    #[test]
+    fn container_ids_follow_the_specs_rule() {
+        let sha = "4f6e2c0a9d1b8e7f3a5c6d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+        for ok in [
+            "a",
+            "0",
+            "abc",
+            "A_b.c-d",
+            "k8s.io-ctr_1",
+            "cnitool-0123456789abcdef0123",
+            sha,
+        ] {
+            assert!(valid_container_id(ok), "{ok:?} should be valid");
+        }
+        let bad = [
+            "",
+            "-a",
+            ".a",
+            "_a",
+            ".",
+            "..",
+            "../../etc/x",
+            "a/b",
+            "/etc/x",
+            "a b",
+            "a\n",
+            "a:b",
+            "a\\b",
+            "ä",
+            "a;b",
+            "a*",
+        ];
+        for id in bad {
+            assert!(!valid_container_id(id), "{id:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn a_bad_container_id_is_refused_for_every_attachment_verb() {
+        for verb in ["ADD", "DEL", "CHECK"] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", "../../etc/x"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0"),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, 4, "{verb}");
+            assert!(
+                e.msg
+                    .starts_with(r#"CNI_CONTAINERID "../../etc/x": must match"#),
+                "{verb}: {}",
+                e.msg
+            );
+        }
+        // Verbs without an attachment ignore it (podman's VERSION sends an empty one).
+        let v = Args::from_env(&env(&[("CNI_COMMAND", "GC"), ("CNI_CONTAINERID", "../x")]));
+        assert!(v.is_ok());
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernels_rule() {
+        let max = "a".repeat(15);
+        for ok in [
+            "eth0",
+            "eth1",
+            "lo",
+            "net1",
+            "e",
+            max.as_str(),
+            "eth0.100",
+            "eth-0_x",
+        ] {
+            assert!(valid_ifname(ok), "{ok:?} should be valid");
+        }
+        let long = "a".repeat(16);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "eth0:1",
+            "a/b",
+            "a b",
+            "a\tb",
+            "eth0\n",
+            long.as_str(),
+        ] {
+            assert!(!valid_ifname(bad), "{bad:?} should be invalid");
+        }
+        for verb in ["ADD", "DEL", "CHECK"] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", "c"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0:1"),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, 4, "{verb}");
+            assert!(
+                e.msg
+                    .starts_with(r#"CNI_IFNAME "eth0:1": not a valid interface name"#),
+                "{}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn interface_names_linux_refuses_are_invalid_env() {
+        // Found by the fuzz property cni_args_from_env_never_panics: CNI_IFNAME ":" was
+        // accepted, and the kernel refused it only once the pod was half wired.
+        for bad in [
+            ":",
+            ".",
+            "..",
+            "eth:0",
+            "eth/0",
+            "eth 0",
+            "0123456789abcdef",
+        ] {
+            let e = Args::from_env(&env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", bad),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn gc_needs_the_attachments_to_keep() {
+        let parse = |extra: &str| {
+            NetConf::parse(format!(r#"{{"cniVersion":"1.1.0","name":"n"{extra}}}"#).as_bytes())
+        };
+        let e = parse("").unwrap().gc_keep().unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(
+            e.msg.starts_with("cni.dev/valid-attachments: missing"),
+            "{}",
+            e.msg
+        );
+        let empty = parse(r#","cni.dev/valid-attachments":[]"#).unwrap();
+        assert_eq!(empty.gc_keep().unwrap(), &[]);
+        let two = parse(
+            r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth1"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            two.gc_keep().unwrap(),
+            &[("a".into(), "eth0".into()), ("b".into(), "eth1".into())]
+        );
+        let e = parse(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":7,"ifname":"eth0"}]"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (
+                7,
+                "cni.dev/valid-attachments[1].containerID: expected a string, got 7"
+            )
+        );
+        let e = parse(r#","cni.dev/valid-attachments":{}"#).unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn ranges_too_small_or_with_foreign_addresses_name_the_field() {
+        let err = |range: &str| {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"ranges":[[{range}]]}}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, 7, "{range}: {}", e.msg);
+            e.msg
+        };
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/31"}"#),
+            "ipam.ranges[].subnet: 10.244.3.0/31 is too small for a gateway and a pod (an IPv4 subnet needs a /30 or larger)"
+        );
+        for tiny in ["10.244.3.7/32", "fd00::/127", "fd00::1/128"] {
+            let msg = err(&format!(r#"{{"subnet":"{tiny}"}}"#));
+            assert!(msg.starts_with("ipam.ranges[].subnet: "), "{msg}");
+            assert!(msg.contains("too small for a gateway and a pod"), "{msg}");
+        }
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/24","gateway":"fd00::1"}"#),
+            "ipam.ranges[].gateway: fd00::1 is not an IPv4 address, as 10.244.3.0/24 is"
+        );
+        assert_eq!(
+            err(r#"{"subnet":"fd00:3::/64","gateway":"10.244.3.1"}"#),
+            "ipam.ranges[].gateway: 10.244.3.1 is not an IPv6 address, as fd00:3::/64 is"
+        );
+        assert!(
+            err(r#"{"subnet":"10.244.3.0/24","gateway":"10.244.4.1"}"#).starts_with(
+                "ipam.ranges[].gateway: 10.244.4.1 is not a host address of 10.244.3.0/24"
+            )
+        );
+        assert!(
+            err(r#"{"subnet":"10.244.3.0/24","rangeEnd":"fd00::9"}"#)
+                .starts_with("ipam.ranges[].rangeEnd: fd00::9 is not an IPv4 address")
+        );
+        assert_eq!(
+            err(r#"{"subnet":"10.244.3.0/24","rangeStart":"10.244.3.9","rangeEnd":"10.244.3.2"}"#),
+            "ipam.ranges[].rangeStart/rangeEnd: the range 10.244.3.9-10.244.3.2 ends before it starts"
+        );
+        let ok = r#"{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.244.3.0/30","gateway":"10.244.3.2"}]]}}"#;
+        assert!(NetConf::parse(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn bridge_names_linux_refuses_are_invalid_config() {
+        // Found by the fuzz property cni_netconf_parse_never_panics: "delegate":{"bridge":"br/0"}
+        // (in an otherwise valid config) was accepted; only its length was checked.
+        for bad in ["br/0", "..", "br 0", "br:0", "", "0123456789abcdef"] {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","delegate":{{"bridge":"{bad}"}}}}"#);
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
     }
 
     #[test]

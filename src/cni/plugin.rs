@@ -13,7 +13,7 @@ use super::ipam::{Range, Store};
 use super::spec::{self, CniError, CniResult, Interface, IpConfig, RouteEntry, code};
 use super::{bridge, records, veth};
 use crate::firewall;
-use crate::kernel::netlink::Netlink;
+use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::NetNs;
 use crate::kernel::{KernelError, nft};
 use crate::owned;
@@ -75,50 +75,11 @@ struct Layout {
 
 impl Layout {
     fn new(env: &SubnetEnv, conf: &NetConf) -> Result<Layout, CniError> {
-        let mut families = Vec::new();
-        let subnets: Vec<IpNet> = env.gateways();
-        for gw in subnets {
-            let subnet = gw.trunc();
-            let over: Vec<_> = conf
-                .ipam_ranges
-                .iter()
-                .filter(|r| r.subnet.addr().is_ipv4() == subnet.addr().is_ipv4())
-                .collect();
-            let range = match over.first() {
-                None => Range::for_subnet(subnet, Some(gw.addr())),
-                Some(o) => {
-                    if o.subnet != subnet {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!(
-                                "ipam.ranges: subnet {} is not this node's pod subnet {subnet}",
-                                o.subnet
-                            ),
-                        ));
-                    }
-                    let mut r = Range::for_subnet(subnet, Some(o.gateway.unwrap_or(gw.addr())));
-                    if let Some(s) = o.start {
-                        r.start = s;
-                    }
-                    if let Some(e) = o.end {
-                        r.end = e;
-                    }
-                    if !subnet.contains(&r.start) || !subnet.contains(&r.end) || r.start > r.end {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!(
-                                "ipam.ranges: {}-{} is not a range inside {subnet}",
-                                r.start, r.end
-                            ),
-                        ));
-                    }
-                    r
-                }
-            };
-            let gw_addr = range.gateway.unwrap_or(gw.addr());
-            let gw_net = IpNet::new(gw_addr, subnet.prefix_len()).expect("prefix from a subnet");
-            families.push((range, gw_net));
-        }
+        let families = env
+            .gateways()
+            .into_iter()
+            .map(|gw| family_range(gw, conf))
+            .collect::<Result<_, _>>()?;
         let networks: Vec<IpNet> = env
             .networks
             .iter()
@@ -136,6 +97,53 @@ impl Layout {
     }
 }
 
+/// One family's range and gateway: the node's subnet from `subnet.env` (`gw`, the gateway with
+/// the subnet's prefix), narrowed by the config's first `ipam.ranges` entry of that family.
+fn family_range(gw: IpNet, conf: &NetConf) -> Result<(Range, IpNet), CniError> {
+    let subnet = gw.trunc();
+    let node = Range::for_subnet(subnet, Some(gw.addr())).map_err(|e| {
+        let key = if gw.addr().is_ipv4() {
+            "FLANNEL_SUBNET"
+        } else {
+            "FLANNEL_IPV6_SUBNET"
+        };
+        CniError::new(
+            code::SUBNET_FILE_INVALID,
+            format!(
+                "invalid subnet file {}: {key}={gw}: {e}",
+                conf.subnet_file.display()
+            ),
+        )
+    })?;
+    let over = conf
+        .ipam_ranges
+        .iter()
+        .find(|r| r.subnet.addr().is_ipv4() == subnet.addr().is_ipv4());
+    let range = match over {
+        None => node,
+        Some(o) if o.subnet != subnet => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "ipam.ranges: subnet {} is not this node's pod subnet {subnet}",
+                    o.subnet
+                ),
+            ));
+        }
+        Some(o) => Range::for_subnet(subnet, Some(o.gateway.unwrap_or(gw.addr())))
+            .and_then(|r| r.with_bounds(o.start, o.end))
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("ipam.ranges: {e}")))?,
+    };
+    let gw_addr = range.gateway().unwrap_or(gw.addr());
+    let gw_net = IpNet::new(gw_addr, subnet.prefix_len()).map_err(|_| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("gateway {gw_addr} does not fit the prefix of {subnet}"),
+        )
+    })?;
+    Ok((range, gw_net))
+}
+
 fn open_netns(path: &Path) -> Result<NetNs, CniError> {
     NetNs::open_path(path).map_err(|e| {
         if e.is_not_found() {
@@ -151,6 +159,39 @@ fn open_netns(path: &Path) -> Result<NetNs, CniError> {
             .with_details(e.to_string())
         }
     })
+}
+
+/// Refuses a `CNI_NETNS` that is the host's own network namespace: the one the plugin runs in,
+/// or init's (they differ only where the plugin itself runs in a namespace, as in the lab). ADD
+/// would move an interface into it and replace its routes; DEL would take the host's own
+/// `CNI_IFNAME` out of service. A path that does not open as a namespace is left to the verb.
+fn refuse_host_netns(path: &Path, effect: &str) -> Result<(), CniError> {
+    let Ok(ns) = NetNs::open_path(path) else {
+        return Ok(());
+    };
+    let is_host = |host: Result<NetNs, KernelError>| host.and_then(|h| ns.same_as(&h));
+    let host = is_host(NetNs::current())
+        .and_then(|own| Ok(own || is_host(NetNs::host())?))
+        .map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!(
+                    "CNI_NETNS {:?}: cannot tell whether it is the host's network namespace",
+                    path.display().to_string()
+                ),
+            )
+            .with_details(e.to_string())
+        })?;
+    if !host {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INVALID_ENV,
+        format!(
+            "CNI_NETNS {:?}: the host's own network namespace, not a container's; refused: {effect}",
+            path.display().to_string()
+        ),
+    ))
 }
 
 fn kernel(what: &str, e: KernelError) -> CniError {
@@ -218,6 +259,10 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     let layout = Layout::new(&env, conf)?;
     let netns_path = args.netns.as_ref().expect("ADD requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
+    refuse_host_netns(
+        netns_path,
+        "ADD would move an interface into it and replace its routes",
+    )?;
     // Addresses first: without one there is nothing to wire.
     let ips = allocate(args, conf, &layout, undo)?;
 
@@ -229,8 +274,10 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     };
     let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
     let host_name = veth::host_name(&args.container_id, &args.ifname);
+    let owner = veth::owner_alias(&args.container_id, &args.ifname);
     let spec = veth::VethSpec {
         host_name: &host_name,
+        owner: &owner,
         ifname: &args.ifname,
         mtu: layout.mtu,
         bridge: br.index,
@@ -385,81 +432,29 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
 /// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released. The
 /// pair is retired at once and deleted in the background (see `veth`).
 pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
-    let mut pod_ips: Vec<IpAddr> = Vec::new();
-    let mut pod_end: Option<(NetNs, u32)> = None;
-    if let Some(path) = &args.netns
-        && let Ok(ns) = NetNs::open_path(path)
-        && let Ok(mut nl) = Netlink::open_in(&ns)
-        && let Ok(Some(link)) = nl.link(&args.ifname)
-    {
-        pod_ips = nl
-            .addrs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.index == link.index)
-            .map(|a| a.net.addr())
-            .collect();
-        if let Err(e) = veth::retire(&mut nl, &args.ifname, false) {
-            errors.push(format!(
-                "take {} in the pod out of service: {e}",
+    if let Some(path) = &args.netns {
+        refuse_host_netns(
+            path,
+            &format!(
+                "DEL would take the host's own {} out of service",
                 args.ifname
-            ));
-        }
-        pod_end = Some((ns, link.index));
+            ),
+        )?;
     }
-    match Netlink::open() {
-        Ok(mut host) => match veth::retire(
-            &mut host,
-            &veth::host_name(&args.container_id, &args.ifname),
-            true,
-        ) {
-            Ok(true) => spawn_reaper(),
-            Ok(false) => {
-                // No host end by podnet's name: a pod wired by flannel's bridge plugin (random
-                // host name). Deleting its pod end takes the pair with it, the slow way.
-                if let Some((ns, index)) = &pod_end
-                    && let Ok(mut nl) = Netlink::open_in(ns)
-                    && let Err(e) = nl.del_link(*index)
-                {
-                    errors.push(format!("delete {} in the pod: {e}", args.ifname));
-                }
-            }
-            Err(e) => errors.push(format!("take the host end out of service: {e}")),
-        },
-        Err(e) => errors.push(format!("open netlink: {e}")),
+    let mut errors: Vec<String> = Vec::new();
+    let mut pod_end = find_pod_end(args);
+    if let Some(p) = &mut pod_end
+        && let Err(e) = veth::retire(&mut p.nl, &p.link, false)
+    {
+        errors.push(format!(
+            "take {} in the pod out of service: {e}",
+            args.ifname
+        ));
     }
-    let released = match Store::open(&conf.ipam_data_dir, &conf.name) {
-        Ok(store) => {
-            let mut done: Vec<IpAddr> = pod_ips
-                .iter()
-                .copied()
-                .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
-                .collect();
-            if done.is_empty() {
-                done = store.release(&args.container_id, &args.ifname);
-            }
-            done
-        }
-        Err(e) => {
-            errors.push(e.to_string());
-            Vec::new()
-        }
-    };
-    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
-        (Some(m), _) => m,
-        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
-        (None, Err(_)) => false,
-    };
-    if masq {
-        for ip in released.iter().filter_map(|ip| match ip {
-            IpAddr::V4(v) => Some(*v),
-            _ => None,
-        }) {
-            // Absent from the set is the state we want.
-            let _ = nft::apply(&firewall::pod_masq_remove(ip));
-        }
-    }
+    del_host_end(args, pod_end.as_mut(), &mut errors);
+    let pod_ips = pod_end.map(|p| p.ips).unwrap_or_default();
+    let released = release(args, conf, &pod_ips, &mut errors);
+    unmasquerade(conf, &released);
     let flannel_state = conf.data_dir.join(&args.container_id);
     if flannel_state.exists() {
         let _ = std::fs::remove_file(flannel_state);
@@ -472,6 +467,109 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
             CniError::new(code::KERNEL, "DEL could not remove everything")
                 .with_details(errors.join("; ")),
         )
+    }
+}
+
+/// The pod end as DEL finds it in `CNI_NETNS`.
+struct PodEnd {
+    nl: Netlink,
+    link: Link,
+    ips: Vec<IpAddr>,
+}
+
+fn find_pod_end(args: &Args) -> Option<PodEnd> {
+    let ns = NetNs::open_path(args.netns.as_ref()?).ok()?;
+    let mut nl = Netlink::open_in(&ns).ok()?;
+    let link = nl.link(&args.ifname).ok()??;
+    let ips = nl
+        .addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.net.addr())
+        .collect();
+    Some(PodEnd { nl, link, ips })
+}
+
+/// Retires the host end when it is this attachment's: its alias says so, or, for a pair made
+/// before host ends carried aliases, it is the pod end's peer. A link by that name that is
+/// anyone else's is left alone. Without a host end of ours, deleting the pod end takes the
+/// pair with it, the slow way (pods wired by flannel's bridge plugin: random host names).
+fn del_host_end(args: &Args, pod_end: Option<&mut PodEnd>, errors: &mut Vec<String>) {
+    let mut host = match Netlink::open() {
+        Ok(h) => h,
+        Err(e) => return errors.push(format!("open netlink: {e}")),
+    };
+    let name = veth::host_name(&args.container_id, &args.ifname);
+    let found = match host.link(&name) {
+        Ok(l) => l,
+        Err(e) => return errors.push(format!("look up the host end {name}: {e}")),
+    };
+    let alias = veth::owner_alias(&args.container_id, &args.ifname);
+    let ours = found.filter(|l| match veth::owner(l, &alias) {
+        veth::Owner::This => true,
+        veth::Owner::Unknown => pod_end.as_ref().is_some_and(|p| is_pair(l, &p.link)),
+        veth::Owner::Other(_) => false,
+    });
+    match (ours, pod_end) {
+        (Some(l), _) => match veth::retire(&mut host, &l, true) {
+            Ok(()) => spawn_reaper(),
+            Err(e) => errors.push(format!("take the host end out of service: {e}")),
+        },
+        (None, Some(p)) => {
+            if let Err(e) = p.nl.del_link(p.link.index) {
+                errors.push(format!("delete {} in the pod: {e}", args.ifname));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Whether two veth ends are each other's peer.
+fn is_pair(host: &Link, pod: &Link) -> bool {
+    host.parent == Some(pod.index) && pod.parent == Some(host.index)
+}
+
+/// Releases the attachment's addresses: those the pod end had, else all it holds.
+fn release(
+    args: &Args,
+    conf: &NetConf,
+    pod_ips: &[IpAddr],
+    errors: &mut Vec<String>,
+) -> Vec<IpAddr> {
+    let store = match Store::open(&conf.ipam_data_dir, &conf.name) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(e.to_string());
+            return Vec::new();
+        }
+    };
+    let done: Vec<IpAddr> = pod_ips
+        .iter()
+        .copied()
+        .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
+        .collect();
+    if done.is_empty() {
+        return store.release(&args.container_id, &args.ifname);
+    }
+    done
+}
+
+/// Takes released IPv4 addresses out of the plugin's masquerade set, when `ipMasq` is in effect.
+fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
+    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
+        (Some(m), _) => m,
+        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
+        (None, Err(_)) => false,
+    };
+    if !masq {
+        return;
+    }
+    for ip in released {
+        if let IpAddr::V4(v) = ip {
+            // Absent from the set is the state we want.
+            let _ = nft::apply(&firewall::pod_masq_remove(*v));
+        }
     }
 }
 
@@ -489,6 +587,7 @@ pub fn check(args: &Args, conf: &NetConf) -> Result<(), CniError> {
     })?;
     let netns_path = args.netns.as_ref().expect("CHECK requires CNI_NETNS");
     let pod_ns = open_netns(netns_path)?;
+    refuse_host_netns(netns_path, "CHECK would judge the host's interfaces")?;
     let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
     let link = pod
         .link(&args.ifname)
@@ -554,6 +653,12 @@ pub fn check(args: &Args, conf: &NetConf) -> Result<(), CniError> {
         .link(&host_name)
         .map_err(|e| kernel("look up the host end", e))?
         .ok_or_else(|| check_failed(format!("host end {host_name} not found")))?;
+    let alias = veth::owner_alias(&args.container_id, &args.ifname);
+    if let veth::Owner::Other(other) = veth::owner(&h, &alias) {
+        return Err(check_failed(format!(
+            "host end {host_name} belongs to {other}, not {alias}"
+        )));
+    }
     if h.master != Some(br.index) {
         return Err(check_failed(format!(
             "{host_name} is not attached to {}",
@@ -603,7 +708,7 @@ fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
 
 /// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let valid = conf.gc_keep()?;
     for (id, _) in records::read_all(&conf.data_dir) {
         if !valid.iter().any(|(v_id, _)| *v_id == id) {
             records::remove(&conf.data_dir, &id);
@@ -621,7 +726,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             continue;
         }
         if !ifname.is_empty()
-            && let Err(e) = host.del_link_named(&veth::host_name(&id, &ifname))
+            && let Err(e) = del_stale_host_end(&mut host, &id, &ifname, valid)
         {
             errors.push(format!("delete the link of {id}/{ifname}: {e}"));
         }
@@ -651,6 +756,30 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             CniError::new(code::KERNEL, "GC could not remove everything")
                 .with_details(errors.join("; ")),
         )
+    }
+}
+
+/// GC: deletes a released attachment's host end, unless it is someone else's: its alias names
+/// another attachment, or it has none and an attachment being kept would use the same name.
+fn del_stale_host_end(
+    host: &mut Netlink,
+    id: &str,
+    ifname: &str,
+    keep: &[(String, String)],
+) -> Result<(), KernelError> {
+    let name = veth::host_name(id, ifname);
+    let Some(link) = host.link(&name)? else {
+        return Ok(());
+    };
+    let delete = match veth::owner(&link, &veth::owner_alias(id, ifname)) {
+        veth::Owner::This => true,
+        veth::Owner::Unknown => !keep.iter().any(|(k, i)| veth::host_name(k, i) == name),
+        veth::Owner::Other(_) => false,
+    };
+    if delete {
+        host.del_link(link.index)
+    } else {
+        Ok(())
     }
 }
 

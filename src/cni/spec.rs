@@ -233,7 +233,7 @@ impl CniResult {
                     .to_string(),
                 mac: i["mac"].as_str().map(String::from),
                 sandbox: i["sandbox"].as_str().map(String::from),
-                mtu: i["mtu"].as_u64().map(|m| m as u32),
+                mtu: i["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()),
             });
         }
         for ip in v
@@ -247,7 +247,9 @@ impl CniResult {
                 .and_then(|a| a.parse::<IpNet>().ok())
                 .ok_or_else(|| bad("ip without a valid address"))?;
             r.ips.push(IpConfig {
-                interface: ip["interface"].as_u64().map(|i| i as usize),
+                interface: ip["interface"]
+                    .as_u64()
+                    .and_then(|i| usize::try_from(i).ok()),
                 address,
                 gateway: ip["gateway"].as_str().and_then(|g| g.parse().ok()),
             });
@@ -270,11 +272,12 @@ impl CniResult {
         Ok(r)
     }
 
-    /// Appends another result after this one, fixing up interface indexes.
+    /// Appends another result after this one, fixing up interface indexes (an index too big
+    /// to move points nowhere, as it did before).
     pub fn append(&mut self, mut other: CniResult) {
         let base = self.interfaces.len();
         for ip in &mut other.ips {
-            ip.interface = ip.interface.map(|i| i + base);
+            ip.interface = ip.interface.and_then(|i| i.checked_add(base));
         }
         self.interfaces.extend(other.interfaces);
         self.ips.extend(other.ips);
@@ -350,6 +353,15 @@ mod tests {
         let mut a = sample();
         a.append(sample());
         assert_eq!(a.ips[1].interface, Some(5));
+        // Numbers from a previous plugin cannot overflow (they used to panic in debug builds).
+        let mut big = sample().render("1.0.0");
+        big["ips"][0]["interface"] = json!(u64::MAX);
+        big["interfaces"][2]["mtu"] = json!(u64::MAX);
+        let parsed = CniResult::parse(&big).unwrap();
+        assert_eq!(parsed.interfaces[2].mtu, None);
+        let mut a = sample();
+        a.append(parsed);
+        assert_eq!(a.ips[1].interface, None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The veth pair between the node bridge and the pod. The host end's name is derived from the
-//! container ID and interface, so DEL finds it without any saved state.
+//! container ID and interface, so DEL finds it without any saved state; a hash of 32 bits can
+//! collide, so the host end also carries its owner as alias (`<container ID>/<ifname>`), and a
+//! link by that name is only ever replaced, retired or deleted when the alias says it is the
+//! same attachment's.
 //!
 //! Deleting a veth makes the kernel wait for an RCU grace period (~25 ms on the machines we
 //! measured), and every plugin that deletes synchronously pays it on each DEL. podnet's DEL
@@ -47,6 +50,41 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:08x}", hash(container_id, ifname))
 }
 
+/// Longest alias the kernel takes from us (255 bytes including the NUL netlink carries).
+const ALIAS_MAX: usize = 254;
+
+/// The alias a host end carries, naming the attachment it belongs to:
+/// `<container ID>/<ifname>`, the ID cut to fit the kernel's limit (IDs are far shorter).
+pub fn owner_alias(container_id: &str, ifname: &str) -> String {
+    let mut max = ALIAS_MAX
+        .saturating_sub(ifname.len() + 1)
+        .min(container_id.len());
+    while !container_id.is_char_boundary(max) {
+        max -= 1;
+    }
+    format!("{}/{ifname}", &container_id[..max])
+}
+
+/// Whose a link with an attachment's host-end name is, by its alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// The alias names this attachment.
+    This,
+    /// No alias: a pair made before host ends carried one, or someone else's link.
+    Unknown,
+    /// The alias names another attachment (or anything else).
+    Other(String),
+}
+
+/// Whose `link` is, for the attachment whose alias is `alias` (`owner_alias`).
+pub fn owner(link: &Link, alias: &str) -> Owner {
+    match &link.alias {
+        Some(a) if a == alias => Owner::This,
+        Some(a) => Owner::Other(a.clone()),
+        None => Owner::Unknown,
+    }
+}
+
 fn kernel(what: String, e: crate::kernel::KernelError) -> CniError {
     CniError::new(code::KERNEL, what).with_details(e.to_string())
 }
@@ -60,6 +98,8 @@ pub struct Pair {
 /// What the veth needs.
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
+    /// The host end's alias, `owner_alias` of the attachment.
+    pub owner: &'a str,
     pub ifname: &'a str,
     pub mtu: u32,
     pub bridge: u32,
@@ -68,6 +108,8 @@ pub struct VethSpec<'a> {
 
 /// Creates the pair in one request: the host end already on the bridge and up, the pod end
 /// directly in the pod's namespace, both with MACs we chose (so nothing has to be read back).
+/// The host end then gets its owner as alias. A link already holding the host end's name is
+/// replaced only when its alias names this same attachment.
 pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result<Pair, CniError> {
     let host_mac = Mac::random();
     let pod_mac = Mac::random();
@@ -85,9 +127,8 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
     };
     let mut made = host.add_link(&new);
     if matches!(&made, Err(e) if e.is_exists())
-        && let Ok(Some(stale)) = host.link(spec.host_name)
+        && let Some(stale) = stale_host_end(host, spec)?
     {
-        // Left by an ADD that died half-way for this same attachment.
         host.del_link(stale.index)
             .map_err(|e| kernel(format!("remove stale {}", spec.host_name), e))?;
         made = host.add_link(&new);
@@ -110,15 +151,9 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
     let link = host
         .require_link(spec.host_name)
         .map_err(|e| kernel(format!("look up {}", spec.host_name), e))?;
-    if spec.hairpin {
-        host.set_link(
-            link.index,
-            &LinkChange {
-                hairpin: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| kernel(format!("set hairpin on {}", spec.host_name), e))?;
+    if let Err(e) = mark(host, &link, spec) {
+        let _ = host.del_link(link.index);
+        return Err(e);
     }
     Ok(Pair {
         host: Link {
@@ -126,6 +161,49 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
             ..link
         },
         pod_mac,
+    })
+}
+
+/// After EEXIST: the link holding the host end's name when it is a stale one of this same
+/// attachment (left by an ADD that died half-way), to be replaced; an error naming the owner
+/// when it is anyone else's. `None`: the name is free, so the pod has the interface already.
+fn stale_host_end(host: &mut Netlink, spec: &VethSpec<'_>) -> Result<Option<Link>, CniError> {
+    let name = spec.host_name;
+    let Some(existing) = host
+        .link(name)
+        .map_err(|e| kernel(format!("look up {name}"), e))?
+    else {
+        return Ok(None);
+    };
+    let whose = match owner(&existing, spec.owner) {
+        Owner::This => return Ok(Some(existing)),
+        Owner::Other(other) => format!("belongs to {other}"),
+        Owner::Unknown => "has no alias, so no known owner".to_string(),
+    };
+    Err(CniError::new(
+        code::INTERFACE_EXISTS,
+        format!(
+            "host interface {name}, the name for {}, already exists and {whose}; it is left alone",
+            spec.owner
+        ),
+    )
+    .with_details(format!(
+        "two attachments hash to the same host name; if {name} is stale, delete it: ip link delete {name}"
+    )))
+}
+
+/// Marks a new host end with its owner (and hairpin mode) in one request.
+fn mark(host: &mut Netlink, link: &Link, spec: &VethSpec<'_>) -> Result<(), CniError> {
+    let change = LinkChange {
+        alias: Some(spec.owner),
+        hairpin: spec.hairpin.then_some(true),
+        ..Default::default()
+    };
+    host.set_link(link.index, &change).map_err(|e| {
+        kernel(
+            format!("set alias {} and hairpin on {}", spec.owner, spec.host_name),
+            e,
+        )
     })
 }
 
@@ -165,15 +243,8 @@ pub fn configure_pod(pod: &mut Netlink, side: &PodSide<'_>) -> Result<(), CniErr
 }
 
 /// Takes a link out of service without waiting for the kernel to delete it: down, renamed,
-/// and (for the host end) in `RETIRED_GROUP` for the reaper. Returns whether it did anything.
-pub fn retire(
-    nl: &mut Netlink,
-    name: &str,
-    mark: bool,
-) -> Result<bool, crate::kernel::KernelError> {
-    let Some(link) = nl.link(name)? else {
-        return Ok(false);
-    };
+/// and (for the host end) in `RETIRED_GROUP` for the reaper.
+pub fn retire(nl: &mut Netlink, link: &Link, mark: bool) -> Result<(), crate::kernel::KernelError> {
     // A name of its own frees the old one for a new pod at once; a link must be down to be
     // renamed. The group comes with the new name, so a reaper never deletes a link before it
     // has been renamed (and a link a reaper already took is as retired as it gets).
@@ -191,11 +262,11 @@ pub fn retire(
     ];
     for step in &steps {
         match nl.set_link(link.index, step) {
-            Err(e) if e.is_not_found() => return Ok(true),
+            Err(e) if e.is_not_found() => return Ok(()),
             r => r?,
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Deletes every retired pair in this namespace. One reaper at a time per namespace (a lock
@@ -226,5 +297,59 @@ pub fn reap() -> Result<(), crate::kernel::KernelError> {
         if !pending(&mut nl)? {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(alias: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: host_name("ctr-a", "eth0"),
+            kind: Some("veth".into()),
+            mtu: 1450,
+            mac: None,
+            up: true,
+            lower_up: true,
+            master: None,
+            parent: None,
+            vxlan: None,
+            hairpin: None,
+            group: 0,
+            alias: alias.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_host_end_is_known_by_its_alias() {
+        let mine = owner_alias("ctr-a", "eth0");
+        assert_eq!(mine, "ctr-a/eth0");
+        assert_eq!(owner(&link(Some("ctr-a/eth0")), &mine), Owner::This);
+        assert_eq!(
+            owner(&link(Some("ctr-b/eth0")), &mine),
+            Owner::Other("ctr-b/eth0".into())
+        );
+        assert_eq!(
+            owner(&link(Some("ctr-a/eth1")), &mine),
+            Owner::Other("ctr-a/eth1".into())
+        );
+        assert_eq!(owner(&link(None), &mine), Owner::Unknown);
+    }
+
+    #[test]
+    fn aliases_fit_the_kernels_limit() {
+        let long = "a".repeat(300);
+        let alias = owner_alias(&long, "eth0");
+        assert_eq!(alias.len(), ALIAS_MAX);
+        assert!(alias.ends_with("a/eth0"));
+        // IDs from allocation files are not validated: never cut inside a character.
+        let wide = "é".repeat(200);
+        let alias = owner_alias(&wide, "eth0");
+        assert!(
+            alias.len() <= ALIAS_MAX && alias.ends_with("é/eth0"),
+            "{alias}"
+        );
     }
 }

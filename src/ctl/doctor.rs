@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::{ethtool, sysctl};
 use crate::owned;
-use crate::status::{DEFAULT_SOCKET, PathKind, Status};
+use crate::status::{ContestedInfo, DEFAULT_SOCKET, PathKind, Status};
 use crate::subnet_env::SubnetEnv;
 
 #[derive(Debug, Args)]
@@ -572,6 +572,57 @@ impl Node {
     }
 }
 
+fn contested_line(c: &ContestedInfo) -> String {
+    let next = match c.next_repair_seconds {
+        Some(s) => format!(", next repair in {s:.1} s"),
+        None => String::new(),
+    };
+    format!(
+        "{} undone {} times in {} s (put back {} times{next})",
+        c.object, c.undone, c.for_seconds, c.repairs
+    )
+}
+
+/// Another agent fighting podnetd over its routes, neighbours, FDB entries, devices or rules:
+/// podnetd puts them back with growing delays, so traffic to the peer fails in between.
+fn contested(node: &Node) -> Check {
+    let Some(status) = &node.status else {
+        return check(
+            "contested",
+            Verdict::Skip,
+            "podnetd is not reachable to say",
+            None,
+        );
+    };
+    let mut fights: Vec<String> = Vec::new();
+    if let Some(d) = &status.dataplane {
+        fights.extend(d.contested.iter().map(contested_line));
+    }
+    if let Some(f) = &status.firewall {
+        fights.extend(f.contested.iter().map(contested_line));
+    }
+    if fights.is_empty() {
+        return check(
+            "contested",
+            Verdict::Pass,
+            "nothing keeps undoing podnet's routes, neighbours, FDB entries, devices or rules",
+            None,
+        );
+    }
+    check(
+        "contested",
+        Verdict::Fail,
+        format!(
+            "another agent keeps undoing what podnetd sets up: {}",
+            fights.join("; ")
+        ),
+        Some(
+            "find it (`ip monitor route neigh link` or `nft monitor` on this node shows the changes) and \
+             stop it, or keep it off protocol 86 routes, the flannel devices and table inet podnet",
+        ),
+    )
+}
+
 /// Runs every check on this node.
 pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     let env = match SubnetEnv::read(&args.subnet_file) {
@@ -598,6 +649,7 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
     out.push(foreign_masquerade(&node));
     out.push(lease_agreement(&node));
     out.push(vxlan_checksum(&node));
+    out.push(contested(&node));
     if let Some(c) = refused_leases(&node) {
         out.push(c);
     }

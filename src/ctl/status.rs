@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::httpget;
-use crate::status::{DEFAULT_SOCKET, PathKind, Status};
+use crate::status::{ContestedInfo, DEFAULT_SOCKET, PathKind, Status};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -81,6 +81,7 @@ pub fn render(v: &Status) -> String {
         out += &format!("rejected  {r}\n");
     }
     out += &render_drift(v);
+    out += &render_repairs(v);
     if let Some(fw) = &v.firewall {
         if fw.foreign_masquerade.is_empty() {
             out += &format!("firewall  ok (restored {} times)\n", fw.restores);
@@ -90,6 +91,7 @@ pub fn render(v: &Status) -> String {
                 out += &format!("  {f}\n");
             }
         }
+        out += &render_contested(&fw.contested);
     }
     if let Some(p) = &v.policy {
         out += &format!(
@@ -195,7 +197,7 @@ fn render_drift(v: &Status) -> String {
         return "drift     none: the kernel matches\n".into();
     }
     let mut out = format!(
-        "drift     {} missing, {} unexpected (the next resync repairs it)\n",
+        "drift     {} missing, {} unexpected (podnetd is repairing it)\n",
         drift.missing.len(),
         drift.unexpected.len()
     );
@@ -204,6 +206,52 @@ fn render_drift(v: &Status) -> String {
     }
     for u in &drift.unexpected {
         out += &format!("  unexpected  {u}\n");
+    }
+    out
+}
+
+fn render_repairs(v: &Status) -> String {
+    let Some(d) = &v.dataplane else {
+        return String::new();
+    };
+    let how = if d.kernel_events {
+        "as the kernel reported them"
+    } else {
+        "by periodic checks only (--kernel-events=false)"
+    };
+    let mut out = format!(
+        "repairs   {} put back {how}; {} full {}, {} quiet {}\n",
+        count(d.repairs, "object"),
+        d.full_passes,
+        plural(d.full_passes, "pass", "passes"),
+        d.verifications,
+        plural(d.verifications, "check", "checks"),
+    );
+    out += &render_contested(&d.contested);
+    out
+}
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+fn render_contested(list: &[ContestedInfo]) -> String {
+    let mut out = String::new();
+    for c in list {
+        let next = match c.next_repair_seconds {
+            Some(s) => format!(", next repair in {s:.1}s"),
+            None => String::new(),
+        };
+        out += &format!(
+            "contested {}: undone {} times in {}{next} (another agent manages it too)\n",
+            c.object,
+            c.undone,
+            duration(c.for_seconds)
+        );
     }
     out
 }

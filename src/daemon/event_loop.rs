@@ -1,7 +1,8 @@
 //! The main loop of a running node: lease updates in, kernel work out.
 //!
 //! Three things wake it: an update from the lease store's watch, the lease keeper's renewal
-//! deadline, and the resync timer. A watch update is turned into peer events by the `PeerSet`
+//! deadline, and the safety-net timer (`--resync-period`; drift itself is repaired by the data
+//! plane as the kernel reports it). A watch update is turned into peer events by the `PeerSet`
 //! (a snapshot is diffed against what was known, so a watch that had to start over reprograms
 //! only what changed); `apply` is the one place where a peer event becomes kernel work, through a
 //! `PeerSink` — the data plane and the firewall in podnetd, a recorder in unit tests. Updates
@@ -25,9 +26,9 @@ use crate::lease::{Lease, LeaseEvent, PeerSet};
 /// Where peer changes go.
 pub trait PeerSink {
     /// A peer appeared, or its lease changed.
-    fn peer_up(&mut self, lease: &Lease);
+    fn peer_up(&mut self, lease: &Arc<Lease>);
     fn peer_down(&mut self, lease: &Lease);
-    /// Time for a full pass (repairs whatever drifted).
+    /// Time for the safety-net check (repairs whatever drifted unnoticed).
     fn resync(&mut self);
 }
 
@@ -39,7 +40,7 @@ pub struct Kernel {
 }
 
 impl PeerSink for Kernel {
-    fn peer_up(&mut self, lease: &Lease) {
+    fn peer_up(&mut self, lease: &Arc<Lease>) {
         self.firewall.put_peer(lease.key, lease.attrs.public_ip);
         self.dataplane.add(lease.clone());
     }
@@ -174,7 +175,7 @@ mod tests {
     struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
 
     impl PeerSink for Recorder {
-        fn peer_up(&mut self, l: &Lease) {
+        fn peer_up(&mut self, l: &Arc<Lease>) {
             let line = format!("up {} {}", l.key, l.attrs.public_ip);
             self.0.lock().unwrap().push(line);
         }

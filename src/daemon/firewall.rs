@@ -1,21 +1,33 @@
 //! The firewall thread: applies podnet's table, keeps the tunnel guard's peer set current one
-//! element at a time, and every `--iptables-resync` seconds checks that the table is intact
-//! (restoring it if not) and looks for foreign masquerade rules.
+//! element at a time, and keeps the table intact.
+//!
+//! nftables announces every committed transaction with the tables it changed and the process
+//! that committed it (`kernel::nft::NftEvents`, read by the `nft-events` thread). A transaction
+//! of someone else's that touched `inet podnet` has the table compared with what it should be
+//! at once and restored if it differs; the thread's own (it runs `nft` and knows the process
+//! ids) are not looked at. Another agent rewriting the table over and over is backed off from
+//! with growing delays, counted and reported (`util::contest`). Every `--iptables-resync`
+//! seconds (flannel's flag and meaning: the longest a changed rule stays changed) the table is
+//! checked as well, but a check costs one netlink request when the ruleset's generation has
+//! not moved since the last look. Rules of other software that would masquerade pod traffic
+//! are looked for when another program changed the ruleset, at most once a period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, label};
 use crate::firewall::foreign::{self, ForeignRule, Probe};
 use crate::firewall::{self, FirewallSpec};
-use crate::kernel::{KernelError, nft};
+use crate::kernel::KernelError;
+use crate::kernel::nft::{self, Commit, Commits, NftEvents};
 use crate::lease::SubnetKey;
 use crate::owned;
+use crate::util::contest::{self, Contest, Contested};
 
 #[derive(Debug, Clone, Default)]
 pub struct FirewallStats {
@@ -26,6 +38,8 @@ pub struct FirewallStats {
     pub last_error: Option<String>,
     pub foreign: Vec<ForeignRule>,
     pub guard_peers: usize,
+    /// The table, when another agent keeps changing it (filled in by `check_now`).
+    pub contested: Vec<Contested>,
 }
 
 enum Cmd {
@@ -34,6 +48,8 @@ enum Cmd {
     Remove(SubnetKey),
     /// Check the table and foreign rules now and report.
     Check(oneshot::Sender<FirewallStats>),
+    /// Transactions nftables reported.
+    Nft(Commits),
 }
 
 #[derive(Clone)]
@@ -41,6 +57,13 @@ pub struct Firewall {
     tx: mpsc::Sender<Cmd>,
     stats: Arc<Mutex<FirewallStats>>,
 }
+
+/// The one object the thread keeps: podnet's table.
+const TABLE: &str = "nftables table inet podnet";
+/// nftables' family number for `inet` tables.
+const NFPROTO_INET: u8 = 1;
+/// Own `nft` runs remembered (their transactions are not drift).
+const OWN_PIDS: usize = 32;
 
 /// Splits a listing into the table without the guard's elements, and the elements sorted
 /// (nft orders and wraps them its own way).
@@ -99,6 +122,17 @@ struct State {
     endpoints: BTreeMap<Ipv4Addr, usize>,
     stats: Arc<Mutex<FirewallStats>>,
     metrics: Arc<Metrics>,
+    resync: Duration,
+    /// Processes of this thread's recent `nft` runs.
+    own_pids: VecDeque<u32>,
+    /// The ruleset generation when the table was last known to be as wanted.
+    generation: Option<u32>,
+    /// Restores of the table, and their backoff.
+    contest: Contest<&'static str>,
+    /// Another program changed the ruleset since foreign rules were last looked for.
+    foreign_dirty: bool,
+    /// Not before then (once a period).
+    foreign_at: Instant,
 }
 
 impl State {
@@ -144,9 +178,13 @@ impl State {
                 }
             }
             Cmd::Check(reply) => {
-                self.check();
-                let _ = reply.send(self.stats.lock().expect("stats lock").clone());
+                self.restore();
+                self.find_foreign();
+                let mut stats = self.stats.lock().expect("stats lock").clone();
+                stats.contested = self.contest.report(Instant::now(), |k| k.to_string());
+                let _ = reply.send(stats);
             }
+            Cmd::Nft(commits) => self.on_commits(commits, Instant::now()),
         }
     }
 
@@ -158,26 +196,55 @@ impl State {
         s.last_error = Some(format!("{what}: {e}"));
     }
 
+    /// The table as it should be, normalized (`None`: no table at all).
+    fn wanted(&self) -> Option<(String, Vec<String>)> {
+        if self.spec.is_empty() {
+            return None;
+        }
+        let mut elems: Vec<String> = self.endpoints.keys().map(|p| p.to_string()).collect();
+        elems.sort();
+        Some((normalize(&self.spec.render_table(&[])).0, elems))
+    }
+
+    /// Whether the table is as it should be (one `nft list`).
+    fn as_wanted(&self) -> Result<bool, KernelError> {
+        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
+        Ok(have == self.wanted())
+    }
+
+    /// Runs one of this thread's own transactions, remembering the process that commits it so
+    /// its notification is not taken for drift; the known generation moves with it when nothing
+    /// else committed in between.
+    fn own_apply(&mut self, script: &str) -> Result<(), KernelError> {
+        let before = nft::generation().ok();
+        let pid = nft::apply_traced(script)?;
+        if self.own_pids.len() == OWN_PIDS {
+            self.own_pids.pop_front();
+        }
+        self.own_pids.push_back(pid);
+        let after = nft::generation().ok();
+        let only_ours = before.is_some() && after == before.map(|g| g.wrapping_add(1));
+        if only_ours && self.generation == before {
+            self.generation = after;
+        }
+        Ok(())
+    }
+
     /// Makes the table what it should be with as few transactions as possible. Replacing the
     /// table is the slow path (the kernel waits for a grace period when it unhooks chains), so an
     /// unchanged table is left alone and an absent one is created without the replace.
-    fn ensure(&self) -> Result<Ensured, KernelError> {
+    fn ensure(&mut self) -> Result<Ensured, KernelError> {
         let peers = self.peer_list();
-        let want = if self.spec.is_empty() {
-            None
-        } else {
-            let mut elems: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-            elems.sort();
-            Some((normalize(&self.spec.render_table(&[])).0, elems))
-        };
+        let generation = nft::generation().ok();
         let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
-        let done = if have == want {
+        let done = if have == self.wanted() {
+            self.generation = generation;
             Ensured::AsWanted
         } else if have.is_none() {
-            nft::apply(&self.spec.render_table(&peers))?;
+            self.own_apply(&self.spec.render_table(&peers))?;
             Ensured::Created
         } else {
-            nft::apply(&self.spec.render_apply(&peers))?;
+            self.own_apply(&self.spec.render_apply(&peers))?;
             Ensured::Replaced
         };
         let mut s = self.stats.lock().expect("stats lock");
@@ -191,11 +258,11 @@ impl State {
         Ok(done)
     }
 
-    fn guard_change(&self, script: String) {
+    fn guard_change(&mut self, script: String) {
         if self.spec.guard.is_none() {
             return;
         }
-        if let Err(e) = nft::apply(&script) {
+        if let Err(e) = self.own_apply(&script) {
             // The set may have been removed with the table: the next check restores everything.
             self.fail("update the tunnel guard", e);
         }
@@ -205,7 +272,8 @@ impl State {
             .set(self.endpoints.len() as i64);
     }
 
-    fn check(&self) {
+    /// Restores the table if it is not as it should be.
+    fn restore(&mut self) {
         match self.ensure() {
             Ok(Ensured::AsWanted) => {}
             Ok(_) => {
@@ -213,8 +281,107 @@ impl State {
                 self.stats.lock().expect("stats lock").restored += 1;
                 self.metrics.firewall_restores.inc();
             }
-            Err(e) => return self.fail("restore podnet's nftables rules", e),
+            Err(e) => self.fail("restore podnet's nftables rules", e),
         }
+    }
+
+    /// The table may have changed: compared now, restored when due (at once, unless someone
+    /// keeps changing it). Nothing is read while a restore already waits.
+    fn suspect(&mut self, now: Instant) {
+        if self.contest.record(&TABLE).is_some_and(|r| r.due.is_some()) {
+            return;
+        }
+        match self.as_wanted() {
+            Ok(true) => self.contest.settled(&TABLE),
+            Ok(false) => {
+                self.contest.undone(TABLE, now);
+            }
+            Err(e) => self.fail("read podnet's nftables table", e),
+        }
+    }
+
+    /// Transactions nftables reported: others' that touched the table make it suspect, others'
+    /// elsewhere call for a look at foreign rules.
+    fn on_commits(&mut self, commits: Commits, now: Instant) {
+        if commits.overflowed {
+            self.generation = None;
+            self.foreign_dirty = true;
+            self.suspect(now);
+        }
+        for c in &commits.commits {
+            let own = c.pid.is_some_and(|p| self.own_pids.contains(&p));
+            let ours = touches(c, owned::NFT_TABLE);
+            let elsewhere = c.tables.iter().any(|(f, t)| !is_podnets(*f, t));
+            if !ours && self.generation == Some(c.generation.wrapping_sub(1)) {
+                self.generation = Some(c.generation);
+            }
+            if own {
+                continue;
+            }
+            self.foreign_dirty |= elsewhere;
+            if ours {
+                self.suspect(now);
+            }
+        }
+    }
+
+    /// The periodic check: nothing but one netlink request unless the ruleset changed since the
+    /// table was last known to be right.
+    fn tick(&mut self, now: Instant) {
+        match nft::generation() {
+            Ok(g) if Some(g) == self.generation => {}
+            Ok(_) => {
+                self.foreign_dirty = true;
+                self.suspect(now);
+                if self.contest.record(&TABLE).is_none_or(|r| r.due.is_none()) {
+                    self.generation = nft::generation().ok();
+                }
+            }
+            Err(e) => {
+                self.fail("read the nftables generation", e);
+                self.suspect(now);
+            }
+        }
+    }
+
+    /// Restores and looks that are due.
+    fn run_due(&mut self, now: Instant) {
+        self.contest.expire(now);
+        for key in self.contest.take_due(now) {
+            self.restore();
+            self.contest.repaired(&key);
+            if let Some(r) = self.contest.record(&key).filter(|r| r.undone > 1) {
+                tracing::warn!(
+                    undone = r.undone,
+                    for_s = r.last.duration_since(r.first).as_secs(),
+                    "podnet's nftables table keeps being changed behind its back"
+                );
+            }
+        }
+        if self.foreign_dirty && now >= self.foreign_at {
+            self.find_foreign();
+        }
+        let n = self.contest.contested(now).count();
+        let g = self
+            .metrics
+            .contested
+            .get_or_create(&label("component", "firewall"));
+        g.set(n as i64);
+    }
+
+    fn next_due(&self, tick: Instant) -> Instant {
+        let foreign = self.foreign_dirty.then_some(self.foreign_at);
+        [Some(tick), self.contest.next_due(), foreign]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(tick)
+    }
+
+    /// Looks for other software's rules that would masquerade pod-to-pod traffic.
+    fn find_foreign(&mut self) {
+        self.foreign_dirty = false;
+        self.foreign_at = Instant::now() + self.resync;
         let ruleset = match nft::ruleset_json() {
             Ok(r) => r,
             Err(e) => return self.fail("read the nftables ruleset", e),
@@ -244,15 +411,85 @@ impl State {
             .set(found.len() as i64);
         s.foreign = found;
     }
+
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        // The first look for foreign rules runs here rather than before start-up returns: it
+        // costs an nft round trip that start-up does not need to wait for.
+        self.find_foreign();
+        let mut tick = Instant::now() + self.resync;
+        loop {
+            let wait = self
+                .next_due(tick)
+                .saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if now >= tick {
+                self.tick(now);
+                tick = now + self.resync;
+            }
+            self.run_due(now);
+        }
+    }
+}
+
+/// Whether a transaction changed table `name` of family `inet`.
+fn touches(c: &Commit, name: &str) -> bool {
+    c.tables
+        .iter()
+        .any(|(f, t)| *f == NFPROTO_INET && t == name)
+}
+
+/// Whether a table is one of podnet's own (podnetd's, the policy engine's, the plugin's).
+fn is_podnets(family: u8, name: &str) -> bool {
+    family == NFPROTO_INET
+        && [
+            owned::NFT_TABLE,
+            owned::NFT_POLICY_TABLE,
+            owned::NFT_POD_MASQ_TABLE,
+        ]
+        .contains(&name)
+}
+
+/// The `nft-events` thread: nftables' transactions in, commands out.
+fn read_commits(mut events: NftEvents, tx: mpsc::Sender<Cmd>) {
+    let mut failures = 0u32;
+    loop {
+        let commits = match events.recv() {
+            Ok(c) => {
+                failures = 0;
+                c
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!("reading nftables notifications: {e}");
+                std::thread::sleep(Duration::from_millis(100 << failures.min(6)));
+                Commits {
+                    overflowed: true,
+                    ..Default::default()
+                }
+            }
+        };
+        if (commits.overflowed || !commits.commits.is_empty())
+            && tx.send(Cmd::Nft(commits)).is_err()
+        {
+            return;
+        }
+    }
 }
 
 impl Firewall {
-    /// Applies the table now (start-up waits for it) and starts the thread.
+    /// Applies the table now (start-up waits for it) and starts the thread, and with
+    /// `kernel_events` the reader of nftables' notifications.
     pub fn start(
         spec: FirewallSpec,
         probes: Vec<Probe>,
         peers: &[(SubnetKey, Ipv4Addr)],
         resync: Duration,
+        kernel_events: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Firewall, KernelError> {
         let stats = Arc::new(Mutex::new(FirewallStats::default()));
@@ -263,27 +500,38 @@ impl Firewall {
             endpoints: BTreeMap::new(),
             stats: stats.clone(),
             metrics,
+            resync,
+            own_pids: VecDeque::new(),
+            generation: None,
+            contest: Contest::new(contest::DEFAULT),
+            foreign_dirty: false,
+            foreign_at: Instant::now(),
         };
         for ip in st.peers.values() {
             *st.endpoints.entry(*ip).or_default() += 1;
         }
+        let (tx, rx) = mpsc::channel();
+        // Listening before the table is made: a change right after is not missed.
+        if kernel_events {
+            match NftEvents::subscribe() {
+                Ok(events) => {
+                    let tx = tx.clone();
+                    std::thread::Builder::new()
+                        .name("nft-events".into())
+                        .spawn(move || read_commits(events, tx))
+                        .map_err(|e| KernelError::Other(format!("start nft-events thread: {e}")))?;
+                }
+                Err(e) => tracing::warn!(
+                    "cannot follow nftables' notifications ({e}); the table is checked every \
+                     --iptables-resync seconds only"
+                ),
+            }
+        }
         let done = st.ensure()?;
         tracing::debug!(?done, "podnet's nftables table");
-        let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("firewall".into())
-            .spawn(move || {
-                // The first integrity check runs here rather than before returning: it costs
-                // two nft round trips that start-up does not need to wait for.
-                st.check();
-                loop {
-                    match rx.recv_timeout(resync) {
-                        Ok(cmd) => st.handle(cmd),
-                        Err(RecvTimeoutError::Timeout) => st.check(),
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            })
+            .spawn(move || st.run(rx))
             .map_err(|e| KernelError::Other(format!("start firewall thread: {e}")))?;
         Ok(Firewall { tx, stats })
     }

@@ -78,12 +78,19 @@ pub struct Flags {
     /// Accept tunnel packets (VXLAN, udp) only from current peers' public addresses.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
     pub tunnel_guard: bool,
-    /// Seconds between checks that podnet's firewall rules are intact.
+    /// Seconds between checks that podnet's firewall rules are intact (flannel's flag; a rule
+    /// changed by hand is restored as soon as nftables reports it, and each check costs one
+    /// netlink request unless the ruleset changed).
     #[arg(long, default_value_t = 5)]
     pub iptables_resync: u64,
-    /// Seconds-or-duration between full passes that restore deleted routes, neighbours and FDB entries.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Between safety-net checks of routes, neighbours, FDB entries and devices (drift is
+    /// repaired as the kernel reports it; a check that finds nothing wrong writes nothing).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub resync_period: Duration,
+    /// Repair drift as the kernel reports it (routes, neighbours, FDB entries, devices, the
+    /// nftables table); with false only the periodic checks repair.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true")]
+    pub kernel_events: bool,
 
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0")]
@@ -285,6 +292,8 @@ mod tests {
         assert_eq!(f.subnet_lease_ttl, Duration::from_secs(86400));
         assert!(!f.ip_masq && f.iptables_forward_rules);
         assert_eq!(f.iptables_resync, 5);
+        assert_eq!(f.resync_period, Duration::from_secs(300));
+        assert!(f.kernel_events);
         assert_eq!(f.healthz_port, 0);
     }
 

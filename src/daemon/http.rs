@@ -16,9 +16,11 @@ use super::policy::PolicyEngine;
 use crate::backend::PeerPath;
 use crate::lease::{Lease, LeaseError};
 use crate::status::{
-    DataplaneInfo, DriftInfo, FirewallInfo, LeaseInfo, NodeInfo, PathKind, PeerInfo, Status,
+    ContestedInfo, DataplaneInfo, DriftInfo, FirewallInfo, LeaseInfo, NodeInfo, PathKind, PeerInfo,
+    Status,
 };
 use crate::util::backoff::Attempt;
+use crate::util::contest::Contested;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -283,6 +285,11 @@ pub async fn status(sh: &Shared) -> Status {
             incremental: stats.incremental,
             errors: stats.errors,
             last_error: stats.last_error,
+            kernel_events: stats.kernel_events,
+            repairs: stats.repairs,
+            verifications: stats.verifications,
+            events_lost: stats.events_lost,
+            contested: d.contested().await.iter().map(contested_info).collect(),
         });
         st.drift = Some(match d.drift().await {
             Ok(dr) => DriftInfo {
@@ -303,6 +310,7 @@ pub async fn status(sh: &Shared) -> Status {
             restores: stats.restored,
             tunnel_guard_peers: stats.guard_peers,
             last_error: stats.last_error,
+            contested: stats.contested.iter().map(contested_info).collect(),
         });
     }
     st.rejected_leases = sh.rejections();
@@ -348,7 +356,17 @@ fn attach_tunnels(peers: &mut [PeerInfo], t: &crate::backend::TunnelReport) {
     }
 }
 
-fn peer_info((l, p): &(Lease, PeerPath)) -> PeerInfo {
+pub fn contested_info(c: &Contested) -> ContestedInfo {
+    ContestedInfo {
+        object: c.object.clone(),
+        undone: c.undone,
+        repairs: c.repairs,
+        for_seconds: c.since.as_secs(),
+        next_repair_seconds: c.next.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+    }
+}
+
+fn peer_info((l, p): &(Arc<Lease>, PeerPath)) -> PeerInfo {
     let (path, reason) = match p {
         PeerPath::Direct => (PathKind::Direct, None),
         PeerPath::Tunnel => (PathKind::Tunnel, None),

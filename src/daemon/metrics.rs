@@ -25,6 +25,11 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub kernel_changes: Counter,
+    /// Objects put back or removed after the kernel reported them changed, by `object`.
+    pub drift_repairs: Family<Labels, Counter>,
+    pub kernel_events_lost: Counter,
+    /// Objects another agent keeps undoing, by `component` (dataplane, firewall).
+    pub contested: Family<Labels, Gauge>,
     /// Lease store failures by `store` and `op` (watch, renew, reclaim, acquire, patch).
     pub store_errors: Family<Labels, Counter>,
     pub firewall_restores: Counter,
@@ -58,6 +63,9 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             reconcile_errors: Counter::default(),
             kernel_changes: Counter::default(),
+            drift_repairs: Family::default(),
+            kernel_events_lost: Counter::default(),
+            contested: Family::default(),
             store_errors: Family::default(),
             firewall_restores: Counter::default(),
             firewall_errors: Counter::default(),
@@ -102,7 +110,7 @@ impl Metrics {
     fn register_dataplane(&self, r: &mut Registry) {
         let peers = "Peers by how they are reached (direct, tunnel, skipped, other_backend)";
         r.register("peers", peers, self.peers.clone());
-        let runs = "Data-plane passes, by kind (full, incremental)";
+        let runs = "Data-plane passes, by kind (full, incremental, repair, verify)";
         r.register("reconcile_runs", runs, self.reconcile_runs.clone());
         let took = self.reconcile_duration.clone();
         r.register(
@@ -110,10 +118,16 @@ impl Metrics {
             "Time one data-plane pass took",
             took,
         );
-        let errors = "Kernel changes that failed (retried by the next full pass)";
+        let errors = "Kernel changes that failed (retried by a full pass, 1 s to 60 s later)";
         r.register("reconcile_errors", errors, self.reconcile_errors.clone());
         let changes = "Routes, neighbours and FDB entries programmed or removed";
         r.register("kernel_changes", changes, self.kernel_changes.clone());
+        let repairs = "Objects put back or removed after the kernel reported them changed behind podnet's back, by object (route, neighbour, fdb, device, pass)";
+        r.register("drift_repairs", repairs, self.drift_repairs.clone());
+        let lost = "Times the kernel's notifications overflowed and a full pass stood in for them";
+        r.register("kernel_events_lost", lost, self.kernel_events_lost.clone());
+        let contested = "Objects another agent keeps undoing, repaired with growing delays, by component (dataplane, firewall)";
+        r.register("contested_objects", contested, self.contested.clone());
     }
 
     fn register_firewall(&self, r: &mut Registry) {

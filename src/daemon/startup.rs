@@ -50,7 +50,7 @@ pub async fn start<M: SubnetManager>(
         wireguard_engine: flags.wireguard_engine,
     };
     let be = backend::new(&cfg, &ext, previous.as_ref(), local)?;
-    let dataplane = Dataplane::start(be, shared.metrics.clone())?;
+    let dataplane = Dataplane::start(be, shared.metrics.clone(), ext.index, flags.kernel_events)?;
     *shared.dataplane.lock().expect("dataplane lock") = Some(dataplane.clone());
     let reg = dataplane.prepare().await?;
     let engine = dataplane.tunnel().await.map(|t| t.engine);
@@ -307,8 +307,9 @@ async fn program(
         peers.peers().map(|l| (l.key, l.attrs.public_ip)).collect();
     let resync = Duration::from_secs(flags.iptables_resync);
     let metrics = shared.metrics.clone();
+    let events = flags.kernel_events;
     let fw_start = tokio::task::spawn_blocking(move || {
-        Firewall::start(spec, probes, &endpoints, resync, metrics)
+        Firewall::start(spec, probes, &endpoints, resync, events, metrics)
     });
     let report = dataplane.full(peers.peers().cloned().collect()).await?;
     tracing::info!(

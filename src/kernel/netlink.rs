@@ -37,6 +37,11 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use super::netns::NetNs;
 use super::{KernelError, Mac};
 
+mod events;
+pub(in crate::kernel) mod raw;
+
+pub use events::{Batch, KernelEvent, KernelEvents};
+
 /// Main routing table.
 pub const TABLE_MAIN: u32 = 254;
 /// Route scopes (rtm_scope).
@@ -86,6 +91,8 @@ pub struct Link {
     pub hairpin: Option<bool>,
     /// Link group (`ip link set ... group N`).
     pub group: u32,
+    /// `IFLA_IFALIAS` (`ip link set ... alias TEXT`); `None` when unset or empty.
+    pub alias: Option<String>,
 }
 
 /// The VXLAN attributes podnet cares about, both for creating a device and for comparing one.
@@ -141,6 +148,9 @@ pub struct LinkChange<'a> {
     /// Bridge port option (only for links that are bridge ports).
     pub hairpin: Option<bool>,
     pub group: Option<u32>,
+    /// `IFLA_IFALIAS`, at most 254 bytes (the kernel's 255 with the NUL sent after it). Only a
+    /// change sets it: the kernel ignores it in a request that creates a link.
+    pub alias: Option<&'a str>,
 }
 
 /// An interface address.
@@ -330,6 +340,7 @@ pub struct Netlink {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    port: u32,
 }
 
 impl Netlink {
@@ -337,9 +348,10 @@ impl Netlink {
     pub fn open() -> Result<Netlink, KernelError> {
         let mut socket =
             Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
-        socket
+        let port = socket
             .bind_auto()
-            .map_err(|e| KernelError::io("bind netlink socket", e))?;
+            .map_err(|e| KernelError::io("bind netlink socket", e))?
+            .port_number();
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(|e| KernelError::io("connect netlink socket", e))?;
@@ -350,7 +362,14 @@ impl Netlink {
             socket,
             seq: 0,
             buf: Vec::with_capacity(RECV_BUF),
+            port,
         })
+    }
+
+    /// The socket's port id: the kernel's notifications of changes made through this socket
+    /// carry it.
+    pub fn port_id(&self) -> u32 {
+        self.port
     }
 
     /// A socket bound to another namespace; the calling thread never leaves its own.
@@ -490,6 +509,113 @@ impl Netlink {
             }
         }
         Err(KernelError::netlink(op, libc::EINTR))
+    }
+
+    /// Dumps a table and hands the payload of each message of the answer to `visit`, without
+    /// collecting them. `Ok(false)` when the kernel says a change interrupted the dump: what
+    /// was visited is then a mix of before and after, and the caller starts again.
+    fn visit_dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, KernelError> {
+        let seq = self.next_seq();
+        let mut data = Vec::with_capacity(64);
+        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_DUMP, seq, &mut data);
+        self.send_buf(op, &data)?;
+        let mut interrupted = false;
+        loop {
+            recv_datagram(&self.socket, &mut self.buf, op)?;
+            for m in raw::messages(&self.buf) {
+                if m.seq != seq {
+                    continue;
+                }
+                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+                match m.kind {
+                    raw::NLMSG_DONE => return Ok(!interrupted),
+                    raw::NLMSG_ERROR => {
+                        let code = m
+                            .payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                            .unwrap_or(0);
+                        return match code {
+                            0 => Ok(!interrupted),
+                            c => Err(KernelError::netlink(op, -c)),
+                        };
+                    }
+                    _ => visit(m.payload),
+                }
+                if m.flags & NLM_F_MULTIPART == 0 {
+                    return Ok(!interrupted);
+                }
+            }
+        }
+    }
+
+    /// Visits every route of both families in all tables, allocating nothing per route;
+    /// `Ok(false)` when a change interrupted the dump (start again).
+    pub fn visit_routes(&mut self, f: &mut dyn FnMut(&Route)) -> Result<bool, KernelError> {
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            let mut visit = |p: &[u8]| {
+                if let Some(r) = raw::route(p) {
+                    f(&r)
+                }
+            };
+            if !self.visit_dump(
+                "dump routes",
+                RouteNetlinkMessage::GetRoute(msg),
+                &mut visit,
+            )? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Visits every neighbour entry (ARP and NDP) and, for `AF_BRIDGE`, every FDB entry, as
+    /// `visit_routes` does.
+    fn visit_neigh_families(
+        &mut self,
+        families: &[AddressFamily],
+        f: &mut dyn FnMut(raw::NeighbourEntry),
+    ) -> Result<bool, KernelError> {
+        for family in families {
+            let mut msg = NeighbourMessage::default();
+            msg.header.family = *family;
+            let mut visit = |p: &[u8]| {
+                if let Some(n) = raw::neighbour(p) {
+                    f(n)
+                }
+            };
+            let get = RouteNetlinkMessage::GetNeighbour(msg);
+            if !self.visit_dump("dump neighbours", get, &mut visit)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Visits every neighbour entry (ARP and NDP), as `visit_routes` does.
+    pub fn visit_neighbours(&mut self, f: &mut dyn FnMut(&Neighbour)) -> Result<bool, KernelError> {
+        let families = [AddressFamily::Inet, AddressFamily::Inet6];
+        self.visit_neigh_families(&families, &mut |e| {
+            if let raw::NeighbourEntry::Neighbour(n) = e {
+                f(&n)
+            }
+        })
+    }
+
+    /// Visits every FDB entry, as `visit_routes` does.
+    pub fn visit_fdb(&mut self, f: &mut dyn FnMut(&Fdb)) -> Result<bool, KernelError> {
+        self.visit_neigh_families(&[AddressFamily::Bridge], &mut |e| {
+            if let raw::NeighbourEntry::Fdb(x) = e {
+                f(&x)
+            }
+        })
     }
 
     /// Applies many changes, pipelined, in order. Returns one result per change.
@@ -725,6 +851,10 @@ impl Netlink {
         }
         if let Some(g) = change.group {
             msg.attributes.push(LinkAttribute::Group(g));
+        }
+        if let Some(alias) = change.alias {
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
         }
         if let Some(hairpin) = change.hairpin {
             msg.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -974,7 +1104,7 @@ fn split_messages(
     })
 }
 
-/// A socket joined to one rtnetlink multicast group.
+/// A socket joined to rtnetlink multicast groups.
 struct Subscription {
     socket: Socket,
     buf: Vec<u8>,
@@ -983,15 +1113,17 @@ struct Subscription {
 
 impl Subscription {
     /// Subscribes in the calling thread's namespace.
-    fn open(group: u32, what: &'static str) -> Result<Subscription, KernelError> {
+    fn open(groups: &[u32], what: &'static str) -> Result<Subscription, KernelError> {
         let mut socket =
             Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
         socket
             .bind_auto()
             .map_err(|e| KernelError::io("bind netlink socket", e))?;
-        socket
-            .add_membership(group)
-            .map_err(|e| KernelError::io(format!("join netlink {what} group"), e))?;
+        for &group in groups {
+            socket
+                .add_membership(group)
+                .map_err(|e| KernelError::io(format!("join netlink {what} group {group}"), e))?;
+        }
         set_rcvbuf(socket.as_raw_fd(), SOCKET_RCVBUF);
         Ok(Subscription {
             socket,
@@ -1011,6 +1143,26 @@ impl Subscription {
             })
             .collect())
     }
+
+    /// Receives one datagram into `buf`, waiting for it when `wait`; `false` when none was
+    /// queued. An overrun (ENOBUFS) is an error.
+    fn recv_raw(&mut self, wait: bool) -> Result<bool, KernelError> {
+        self.buf.clear();
+        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+        loop {
+            match self.socket.recv(&mut self.buf, flags) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => {
+                    return Err(KernelError::io(
+                        format!("{}: receive from netlink", self.what),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Link notifications (`ip monitor link`), for noticing a device deleted behind our back.
@@ -1026,7 +1178,7 @@ pub enum LinkEvent {
 impl LinkEvents {
     /// Subscribes in the calling thread's namespace.
     pub fn subscribe() -> Result<LinkEvents, KernelError> {
-        Subscription::open(RTNLGRP_LINK, "link events").map(LinkEvents)
+        Subscription::open(&[RTNLGRP_LINK], "link events").map(LinkEvents)
     }
 
     /// Blocks until the next batch of events. An overrun (ENOBUFS) is reported as an error so
@@ -1061,7 +1213,7 @@ const RTNLGRP_IPV4_ROUTE: u32 = 7;
 impl RouteEvents {
     /// Subscribes in the calling thread's namespace.
     pub fn subscribe() -> Result<RouteEvents, KernelError> {
-        Subscription::open(RTNLGRP_IPV4_ROUTE, "route events").map(RouteEvents)
+        Subscription::open(&[RTNLGRP_IPV4_ROUTE], "route events").map(RouteEvents)
     }
 
     /// Blocks until the next batch of events.
@@ -1079,7 +1231,7 @@ impl RouteEvents {
     }
 }
 
-fn set_rcvbuf(fd: RawFd, size: usize) {
+pub(in crate::kernel) fn set_rcvbuf(fd: RawFd, size: usize) {
     let size = size as libc::c_int;
     // SO_RCVBUFFORCE exceeds rmem_max when we have CAP_NET_ADMIN; fall back silently otherwise.
     // SAFETY: plain setsockopt on a socket we own, with a pointer to a local int.
@@ -1139,6 +1291,7 @@ fn parse_link(l: &LinkMessage) -> Link {
         vxlan: None,
         hairpin: None,
         group: 0,
+        alias: None,
     };
     for a in &l.attributes {
         match a {
@@ -1148,6 +1301,7 @@ fn parse_link(l: &LinkMessage) -> Link {
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::Link(p) => link.parent = Some(*p),
             LinkAttribute::Group(g) => link.group = *g,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -1408,6 +1562,71 @@ fn parse_fdb(m: &NeighbourMessage) -> Option<Fdb> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(msg: RouteNetlinkMessage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        Netlink::encode(msg, 0, 1, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn raw_reading_agrees_with_the_decoder() {
+        let mut plain = Route::unicast("10.244.2.0/24".parse().unwrap(), 86);
+        plain.gateway = Some("10.244.2.0".parse().unwrap());
+        plain.oif = Some(5);
+        plain.onlink = true;
+        let mut big = plain.clone();
+        big.table = 1000;
+        big.metric = Some(7);
+        big.prefsrc = Some("10.244.1.0".parse().unwrap());
+        big.onlink = false;
+        let mut v6 = Route::unicast("fd00:1::/64".parse().unwrap(), 86);
+        v6.gateway = Some("fe80::1".parse().unwrap());
+        for route in [plain, big, v6] {
+            let msg = route_message(&route);
+            let buf = encoded(RouteNetlinkMessage::NewRoute(msg.clone()));
+            let m = raw::messages(&buf).next().expect("one message");
+            assert_eq!(m.kind, raw::RTM_NEWROUTE);
+            assert_eq!(raw::route(m.payload), parse_route(&msg));
+            assert_eq!(raw::route(m.payload), Some(route));
+        }
+        let mac = Mac([2, 0, 0, 0, 0, 1]);
+        let neighbours = [
+            Neighbour {
+                index: 5,
+                ip: "10.244.2.0".parse().unwrap(),
+                mac: Some(mac),
+                permanent: true,
+            },
+            Neighbour {
+                index: 6,
+                ip: "fd00::2".parse().unwrap(),
+                mac: None,
+                permanent: false,
+            },
+        ];
+        for n in neighbours {
+            let msg = neighbour_message(&n);
+            let buf = encoded(RouteNetlinkMessage::NewNeighbour(msg.clone()));
+            let m = raw::messages(&buf).next().expect("one message");
+            let want = parse_neighbour(&msg).map(raw::NeighbourEntry::Neighbour);
+            assert_eq!(raw::neighbour(m.payload), want);
+            assert_eq!(want, Some(raw::NeighbourEntry::Neighbour(n)));
+        }
+        for dst in [Some("198.18.0.12".parse().unwrap()), None] {
+            let f = Fdb {
+                index: 5,
+                mac,
+                dst,
+                permanent: true,
+                own: true,
+            };
+            let msg = fdb_message(&f);
+            let buf = encoded(RouteNetlinkMessage::NewNeighbour(msg.clone()));
+            let m = raw::messages(&buf).next().expect("one message");
+            assert_eq!(raw::neighbour(m.payload), Some(raw::NeighbourEntry::Fdb(f)));
+        }
+    }
 
     #[test]
     fn sequence_numbers_wrap_without_splitting_a_batch() {

@@ -159,6 +159,11 @@ impl NetNs {
         Ok((m.dev(), m.ino()))
     }
 
+    /// Whether two handles name the same namespace (whatever paths they were opened by).
+    pub fn same_as(&self, other: &NetNs) -> Result<bool, KernelError> {
+        Ok(self.id()? == other.id()?)
+    }
+
     /// Runs `f` on a new OS thread that has entered this namespace; the thread ends afterwards.
     pub fn run<T, F>(&self, f: F) -> Result<T, KernelError>
     where

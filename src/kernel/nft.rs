@@ -6,7 +6,21 @@ use std::process::{Command, Stdio};
 
 use super::KernelError;
 
+mod watch;
+
+pub use watch::{Commit, Commits, NftEvents, generation};
+
+/// What `nft` printed, and the process id it ran as (the one nftables notifications name).
+struct Ran {
+    stdout: String,
+    pid: u32,
+}
+
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+    run(args, stdin).map(|r| r.stdout)
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Result<Ran, KernelError> {
     let op = format!("nft {}", args.join(" "));
     let mut cmd = Command::new("nft");
     cmd.args(args)
@@ -26,6 +40,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
             KernelError::io(op.clone(), e)
         }
     })?;
+    let pid = child.id();
     if let Some(input) = stdin {
         let mut si = child.stdin.take().expect("piped stdin");
         si.write_all(input.as_bytes())
@@ -40,12 +55,21 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(Ran {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        pid,
+    })
 }
 
 /// Applies a script as one transaction.
 pub fn apply(script: &str) -> Result<(), KernelError> {
     nft(&["-f", "-"], Some(script)).map(|_| ())
+}
+
+/// Applies a script as one transaction; returns the id of the process that committed it, which
+/// its notifications carry (`Commit::pid`), so the caller can tell its own changes from others'.
+pub fn apply_traced(script: &str) -> Result<u32, KernelError> {
+    run(&["-f", "-"], Some(script)).map(|r| r.pid)
 }
 
 /// A table without counters or handles (stable between calls); `None` if it does not exist.

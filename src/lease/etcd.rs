@@ -231,7 +231,13 @@ impl EtcdStore {
 
     fn parse_kv(&self, kv: &KeyValue) -> Option<Lease> {
         let key = std::str::from_utf8(kv.key()).ok()?;
-        let sk = SubnetKey::parse(key.strip_prefix(&self.subnets_prefix())?)?;
+        let Some(sk) = SubnetKey::parse(key.strip_prefix(&self.subnets_prefix())?) else {
+            tracing::warn!(
+                key,
+                "ignoring a key that is not a lease key as flannel writes them"
+            );
+            return None;
+        };
         let attrs = match std::str::from_utf8(kv.value())
             .ok()
             .map(LeaseAttrs::from_json)

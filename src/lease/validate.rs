@@ -592,7 +592,7 @@ mod tests {
         let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 9);
         let route = lease("0.0.0.0-1", "198.18.0.14", "02:00:00:00:00:04", 1);
         let ev = ps.reset(vec![old.clone(), thief.clone(), route.clone()]);
-        assert_eq!(ev, vec![LeaseEvent::Added(old.clone())]);
+        assert_eq!(ev, vec![LeaseEvent::Added(old.clone().into())]);
         let refused: Vec<String> = ps.refused().map(|(k, _)| k.to_string()).collect();
         assert_eq!(refused, ["0.0.0.0-1", "10.244.3.0-24"]);
         // The holder of the MAC leaves: the newcomer is accepted now.
@@ -600,30 +600,36 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                LeaseEvent::Removed(old.clone()),
-                LeaseEvent::Added(thief.clone())
+                LeaseEvent::Removed(old.clone().into()),
+                LeaseEvent::Added(thief.clone().into())
             ]
         );
         // A valid lease turns hostile: it is withdrawn at once.
         let mut hostile = thief.clone();
         hostile.attrs.public_ip = "127.0.0.1".parse().unwrap();
-        assert_eq!(ps.put(hostile), vec![LeaseEvent::Removed(thief.clone())]);
+        assert_eq!(
+            ps.put(hostile),
+            vec![LeaseEvent::Removed(thief.clone().into())]
+        );
         assert_eq!(ps.len(), 0);
         // And comes back.
         assert_eq!(
             ps.put(thief.clone()),
-            vec![LeaseEvent::Added(thief.clone())]
+            vec![LeaseEvent::Added(thief.clone().into())]
         );
         ps.delete(&route.key);
         assert_eq!(ps.refused().count(), 0);
         // The fast path: a fresh, valid lease; a renewal; a change of address; a delete.
         let b = lease("10.244.4.0-24", "198.18.0.14", "02:00:00:00:00:04", 11);
-        assert_eq!(ps.put(b.clone()), vec![LeaseEvent::Added(b.clone())]);
+        assert_eq!(ps.put(b.clone()), vec![LeaseEvent::Added(b.clone().into())]);
         assert_eq!(ps.put(b.clone()), vec![]);
         let mut b2 = b.clone();
         b2.attrs.public_ip = "198.18.0.15".parse().unwrap();
-        assert_eq!(ps.put(b2.clone()), vec![LeaseEvent::Added(b2.clone())]);
-        assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2)]);
+        assert_eq!(
+            ps.put(b2.clone()),
+            vec![LeaseEvent::Added(b2.clone().into())]
+        );
+        assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2.into())]);
         assert_eq!(ps.len(), 1);
         // Kubernetes mode: lengths vary, so two leases can overlap; the older keeps it.
         let mut kps = PeerSet::checked(Checker {
@@ -634,7 +640,7 @@ mod tests {
         let big = lease("10.244.8.0-22", "198.18.0.18", "02:00:00:00:00:08", 4);
         assert_eq!(
             kps.put(small.clone()),
-            vec![LeaseEvent::Added(small.clone())]
+            vec![LeaseEvent::Added(small.clone().into())]
         );
         assert_eq!(kps.put(big.clone()), vec![]);
         assert!(
@@ -646,7 +652,10 @@ mod tests {
         );
         assert_eq!(
             kps.delete(&small.key),
-            vec![LeaseEvent::Removed(small), LeaseEvent::Added(big.clone())]
+            vec![
+                LeaseEvent::Removed(small.into()),
+                LeaseEvent::Added(big.clone().into())
+            ]
         );
         // Created in the same second (Node times are in seconds), with a lower subnet and the
         // same VTEP: the lease already programmed stays.

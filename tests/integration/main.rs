@@ -5,6 +5,7 @@
 mod backend;
 mod cluster;
 mod cri;
+mod drift;
 mod firewall;
 mod hostile;
 mod kube;

@@ -99,6 +99,11 @@ fn losing_one_member_or_all_of_them_disturbs_nothing_and_misses_nothing() {
         },
     );
     let log = c.wait_log(&n1, "lease watch reconnected", Duration::from_secs(5));
+    // From the outage on: before it, a loaded machine may let node3's 8 s lease lapse and come
+    // back, which is renewal's business, not the reconnect's.
+    let log = &log[log
+        .rfind("lease watch lost")
+        .expect("the outage was logged")..];
     assert_eq!(
         log.matches("peer added peer=10.244.250.0-24").count(),
         1,
@@ -113,8 +118,8 @@ fn losing_one_member_or_all_of_them_disturbs_nothing_and_misses_nothing() {
     assert_eq!(
         log.matches(&format!("peer added peer={}", s3.replace('/', "-")))
             .count(),
-        1,
-        "not doubled:\n{log}"
+        0,
+        "the relist after reconnecting adds nothing again:\n{log}"
     );
     assert!(has_route(&c, "node1", &s2));
     // Both running nodes still hold their leases after all of it.

@@ -365,6 +365,20 @@ fn check_status_and_gc() {
     let (code, out) = c.cni("node1", &status, &gone.to_string());
     assert_eq!(code, 1);
     assert!(out.contains(r#""code":50"#), "{out}");
+    // GC without the list of attachments to keep (or with a broken one) is a config error, and
+    // releases nothing: it used to release every address on the node.
+    let gc_env = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")];
+    let bare = c.cni_conf("node1", "1.1.0").to_string();
+    rejected(&c, &gc_env, &bare, 7, "cni.dev/valid-attachments: missing");
+    let mut broken = c.cni_conf("node1", "1.1.0");
+    broken["cni.dev/valid-attachments"] = json!([{"containerID": b.container}]);
+    rejected(
+        &c,
+        &gc_env,
+        &broken.to_string(),
+        7,
+        "cni.dev/valid-attachments[0].ifname: expected a string",
+    );
     // GC: only b is still a valid attachment; a's address and link go.
     let mut gc = c.cni_conf("node1", "1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": b.container, "ifname": "eth0"}]);
@@ -560,4 +574,231 @@ fn debians_portmap_and_bandwidth_chain_after_podnet() {
     run_chain(&c, "node1", &plugins, "DEL", "chain-ctr", &netns, &runtime);
     assert!(c.allocations("node1").is_empty());
     assert!(c.veths("node1").is_empty());
+}
+
+#[test]
+fn hostile_container_ids_are_refused_and_touch_nothing() {
+    let mut c = cluster("chost", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "h").unwrap());
+    let node_dir = c.lab.node_dir("node1").unwrap();
+    // dataDir two levels down, so "../../etc/x" from it lands in the node's directory.
+    let mut conf = c.cni_conf("node1", "1.0.0");
+    conf["dataDir"] = json!(node_dir.join("t/flannel"));
+    let conf = conf.to_string();
+    // Where a traversal would point: flannel's per-container file and the pod record.
+    let decoys = [
+        node_dir.join("etc/x"),
+        node_dir.join("t/etc/x.json"),
+        node_dir.join("decoy-abs"),
+    ];
+    for d in &decoys {
+        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+        std::fs::write(d, "decoy").unwrap();
+    }
+    let absolute = decoys[2].display().to_string();
+    for id in ["../../etc/x", absolute.as_str(), "-x", "a b"] {
+        for verb in ["DEL", "ADD"] {
+            let env = Cluster::attach_env(verb, id, &ns, "eth0");
+            rejected(&c, &env, &conf, 4, &format!("CNI_CONTAINERID {id:?}"));
+        }
+    }
+    for d in &decoys {
+        assert_eq!(
+            std::fs::read_to_string(d).unwrap(),
+            "decoy",
+            "{}",
+            d.display()
+        );
+    }
+    let pod_links = c.ip_json("node1/h", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
+
+#[test]
+fn interface_names_the_kernel_refuses_are_refused_up_front() {
+    let mut c = cluster("cifn", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "i").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    // Before: ':' and '.' got as far as the kernel (code 103, after an address was taken).
+    let long = "a".repeat(16);
+    for ifname in ["eth0:1", ".", "..", "a/b", "a b", long.as_str()] {
+        for verb in ["ADD", "DEL"] {
+            let env = Cluster::attach_env(verb, "ifname-ctr", &ns, ifname);
+            rejected(&c, &env, &conf, 4, &format!("CNI_IFNAME {ifname:?}"));
+        }
+    }
+    let pod_links = c.ip_json("node1/i", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
+
+#[test]
+fn the_nodes_own_namespace_is_refused_as_a_pod_namespace() {
+    let mut c = cluster("cown", 1);
+    let a = c.add_pod("node1", "a", "1.0.0");
+    let node_ns = format!("/run/netns/{}", c.lab.plan().host("node1").unwrap().netns);
+    // A process in the node: /proc/PID/ns/net is the node's namespace by another path.
+    let mut sleeper = c
+        .lab
+        .command("node1", &["sleep", "60"])
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let proc_ns = format!("/proc/{}/ns/net", sleeper.id());
+    // IPv4 only: the links' IPv6 link-local addresses finish duplicate address detection on
+    // their own schedule (their "tentative" flag and local route come and go meanwhile).
+    let node_state = |c: &Cluster| {
+        [
+            c.ip_json("node1", &["-4", "addr", "show", "dev", "eth0"]),
+            c.ip_json("node1", &["-4", "addr", "show", "dev", "cni0"]),
+            c.ip_json("node1", &["-4", "route", "show", "table", "all"]),
+        ]
+    };
+    let before = node_state(&c);
+    let conf = c.cni_conf("node1", "1.0.0");
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = a.result.clone();
+    for path in [&node_ns, &proc_ns] {
+        // ADD would put a pod end (eth9) and a default route into the node; DEL would take the
+        // node's eth0 out of service (and release pod a's address).
+        let calls = [
+            ("ADD", "own-ctr", "eth9", &conf),
+            ("DEL", a.container.as_str(), "eth0", &conf),
+            ("CHECK", a.container.as_str(), "eth0", &check_conf),
+        ];
+        for (verb, id, ifname, conf) in calls {
+            let env = Cluster::attach_env(verb, id, path, ifname);
+            let msg = format!("CNI_NETNS {path:?}: the host's own network namespace");
+            rejected(&c, &env, &conf.to_string(), 4, &msg);
+        }
+    }
+    assert_eq!(node_state(&c), before, "the node's network changed");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // Pod a is untouched: reachable, and deleted normally with its own namespace.
+    let gw = c.wait_ready("node1").subnet.unwrap().addr();
+    assert!(ping(&c, &a.target(), gw));
+    assert_eq!(c.del_pod(&a, &a.netns).0, 0);
+    assert!(c.allocations("node1").is_empty());
+}
+
+#[test]
+fn subnets_without_room_and_foreign_gateways_are_refused_with_their_field() {
+    let mut c = cluster("crng", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "r").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0");
+    let add = Cluster::attach_env("ADD", "range-ctr", &ns, "eth0");
+    let dir = c.lab.node_dir("node1").unwrap();
+    // subnet.env with a node subnet too small for a gateway and a pod: code 100.
+    for (i, subnet) in ["10.244.9.1/31", "10.244.9.1/32"].iter().enumerate() {
+        let env = dir.join(format!("tiny{i}.env"));
+        std::fs::write(
+            &env,
+            format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+        )
+        .unwrap();
+        let mut v = conf.clone();
+        v["subnetFile"] = json!(env);
+        let msg = format!("FLANNEL_SUBNET={subnet}: ");
+        rejected(&c, &add, &v.to_string(), 100, &msg);
+        rejected(
+            &c,
+            &add,
+            &v.to_string(),
+            100,
+            "too small for a gateway and a pod",
+        );
+    }
+    // ipam.ranges: a subnet without room, a gateway of the other family: code 7.
+    let subnet = c.wait_ready("node1").subnet.unwrap().trunc();
+    let mut v = conf.clone();
+    v["ipam"]["ranges"] = json!([[{"subnet": "10.244.9.0/31"}]]);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        7,
+        "ipam.ranges[].subnet: 10.244.9.0/31 is too small",
+    );
+    v["ipam"]["ranges"] = json!([[{"subnet": subnet.to_string(), "gateway": "fd00::1"}]]);
+    rejected(
+        &c,
+        &add,
+        &v.to_string(),
+        7,
+        &format!("ipam.ranges[].gateway: fd00::1 is not an IPv4 address, as {subnet} is"),
+    );
+    let pod_links = c.ip_json("node1/r", &["link"]);
+    assert_eq!(pod_links.as_array().unwrap().len(), 1, "{pod_links}");
+}
+
+/// `ip link add NAME type veth peer name PEER` on node1, with an alias when given.
+fn foreign_veth(c: &Cluster, name: &str, peer: &str, alias: Option<&str>) -> Value {
+    let add = [
+        "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+    ];
+    ok(c.lab.exec("node1", &add).unwrap());
+    if let Some(a) = alias {
+        ok(c.lab
+            .exec("node1", &["ip", "link", "set", name, "alias", a])
+            .unwrap());
+    }
+    c.ip_json("node1", &["link", "show", name])[0].clone()
+}
+
+#[test]
+fn a_host_name_collision_never_touches_the_other_owners_link() {
+    use podnet::cni::veth::host_name;
+    let mut c = cluster("ccol", 1);
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "v").unwrap());
+    let link = |c: &Cluster, name: &str| c.ip_json("node1", &["link", "show", name])[0].clone();
+    // The name attachment coll-ctr/eth0 would get, taken by another attachment's link.
+    let taken = host_name("coll-ctr", "eth0");
+    let foreign = foreign_veth(&c, &taken, "coll-peer", Some("other-ctr/eth0"));
+    let env = Cluster::attach_env("ADD", "coll-ctr", &ns, "eth0");
+    rejected(&c, &env, &conf, 104, "belongs to other-ctr/eth0");
+    // The DEL a runtime sends after a failed ADD leaves it alone too.
+    let del = Cluster::attach_env("DEL", "coll-ctr", &ns, "eth0");
+    assert_eq!(c.cni("node1", &del, &conf).0, 0);
+    assert_eq!(link(&c, &taken), foreign);
+    // So does GC of a stale allocation of coll-ctr/eth0.
+    let subnet = c.wait_ready("node1").subnet.unwrap().trunc();
+    let stale_ip = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 200);
+    let ipam = c.lab.node_dir("node1").unwrap().join("ipam/cbr0");
+    std::fs::create_dir_all(&ipam).unwrap();
+    std::fs::write(ipam.join(stale_ip.to_string()), "coll-ctr\r\neth0").unwrap();
+    let mut gc = c.cni_conf("node1", "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let gc_env = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")];
+    assert_eq!(c.cni("node1", &gc_env, &gc.to_string()), (0, String::new()));
+    assert!(c.allocations("node1").is_empty());
+    assert_eq!(link(&c, &taken), foreign);
+    // A link without an alias has no known owner: refused and kept as well.
+    let unmarked = host_name("coll-2", "eth0");
+    let before = foreign_veth(&c, &unmarked, "coll-peer2", None);
+    let env = Cluster::attach_env("ADD", "coll-2", &ns, "eth0");
+    rejected(&c, &env, &conf, 104, "no alias, so no known owner");
+    assert_eq!(link(&c, &unmarked), before);
+    // A stale link of the same attachment (left by an ADD that died) is replaced.
+    let stale_name = host_name("coll-3", "eth0");
+    let stale = foreign_veth(&c, &stale_name, "coll-peer3", Some("coll-3/eth0"));
+    let env = Cluster::attach_env("ADD", "coll-3", &ns, "eth0");
+    let (code, out) = c.cni("node1", &env, &conf);
+    assert_eq!(code, 0, "{out}");
+    let fresh = link(&c, &stale_name);
+    assert_ne!(fresh["ifindex"], stale["ifindex"]);
+    assert_eq!(fresh["ifalias"], "coll-3/eth0", "{fresh}");
+    assert!(!c.veths("node1").contains(&"coll-peer3".to_string()));
+    // A pod wired before host ends carried aliases: DEL still finds its pair (by the peer).
+    ok(c.lab
+        .exec("node1", &["ip", "link", "set", &stale_name, "alias", ""])
+        .unwrap());
+    assert_eq!(link(&c, &stale_name).get("ifalias"), None);
+    let del = Cluster::attach_env("DEL", "coll-3", &ns, "eth0");
+    assert_eq!(c.cni("node1", &del, &conf).0, 0);
+    let mut left = c.veths("node1");
+    left.sort();
+    let mut expected = vec![taken, unmarked, "coll-peer".into(), "coll-peer2".into()];
+    expected.sort();
+    assert_eq!(left, expected);
 }

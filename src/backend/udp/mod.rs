@@ -16,8 +16,10 @@
 //! ICMP error or a later fragment, per RFC 1122 — flannel answers no ICMP at all).
 //!
 //! Workers: one per TUN queue (at most 4, never more than the CPUs), each with its own socket
-//! on the shared port; see `worker`. A deleted device stops them; the next pass (at once: the
-//! link watcher asks for it) recreates the device, its address and route, and restarts them.
+//! on the shared port; see `worker`. A deleted device stops them; the kernel's notification
+//! (the reconciler listens) has the device, its address and route recreated at once and the
+//! workers restarted. Its address or its route deleted, or the device taken down, are put back
+//! the same way (`device_ok`, `ensure_local`).
 //! While podnetd is stopped the persistent device keeps its route and drops what it is sent.
 
 pub(crate) mod packet;
@@ -291,5 +293,18 @@ impl Backend for Udp {
 
     fn device_names(&self) -> Vec<String> {
         vec![DEVICE.into()]
+    }
+
+    fn devices(&self) -> Vec<u32> {
+        self.running.iter().map(|r| r.index).collect()
+    }
+
+    fn device_ok(&mut self, nl: &mut Netlink) -> Result<bool, BackendError> {
+        let Some(l) = nl.link(DEVICE)? else {
+            return Ok(false);
+        };
+        Ok(self.running.as_ref().is_some_and(|r| {
+            r.index == l.index && !r.dead.load(Ordering::Relaxed) && l.up && l.mtu == self.mtu
+        }))
     }
 }

@@ -109,6 +109,8 @@ pub struct Wireguard {
     stats: Arc<crate::backend::udp::Stats>,
     mtu: u32,
     engine: Option<Box<dyn Engine>>,
+    /// The device's index as `ensure_local` last left it.
+    index: Option<u32>,
 }
 
 impl Wireguard {
@@ -150,6 +152,7 @@ impl Wireguard {
             stats: local.stats,
             mtu,
             engine: None,
+            index: None,
         })
     }
 
@@ -252,6 +255,7 @@ impl Backend for Wireguard {
         let mut r = Route::unicast(IpNet::V4(self.network), RTPROT_BOOT);
         r.oif = Some(index);
         nl.replace_route(&r)?;
+        self.index = Some(index);
         Ok(())
     }
 
@@ -291,6 +295,17 @@ impl Backend for Wireguard {
 
     fn device_names(&self) -> Vec<String> {
         vec![DEVICE.into()]
+    }
+
+    fn devices(&self) -> Vec<u32> {
+        self.index.into_iter().collect()
+    }
+
+    fn device_ok(&mut self, nl: &mut Netlink) -> Result<bool, BackendError> {
+        let Some(l) = nl.link(DEVICE)? else {
+            return Ok(false);
+        };
+        Ok(Some(l.index) == self.index && l.up && l.mtu == self.mtu)
     }
 
     fn tunnel_report(&mut self) -> Option<super::TunnelReport> {
