@@ -422,6 +422,11 @@ fn deleted_routes_neighbours_fdb_entries_and_the_device_come_back() {
     wait_converged(&c, &nodes, |_, b, r| tunnelled(b, r));
     let peer = &nodes[1];
     let healthy = |c: &Cluster| {
+        // While the device is being rebuilt there is nothing to ask it about yet.
+        let link = c.lab.exec("node1", &["ip", "link", "show", "flannel.1"]);
+        if !link.unwrap().status.success() {
+            return false;
+        }
         let rs = routes(c, "node1");
         let neigh = c.ip_json("node1", &["neigh", "show", "dev", "flannel.1"]);
         let fdb = ok(c
