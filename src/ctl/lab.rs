@@ -91,32 +91,7 @@ pub enum PodCmd {
 
 pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
     match cmd {
-        LabCmd::Up(a) => {
-            let spec = LabSpec {
-                name: a.name.clone(),
-                nodes: a.nodes,
-                segments: a.segments,
-                etcd_members: a.etcd_members,
-            };
-            eprintln!(
-                "creating lab {} ({} nodes, {} segment(s), {} etcd member(s))...",
-                spec.name, spec.nodes, spec.segments, spec.etcd_members
-            );
-            let lab = Lab::up(&spec)?;
-            print_status(&lab);
-            lab.persist()?;
-            eprintln!(
-                "\nlab {0} is up. Try: podnetctl lab exec {0} node1 -- ping -c1 {1}\nRemove it with: podnetctl lab down {0}",
-                a.name,
-                Lab::open(&a.name)?
-                    .plan()
-                    .nodes
-                    .last()
-                    .map(|n| n.ip().to_string())
-                    .unwrap_or_default()
-            );
-            Ok(0)
-        }
+        LabCmd::Up(a) => up(a),
         LabCmd::Down { name } => {
             let lab = Lab::open(&name)?;
             lab.down()?;
@@ -135,26 +110,7 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             }
             Ok(0)
         }
-        LabCmd::List => {
-            for name in lab::state::list()? {
-                match lab::state::load(&name) {
-                    Ok(Some(st)) => {
-                        let kind = match st.owner {
-                            None => "persistent".to_string(),
-                            Some(o) if o.alive() => format!("owned by process {}", o.pid),
-                            Some(o) => format!(
-                                "orphaned (process {} is gone; `lab sweep` removes it)",
-                                o.pid
-                            ),
-                        };
-                        println!("{name}\t{} nodes\t{kind}", st.plan.nodes.len());
-                    }
-                    Ok(None) => {}
-                    Err(e) => println!("{name}\tunreadable: {e}"),
-                }
-            }
-            Ok(0)
-        }
+        LabCmd::List => list(),
         LabCmd::Exec { name, target, cmd } => {
             let lab = Lab::open(&name)?;
             let status = lab
@@ -189,25 +145,7 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             Ok(0)
         }
         LabCmd::Demo(_) => unreachable!("dispatched by ctl::main"),
-        LabCmd::Policy { name, files, clear } => {
-            let lab = Lab::open(&name)?;
-            let dir = lab.policy_dir()?;
-            if clear {
-                for e in
-                    std::fs::read_dir(&dir).map_err(|e| LabError::io("read the policy dir", e))?
-                {
-                    let p = e
-                        .map_err(|e| LabError::io("read the policy dir", e))?
-                        .path();
-                    std::fs::remove_file(&p)
-                        .map_err(|e| LabError::io(format!("remove {}", p.display()), e))?;
-                }
-            }
-            for f in files {
-                install_manifest(&dir, &f)?;
-            }
-            Ok(0)
-        }
+        LabCmd::Policy { name, files, clear } => policy(&name, files, clear),
         LabCmd::Sweep => {
             for r in lab::sweep()? {
                 println!("removed {r}");
@@ -215,6 +153,73 @@ pub fn run(cmd: LabCmd) -> Result<i32, LabError> {
             Ok(0)
         }
     }
+}
+
+fn up(a: UpArgs) -> Result<i32, LabError> {
+    let spec = LabSpec {
+        name: a.name.clone(),
+        nodes: a.nodes,
+        segments: a.segments,
+        etcd_members: a.etcd_members,
+    };
+    eprintln!(
+        "creating lab {} ({} nodes, {} segment(s), {} etcd member(s))...",
+        spec.name, spec.nodes, spec.segments, spec.etcd_members
+    );
+    let lab = Lab::up(&spec)?;
+    print_status(&lab);
+    lab.persist()?;
+    eprintln!(
+        "\nlab {0} is up. Try: podnetctl lab exec {0} node1 -- ping -c1 {1}\nRemove it with: podnetctl lab down {0}",
+        a.name,
+        Lab::open(&a.name)?
+            .plan()
+            .nodes
+            .last()
+            .map(|n| n.ip().to_string())
+            .unwrap_or_default()
+    );
+    Ok(0)
+}
+
+fn list() -> Result<i32, LabError> {
+    for name in lab::state::list()? {
+        match lab::state::load(&name) {
+            Ok(Some(st)) => {
+                let kind = match st.owner {
+                    None => "persistent".to_string(),
+                    Some(o) if o.alive() => format!("owned by process {}", o.pid),
+                    Some(o) => format!(
+                        "orphaned (process {} is gone; `lab sweep` removes it)",
+                        o.pid
+                    ),
+                };
+                println!("{name}\t{} nodes\t{kind}", st.plan.nodes.len());
+            }
+            Ok(None) => {}
+            Err(e) => println!("{name}\tunreadable: {e}"),
+        }
+    }
+    Ok(0)
+}
+
+/// Installs manifests in the lab's policy directory (after emptying it with `clear`).
+fn policy(name: &str, files: Vec<std::path::PathBuf>, clear: bool) -> Result<i32, LabError> {
+    let lab = Lab::open(name)?;
+    let dir = lab.policy_dir()?;
+    if clear {
+        for e in std::fs::read_dir(&dir).map_err(|e| LabError::io("read the policy dir", e))? {
+            let p = e
+                .map_err(|e| LabError::io("read the policy dir", e))?
+                .path();
+            std::fs::remove_file(&p)
+                .map_err(|e| LabError::io(format!("remove {}", p.display()), e))?;
+        }
+    }
+    for f in files {
+        install_manifest(&dir, &f)?;
+    }
+    Ok(0)
 }
 
 /// Copies one manifest file into the policy directory, refusing one that does not read.
