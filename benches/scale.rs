@@ -8,7 +8,8 @@
 //! and, in `idle` (`BENCH_IDLE_SIZES`, 5000 by default), what a programmed node costs while
 //! nothing happens — CPU over `BENCH_IDLE_SECONDS` and RSS, this build beside the way podnetd
 //! ran before (`BENCH_BASELINE_PODNETD=path` adds an earlier build) — and how fast it repairs an
-//! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs.
+//! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs,
+//! `BENCH_IDLE_BACKENDS=host-gw,vxlan` the backends of `idle`.
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map after sync, BENCH_SHOW_LOG=1 the
 //! start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under a wrapper.
@@ -554,6 +555,15 @@ fn sizes(var: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
+/// `BENCH_IDLE_BACKENDS` (host-gw,vxlan by default).
+fn idle_backends() -> Vec<&'static str> {
+    let want = std::env::var("BENCH_IDLE_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan".into());
+    ["host-gw", "vxlan"]
+        .into_iter()
+        .filter(|b| want.split(',').any(|w| w.trim() == *b))
+        .collect()
+}
+
 fn print_startup(first: common::Summary, again: common::Summary) {
     println!(
         "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, ms median (min–max):"
@@ -636,7 +646,7 @@ fn main() {
     }
     let (mut idle_rows, mut repairs) = (Vec::new(), Vec::new());
     if parts.contains("idle") {
-        for backend in ["host-gw", "vxlan"] {
+        for backend in idle_backends() {
             for n in sizes("BENCH_IDLE_SIZES", "5000") {
                 eprintln!("{backend} idle with {n} peers...");
                 let (i, r) = idle::run(backend, n);

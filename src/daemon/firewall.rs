@@ -201,7 +201,12 @@ impl State {
         if self.spec.is_empty() {
             return None;
         }
-        let mut elems: Vec<String> = self.endpoints.keys().map(|p| p.to_string()).collect();
+        // Peers' endpoints are elements of the tunnel guard's set only; without a guard
+        // (host-gw) the table has no set and nothing to compare them with.
+        let mut elems: Vec<String> = match self.spec.guard {
+            Some(_) => self.endpoints.keys().map(|p| p.to_string()).collect(),
+            None => Vec::new(),
+        };
         elems.sort();
         Some((normalize(&self.spec.render_table(&[])).0, elems))
     }

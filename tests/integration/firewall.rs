@@ -235,6 +235,26 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     );
 }
 
+/// A host-gw node has no tunnel guard, so its peers are no elements of any set: the table as
+/// listed is the table as wanted, and the checks leave it alone.
+#[test]
+fn a_host_gw_table_with_peers_is_left_alone() {
+    let mut c = Cluster::small("fwh", 2);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let args = ["--iptables-resync=1"];
+    let n1 = c.start("node1", &args);
+    c.start("node2", &args);
+    c.wait_ready("node2");
+    c.wait_log(&n1, "peer added", Duration::from_secs(10));
+    // Three checks' worth of time with a peer known.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = c.log(&podnetd(&c, "node1"));
+    assert!(
+        !log.contains("restored them"),
+        "nobody touched the table, yet it was 'restored':\n{log}"
+    );
+}
+
 fn guard_drops(c: &Cluster, node: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&ok(c
         .lab
