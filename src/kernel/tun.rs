@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 pub use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::KernelError;
+use super::netlink::Netlink;
 
 /// One queue of a multi-queue TUN device, non-blocking.
 pub struct TunQueue {
@@ -40,6 +41,32 @@ fn build(spec: &TunSpec<'_>, offload: bool) -> io::Result<tun_rs::SyncDevice> {
         .build_sync()?;
     dev.persist()?;
     Ok(dev)
+}
+
+/// Opens the device as `open` does, first replacing a device of that name that is not a TUN
+/// device, or a TUN device made with other flags (flanneld's single-queue `flannel0`, a plain
+/// one) that refuses our queues.
+pub fn open_replacing(nl: &mut Netlink, spec: &TunSpec<'_>) -> Result<Vec<TunQueue>, KernelError> {
+    if let Some(l) = nl.link(spec.name)?
+        && l.kind.as_deref() != Some("tun")
+    {
+        tracing::info!(device = spec.name, kind = ?l.kind, "replacing a device of another kind");
+        nl.del_link(l.index)?;
+    }
+    match open(spec) {
+        Ok(q) => Ok(q),
+        Err(e) => {
+            let Some(link) = nl.link(spec.name)? else {
+                return Err(e);
+            };
+            tracing::info!(
+                device = spec.name,
+                "replacing a TUN device we cannot attach to: {e}"
+            );
+            nl.del_link(link.index)?;
+            open(spec)
+        }
+    }
 }
 
 /// Opens (creating if needed) the device and attaches `spec.queues` queues.

@@ -116,22 +116,7 @@ impl Udp {
             queues: self.workers,
             offload: true,
         };
-        match tun::open(&spec) {
-            Ok(q) => Ok(q),
-            Err(e) => {
-                // A device of that name made with other flags (flanneld's single-queue
-                // device, or a plain one) refuses our queues: replace it.
-                let Some(link) = nl.link(DEVICE)? else {
-                    return Err(e.into());
-                };
-                tracing::info!(
-                    device = DEVICE,
-                    "replacing a TUN device we cannot attach to: {e}"
-                );
-                nl.del_link(link.index)?;
-                Ok(tun::open(&spec)?)
-            }
-        }
+        Ok(tun::open_replacing(nl, &spec)?)
     }
 
     fn start(&mut self, nl: &mut Netlink) -> Result<(), BackendError> {

@@ -101,27 +101,7 @@ impl Userspace {
             queues: self.workers,
             offload: true,
         };
-        if let Some(l) = nl.link(DEVICE)?
-            && l.kind.as_deref() != Some("tun")
-        {
-            tracing::info!(device = DEVICE, kind = ?l.kind, "replacing a device of another kind");
-            nl.del_link(l.index)?;
-        }
-        match tun::open(&spec) {
-            Ok(q) => Ok(q),
-            Err(e) => {
-                // A TUN device of that name made with other flags refuses our queues.
-                let Some(link) = nl.link(DEVICE)? else {
-                    return Err(e.into());
-                };
-                tracing::info!(
-                    device = DEVICE,
-                    "replacing a TUN device we cannot attach to: {e}"
-                );
-                nl.del_link(link.index)?;
-                Ok(tun::open(&spec)?)
-            }
-        }
+        Ok(tun::open_replacing(nl, &spec)?)
     }
 
     fn start(&mut self, nl: &mut Netlink) -> Result<(), BackendError> {
