@@ -1,0 +1,443 @@
+//! Dual-stack and IPv6-only networks (flannel's `EnableIPv6`): leases with both halves, the
+//! IPv6 VXLAN device `flannel-v6.<VNI>`, IPv6 host-gw routes, self-healing of the IPv6 objects,
+//! and traffic over both families across an IPv6 underlay (2001:2::/48).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use podnet::lab::LabSpec;
+use serde_json::Value;
+
+use crate::cluster::{Cluster, PODNETCTL};
+use crate::support::{ok, poll, unique};
+
+const DUAL_VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+const DUAL_HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"host-gw"}}"#;
+const V6_ONLY_VXLAN: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Per node: its subnets and public addresses of each family.
+struct Node {
+    name: String,
+    v4: Option<(String, Ipv4Addr)>,
+    v6: (String, Ipv6Addr),
+    public: Ipv4Addr,
+    public6: Ipv6Addr,
+}
+
+impl Node {
+    fn gw4(&self) -> String {
+        let base = self.v4.as_ref().unwrap().1;
+        Ipv4Addr::from(u32::from(base) + 1).to_string()
+    }
+
+    fn gw6(&self) -> String {
+        Ipv6Addr::from(u128::from(self.v6.1) + 1).to_string()
+    }
+}
+
+fn boot(c: &mut Cluster, config: &str, extra: &[&str]) -> Vec<Node> {
+    c.put_config(config);
+    let names: Vec<String> = c.lab.plan().nodes.iter().map(|n| n.name.clone()).collect();
+    for n in &names {
+        c.start(n, extra);
+    }
+    names
+        .iter()
+        .map(|n| {
+            let env = c.wait_ready(n);
+            let v6 = env.ipv6_subnet.expect("FLANNEL_IPV6_SUBNET").trunc();
+            let host = c.lab.plan().host(n).unwrap();
+            Node {
+                name: n.clone(),
+                v4: env
+                    .subnet
+                    .map(|s| (s.trunc().to_string(), s.trunc().network())),
+                v6: (v6.to_string(), v6.network()),
+                public: host.ip(),
+                public6: host.ip6().expect("an IPv6 underlay"),
+            }
+        })
+        .collect()
+}
+
+/// What the CNI plugin does on a node: a bridge holding each subnet's gateway address.
+fn fake_cni0(c: &Cluster, n: &Node) {
+    let mut cmds = vec![vec!["ip", "link", "add", "cni0", "type", "bridge"]];
+    let gw4 = n.v4.as_ref().map(|_| format!("{}/24", n.gw4()));
+    if let Some(g) = &gw4 {
+        cmds.push(vec!["ip", "addr", "add", g, "dev", "cni0"]);
+    }
+    let gw6 = format!("{}/64", n.gw6());
+    cmds.push(vec!["ip", "addr", "add", &gw6, "dev", "cni0", "nodad"]);
+    cmds.push(vec!["ip", "link", "set", "cni0", "up"]);
+    for cmd in cmds {
+        ok(c.lab.exec(&n.name, &cmd).unwrap());
+    }
+}
+
+fn ping(c: &Cluster, from: &Node, src: &str, dst: &str, extra: &[&str]) -> bool {
+    let mut argv = vec!["ping", "-c1", "-W2", "-I", src];
+    argv.extend_from_slice(extra);
+    argv.push(dst);
+    c.lab.exec(&from.name, &argv).unwrap().status.success()
+}
+
+/// Every node's gateways reach every other node's, over each family the network has (polled:
+/// the first packet may wait for the underlay's neighbour discovery).
+fn every_gateway_answers(c: &Cluster, nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes.iter().filter(|b| b.name != a.name) {
+            let mut pairs = vec![(a.gw6(), b.gw6(), "IPv6")];
+            if a.v4.is_some() {
+                pairs.push((a.gw4(), b.gw4(), "IPv4"));
+            }
+            for (src, dst, family) in pairs {
+                poll(
+                    &format!("{} -> {} over {family}", a.name, b.name),
+                    Duration::from_secs(10),
+                    || ping(c, a, &src, &dst, &[]).then_some(()),
+                );
+            }
+        }
+    }
+}
+
+/// IPv6 packets of exactly `mtu` bytes with DF cross; one byte more do not (ICMPv6 echo: 48
+/// bytes of headers).
+fn assert_path_mtu6(c: &Cluster, a: &Node, b: &Node, mtu: u32) {
+    let p = |size: u32| {
+        let s = (size - 48).to_string();
+        ping(c, a, &a.gw6(), &b.gw6(), &["-M", "do", "-s", &s])
+    };
+    assert!(p(mtu), "{mtu} bytes of IPv6 with DF");
+    assert!(!p(mtu + 1), "{} bytes of IPv6 with DF", mtu + 1);
+}
+
+fn routes6(c: &Cluster, node: &str) -> Vec<Value> {
+    c.ip_json(node, &["-6", "route", "show", "proto", "86"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Polls until every node has exactly one podnet IPv6 route per peer, as `expect` says.
+fn wait_converged6(c: &Cluster, nodes: &[Node], expect: impl Fn(&Node, &Value) -> bool) {
+    for a in nodes {
+        poll(
+            &format!("{}'s IPv6 routes", a.name),
+            Duration::from_secs(20),
+            || {
+                let rs = routes6(c, &a.name);
+                let ok = rs.len() == nodes.len() - 1
+                    && nodes.iter().filter(|b| b.name != a.name).all(|b| {
+                        rs.iter()
+                            .any(|r| r["dst"] == b.v6.0.as_str() && expect(b, r))
+                    });
+                ok.then_some(())
+            },
+        );
+    }
+}
+
+fn tunnelled6(b: &Node, r: &Value) -> bool {
+    r["gateway"] == b.v6.1.to_string().as_str()
+        && r["dev"] == "flannel-v6.1"
+        && r["flags"].to_string().contains("onlink")
+}
+
+fn fdb(c: &Cluster, node: &str, dev: &str) -> Vec<Value> {
+    let out = ok(c
+        .lab
+        .exec(node, &["bridge", "-j", "fdb", "show", "dev", dev])
+        .unwrap());
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The lease values by key, parsed.
+fn lease_values(c: &Cluster) -> HashMap<String, Value> {
+    c.leases()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+        .collect()
+}
+
+#[test]
+fn dual_stack_vxlan_three_nodes_on_two_segments() {
+    let mut c = Cluster::new(LabSpec::new(unique("dsvx"), 3).segments(2).ipv6(true));
+    let nodes = boot(&mut c, DUAL_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let leases = lease_values(&c);
+    for a in &nodes {
+        // The lease: both halves, flannel's key and value.
+        let key = format!(
+            "{}&{}",
+            a.v4.as_ref().unwrap().0.replace('/', "-"),
+            a.v6.0.replace('/', "-")
+        );
+        let v = &leases[&key];
+        assert_eq!(v["PublicIP"], a.public.to_string().as_str(), "{v}");
+        assert_eq!(v["PublicIPv6"], a.public6.to_string().as_str(), "{v}");
+        assert_eq!(v["BackendType"], "vxlan");
+        assert_eq!(v["BackendV6Data"]["VNI"], 1);
+        let mac6 = v["BackendV6Data"]["VtepMAC"].as_str().unwrap();
+        // The IPv6 device: flannel's attributes, the MTU an IPv6 underlay leaves.
+        let link = &c.ip_json(&a.name, &["-d", "link", "show", "flannel-v6.1"])[0];
+        let info = &link["linkinfo"]["info_data"];
+        assert_eq!(link["mtu"], 1430);
+        assert_eq!(link["address"], mac6);
+        assert_eq!(info["id"], 1);
+        assert_eq!(info["port"], 8472);
+        assert_eq!(info["learning"], false);
+        // iproute2 names the IPv6 source "local6" in JSON.
+        let local = if info["local6"].is_null() {
+            &info["local"]
+        } else {
+            &info["local6"]
+        };
+        assert_eq!(local, a.public6.to_string().as_str(), "{info}");
+        assert_eq!(info["link"], "eth0");
+        let addrs = c.ip_json(
+            &a.name,
+            &["-6", "addr", "show", "flannel-v6.1", "scope", "global"],
+        );
+        // (iproute2's JSON leaves an empty object where it filtered an address out.)
+        let addrs: Vec<&Value> = addrs[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| !x["local"].is_null())
+            .collect();
+        assert_eq!(addrs.len(), 1, "{addrs:?}");
+        assert_eq!(addrs[0]["local"], a.v6.1.to_string().as_str());
+        assert_eq!(addrs[0]["prefixlen"], 128);
+        // One neighbour and one FDB entry per peer on the IPv6 device, nothing else.
+        let neigh = c.ip_json(
+            &a.name,
+            &[
+                "-6",
+                "neigh",
+                "show",
+                "dev",
+                "flannel-v6.1",
+                "nud",
+                "permanent",
+            ],
+        );
+        let neigh = neigh.as_array().unwrap();
+        let fdb6 = fdb(&c, &a.name, "flannel-v6.1");
+        assert_eq!(neigh.len(), 2, "{neigh:?}");
+        assert_eq!(fdb6.len(), 2, "{fdb6:?}");
+        for b in nodes.iter().filter(|b| b.name != a.name) {
+            let bkey = format!(
+                "{}&{}",
+                b.v4.as_ref().unwrap().0.replace('/', "-"),
+                b.v6.0.replace('/', "-")
+            );
+            let bmac = leases[&bkey]["BackendV6Data"]["VtepMAC"].as_str().unwrap();
+            assert!(
+                neigh
+                    .iter()
+                    .any(|n| n["dst"] == b.v6.1.to_string().as_str() && n["lladdr"] == bmac)
+            );
+            assert!(
+                fdb6.iter()
+                    .any(|f| f["mac"] == bmac && f["dst"] == b.public6.to_string().as_str())
+            );
+        }
+        // The IPv4 half is as in an IPv4-only network.
+        assert_eq!(
+            c.ip_json(&a.name, &["route", "show", "proto", "86"])
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+    let env = c.wait_ready("node1");
+    assert_eq!(env.mtu, Some(1430));
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
+    // Across the router, through flannel-v6.1: the full 1430 bytes with DF, not one more.
+    assert_path_mtu6(&c, &nodes[0], &nodes[2], 1430);
+
+    // Self-healing of the IPv6 objects: route, neighbour, FDB entry.
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let healthy = |c: &Cluster| {
+        let link = c.lab.exec("node1", &["ip", "link", "show", "flannel-v6.1"]);
+        if !link.unwrap().status.success() {
+            return false;
+        }
+        let neigh = c.ip_json(
+            "node1",
+            &[
+                "-6",
+                "neigh",
+                "show",
+                "dev",
+                "flannel-v6.1",
+                "nud",
+                "permanent",
+            ],
+        );
+        routes6(c, "node1").len() == 2
+            && neigh.as_array().map(|n| n.len()) == Some(2)
+            && fdb(c, "node1", "flannel-v6.1").len() == 2
+    };
+    ok(c.lab
+        .exec(&a.name, &["ip", "-6", "route", "del", &b.v6.0])
+        .unwrap());
+    poll("IPv6 route restored", Duration::from_secs(10), || {
+        healthy(&c).then_some(())
+    });
+    let gw = b.v6.1.to_string();
+    ok(c.lab
+        .exec(
+            &a.name,
+            &["ip", "-6", "neigh", "del", &gw, "dev", "flannel-v6.1"],
+        )
+        .unwrap());
+    poll("IPv6 neighbour restored", Duration::from_secs(10), || {
+        healthy(&c).then_some(())
+    });
+    let mac = c.ip_json(&b.name, &["link", "show", "flannel-v6.1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dst = b.public6.to_string();
+    ok(c.lab
+        .exec(
+            &a.name,
+            &[
+                "bridge",
+                "fdb",
+                "del",
+                &mac,
+                "dev",
+                "flannel-v6.1",
+                "dst",
+                &dst,
+            ],
+        )
+        .unwrap());
+    poll("IPv6 FDB entry restored", Duration::from_secs(10), || {
+        healthy(&c).then_some(())
+    });
+    // The IPv6 device itself: recreated with its MAC, and every peer back on it.
+    ok(c.lab
+        .exec(&a.name, &["ip", "link", "del", "flannel-v6.1"])
+        .unwrap());
+    poll(
+        "IPv6 device and peers restored",
+        Duration::from_secs(10),
+        || healthy(&c).then_some(()),
+    );
+    assert!(ping(&c, a, &a.gw6(), &b.gw6(), &[]));
+    // `podnetctl status` reports the IPv6 peers and no drift on a healed node.
+    let sock = c.socket_path("node1").unwrap().display().to_string();
+    poll("no drift in status", Duration::from_secs(10), || {
+        let out = c
+            .lab
+            .exec("node1", &[PODNETCTL, "status", "--json", "--socket", &sock])
+            .unwrap();
+        let st: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let d = &st["drift"];
+        let clean = d["missing"].as_array()?.is_empty() && d["unexpected"].as_array()?.is_empty();
+        let v6 = st["lease"]["ipv6Subnet"] == a.v6.0.as_str();
+        (clean && v6).then_some(())
+    });
+}
+
+#[test]
+fn dual_stack_host_gw_routes_both_families() {
+    let mut c = Cluster::new(LabSpec::new(unique("dshg"), 3).ipv6(true));
+    let nodes = boot(&mut c, DUAL_HOST_GW, &[]);
+    wait_converged6(&c, &nodes, |b, r| {
+        r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
+    });
+    for n in &nodes {
+        assert_eq!(
+            c.ip_json(&n.name, &["route", "show", "proto", "86"])
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
+    // A deleted IPv6 route comes back.
+    let (a, b) = (&nodes[0], &nodes[1]);
+    ok(c.lab
+        .exec(&a.name, &["ip", "-6", "route", "del", &b.v6.0])
+        .unwrap());
+    poll("IPv6 route restored", Duration::from_secs(10), || {
+        (routes6(&c, &a.name).len() == 2).then_some(())
+    });
+    assert_path_mtu6(&c, a, b, 1500);
+}
+
+#[test]
+fn ipv6_only_vxlan_reaches_every_node() {
+    let mut c = Cluster::new(LabSpec::new(unique("v6vx"), 3).segments(2).ipv6(true));
+    let nodes = boot(&mut c, V6_ONLY_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let text = std::fs::read_to_string(c.env_path("node1")).unwrap();
+    assert!(
+        !text.contains("FLANNEL_NETWORK=") && !text.contains("FLANNEL_SUBNET="),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET="),
+        "{text}"
+    );
+    for n in &nodes {
+        // No IPv4 device, no IPv4 routes.
+        assert!(
+            !c.lab
+                .exec(&n.name, &["ip", "link", "show", "flannel.1"])
+                .unwrap()
+                .status
+                .success()
+        );
+        assert!(
+            c.ip_json(&n.name, &["route", "show", "proto", "86"])
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // flannel's IPv6-only lease: key `0.0.0.0-0&<IPv6 subnet>`, no IPv4 backend data, the IPv6
+    // half in full.
+    for (k, v) in lease_values(&c) {
+        assert!(k.starts_with("0.0.0.0-0&fd10:244:"), "{k}");
+        assert!(v.get("BackendData").is_none(), "{v}");
+        assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{v}");
+        assert!(v["PublicIPv6"].is_string(), "{v}");
+    }
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
+    assert_path_mtu6(&c, &nodes[0], &nodes[2], 1430);
+}
+
+#[test]
+fn udp_refuses_ipv6_clearly() {
+    let c = Cluster::new(LabSpec::new(unique("dsudp"), 1).ipv6(true));
+    c.put_config(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"udp"}}"#,
+    );
+    let (code, log) = c.run_podnetd("node1", &[], Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the udp backend carries IPv4 pod traffic only"),
+        "{log}"
+    );
+}
