@@ -4,7 +4,8 @@
 //! subnet reachable (`plan_peer`); the `Reconciler` holds the union of those for all peers as the
 //! desired state, reads what podnet owns in the kernel, and applies only the difference. What
 //! podnet owns: routes with protocol `RTPROT_PODNET`, and the permanent neighbour and FDB entries
-//! on devices the backend owns outright (`flannel.<VNI>`). Nothing else is ever deleted.
+//! on devices the backend owns outright (`flannel.<VNI>`, `flannel-v6.<VNI>`). Nothing else is
+//! ever deleted.
 //!
 //! A full pass runs at start (after the first complete list of peers, never before, so a restart
 //! removes nothing that is still wanted), and afterwards only when something calls for one: a

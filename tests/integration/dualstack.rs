@@ -172,6 +172,19 @@ fn dual_stack_vxlan_three_nodes_on_two_segments() {
     let nodes = boot(&mut c, DUAL_VXLAN, &[]);
     wait_converged6(&c, &nodes, tunnelled6);
     let leases = lease_values(&c);
+    // Byte for byte as flanneld writes a dual-stack vxlan lease.
+    let raw: HashMap<String, String> = c.leases().into_iter().collect();
+    for (k, v) in &raw {
+        let p = &leases[k];
+        let golden = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            p["PublicIP"].as_str().unwrap(),
+            p["PublicIPv6"].as_str().unwrap(),
+            p["BackendData"]["VtepMAC"].as_str().unwrap(),
+            p["BackendV6Data"]["VtepMAC"].as_str().unwrap()
+        );
+        assert_eq!(v, &golden);
+    }
     for a in &nodes {
         // The lease: both halves, flannel's key and value.
         let key = format!(
@@ -439,5 +452,77 @@ fn udp_refuses_ipv6_clearly() {
     assert!(
         log.contains("the udp backend carries IPv4 pod traffic only"),
         "{log}"
+    );
+}
+
+/// Pods through the CNI plugin in a dual-stack network: two addresses, both gateways, routes
+/// for both cluster networks and an IPv6 default route; the IPv6 address usable as soon as
+/// ADD returns; every pod reaches every other over both families; DEL releases both.
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families() {
+    let mut c = Cluster::new(LabSpec::new(unique("dspod"), 3).segments(2).ipv6(true));
+    let nodes = boot(&mut c, DUAL_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let mut pods = Vec::new();
+    for n in &nodes {
+        let pod = c.add_pod(&n.name, "a", "1.0.0");
+        // At once, no tentative wait: the IPv6 address is not tentative when ADD returns.
+        let addrs = c.ip_json(
+            &pod.target(),
+            &["-6", "addr", "show", "dev", "eth0", "scope", "global"],
+        );
+        let text = addrs.to_string();
+        assert!(!text.contains("tentative"), "{text}");
+        let ip6 = pod.ip6.expect("an IPv6 address in the result");
+        assert!(text.contains(&ip6.to_string()), "{text}");
+        let ips = pod.result["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{}", pod.result);
+        let gws: Vec<&str> = ips.iter().filter_map(|i| i["gateway"].as_str()).collect();
+        assert_eq!(gws, [n.gw4(), n.gw6()], "{}", pod.result);
+        // The IPv6 default route via the bridge's IPv6 gateway (isDefaultGateway).
+        let routes = c.ip_json(&pod.target(), &["-6", "route", "show", "default"]);
+        assert_eq!(routes[0]["gateway"], n.gw6().as_str(), "{routes}");
+        pods.push(pod);
+    }
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            for dst in [b.ip.to_string(), b.ip6.unwrap().to_string()] {
+                poll(
+                    &format!("{} -> {dst}", a.target()),
+                    Duration::from_secs(10),
+                    || {
+                        let out = c
+                            .lab
+                            .exec(&a.target(), &["ping", "-c1", "-W2", &dst])
+                            .unwrap();
+                        out.status.success().then_some(())
+                    },
+                );
+            }
+        }
+    }
+    // Full-MTU DF pings between pods across the router, both families.
+    let (a, b) = (&pods[0], &pods[2]);
+    let mtu = c.wait_ready(&a.node).mtu.unwrap();
+    for (dst, hdr) in [(b.ip.to_string(), 28), (b.ip6.unwrap().to_string(), 48)] {
+        let size = (mtu - hdr).to_string();
+        let out = c
+            .lab
+            .exec(
+                &a.target(),
+                &["ping", "-c1", "-W2", "-M", "do", "-s", &size, &dst],
+            )
+            .unwrap();
+        assert!(out.status.success(), "{mtu} bytes to {dst}");
+    }
+    // DEL releases both addresses.
+    let before = c.allocations(&a.node).len();
+    let (code, out) = c.del_pod(a, &a.netns);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        c.allocations(&a.node).len(),
+        before - 2,
+        "{:?}",
+        c.allocations(&a.node)
     );
 }
