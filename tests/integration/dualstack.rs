@@ -3,9 +3,10 @@
 //! and traffic over both families across an IPv6 underlay (2001:2::/48).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::lab::LabSpec;
 use serde_json::Value;
 
@@ -524,5 +525,151 @@ fn dual_stack_pods_reach_each_other_over_both_families() {
         before - 2,
         "{:?}",
         c.allocations(&a.node)
+    );
+}
+
+/// Connects from `target` to `dst:port` (a one-shot server in `server_target`) and returns the
+/// source address the server saw.
+fn seen_as(c: &Cluster, target: &str, dst: IpAddr, server_target: &str) -> IpAddr {
+    let bind: SocketAddr = match dst {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+        IpAddr::V6(_) => "[::]:0".parse().unwrap(),
+    };
+    let listener = c
+        .lab
+        .netns(server_target)
+        .unwrap()
+        .run(|| TcpListener::bind(bind))
+        .unwrap()
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((_, peer)) = listener.accept() {
+            let _ = tx.send(peer);
+        }
+    });
+    let addr = SocketAddr::new(dst, port);
+    let _stream: TcpStream = c
+        .lab
+        .netns(target)
+        .unwrap()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{target} -> {addr}: {e}"));
+    rx.recv_timeout(Duration::from_secs(5)).unwrap().ip()
+}
+
+/// `--ip-masq` in a dual-stack network: flannel's rules for both families, as nft lists them;
+/// pod to pod keeps the pod's address over TCP in both families; a pod reaching a host
+/// outside the cluster over IPv6 (the router, which has no route to any pod) is seen as its
+/// node.
+#[test]
+fn dual_stack_masquerade_keeps_pod_addresses_inside_and_hides_them_outside() {
+    let mut c = Cluster::new(LabSpec::new(unique("dsfw"), 2).ipv6(true));
+    let nodes = boot(&mut c, DUAL_VXLAN, &["--ip-masq", "--iptables-resync=1"]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let (v4, v6) = (nodes[0].v4.as_ref().unwrap(), &nodes[0].v6);
+    let golden = FirewallSpec {
+        v4: Some(Nets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: v4.0.parse().unwrap(),
+        }),
+        v6: Some(Nets {
+            network: "fd10:244::/56".parse().unwrap(),
+            pod_subnet: v6.0.parse().unwrap(),
+        }),
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    }
+    .render_table(&[nodes[1].public]);
+    poll("node1's table as rendered", Duration::from_secs(10), || {
+        let out = c
+            .lab
+            .exec("node1", &["nft", "-s", "list", "table", "inet", "podnet"])
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout) == golden).then_some(())
+    });
+    let srv = c.add_pod("node1", "srv", "1.0.0");
+    let cli = c.add_pod("node2", "cli", "1.0.0");
+    let srv6 = IpAddr::V6(srv.ip6.unwrap());
+    poll("pod-to-pod over IPv6", Duration::from_secs(10), || {
+        let dst = srv6.to_string();
+        let out = c
+            .lab
+            .exec(&cli.target(), &["ping", "-c1", "-W1", &dst])
+            .unwrap();
+        out.status.success().then_some(())
+    });
+    assert_eq!(
+        seen_as(&c, &cli.target(), srv6, &srv.target()),
+        IpAddr::V6(cli.ip6.unwrap())
+    );
+    assert_eq!(
+        seen_as(&c, &cli.target(), IpAddr::V4(srv.ip), &srv.target()),
+        IpAddr::V4(cli.ip)
+    );
+    let router6 = IpAddr::V6(c.lab.plan().segments[0].router6.unwrap());
+    assert_eq!(
+        seen_as(&c, &cli.target(), router6, "router"),
+        IpAddr::V6(nodes[1].public6)
+    );
+}
+
+/// node1's podnetd restarts twice under a 10 ms IPv6 ping between the nodes' subnets: not one
+/// packet is lost, and the IPv6 VTEP keeps its MAC.
+#[test]
+fn a_restart_under_ping6_loses_nothing() {
+    let mut c = Cluster::new(LabSpec::new(unique("dsrst"), 2).ipv6(true));
+    let nodes = boot(&mut c, DUAL_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
+    let mac = c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"].clone();
+    let (src, dst) = (nodes[1].gw6(), nodes[0].gw6());
+    let pinger = c
+        .lab
+        .command(
+            "node2",
+            &[
+                "ping", "-i", "0.01", "-c", "400", "-W", "1", "-I", &src, &dst,
+            ],
+        )
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(800));
+        let rec = c
+            .lab
+            .state()
+            .procs
+            .iter()
+            .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
+            .unwrap()
+            .clone();
+        c.lab.stop(rec.id.pid).unwrap();
+        assert_eq!(
+            routes6(&c, "node1").len(),
+            1,
+            "the IPv6 route stays while stopped"
+        );
+        c.start("node1", &[]);
+    }
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("400 packets transmitted, 400 received, 0% packet loss"),
+        "{text}"
+    );
+    c.wait_ready("node1");
+    assert_eq!(
+        c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"],
+        mac
     );
 }
