@@ -6,7 +6,7 @@
 //! step that waits on the store retries with backoff; a wrong config or a lost race for the last
 //! subnet is final.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -307,8 +307,10 @@ async fn program(
             .map(|port| Guard { port }),
     };
     let probes = probes(&spec, &ext.name, reg.tunnel_device.as_deref());
-    let endpoints: Vec<(SubnetKey, Ipv4Addr)> =
-        peers.peers().map(|l| (l.key, l.attrs.public_ip)).collect();
+    let endpoints: Vec<(SubnetKey, Ipv4Addr, Option<Ipv6Addr>)> = peers
+        .peers()
+        .map(|l| (l.key, l.attrs.public_ip, l.attrs.public_ipv6))
+        .collect();
     let resync = Duration::from_secs(flags.iptables_resync);
     let metrics = shared.metrics.clone();
     let events = flags.kernel_events;

@@ -18,7 +18,9 @@
 //! podnet-unaware defaults that accept; a foreign DROP policy is reported by `podnetctl doctor`.
 //!
 //! Tunnel guard (podnet's own): the tunnel's UDP port accepts packets only from the public
-//! addresses of current peers, a set changed one element at a time as leases come and go.
+//! addresses of current peers, a set changed one element at a time as leases come and go
+//! (with `EnableIPv6` a second set, `tunnel-peers-v6`, holds their IPv6 addresses; an
+//! IPv6-only network has only that one).
 //!
 //! The whole table is replaced in one transaction, so there is never a moment with half the
 //! rules, and rules of an earlier config disappear with it. Nothing outside this table is
@@ -27,12 +29,14 @@
 pub mod foreign;
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::owned::{NFT_FAMILY as FAMILY, NFT_TABLE as TABLE};
 pub const GUARD_SET: &str = "tunnel-peers";
+/// The tunnel guard's set of IPv6 peers (only with `EnableIPv6`).
+pub const GUARD_SET_V6: &str = "tunnel-peers-v6";
 /// kube-proxy's masquerade mark.
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
 
@@ -69,7 +73,7 @@ impl FirewallSpec {
     }
 
     /// The table's contents (what `nft -s list table inet podnet` shows, modulo nft's own layout).
-    pub fn render_table(&self, peers: &[Ipv4Addr]) -> String {
+    pub fn render_table(&self, peers: &[IpAddr]) -> String {
         let rnd = if self.fully_random {
             " fully-random"
         } else {
@@ -77,18 +81,7 @@ impl FirewallSpec {
         };
         let mut t = format!("table {FAMILY} {TABLE} {{\n");
         if let Some(g) = &self.guard {
-            let _ = write!(t, "\tset {GUARD_SET} {{\n\t\ttype ipv4_addr\n");
-            if !peers.is_empty() {
-                let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-                let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
-            }
-            t.push_str("\t}\n\n");
-            let _ = write!(
-                t,
-                "\tchain tunnel-guard {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
-                 \t\tudp dport {} ip saddr != @{GUARD_SET} counter drop comment \"tunnel packets from a non-peer\"\n\t}}\n\n",
-                g.port
-            );
+            self.render_guard(&mut t, g, peers);
         }
         let families = || {
             let v4 = self.v4.map(|n| {
@@ -146,8 +139,40 @@ impl FirewallSpec {
         t
     }
 
+    /// The guard's sets (IPv4 peers unless the network is IPv6-only; IPv6 peers with
+    /// `EnableIPv6`) and its chain, one drop rule per set.
+    fn render_guard(&self, t: &mut String, g: &Guard, peers: &[IpAddr]) {
+        let v4 = self.v4.is_some() || self.v6.is_none();
+        let sets = [
+            (v4, GUARD_SET, "ipv4_addr", "ip", true),
+            (self.v6.is_some(), GUARD_SET_V6, "ipv6_addr", "ip6", false),
+        ];
+        let sets: Vec<_> = sets.into_iter().filter(|s| s.0).collect();
+        for (_, name, ty, _, is_v4) in &sets {
+            let _ = write!(t, "\tset {name} {{\n\t\ttype {ty}\n");
+            let list: Vec<String> = peers
+                .iter()
+                .filter(|p| p.is_ipv4() == *is_v4)
+                .map(|p| p.to_string())
+                .collect();
+            if !list.is_empty() {
+                let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
+            }
+            t.push_str("\t}\n\n");
+        }
+        t.push_str("\tchain tunnel-guard {\n\t\ttype filter hook input priority filter - 10; policy accept;\n");
+        for (_, name, _, ip, _) in &sets {
+            let _ = writeln!(
+                t,
+                "\t\tudp dport {} {ip} saddr != @{name} counter drop comment \"tunnel packets from a non-peer\"",
+                g.port
+            );
+        }
+        t.push_str("\t}\n\n");
+    }
+
     /// One transaction that replaces the table (or removes it when nothing is wanted).
-    pub fn render_apply(&self, peers: &[Ipv4Addr]) -> String {
+    pub fn render_apply(&self, peers: &[IpAddr]) -> String {
         // Declaring the table first makes the delete succeed whether or not it existed.
         let mut s = format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
         if !self.is_empty() {
@@ -157,14 +182,28 @@ impl FirewallSpec {
     }
 }
 
+fn guard_set(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        GUARD_SET
+    } else {
+        GUARD_SET_V6
+    }
+}
+
 /// Adds one peer to the tunnel guard.
-pub fn guard_add(ip: Ipv4Addr) -> String {
-    format!("add element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+pub fn guard_add(ip: IpAddr) -> String {
+    format!(
+        "add element {FAMILY} {TABLE} {} {{ {ip} }}\n",
+        guard_set(ip)
+    )
 }
 
 /// Removes one peer from the tunnel guard.
-pub fn guard_remove(ip: Ipv4Addr) -> String {
-    format!("delete element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+pub fn guard_remove(ip: IpAddr) -> String {
+    format!(
+        "delete element {FAMILY} {TABLE} {} {{ {ip} }}\n",
+        guard_set(ip)
+    )
 }
 
 /// The CNI plugin's own table for `ipMasq`: pods whose traffic leaving the cluster network is

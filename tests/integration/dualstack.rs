@@ -584,7 +584,7 @@ fn dual_stack_masquerade_keeps_pod_addresses_inside_and_hides_them_outside() {
         forward: true,
         guard: Some(Guard { port: 8472 }),
     }
-    .render_table(&[nodes[1].public]);
+    .render_table(&[IpAddr::V4(nodes[1].public), IpAddr::V6(nodes[1].public6)]);
     poll("node1's table as rendered", Duration::from_secs(10), || {
         let out = c
             .lab
@@ -671,5 +671,80 @@ fn a_restart_under_ping6_loses_nothing() {
     assert_eq!(
         c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"],
         mac
+    );
+}
+
+/// Packets the tunnel guard dropped (the first counter in its chain).
+fn guard_drops(c: &Cluster, node: &str) -> u64 {
+    let out = ok(c
+        .lab
+        .exec(
+            node,
+            &[
+                "nft",
+                "-j",
+                "list",
+                "chain",
+                "inet",
+                "podnet",
+                "tunnel-guard",
+            ],
+        )
+        .unwrap());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
+        .unwrap()
+}
+
+/// IPv6-only: the tunnel guard admits VXLAN packets from IPv6 peers and drops forged ones from
+/// an IPv6 host that holds no lease.
+#[test]
+fn the_tunnel_guard_covers_ipv6_peers() {
+    let mut c = Cluster::new(LabSpec::new(unique("v6tg"), 2).ipv6(true));
+    let nodes = boot(&mut c, V6_ONLY_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
+    let set = ok(c
+        .lab
+        .exec(
+            "node1",
+            &["nft", "list", "set", "inet", "podnet", "tunnel-peers-v6"],
+        )
+        .unwrap());
+    assert!(set.contains(&nodes[1].public6.to_string()), "{set}");
+    let before = guard_drops(&c, "node1");
+    let target = SocketAddr::new(IpAddr::V6(nodes[0].public6), 8472);
+    c.lab
+        .netns("router")
+        .unwrap()
+        .run(|| {
+            let s = std::net::UdpSocket::bind("[2001:2::1]:0").unwrap();
+            let mut frame = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            frame.extend_from_slice(&[0xff; 64]);
+            for _ in 0..3 {
+                s.send_to(&frame, target).unwrap();
+            }
+        })
+        .unwrap();
+    poll(
+        "the forged IPv6 packets to be counted",
+        Duration::from_secs(5),
+        || (guard_drops(&c, "node1") >= before + 3).then_some(()),
+    );
+    let after = guard_drops(&c, "node1");
+    assert!(ping(&c, &nodes[1], &nodes[1].gw6(), &nodes[0].gw6(), &[]));
+    assert_eq!(
+        guard_drops(&c, "node1"),
+        after,
+        "a peer's packets are not dropped"
     );
 }
