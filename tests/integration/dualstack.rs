@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, PODNETCTL};
 use crate::support::{ok, poll, unique};
+use podnet::lab::cluster::attach_env;
 
 const DUAL_VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
 const DUAL_HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"host-gw"}}"#;
@@ -516,16 +517,75 @@ fn dual_stack_pods_reach_each_other_over_both_families() {
             .unwrap();
         assert!(out.status.success(), "{mtu} bytes to {dst}");
     }
+    // CHECK verifies both addresses: taking the IPv6 one away is reported.
+    let mut conf = c.cni_conf(&a.node, "1.1.0");
+    conf["prevResult"] = a.result.clone();
+    let check = attach_env("CHECK", &a.container, &a.netns, "eth0");
+    assert_eq!(
+        c.cni(&a.node, &check, &conf.to_string()),
+        (0, String::new())
+    );
+    let a6 = format!("{}/64", a.ip6.unwrap());
+    ok(c.lab
+        .exec(
+            &a.target(),
+            &["ip", "-6", "addr", "del", &a6, "dev", "eth0"],
+        )
+        .unwrap());
+    let (code, out) = c.cni(&a.node, &check, &conf.to_string());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&a6), "{out}");
     // DEL releases both addresses.
-    let before = c.allocations(&a.node).len();
+    let mut want: Vec<String> = vec![a.ip.to_string(), a.ip6.unwrap().to_string()];
+    want.sort();
+    assert_eq!(c.allocations(&a.node), want);
     let (code, out) = c.del_pod(a, &a.netns);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        c.allocations(&a.node).len(),
-        before - 2,
+    assert!(
+        c.allocations(&a.node).is_empty(),
         "{:?}",
         c.allocations(&a.node)
     );
+    // GC keeps the valid attachment's two addresses and releases a stale one's two.
+    let b = &pods[1];
+    let stale = c.add_pod(&b.node, "stale", "1.1.0");
+    assert_eq!(c.allocations(&b.node).len(), 4);
+    let mut gc = c.cni_conf(&b.node, "1.1.0");
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": b.container, "ifname": "eth0"}]);
+    let env = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")];
+    assert_eq!(c.cni(&b.node, &env, &gc.to_string()), (0, String::new()));
+    let mut want: Vec<String> = vec![b.ip.to_string(), b.ip6.unwrap().to_string()];
+    want.sort();
+    assert_eq!(c.allocations(&b.node), want, "{} released", stale.container);
+}
+
+#[test]
+fn direct_routing_over_ipv6_uses_the_tunnel_only_across_the_router() {
+    let mut c = Cluster::new(LabSpec::new(unique("dsdr"), 3).segments(2).ipv6(true));
+    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let nodes = boot(&mut c, conf, &[]);
+    wait_converged6(&c, &nodes, |b, r| {
+        (r["dev"] == "eth0" && r["gateway"] == b.public6.to_string().as_str()) || tunnelled6(b, r)
+    });
+    // node1 and node2 share segment 0; node3 is behind the router.
+    let seg = |n: &Node| c.lab.plan().host(&n.name).unwrap().segment;
+    for a in &nodes {
+        let rs = routes6(&c, &a.name);
+        for b in nodes.iter().filter(|b| b.name != a.name) {
+            let r = rs.iter().find(|r| r["dst"] == b.v6.0.as_str()).unwrap();
+            if seg(a) == seg(b) {
+                assert_eq!(r["dev"], "eth0", "{} -> {}: {r}", a.name, b.name);
+                assert_eq!(r["gateway"], b.public6.to_string().as_str());
+            } else {
+                assert!(tunnelled6(b, r), "{} -> {}: {r}", a.name, b.name);
+            }
+        }
+    }
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    every_gateway_answers(&c, &nodes);
 }
 
 /// Connects from `target` to `dst:port` (a one-shot server in `server_target`) and returns the
