@@ -436,11 +436,49 @@ fn ipv6_only_vxlan_reaches_every_node() {
         assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{v}");
         assert!(v["PublicIPv6"].is_string(), "{v}");
     }
+    // Pods through the CNI plugin: one IPv6 address each, reaching each other by ping and TCP.
+    let pods: Vec<_> = nodes
+        .iter()
+        .map(|n| c.add_pod(&n.name, "a", "1.0.0"))
+        .collect();
+    for p in &pods {
+        assert_eq!(p.result["ips"].as_array().unwrap().len(), 1, "{}", p.result);
+        assert!(p.ip.is_unspecified() && p.ip6.is_some(), "{}", p.result);
+    }
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            let dst = b.ip6.unwrap();
+            poll(
+                &format!("{} -> {dst}", a.target()),
+                Duration::from_secs(10),
+                || {
+                    let out = c
+                        .lab
+                        .exec(&a.target(), &["ping", "-c1", "-W2", &dst.to_string()])
+                        .unwrap();
+                    out.status.success().then_some(())
+                },
+            );
+            assert_eq!(
+                seen_as(&c, &a.target(), IpAddr::V6(dst), &b.target()),
+                IpAddr::V6(a.ip6.unwrap())
+            );
+        }
+    }
     for n in &nodes {
-        fake_cni0(&c, n);
+        assert_cni0_has_gw6(&c, n);
     }
     every_gateway_answers(&c, &nodes);
     assert_path_mtu6(&c, &nodes[0], &nodes[2], 1430);
+}
+
+/// The plugin already made cni0 with the subnet's gateway address: nothing to add.
+fn assert_cni0_has_gw6(c: &Cluster, n: &Node) {
+    let addrs = c.ip_json(
+        &n.name,
+        &["-6", "addr", "show", "dev", "cni0", "scope", "global"],
+    );
+    assert!(addrs.to_string().contains(&n.gw6()), "{addrs}");
 }
 
 #[test]
