@@ -401,7 +401,8 @@ fn dual_stack_host_gw_routes_both_families() {
 #[test]
 fn ipv6_only_vxlan_reaches_every_node() {
     let mut c = Cluster::new(LabSpec::new(unique("v6vx"), 3).segments(2).ipv6(true));
-    let nodes = boot(&mut c, V6_ONLY_VXLAN, &[]);
+    // The interface found as flannel finds it with an IPv6 target.
+    let nodes = boot(&mut c, V6_ONLY_VXLAN, &["--iface-can-reach=2001:2::1"]);
     wait_converged6(&c, &nodes, tunnelled6);
     let text = std::fs::read_to_string(c.env_path("node1")).unwrap();
     assert!(
@@ -845,4 +846,28 @@ fn the_tunnel_guard_covers_ipv6_peers() {
         after,
         "a peer's packets are not dropped"
     );
+}
+
+/// `--public-ipv6` is published as given; host-gw, which cannot work behind NAT, refuses one
+/// that is not the interface's own, naming the family.
+#[test]
+fn public_ipv6_is_published_and_host_gw_refuses_a_foreign_one() {
+    let mut c = Cluster::new(LabSpec::new(unique("dspub"), 1).ipv6(true));
+    c.put_config(DUAL_HOST_GW);
+    let (code, log) = c.run_podnetd(
+        "node1",
+        &["--public-ipv6=2001:2::99"],
+        Duration::from_secs(30),
+    );
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("host-gw needs the public IPv6 address to be the interface's own (public 2001:2::99, eth0 has 2001:2::b)"),
+        "{log}"
+    );
+    c.put_config(DUAL_VXLAN);
+    // vxlan behind a (pretended) NAT: the given address is the one peers are told.
+    c.start("node1", &["--public-ipv6=2001:2::99"]);
+    c.wait_ready("node1");
+    let (_, v) = c.leases().into_iter().next().unwrap();
+    assert!(v.contains(r#""PublicIPv6":"2001:2::99""#), "{v}");
 }
