@@ -123,22 +123,28 @@ fn routes6(c: &Cluster, node: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Polls until every node has exactly one podnet IPv6 route per peer, as `expect` says.
+/// Polls until every node has exactly one podnet IPv6 route per peer, as `expect` says; on a
+/// timeout the routes last seen are shown.
 fn wait_converged6(c: &Cluster, nodes: &[Node], expect: impl Fn(&Node, &Value) -> bool) {
     for a in nodes {
-        poll(
-            &format!("{}'s IPv6 routes", a.name),
-            Duration::from_secs(20),
-            || {
-                let rs = routes6(c, &a.name);
-                let ok = rs.len() == nodes.len() - 1
-                    && nodes.iter().filter(|b| b.name != a.name).all(|b| {
-                        rs.iter()
-                            .any(|r| r["dst"] == b.v6.0.as_str() && expect(b, r))
-                    });
-                ok.then_some(())
-            },
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let rs = routes6(c, &a.name);
+            let ok = rs.len() == nodes.len() - 1
+                && nodes.iter().filter(|b| b.name != a.name).all(|b| {
+                    rs.iter()
+                        .any(|r| r["dst"] == b.v6.0.as_str() && expect(b, r))
+                });
+            if ok {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}'s IPv6 routes did not converge in 30 s: {rs:?}",
+                a.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -365,8 +371,23 @@ fn dual_stack_vxlan_three_nodes_on_two_segments() {
         let d = &st["drift"];
         let clean = d["missing"].as_array()?.is_empty() && d["unexpected"].as_array()?.is_empty();
         let v6 = st["lease"]["ipv6Subnet"] == a.v6.0.as_str();
-        (clean && v6).then_some(())
+        let peer = st["peers"].as_array()?.iter().any(|p| {
+            p["ipv6Subnet"] == b.v6.0.as_str() && p["publicIPv6"] == b.public6.to_string().as_str()
+        });
+        (clean && v6 && peer).then_some(())
     });
+    let text = ok(c
+        .lab
+        .exec("node1", &[PODNETCTL, "status", "--socket", &sock])
+        .unwrap());
+    assert!(
+        text.contains(&format!("{}, {}", a.v4.as_ref().unwrap().0, a.v6.0)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  {:<20} {}", b.v6.0, b.public6)),
+        "{text}"
+    );
 }
 
 #[test]
