@@ -393,7 +393,24 @@ fn dual_stack_vxlan_three_nodes_on_two_segments() {
 #[test]
 fn dual_stack_host_gw_routes_both_families() {
     let mut c = Cluster::new(LabSpec::new(unique("dshg"), 3).ipv6(true));
+    // An IPv6 route of podnet's from an earlier run that no lease wants any more.
+    let stale = [
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd10:244:0:ee::/64",
+        "via",
+        "2001:2::99",
+    ];
+    ok(c.lab
+        .exec(
+            "node1",
+            &[&stale[..], &["dev", "eth0", "proto", "86"]].concat(),
+        )
+        .unwrap());
     let nodes = boot(&mut c, DUAL_HOST_GW, &[]);
+    // (Converged means exactly one route per peer: the stale one is gone.)
     wait_converged6(&c, &nodes, |b, r| {
         r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
     });
