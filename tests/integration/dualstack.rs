@@ -909,3 +909,38 @@ fn public_ipv6_is_published_and_host_gw_refuses_a_foreign_one() {
     let (_, v) = c.leases().into_iter().next().unwrap();
     assert!(v.contains(r#""PublicIPv6":"2001:2::99""#), "{v}");
 }
+
+/// The IPv6 address of `flannel-v6.1`, deleted by hand, is back at once on the kernel's
+/// notification (the safety net is set to ten minutes here, so it cannot be what repairs it).
+#[test]
+fn the_ipv6_device_address_comes_back_on_the_notification() {
+    let mut c = Cluster::new(LabSpec::new(unique("dsaddr"), 2).ipv6(true));
+    let nodes = boot(&mut c, V6_ONLY_VXLAN, &["--resync-period=10m"]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let own = format!("{}/128", nodes[0].v6.1);
+    let has = |c: &Cluster| {
+        let a = c.ip_json(
+            "node1",
+            &[
+                "-6",
+                "addr",
+                "show",
+                "dev",
+                "flannel-v6.1",
+                "scope",
+                "global",
+            ],
+        );
+        a.to_string().contains(&nodes[0].v6.1.to_string())
+    };
+    assert!(has(&c));
+    ok(c.lab
+        .exec(
+            "node1",
+            &["ip", "-6", "addr", "del", &own, "dev", "flannel-v6.1"],
+        )
+        .unwrap());
+    poll("the IPv6 address back", Duration::from_secs(10), || {
+        has(&c).then_some(())
+    });
+}
