@@ -102,6 +102,15 @@ pub struct PeerInfo {
     pub public_ip: String,
     pub path: PathKind,
     pub reason: Option<String>,
+    /// The peer's IPv6 subnet and public address (dual-stack and IPv6-only networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<String>,
+    #[serde(
+        rename = "publicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<String>,
     /// The peer's WireGuard tunnel (wireguard backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireguardPeer>,
@@ -277,6 +286,8 @@ mod tests {
                 public_ip: "198.18.0.12".into(),
                 path: PathKind::Tunnel,
                 reason: None,
+                ipv6_subnet: None,
+                public_ipv6: None,
                 wireguard: None,
             }],
             lease_store: "etcd".into(),

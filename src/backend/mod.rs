@@ -4,7 +4,8 @@
 //! subnet reachable (`plan_peer`); the `Reconciler` holds the union of those for all peers as the
 //! desired state, reads what podnet owns in the kernel, and applies only the difference. What
 //! podnet owns: routes with protocol `RTPROT_PODNET`, and the permanent neighbour and FDB entries
-//! on devices the backend owns outright (`flannel.<VNI>`). Nothing else is ever deleted.
+//! on devices the backend owns outright (`flannel.<VNI>`, `flannel-v6.<VNI>`). Nothing else is
+//! ever deleted.
 //!
 //! A full pass runs at start (after the first complete list of peers, never before, so a restart
 //! removes nothing that is still wanted), and afterwards only when something calls for one: a
@@ -56,6 +57,8 @@ pub struct Registration {
     pub backend_type: &'static str,
     /// Compact JSON for `BackendData`.
     pub backend_data: Option<String>,
+    /// Compact JSON for `BackendV6Data` (the IPv6 half of a dual-stack or IPv6-only lease).
+    pub backend_v6_data: Option<String>,
     /// MTU for pods (written to `subnet.env`).
     pub mtu: u32,
     /// The UDP port tunnel packets arrive on (guarded by the firewall), if the backend tunnels.
@@ -178,29 +181,34 @@ pub fn new(
     previous: Option<&Lease>,
     local: Local,
 ) -> Result<Box<dyn Backend>, BackendError> {
-    if cfg.v4.is_none() || cfg.v6.is_some() {
-        return Err(BackendError::Invalid(
-            "EnableIPv6: podnet's data paths carry IPv4 pod traffic only; IPv6 and dual-stack networks are \
-             not supported yet (leases in etcd already use flannel's dual-stack format)"
-                .into(),
-        ));
+    let fam = Families {
+        v4: cfg.v4.is_some(),
+        v6: cfg.v6.is_some(),
+    };
+    if fam.v6 && !matches!(cfg.backend, BackendConfig::Vxlan(_) | BackendConfig::HostGw) {
+        return Err(BackendError::Invalid(format!(
+            "EnableIPv6: the {} backend carries IPv4 pod traffic only (as flannel's udp); use vxlan or \
+             host-gw for IPv6 and dual-stack networks",
+            cfg.backend.type_name()
+        )));
     }
     match &cfg.backend {
         BackendConfig::Vxlan(o) => Ok(Box::new(vxlan::Vxlan::new(
             o.clone(),
+            fam,
             ext.clone(),
             previous,
         )?)),
-        BackendConfig::HostGw => Ok(Box::new(host_gw::HostGw::new(ext.clone())?)),
+        BackendConfig::HostGw => Ok(Box::new(host_gw::HostGw::new(fam, ext.clone())?)),
         BackendConfig::Udp(o) => Ok(Box::new(udp::Udp::new(
             o.clone(),
-            cfg.v4.as_ref().expect("checked above").network,
+            ipv4_network(cfg)?,
             ext.clone(),
             local.udp_stats,
         )?)),
         BackendConfig::Wireguard(o) => Ok(Box::new(wireguard::Wireguard::new(
             o.clone(),
-            cfg.v4.as_ref().expect("checked above").network,
+            ipv4_network(cfg)?,
             ext.clone(),
             wireguard::Local {
                 key_file: local.wireguard_key_file,
@@ -211,21 +219,44 @@ pub fn new(
     }
 }
 
-/// Makes `<subnet>/32` of this node's lease the only IPv4 address of a backend's device (as
-/// flannel does: a source address for node-to-pod traffic, no broadcast routes) and brings the
-/// device up, with `mtu` when given.
+/// The address families the network config enables: which halves of a lease a backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+/// The IPv4 network of a config, for backends that carry IPv4 only.
+fn ipv4_network(cfg: &NetworkConfig) -> Result<Ipv4Net, BackendError> {
+    cfg.v4.as_ref().map(|f| f.network).ok_or_else(|| {
+        BackendError::Invalid(format!(
+            "EnableIPv4 false: the {} backend needs an IPv4 Network",
+            cfg.backend.type_name()
+        ))
+    })
+}
+
+/// Whether an address is IPv6 link-local (fe80::/10): the kernel's own on every device.
+pub fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Makes the network address of `subnet` (`/32`, or `/128` for IPv6) the only address of its
+/// family on a backend's device (as flannel does: a source address for node-to-pod traffic, no
+/// broadcast routes; IPv6 link-local addresses are left to the kernel) and brings the device
+/// up, with `mtu` when given.
 fn own_address_up(
     nl: &mut Netlink,
     device: &str,
     index: u32,
-    subnet: Ipv4Net,
+    subnet: IpNet,
     mtu: Option<u32>,
 ) -> Result<(), BackendError> {
-    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
+    let want = IpNet::new(subnet.network(), subnet.max_prefix_len()).expect("host prefix is valid");
     for a in nl
-        .addrs_v(true)?
+        .addrs_v(subnet.addr().is_ipv4())?
         .into_iter()
-        .filter(|a| a.index == index && a.net != want)
+        .filter(|a| a.index == index && a.net != want && !is_link_local(a.net.addr()))
     {
         tracing::info!(device, address = %a.net, "removing a stale address");
         nl.del_addr(index, a.net)?;

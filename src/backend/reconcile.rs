@@ -26,10 +26,11 @@
 //!   what is still wanted); before that, single events are remembered, not applied;
 //! - the desired digest is always that of the programmed plans (`Desired` keeps it);
 //! - a peer's route goes to its subnet and its neighbour is its subnet's address, which is how
-//!   a notification finds the plan it belongs to.
+//!   a notification finds the plan it belongs to (IPv4 through the plans' order, IPv6 through
+//!   `Desired::v6`, kept with every insert and removal).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,12 +125,18 @@ const STORM: usize = 256;
 #[derive(Default)]
 struct Desired {
     plans: BTreeMap<SubnetKey, PeerPlan>,
+    /// The keys of the plans by the start of their IPv6 subnet (the plans are ordered by the
+    /// IPv4 half).
+    v6: HashMap<Ipv6Addr, SubnetKey>,
     digest: Digest,
 }
 
 impl Desired {
     fn insert(&mut self, key: SubnetKey, plan: PeerPlan) {
         self.digest.add(&plan.objects);
+        if let Some(n) = key.v6 {
+            self.v6.insert(n.network(), key);
+        }
         if let Some(old) = self.plans.insert(key, plan) {
             self.digest.sub(&old.objects);
         }
@@ -137,13 +144,27 @@ impl Desired {
 
     fn remove(&mut self, key: &SubnetKey) -> Option<PeerPlan> {
         let old = self.plans.remove(key)?;
+        if let Some(n) = key.v6
+            && self.v6.get(&n.network()) == Some(key)
+        {
+            self.v6.remove(&n.network());
+        }
         self.digest.sub(&old.objects);
         Some(old)
     }
 
     fn clear(&mut self) {
         self.plans.clear();
+        self.v6.clear();
         self.digest = Digest::default();
+    }
+
+    /// The plans whose subnet (of the address's family) starts at `addr`.
+    fn at_ip(&self, addr: IpAddr) -> Box<dyn Iterator<Item = &PeerPlan> + '_> {
+        match addr {
+            IpAddr::V4(a) => Box::new(self.at(a)),
+            IpAddr::V6(a) => Box::new(self.v6.get(&a).and_then(|k| self.plans.get(k)).into_iter()),
+        }
     }
 
     /// The plans of the peers whose subnet starts at `addr`.
@@ -172,15 +193,13 @@ impl Desired {
 
 impl Wanted for Desired {
     fn route(&self, table: u32, dst: IpNet) -> Option<&Route> {
-        let IpNet::V4(n) = dst else { return None };
-        self.at(n.addr())
+        self.at_ip(dst.addr())
             .flat_map(|p| &p.objects.routes)
             .find(|r| r.table == table && r.dst == dst)
     }
 
     fn neighbour(&self, index: u32, ip: IpAddr) -> Option<&Neighbour> {
-        let IpAddr::V4(a) = ip else { return None };
-        self.at(a)
+        self.at_ip(ip)
             .flat_map(|p| &p.objects.neighbours)
             .find(|n| n.index == index && n.ip == ip)
     }

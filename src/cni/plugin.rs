@@ -544,14 +544,14 @@ fn release(
             return Vec::new();
         }
     };
-    let done: Vec<IpAddr> = pod_ips
+    let mut done: Vec<IpAddr> = pod_ips
         .iter()
         .copied()
         .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
         .collect();
-    if done.is_empty() {
-        return store.release(&args.container_id, &args.ifname);
-    }
+    // And whatever else the attachment holds: an address gone from the pod (in dual-stack the
+    // other family's may still be there), or all of them when the pod end is gone.
+    done.extend(store.release(&args.container_id, &args.ifname));
     done
 }
 

@@ -743,6 +743,8 @@ mod wireguard_tests {
             public_ip: "198.18.0.12".into(),
             path: PathKind::Tunnel,
             reason: None,
+            ipv6_subnet: None,
+            public_ipv6: None,
             wireguard: Some(WireguardPeer {
                 endpoint: "198.18.0.12:51820".into(),
                 last_handshake_seconds: last,

@@ -71,6 +71,9 @@ pub struct UpArgs {
     /// etcd members (1 or 3).
     #[arg(long, default_value_t = 1)]
     pub etcd_members: usize,
+    /// IPv6 underlay addresses from 2001:2::/48 beside the IPv4 ones (dual-stack clusters).
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +164,7 @@ fn up(a: UpArgs) -> Result<i32, LabError> {
         nodes: a.nodes,
         segments: a.segments,
         etcd_members: a.etcd_members,
+        ipv6: a.ipv6,
     };
     eprintln!(
         "creating lab {} ({} nodes, {} segment(s), {} etcd member(s))...",

@@ -126,7 +126,12 @@ fn render_lease(v: &Status) -> String {
             None => "time left unknown".into(),
         }
     };
-    format!("lease     {} ({left})\n", s(&lease.subnet))
+    let v6 = lease
+        .ipv6_subnet
+        .as_ref()
+        .map(|n| format!(", {n}"))
+        .unwrap_or_default();
+    format!("lease     {}{v6} ({left})\n", s(&lease.subnet))
 }
 
 fn render_peers(v: &Status) -> String {
@@ -150,6 +155,10 @@ fn render_peers(v: &Status) -> String {
             p.public_ip,
             p.path.label()
         );
+        if let Some(n) = &p.ipv6_subnet {
+            let ip6 = p.public_ipv6.as_deref().unwrap_or("-");
+            out += &format!("  {n:<20} {ip6}\n");
+        }
         if let Some(wg) = &p.wireguard {
             out += &render_wireguard(wg);
         }

@@ -41,7 +41,8 @@ pub struct Kernel {
 
 impl PeerSink for Kernel {
     fn peer_up(&mut self, lease: &Arc<Lease>) {
-        self.firewall.put_peer(lease.key, lease.attrs.public_ip);
+        self.firewall
+            .put_peer(lease.key, lease.attrs.public_ip, lease.attrs.public_ipv6);
         self.dataplane.add(lease.clone());
     }
 

@@ -13,7 +13,7 @@
 //! are looked for when another program changed the ruleset, at most once a period.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,9 +42,16 @@ pub struct FirewallStats {
     pub contested: Vec<Contested>,
 }
 
+/// The tunnel endpoints of a peer with these public addresses: one per family the network has.
+fn endpoints_of(spec: &FirewallSpec, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+    let v4 = (spec.v4.is_some() || spec.v6.is_none()).then_some(IpAddr::V4(ip));
+    let v6 = ip6.filter(|_| spec.v6.is_some()).map(IpAddr::V6);
+    v4.into_iter().chain(v6).collect()
+}
+
 enum Cmd {
-    /// A peer's tunnel endpoint (new, or changed address).
-    Put(SubnetKey, Ipv4Addr),
+    /// A peer's public addresses (new, or changed): its tunnel endpoints.
+    Put(SubnetKey, Ipv4Addr, Option<Ipv6Addr>),
     Remove(SubnetKey),
     /// Check the table and foreign rules now and report.
     Check(oneshot::Sender<FirewallStats>),
@@ -116,10 +123,11 @@ enum Ensured {
 struct State {
     spec: FirewallSpec,
     probes: Vec<Probe>,
-    /// Each peer's tunnel endpoint; the guard admits their union.
-    peers: BTreeMap<SubnetKey, Ipv4Addr>,
+    /// Each peer's tunnel endpoints (one per family the network has); the guard admits their
+    /// union.
+    peers: BTreeMap<SubnetKey, Vec<IpAddr>>,
     /// How many peers use each endpoint (two leases may share one during a move).
-    endpoints: BTreeMap<Ipv4Addr, usize>,
+    endpoints: BTreeMap<IpAddr, usize>,
     stats: Arc<Mutex<FirewallStats>>,
     metrics: Arc<Metrics>,
     resync: Duration,
@@ -136,12 +144,12 @@ struct State {
 }
 
 impl State {
-    fn peer_list(&self) -> Vec<Ipv4Addr> {
+    fn peer_list(&self) -> Vec<IpAddr> {
         self.endpoints.keys().copied().collect()
     }
 
     /// Counts an endpoint in; the guard learns it when it is the first user.
-    fn endpoint_in(&mut self, ip: Ipv4Addr) {
+    fn endpoint_in(&mut self, ip: IpAddr) {
         let n = self.endpoints.entry(ip).or_default();
         *n += 1;
         if *n == 1 {
@@ -150,7 +158,7 @@ impl State {
     }
 
     /// Counts an endpoint out; the guard forgets it with its last user.
-    fn endpoint_out(&mut self, ip: Ipv4Addr) {
+    fn endpoint_out(&mut self, ip: IpAddr) {
         if let Some(n) = self.endpoints.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -162,19 +170,22 @@ impl State {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Put(key, ip) => match self.peers.insert(key, ip) {
-                Some(old) if old == ip => {}
-                old => {
-                    // The new endpoint is let in before the old one goes.
-                    self.endpoint_in(ip);
-                    if let Some(old) = old {
-                        self.endpoint_out(old);
+            Cmd::Put(key, ip, ip6) => {
+                let new = endpoints_of(&self.spec, ip, ip6);
+                match self.peers.insert(key, new.clone()) {
+                    Some(old) if old == new => {}
+                    old => {
+                        // The new endpoints are let in before the old ones go.
+                        new.iter().for_each(|ip| self.endpoint_in(*ip));
+                        old.into_iter()
+                            .flatten()
+                            .for_each(|ip| self.endpoint_out(ip));
                     }
                 }
-            },
+            }
             Cmd::Remove(key) => {
                 if let Some(old) = self.peers.remove(&key) {
-                    self.endpoint_out(old);
+                    old.into_iter().for_each(|ip| self.endpoint_out(ip));
                 }
             }
             Cmd::Check(reply) => {
@@ -492,7 +503,7 @@ impl Firewall {
     pub fn start(
         spec: FirewallSpec,
         probes: Vec<Probe>,
-        peers: &[(SubnetKey, Ipv4Addr)],
+        peers: &[(SubnetKey, Ipv4Addr, Option<Ipv6Addr>)],
         resync: Duration,
         kernel_events: bool,
         metrics: Arc<Metrics>,
@@ -501,7 +512,7 @@ impl Firewall {
         let mut st = State {
             spec,
             probes,
-            peers: peers.iter().copied().collect(),
+            peers: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             stats: stats.clone(),
             metrics,
@@ -512,8 +523,12 @@ impl Firewall {
             foreign_dirty: false,
             foreign_at: Instant::now(),
         };
-        for ip in st.peers.values() {
-            *st.endpoints.entry(*ip).or_default() += 1;
+        for (key, ip, ip6) in peers {
+            let ips = endpoints_of(&st.spec, *ip, *ip6);
+            for ip in &ips {
+                *st.endpoints.entry(*ip).or_default() += 1;
+            }
+            st.peers.insert(*key, ips);
         }
         let (tx, rx) = mpsc::channel();
         // Listening before the table is made: a change right after is not missed.
@@ -541,9 +556,10 @@ impl Firewall {
         Ok(Firewall { tx, stats })
     }
 
-    /// A peer's tunnel endpoint, new or changed: its tunnel packets are let in.
-    pub fn put_peer(&self, key: SubnetKey, ip: Ipv4Addr) {
-        let _ = self.tx.send(Cmd::Put(key, ip));
+    /// A peer's public addresses, new or changed: its tunnel packets are let in (from the
+    /// address of each family the network has).
+    pub fn put_peer(&self, key: SubnetKey, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) {
+        let _ = self.tx.send(Cmd::Put(key, ip, ip6));
     }
 
     pub fn remove_peer(&self, key: SubnetKey) {

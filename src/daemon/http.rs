@@ -378,6 +378,8 @@ fn peer_info((l, p): &(Arc<Lease>, PeerPath)) -> PeerInfo {
         public_ip: l.attrs.public_ip.to_string(),
         path,
         reason,
+        ipv6_subnet: l.key.v6.map(|n| n.to_string()),
+        public_ipv6: l.attrs.public_ipv6.map(|a| a.to_string()),
         wireguard: None,
     }
 }

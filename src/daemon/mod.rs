@@ -222,10 +222,14 @@ async fn run_node<M: SubnetManager>(
 /// Packets to test foreign masquerade rules with: a local pod talking to a pod elsewhere in the
 /// cluster network, leaving through each interface that carries pod traffic.
 fn probes(spec: &FirewallSpec, ext: &str, tunnel: Option<&str>) -> Vec<Probe> {
-    let src = std::net::Ipv4Addr::from(u32::from(spec.pod_subnet.network()) + 2);
-    let first = u32::from(spec.network.network()) + 2;
-    let dst = if spec.pod_subnet.contains(&std::net::Ipv4Addr::from(first)) {
-        std::net::Ipv4Addr::from(u32::from(spec.network.broadcast()) - 1)
+    // IPv4 probes only (an IPv6-only network has none yet).
+    let Some(nets) = spec.v4 else {
+        return Vec::new();
+    };
+    let src = std::net::Ipv4Addr::from(u32::from(nets.pod_subnet.network()) + 2);
+    let first = u32::from(nets.network.network()) + 2;
+    let dst = if nets.pod_subnet.contains(&std::net::Ipv4Addr::from(first)) {
+        std::net::Ipv4Addr::from(u32::from(nets.network.broadcast()) - 1)
     } else {
         std::net::Ipv4Addr::from(first)
     };

@@ -6,7 +6,7 @@
 //! step that waits on the store retries with backoff; a wrong config or a lost race for the last
 //! subnet is final.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use super::lease_keeper::LeaseKeeper;
 use super::{DaemonError, probes};
 use crate::backend::{self, ExternalInterface, Registration};
 use crate::config::NetworkConfig;
-use crate::firewall::{FirewallSpec, Guard};
+use crate::firewall::{FirewallSpec, Guard, Nets};
 use crate::kernel::netlink::Netlink;
 use crate::lease::manager::{SubnetManager, WatchUpdate};
 use crate::lease::validate::Checker;
@@ -68,9 +68,11 @@ pub async fn start<M: SubnetManager>(
         s.node.encap_overhead = Some(reg.overhead);
     });
     attrs.backend_type = reg.backend_type.to_string();
-    attrs.backend_data = reg.backend_data.as_ref().map(|d| {
+    let raw = |d: &String| {
         serde_json::value::RawValue::from_string(d.clone()).expect("backend data is JSON")
-    });
+    };
+    attrs.backend_data = reg.backend_data.as_ref().map(raw);
+    attrs.backend_v6_data = reg.backend_v6_data.as_ref().map(raw);
 
     shared.phase("acquiring a lease");
     let own = acquire(&store, &cfg, flags, attrs, shared).await?;
@@ -288,12 +290,14 @@ async fn program(
     shared: &Arc<Shared>,
 ) -> Result<Firewall, DaemonError> {
     let spec = FirewallSpec {
-        network: cfg
-            .v4
-            .as_ref()
-            .map(|f| f.network)
-            .expect("backends require IPv4"),
-        pod_subnet: own.key.v4.expect("backends require IPv4"),
+        v4: cfg.v4.as_ref().zip(own.key.v4).map(|(f, pod)| Nets {
+            network: f.network,
+            pod_subnet: pod,
+        }),
+        v6: cfg.v6.as_ref().zip(own.key.v6).map(|(f, pod)| Nets {
+            network: f.network,
+            pod_subnet: pod,
+        }),
         masquerade: flags.ip_masq,
         fully_random: !flags.ip_masq_fully_random_disable,
         forward: flags.iptables_forward_rules,
@@ -303,8 +307,10 @@ async fn program(
             .map(|port| Guard { port }),
     };
     let probes = probes(&spec, &ext.name, reg.tunnel_device.as_deref());
-    let endpoints: Vec<(SubnetKey, Ipv4Addr)> =
-        peers.peers().map(|l| (l.key, l.attrs.public_ip)).collect();
+    let endpoints: Vec<(SubnetKey, Ipv4Addr, Option<Ipv6Addr>)> = peers
+        .peers()
+        .map(|l| (l.key, l.attrs.public_ip, l.attrs.public_ipv6))
+        .collect();
     let resync = Duration::from_secs(flags.iptables_resync);
     let metrics = shared.metrics.clone();
     let events = flags.kernel_events;

@@ -9,12 +9,18 @@
 //! 5. cluster network → anywhere else but multicast: masquerade;
 //! 6. outside → other nodes' pods (routed through us): masquerade.
 //!
-//! Forward: accept to and from the cluster network (flannel's FLANNEL-FWD). In nftables a
+//! With `EnableIPv6` rules 2–6 are repeated for the IPv6 network and pod subnet (`ip6`, the
+//! multicast exception `ff00::/8`), as flanneld adds them with `ip6tables`; an IPv6-only
+//! network has only those.
+//!
+//! Forward: accept to and from the cluster network(s) (flannel's FLANNEL-FWD). In nftables a
 //! packet dropped by any other table's chain stays dropped, so this helps only against
 //! podnet-unaware defaults that accept; a foreign DROP policy is reported by `podnetctl doctor`.
 //!
 //! Tunnel guard (podnet's own): the tunnel's UDP port accepts packets only from the public
-//! addresses of current peers, a set changed one element at a time as leases come and go.
+//! addresses of current peers, a set changed one element at a time as leases come and go
+//! (with `EnableIPv6` a second set, `tunnel-peers-v6`, holds their IPv6 addresses; an
+//! IPv6-only network has only that one).
 //!
 //! The whole table is replaced in one transaction, so there is never a moment with half the
 //! rules, and rules of an earlier config disappear with it. Nothing outside this table is
@@ -23,12 +29,14 @@
 pub mod foreign;
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::owned::{NFT_FAMILY as FAMILY, NFT_TABLE as TABLE};
 pub const GUARD_SET: &str = "tunnel-peers";
+/// The tunnel guard's set of IPv6 peers (only with `EnableIPv6`).
+pub const GUARD_SET_V6: &str = "tunnel-peers-v6";
 /// kube-proxy's masquerade mark.
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
 
@@ -38,11 +46,20 @@ pub struct Guard {
     pub port: u16,
 }
 
+/// One family's cluster network and this node's pod subnet in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nets<N> {
+    pub network: N,
+    pub pod_subnet: N,
+}
+
 /// What to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallSpec {
-    pub network: Ipv4Net,
-    pub pod_subnet: Ipv4Net,
+    /// The IPv4 rules (absent in an IPv6-only network).
+    pub v4: Option<Nets<Ipv4Net>>,
+    /// The IPv6 rules, flannel's `ip6tables` ones (`EnableIPv6`).
+    pub v6: Option<Nets<Ipv6Net>>,
     pub masquerade: bool,
     pub fully_random: bool,
     pub forward: bool,
@@ -56,9 +73,7 @@ impl FirewallSpec {
     }
 
     /// The table's contents (what `nft -s list table inet podnet` shows, modulo nft's own layout).
-    pub fn render_table(&self, peers: &[Ipv4Addr]) -> String {
-        let net = self.network;
-        let pod = self.pod_subnet;
+    pub fn render_table(&self, peers: &[IpAddr]) -> String {
         let rnd = if self.fully_random {
             " fully-random"
         } else {
@@ -66,37 +81,56 @@ impl FirewallSpec {
         };
         let mut t = format!("table {FAMILY} {TABLE} {{\n");
         if let Some(g) = &self.guard {
-            let _ = write!(t, "\tset {GUARD_SET} {{\n\t\ttype ipv4_addr\n");
-            if !peers.is_empty() {
-                let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-                let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
-            }
-            t.push_str("\t}\n\n");
-            let _ = write!(
-                t,
-                "\tchain tunnel-guard {{\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
-                 \t\tudp dport {} ip saddr != @{GUARD_SET} counter drop comment \"tunnel packets from a non-peer\"\n\t}}\n\n",
-                g.port
-            );
+            self.render_guard(&mut t, g, peers);
         }
+        let families = || {
+            let v4 = self.v4.map(|n| {
+                (
+                    "ip",
+                    n.network.to_string(),
+                    n.pod_subnet.to_string(),
+                    "224.0.0.0/4",
+                )
+            });
+            let v6 = self.v6.map(|n| {
+                (
+                    "ip6",
+                    n.network.to_string(),
+                    n.pod_subnet.to_string(),
+                    "ff00::/8",
+                )
+            });
+            v4.into_iter().chain(v6)
+        };
         if self.masquerade {
             let _ = write!(
                 t,
                 "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-                 \t\tmeta mark & 0x{KUBE_PROXY_MARK:08x} == 0x{KUBE_PROXY_MARK:08x} return comment \"kube-proxy masquerades what it marked\"\n\
-                 \t\tip saddr {pod} ip daddr {net} return comment \"pod to cluster: keep the pod address\"\n\
-                 \t\tip saddr {net} ip daddr {pod} return comment \"cluster to local pod\"\n\
-                 \t\tip saddr != {net} ip daddr {pod} return comment \"outside to local pod\"\n\
-                 \t\tip saddr {net} ip daddr != 224.0.0.0/4 masquerade{rnd} comment \"pod to outside\"\n\
-                 \t\tip saddr != {net} ip daddr {net} masquerade{rnd} comment \"outside to remote pod\"\n\t}}\n\n"
+                 \t\tmeta mark & 0x{KUBE_PROXY_MARK:08x} == 0x{KUBE_PROXY_MARK:08x} return comment \"kube-proxy masquerades what it marked\"\n"
             );
+            for (ip, net, pod, mcast) in families() {
+                let _ = write!(
+                    t,
+                    "\t\t{ip} saddr {pod} {ip} daddr {net} return comment \"pod to cluster: keep the pod address\"\n\
+                     \t\t{ip} saddr {net} {ip} daddr {pod} return comment \"cluster to local pod\"\n\
+                     \t\t{ip} saddr != {net} {ip} daddr {pod} return comment \"outside to local pod\"\n\
+                     \t\t{ip} saddr {net} {ip} daddr != {mcast} masquerade{rnd} comment \"pod to outside\"\n\
+                     \t\t{ip} saddr != {net} {ip} daddr {net} masquerade{rnd} comment \"outside to remote pod\"\n"
+                );
+            }
+            t.push_str("\t}\n\n");
         }
         if self.forward {
-            let _ = write!(
-                t,
-                "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-                 \t\tip saddr {net} accept\n\t\tip daddr {net} accept\n\t}}\n\n"
+            t.push_str(
+                "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
             );
+            for (ip, net, _, _) in families() {
+                let _ = write!(
+                    t,
+                    "\t\t{ip} saddr {net} accept\n\t\t{ip} daddr {net} accept\n"
+                );
+            }
+            t.push_str("\t}\n\n");
         }
         while t.ends_with("\n\n") {
             t.pop();
@@ -105,8 +139,40 @@ impl FirewallSpec {
         t
     }
 
+    /// The guard's sets (IPv4 peers unless the network is IPv6-only; IPv6 peers with
+    /// `EnableIPv6`) and its chain, one drop rule per set.
+    fn render_guard(&self, t: &mut String, g: &Guard, peers: &[IpAddr]) {
+        let v4 = self.v4.is_some() || self.v6.is_none();
+        let sets = [
+            (v4, GUARD_SET, "ipv4_addr", "ip", true),
+            (self.v6.is_some(), GUARD_SET_V6, "ipv6_addr", "ip6", false),
+        ];
+        let sets: Vec<_> = sets.into_iter().filter(|s| s.0).collect();
+        for (_, name, ty, _, is_v4) in &sets {
+            let _ = write!(t, "\tset {name} {{\n\t\ttype {ty}\n");
+            let list: Vec<String> = peers
+                .iter()
+                .filter(|p| p.is_ipv4() == *is_v4)
+                .map(|p| p.to_string())
+                .collect();
+            if !list.is_empty() {
+                let _ = writeln!(t, "\t\telements = {{ {} }}", list.join(", "));
+            }
+            t.push_str("\t}\n\n");
+        }
+        t.push_str("\tchain tunnel-guard {\n\t\ttype filter hook input priority filter - 10; policy accept;\n");
+        for (_, name, _, ip, _) in &sets {
+            let _ = writeln!(
+                t,
+                "\t\tudp dport {} {ip} saddr != @{name} counter drop comment \"tunnel packets from a non-peer\"",
+                g.port
+            );
+        }
+        t.push_str("\t}\n\n");
+    }
+
     /// One transaction that replaces the table (or removes it when nothing is wanted).
-    pub fn render_apply(&self, peers: &[Ipv4Addr]) -> String {
+    pub fn render_apply(&self, peers: &[IpAddr]) -> String {
         // Declaring the table first makes the delete succeed whether or not it existed.
         let mut s = format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
         if !self.is_empty() {
@@ -116,14 +182,28 @@ impl FirewallSpec {
     }
 }
 
+fn guard_set(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        GUARD_SET
+    } else {
+        GUARD_SET_V6
+    }
+}
+
 /// Adds one peer to the tunnel guard.
-pub fn guard_add(ip: Ipv4Addr) -> String {
-    format!("add element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+pub fn guard_add(ip: IpAddr) -> String {
+    format!(
+        "add element {FAMILY} {TABLE} {} {{ {ip} }}\n",
+        guard_set(ip)
+    )
 }
 
 /// Removes one peer from the tunnel guard.
-pub fn guard_remove(ip: Ipv4Addr) -> String {
-    format!("delete element {FAMILY} {TABLE} {GUARD_SET} {{ {ip} }}\n")
+pub fn guard_remove(ip: IpAddr) -> String {
+    format!(
+        "delete element {FAMILY} {TABLE} {} {{ {ip} }}\n",
+        guard_set(ip)
+    )
 }
 
 /// The CNI plugin's own table for `ipMasq`: pods whose traffic leaving the cluster network is
@@ -164,8 +244,11 @@ mod tests {
 
     fn spec() -> FirewallSpec {
         FirewallSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            v4: Some(Nets {
+                network: "10.244.0.0/16".parse().unwrap(),
+                pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
+            v6: None,
             masquerade: true,
             fully_random: true,
             forward: true,
@@ -210,6 +293,55 @@ mod tests {
 }
 "
         );
+    }
+
+    #[test]
+    fn golden_dual_stack_and_ipv6_only() {
+        let mut s = spec();
+        s.guard = None;
+        s.v6 = Some(Nets {
+            network: "fd10:244::/56".parse().unwrap(),
+            pod_subnet: "fd10:244:0:3::/64".parse().unwrap(),
+        });
+        let v6_rules = "\t\tip6 saddr fd10:244:0:3::/64 ip6 daddr fd10:244::/56 return comment \"pod to cluster: keep the pod address\"
+\t\tip6 saddr fd10:244::/56 ip6 daddr fd10:244:0:3::/64 return comment \"cluster to local pod\"
+\t\tip6 saddr != fd10:244::/56 ip6 daddr fd10:244:0:3::/64 return comment \"outside to local pod\"
+\t\tip6 saddr fd10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment \"pod to outside\"
+\t\tip6 saddr != fd10:244::/56 ip6 daddr fd10:244::/56 masquerade fully-random comment \"outside to remote pod\"
+";
+        let dual = s.render_table(&[]);
+        assert_eq!(
+            dual,
+            format!(
+                "table inet podnet {{
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & 0x00004000 == 0x00004000 return comment \"kube-proxy masquerades what it marked\"
+\t\tip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return comment \"pod to cluster: keep the pod address\"
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"cluster to local pod\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return comment \"outside to local pod\"
+\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"pod to outside\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"outside to remote pod\"
+{v6_rules}\t}}
+
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.244.0.0/16 accept
+\t\tip daddr 10.244.0.0/16 accept
+\t\tip6 saddr fd10:244::/56 accept
+\t\tip6 daddr fd10:244::/56 accept
+\t}}
+}}
+"
+            )
+        );
+        s.v4 = None;
+        let only = s.render_table(&[]);
+        assert!(
+            !only.contains("ip saddr") && !only.contains("ip daddr"),
+            "{only}"
+        );
+        assert!(only.contains(v6_rules), "{only}");
     }
 
     #[test]

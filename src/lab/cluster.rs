@@ -6,7 +6,7 @@
 //! Each node keeps its files in the lab's node directory: `subnet.env`, `podnetd.sock`, the
 //! plugin's IPAM state (`ipam/`) and flannel's delegate directory (`flannel/`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,10 @@ pub struct Pod {
     /// `/run/netns/...`
     pub netns: String,
     pub container: String,
+    /// The pod's IPv4 address (`0.0.0.0` in an IPv6-only network).
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, in a dual-stack or IPv6-only network.
+    pub ip6: Option<Ipv6Addr>,
     /// The plugin's result, as it printed it.
     pub result: serde_json::Value,
 }
@@ -269,19 +272,32 @@ impl Cluster {
         }
         let parsed: AddResult = serde_json::from_str(&text)
             .map_err(|e| LabError::Process(format!("CNI ADD {node}/{name}: {e}: {text}")))?;
-        let ip = parsed
+        let ips: Vec<IpAddr> = parsed
             .ips
-            .first()
-            .and_then(|i| i.address.split('/').next()?.parse().ok())
-            .ok_or_else(|| {
-                LabError::Process(format!("CNI ADD {node}/{name}: no IPv4 address in {text}"))
-            })?;
+            .iter()
+            .filter_map(|i| i.address.split('/').next()?.parse().ok())
+            .collect();
+        let ip = ips.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let ip6 = ips.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        if ip.is_none() && ip6.is_none() {
+            return Err(LabError::Process(format!(
+                "CNI ADD {node}/{name}: no IP address in {text}"
+            )));
+        }
+        let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         Ok(Pod {
             node: node.into(),
             name: name.into(),
             netns,
             container,
             ip,
+            ip6,
             result: serde_json::from_str(&text).unwrap_or_default(),
         })
     }

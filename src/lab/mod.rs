@@ -555,28 +555,48 @@ impl Lab {
             let mut rt = Netlink::open_in(&rt_ns)?;
             let addr =
                 IpNet::new(IpAddr::V4(seg.router), seg.net.prefix_len()).expect("valid prefix");
+            if seg.net6.is_some() {
+                no_dad(&rt_ns, &leg)?;
+            }
             configure_leg(&mut rt, &leg, addr, None)?;
+            if let (Some(net6), Some(r6)) = (seg.net6, seg.router6) {
+                let addr6 = IpNet::new(IpAddr::V6(r6), net6.prefix_len()).expect("valid prefix");
+                configure_leg(&mut rt, &leg, addr6, None)?;
+            }
         }
         set_up_lo(&rt_ns)?;
         rt_ns.run(|| sysctl::set("net.ipv4.ip_forward", "1"))??;
+        if plan.segments.iter().any(|s| s.net6.is_some()) {
+            rt_ns.run(|| sysctl::set("net.ipv6.conf.all.forwarding", "1"))??;
+        }
 
         for host in plan.etcd.iter().chain(plan.nodes.iter()) {
             let ns = NetNs::open(&host.netns)?;
             plug(&mut sw, bridges[host.segment], &host.port, "eth0", &ns)?;
             let mut nl = Netlink::open_in(&ns)?;
             let router = plan.segments[host.segment].router;
+            if host.addr6.is_some() {
+                no_dad(&ns, "eth0")?;
+            }
             configure_leg(
                 &mut nl,
                 "eth0",
                 IpNet::V4(host.addr),
                 Some(IpAddr::V4(router)),
             )?;
+            // IPv6 addresses are added without duplicate detection (`nodad`): usable at once.
+            if let (Some(a6), Some(r6)) = (host.addr6, plan.segments[host.segment].router6) {
+                configure_leg(&mut nl, "eth0", IpNet::V6(a6), Some(IpAddr::V6(r6)))?;
+            }
             set_up_lo(&ns)?;
         }
         for host in &plan.nodes {
             let ns = NetNs::open(&host.netns)?;
             // A Kubernetes node forwards: pods' traffic passes through it.
             ns.run(|| sysctl::set("net.ipv4.ip_forward", "1"))??;
+            if host.addr6.is_some() {
+                ns.run(|| sysctl::set("net.ipv6.conf.all.forwarding", "1"))??;
+            }
         }
         Ok(())
     }
@@ -652,11 +672,21 @@ fn configure_leg(
         },
     )?;
     if let Some(gw) = gateway {
-        let mut r = Route::unicast("0.0.0.0/0".parse().expect("constant"), RTPROT_STATIC);
+        let default = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        let mut r = Route::unicast(default.parse().expect("constant"), RTPROT_STATIC);
         r.gateway = Some(gw);
         r.oif = Some(idx);
         nl.replace_route(&r)?;
     }
+    Ok(())
+}
+
+/// No duplicate address detection on a leg, set before it comes up: its IPv6 link-local
+/// address is usable at once, so the first packets across the IPv6 underlay are not held up
+/// by a router or node whose link-local address is still tentative.
+fn no_dad(ns: &NetNs, leg: &str) -> Result<(), LabError> {
+    let key = format!("net.ipv6.conf.{leg}.accept_dad");
+    ns.run(|| sysctl::set(&key, "0"))??;
     Ok(())
 }
 

@@ -6,10 +6,15 @@
 //! router is `.0.1`; etcd members sit on segment 0 at 198.18.0.2-4; node `i` (1-based) gets
 //! segment base + 10 + i, so node1 is 198.18.0.11. A /17 leaves room for thousands of fake peers
 //! on one L2 (benchmarks program host-gw routes via such addresses).
+//!
+//! IPv6 underlay (`LabSpec::ipv6`, for dual-stack and IPv6-only clusters): 2001:2::/48 (RFC 5180
+//! benchmarking space), segment k is 2001:2:0:k::/64 and every host has the same offset as in
+//! IPv4 (router `::1`, etcd `::2`-`::4`, node i `::(10 + i)` in hex); the router routes IPv6
+//! between the segments as well. Without it the lab has no IPv6 beyond link-local.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
@@ -18,6 +23,8 @@ use super::LabError;
 pub const NS_PREFIX: &str = "pnl-";
 /// The lab's underlay range.
 pub const UNDERLAY: &str = "198.18.0.0/15";
+/// The lab's IPv6 underlay range.
+pub const UNDERLAY6: &str = "2001:2::/48";
 /// Pod ranges used by the lab's clusters (the README demo and the tests).
 pub const POD_RANGES: [&str; 2] = ["10.244.0.0/16", "fd10:244::/56"];
 const SEGMENT_PREFIX: u8 = 17;
@@ -33,6 +40,8 @@ pub struct LabSpec {
     pub nodes: usize,
     pub segments: usize,
     pub etcd_members: usize,
+    /// IPv6 underlay addresses (and routing) beside the IPv4 ones.
+    pub ipv6: bool,
 }
 
 impl LabSpec {
@@ -42,7 +51,13 @@ impl LabSpec {
             nodes,
             segments: 1,
             etcd_members: 1,
+            ipv6: false,
         }
+    }
+
+    pub fn ipv6(mut self, on: bool) -> LabSpec {
+        self.ipv6 = on;
+        self
     }
 
     pub fn segments(mut self, n: usize) -> LabSpec {
@@ -65,6 +80,11 @@ pub struct Segment {
     pub net: Ipv4Net,
     /// The router's address on this segment; every host on it routes through it.
     pub router: Ipv4Addr,
+    /// The segment's IPv6 subnet, in a lab with an IPv6 underlay.
+    #[serde(default)]
+    pub net6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub router6: Option<Ipv6Addr>,
 }
 
 /// A host attached to the underlay: a node, an etcd member, or the router's leg on a segment.
@@ -78,11 +98,18 @@ pub struct Host {
     pub addr: Ipv4Net,
     /// Name of the switch-side veth end (at most 15 bytes).
     pub port: String,
+    /// IPv6 address with the segment's prefix length, in a lab with an IPv6 underlay.
+    #[serde(default)]
+    pub addr6: Option<Ipv6Net>,
 }
 
 impl Host {
     pub fn ip(&self) -> Ipv4Addr {
         self.addr.addr()
+    }
+
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.addr6.map(|a| a.addr())
     }
 }
 
@@ -178,6 +205,20 @@ fn segment_net(index: usize) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(start), SEGMENT_PREFIX).expect("valid prefix")
 }
 
+fn segment_net6(index: usize) -> Ipv6Net {
+    let base: Ipv6Net = UNDERLAY6.parse().expect("constant");
+    let start = u128::from(base.network()) + ((index as u128) << 64);
+    Ipv6Net::new(Ipv6Addr::from(start), 64).expect("valid prefix")
+}
+
+fn host_addr6(seg: &Ipv6Net, offset: u32) -> Ipv6Net {
+    Ipv6Net::new(
+        Ipv6Addr::from(u128::from(seg.network()) + offset as u128),
+        64,
+    )
+    .expect("valid prefix")
+}
+
 fn host_addr(seg: &Ipv4Net, offset: u32) -> Ipv4Net {
     Ipv4Net::new(
         Ipv4Addr::from(u32::from(seg.network()) + offset),
@@ -222,11 +263,14 @@ pub fn plan(spec: &LabSpec) -> Result<Plan, LabError> {
     let segments: Vec<Segment> = (0..spec.segments)
         .map(|i| {
             let net = segment_net(i);
+            let net6 = spec.ipv6.then(|| segment_net6(i));
             Segment {
                 index: i,
                 bridge: format!("seg{i}"),
                 net,
                 router: host_addr(&net, 1).addr(),
+                net6,
+                router6: net6.map(|n| host_addr6(&n, 1).addr()),
             }
         })
         .collect();
@@ -237,6 +281,7 @@ pub fn plan(spec: &LabSpec) -> Result<Plan, LabError> {
             segment: 0,
             addr: host_addr(&segments[0].net, 1 + i as u32),
             port: format!("e{i}"),
+            addr6: segments[0].net6.map(|n| host_addr6(&n, 1 + i as u32)),
         })
         .collect();
     let nodes = (0..spec.nodes)
@@ -248,6 +293,7 @@ pub fn plan(spec: &LabSpec) -> Result<Plan, LabError> {
                 segment: seg,
                 addr: host_addr(&segments[seg].net, 11 + i as u32),
                 port: format!("n{}", i + 1),
+                addr6: segments[seg].net6.map(|n| host_addr6(&n, 11 + i as u32)),
             }
         })
         .collect();
@@ -263,7 +309,8 @@ pub fn plan(spec: &LabSpec) -> Result<Plan, LabError> {
 
 /// The ranges the lab uses that must not collide with anything the host has.
 pub fn lab_ranges() -> Vec<IpNet> {
-    std::iter::once(UNDERLAY)
+    [UNDERLAY, UNDERLAY6]
+        .into_iter()
         .chain(POD_RANGES)
         .map(|s| s.parse().expect("constant"))
         .collect()
@@ -403,6 +450,30 @@ mod tests {
         for s in &p.segments {
             assert!(seen.insert(s.router));
         }
+    }
+
+    #[test]
+    fn ipv6_underlay_mirrors_the_ipv4_offsets() {
+        let p = plan(&LabSpec::new("t6", 3).segments(2).ipv6(true)).unwrap();
+        assert_eq!(p.segments[1].net6.unwrap().to_string(), "2001:2:0:1::/64");
+        assert_eq!(p.segments[0].router6.unwrap().to_string(), "2001:2::1");
+        let a: Vec<String> = p
+            .nodes
+            .iter()
+            .map(|n| n.addr6.unwrap().to_string())
+            .collect();
+        assert_eq!(a, ["2001:2::b/64", "2001:2::c/64", "2001:2:0:1::d/64"]);
+        assert_eq!(p.etcd[0].ip6().unwrap().to_string(), "2001:2::2");
+        let under: Ipv6Net = UNDERLAY6.parse().unwrap();
+        assert!(p.nodes.iter().all(|n| under.contains(&n.ip6().unwrap())));
+        // Off by default: the IPv4-only lab is unchanged.
+        let p = plan(&LabSpec::new("t4", 2)).unwrap();
+        assert!(p.segments[0].net6.is_none() && p.nodes[0].addr6.is_none());
+        // The host must not use the IPv6 underlay either.
+        assert_eq!(
+            overlaps(&nets(&["2001:2:0:5::1/64"]), &lab_ranges()).len(),
+            1
+        );
     }
 
     #[test]

@@ -675,6 +675,18 @@ mod tests {
             d.to_json(),
             r#"{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
         );
+        // IPv6 only (flannel's vxlan with EnableIPv4 false): an unspecified PublicIP, no
+        // BackendData, the IPv6 half in full.
+        let v6only = LeaseAttrs {
+            public_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some("2001:2::c".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: raw(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#),
+        };
+        let golden6 = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:2::c","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
+        assert_eq!(v6only.to_json(), golden6);
+        assert_eq!(LeaseAttrs::from_json(golden6).unwrap(), v6only);
         // host-gw: no backend data; udp in flannel: no type either.
         let h = LeaseAttrs {
             backend_type: "host-gw".into(),

@@ -12,7 +12,9 @@
 //!   a `0.0.0.0-1` lease would otherwise replace the default route;
 //! - its public address is unspecified, loopback, multicast, link-local, broadcast, or one of
 //!   this node's own;
-//! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC`;
+//! - it has an IPv6 subnet but no `PublicIPv6`;
+//! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC` in
+//!   `BackendData` for the IPv4 half and in `BackendV6Data` for the IPv6 half;
 //!   wireguard: a 32-byte base64 `PublicKey` that is not all zeros, a `Port` from 1 to 65535);
 //! - it overlaps another valid lease, or reuses another's identity — a VtepMAC, a WireGuard
 //!   public key, or a WireGuard endpoint (public address and port): the older lease (by
@@ -55,28 +57,39 @@ fn overlaps(a: &SubnetKey, b: &SubnetKey) -> bool {
 }
 
 /// The VtepMAC a vxlan lease publishes (`None` for other backends).
-fn vtep(l: &Lease) -> Result<Option<Mac>, String> {
+fn vtep(l: &Lease) -> Result<Vec<Mac>, String> {
     if l.attrs.backend_type != "vxlan" {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let raw = l
-        .attrs
-        .backend_data
-        .as_ref()
-        .ok_or("vxlan lease without BackendData")?;
+    let mut macs = Vec::new();
+    // Each half of the lease names its own device's MAC (IPv6-only leases have no BackendData).
+    if l.key.v4.is_some() || l.key.v6.is_none() {
+        macs.push(vtep_mac("BackendData", l.attrs.backend_data.as_deref())?);
+    }
+    if l.key.v6.is_some() {
+        macs.push(vtep_mac(
+            "BackendV6Data",
+            l.attrs.backend_v6_data.as_deref(),
+        )?);
+    }
+    Ok(macs)
+}
+
+fn vtep_mac(field: &str, raw: Option<&serde_json::value::RawValue>) -> Result<Mac, String> {
+    let raw = raw.ok_or_else(|| format!("vxlan lease without {field}"))?;
     let v: serde_json::Value = serde_json::from_str(raw.get())
-        .map_err(|_| format!("BackendData {} is not JSON", raw.get()))?;
+        .map_err(|_| format!("{field} {} is not JSON", raw.get()))?;
     let obj = v
         .as_object()
-        .ok_or_else(|| format!("BackendData {} is not an object", raw.get()))?;
+        .ok_or_else(|| format!("{field} {} is not an object", raw.get()))?;
     let mac: Mac = crate::util::json::get_ci(obj, "VtepMAC")
         .and_then(|m| m.as_str())
-        .ok_or_else(|| format!("BackendData {} has no VtepMAC", raw.get()))?
+        .ok_or_else(|| format!("{field} {} has no VtepMAC", raw.get()))?
         .parse()?;
     if mac.0 == [0; 6] || mac.0[0] & 1 == 1 {
         return Err(format!("VtepMAC {mac} is not a unicast address"));
     }
-    Ok(Some(mac))
+    Ok(mac)
 }
 
 /// What one lease may claim and no other may: the older lease keeps it.
@@ -107,8 +120,9 @@ impl std::fmt::Display for Identity {
 /// lease never passes `check`).
 fn identities(l: &Lease) -> Vec<Identity> {
     let mut ids = Vec::new();
-    if let Ok(Some(mac)) = vtep(l) {
-        ids.push(Identity::VtepMac(mac));
+    if let Ok(macs) = vtep(l) {
+        ids.extend(macs.into_iter().map(Identity::VtepMac));
+        ids.dedup();
     }
     if let Ok(Some(wg)) = WireguardData::of(l) {
         ids.push(Identity::WgKey(wg.public_key));
@@ -225,8 +239,10 @@ impl Checker {
         if self.cfg.enable_ipv4 && l.key.v4.is_some() {
             self.public(IpAddr::V4(l.attrs.public_ip))?;
         }
-        if let (Some(ip), Some(_)) = (l.attrs.public_ipv6, l.key.v6) {
-            self.public(IpAddr::V6(ip))?;
+        match (l.attrs.public_ipv6, l.key.v6) {
+            (Some(ip), Some(_)) => self.public(IpAddr::V6(ip))?,
+            (None, Some(n)) => return Err(format!("IPv6 subnet {n} without a PublicIPv6")),
+            _ => {}
         }
         vtep(l)?;
         WireguardData::of(l)?;
@@ -481,6 +497,155 @@ mod tests {
                 .unwrap_err()
                 .contains("overlaps this node's network 198.18.0.0/17")
         );
+    }
+
+    /// The IPv6 half of a lease is checked as strictly as the IPv4 one.
+    #[test]
+    fn the_ipv6_half_is_untrusted_too() {
+        let dual = |own: &str| Checker {
+            cfg: NetworkConfig::parse(
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#,
+            )
+            .unwrap(),
+            exact_length: true,
+            own: SubnetKey::parse(own).unwrap(),
+            local: vec![
+                "198.18.0.11/17".parse().unwrap(),
+                "2001:2::b/64".parse().unwrap(),
+            ],
+        };
+        let c = dual("10.244.1.0-24&fd10:244:0:1::-64");
+        let v6 = |key: &str, ip6: &str, mac6: Option<&str>| {
+            let mut l = lease(key, "198.18.0.12", "02:00:00:00:00:02", 1);
+            l.attrs.public_ipv6 = Some(ip6.parse().unwrap());
+            l.attrs.backend_v6_data = mac6
+                .map(|m| RawValue::from_string(format!(r#"{{"VNI":1,"VtepMAC":"{m}"}}"#)).unwrap());
+            l
+        };
+        let good = v6(
+            "10.244.2.0-24&fd10:244:0:2::-64",
+            "2001:2::c",
+            Some("02:00:00:00:00:06"),
+        );
+        assert_eq!(c.check(&good), Ok(()));
+        let cases = [
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:20::-60",
+                    "2001:2::c",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "prefix length is not IPv6SubnetLen 64",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:245::-64",
+                    "2001:2::c",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "outside IPv6Network",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:1::-64",
+                    "2001:2::c",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "overlaps this node's",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:2::-64",
+                    "ff02::1",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "public address ff02::1",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:2::-64",
+                    "fe80::1",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "public address fe80::1",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:2::-64",
+                    "2001:2::b",
+                    Some("02:00:00:00:00:06"),
+                ),
+                "2001:2::b is this node's own",
+            ),
+            (
+                v6("10.244.2.0-24&fd10:244:0:2::-64", "2001:2::c", None),
+                "vxlan lease without BackendV6Data",
+            ),
+            (
+                v6(
+                    "10.244.2.0-24&fd10:244:0:2::-64",
+                    "2001:2::c",
+                    Some("33:33:00:00:00:01"),
+                ),
+                "not a unicast",
+            ),
+        ];
+        for (l, why) in cases {
+            let err = c.check(&l).unwrap_err();
+            assert!(
+                err.contains(why),
+                "{} {}: {err:?} lacks {why:?}",
+                l.key,
+                l.attrs.to_json()
+            );
+        }
+        let mut no_public = good.clone();
+        no_public.attrs.public_ipv6 = None;
+        assert!(
+            c.check(&no_public)
+                .unwrap_err()
+                .contains("without a PublicIPv6")
+        );
+        // Two leases whose IPv6 halves overlap: the older keeps it; an IPv6 VtepMAC is an
+        // identity like an IPv4 one.
+        let mut late = v6(
+            "10.244.3.0-24&fd10:244:0:2::-64",
+            "2001:2::d",
+            Some("02:00:00:00:00:07"),
+        );
+        late.created = 2;
+        let mut thief = v6(
+            "10.244.4.0-24&fd10:244:0:4::-64",
+            "2001:2::e",
+            Some("02:00:00:00:00:06"),
+        );
+        thief.created = 3;
+        let sel = c.select([&good, &late, &thief].into_iter(), |_| false);
+        assert_eq!(sel.accepted.len(), 1);
+        assert!(
+            sel.refused
+                .iter()
+                .any(|(l, why)| l.key == late.key && why.contains("overlaps"))
+        );
+        assert!(
+            sel.refused
+                .iter()
+                .any(|(l, why)| l.key == thief.key && why.contains("VtepMAC"))
+        );
+        // IPv6-only: no BackendData needed, the IPv4 public address is not looked at.
+        let mut only = dual("0.0.0.0-0&fd10:244:0:1::-64");
+        only.cfg = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#,
+        )
+        .unwrap();
+        let mut l = v6(
+            "0.0.0.0-0&fd10:244:0:2::-64",
+            "2001:2::c",
+            Some("02:00:00:00:00:06"),
+        );
+        l.attrs.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+        l.attrs.backend_data = None;
+        assert_eq!(only.check(&l), Ok(()));
     }
 
     #[test]

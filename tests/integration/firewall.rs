@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use podnet::firewall::{FirewallSpec, Guard};
+use podnet::firewall::{FirewallSpec, Guard, Nets};
 
 use crate::cluster::{Cluster, PREFIX, Pod};
 use crate::support::{ok, poll};
@@ -176,8 +176,11 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     let subnet1 = c.wait_ready("node1").subnet.unwrap().trunc();
     c.wait_ready("node2");
     let golden = FirewallSpec {
-        network: "10.244.0.0/17".parse().unwrap(),
-        pod_subnet: subnet1,
+        v4: Some(Nets {
+            network: "10.244.0.0/17".parse().unwrap(),
+            pod_subnet: subnet1,
+        }),
+        v6: None,
         masquerade: true,
         fully_random: true,
         forward: true,

@@ -41,7 +41,11 @@ fn server_config(pki: &Pki) -> ServerConfig {
 
 impl KubeLab {
     pub fn new(prefix: &str, nodes: usize, segments: usize) -> KubeLab {
-        let c = Cluster::new(LabSpec::new(unique(prefix), nodes).segments(segments));
+        KubeLab::with_spec(LabSpec::new(unique(prefix), nodes).segments(segments))
+    }
+
+    pub fn with_spec(spec: LabSpec) -> KubeLab {
+        let c = Cluster::new(spec);
         let dir = c.lab.workdir().join("kube");
         std::fs::create_dir_all(&dir).unwrap();
         let pki = Pki::generate(&dir, &[API_IP.parse().unwrap()]).unwrap();
@@ -78,11 +82,20 @@ impl KubeLab {
 
     /// The node's Node object: a kubeadm worker, renamed, with its lab address.
     pub fn add_node(&self, node: &str, pod_cidr: Option<&str>) {
-        let ip: IpAddr = self.c.lab.plan().host(node).unwrap().ip().into();
         let cidrs: Vec<&str> = pod_cidr.into_iter().collect();
+        self.add_node_cidrs(node, &cidrs);
+    }
+
+    /// A Node with these podCIDRs (one per family) and its lab addresses (both families in
+    /// a lab with an IPv6 underlay).
+    pub fn add_node_cidrs(&self, node: &str, cidrs: &[&str]) {
+        let host = self.c.lab.plan().host(node).unwrap();
+        let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(host.ip()))
+            .chain(host.ip6().map(IpAddr::V6))
+            .collect();
         let tmpl = fixtures::fixture("node-worker").unwrap();
         self.store()
-            .create(fixtures::node(&tmpl, node, &[ip], &cidrs))
+            .create(fixtures::node(&tmpl, node, &ips, cidrs))
             .unwrap();
     }
 
@@ -105,8 +118,12 @@ impl KubeLab {
     }
 
     fn net_conf(&self, backend: &str) -> PathBuf {
-        let path = self.dir.join(format!("net-conf-{backend}.json"));
         let conf = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}});
+        self.net_conf_json(backend, &conf)
+    }
+
+    fn net_conf_json(&self, name: &str, conf: &Value) -> PathBuf {
+        let path = self.dir.join(format!("net-conf-{name}.json"));
         // As kubelet updates a ConfigMap volume: atomically (other nodes may be reading it).
         podnet::util::files::write_atomic(&path, conf.to_string().as_bytes(), None).unwrap();
         path
@@ -114,8 +131,14 @@ impl KubeLab {
 
     /// Starts podnetd in Kubernetes mode on a node (NODE_NAME set, as the DaemonSet does).
     pub fn start(&mut self, node: &str, backend: &str, extra: &[&str]) {
+        let conf = self.net_conf(backend);
+        self.start_with(node, &conf, extra)
+    }
+
+    /// Starts podnetd in Kubernetes mode with this net-conf.json.
+    pub fn start_with(&mut self, node: &str, net_conf: &std::path::Path, extra: &[&str]) {
         let kc = format!("--kubeconfig-file={}", self.kubeconfig(node).display());
-        let nc = format!("--net-config-path={}", self.net_conf(backend).display());
+        let nc = format!("--net-config-path={}", net_conf.display());
         let mut args = vec!["--kube-subnet-mgr", kc.as_str(), nc.as_str(), "--ip-masq"];
         args.extend_from_slice(extra);
         let argv = self.c.podnetd_args(node, &args);
@@ -667,4 +690,60 @@ fn forged_nodes_are_refused_and_pods_keep_talking() {
     assert!(entry.contains("dst 198.18.0.12"), "{fdb}");
     mesh(&k.c, &pods);
     assert_eq!(metric(&k, "node1", "podnet_leases_rejected"), 3.0);
+}
+
+/// Dual-stack in Kubernetes mode: each Node's `spec.podCIDRs` (one per family) are its
+/// subnets, the IPv6 half is published as flanneld does (`public-ipv6`, `backend-v6-data`),
+/// and pods reach each other over both families.
+#[test]
+fn kube_dual_stack_pod_cidrs_and_flannels_v6_annotations() {
+    let mut k = KubeLab::with_spec(LabSpec::new(unique("kds"), 3).segments(2).ipv6(true));
+    let nodes = ["node1", "node2", "node3"];
+    let cidr6 = |i: usize| format!("fd10:244:0:{}::/64", 10 + i);
+    for (i, n) in nodes.iter().enumerate() {
+        k.add_node_cidrs(n, &[&cidr(i), &cidr6(i)]);
+    }
+    let conf = json!({"Network": "10.244.0.0/16", "EnableIPv6": true,
+        "IPv6Network": "fd10:244::/56", "Backend": {"Type": "vxlan"}});
+    let conf = k.net_conf_json("dual", &conf);
+    for n in nodes {
+        k.start_with(n, &conf, &[]);
+    }
+    let mut pods = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let env = k.ready(n);
+        assert_eq!(env.subnet.unwrap().trunc().to_string(), cidr(i));
+        assert_eq!(env.ipv6_subnet.unwrap().trunc().to_string(), cidr6(i));
+        pods.push(k.c.add_pod(n, "a", "1.0.0"));
+    }
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            let dst = b.ip6.expect("an IPv6 pod address").to_string();
+            poll(
+                &format!("{} to reach {dst}", a.target()),
+                Duration::from_secs(10),
+                || {
+                    let out =
+                        k.c.lab
+                            .exec(&a.target(), &["ping", "-c1", "-W1", &dst])
+                            .unwrap();
+                    out.status.success().then_some(())
+                },
+            );
+        }
+    }
+    mesh(&k.c, &pods);
+    for n in nodes {
+        let a = k.annotations(n);
+        let ip6 = k.c.lab.plan().host(n).unwrap().ip6().unwrap().to_string();
+        assert_eq!(a[&format!("{PREFIX}/public-ipv6")], ip6);
+        let mac = k.c.ip_json(n, &["link", "show", "flannel-v6.1"])[0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            a[&format!("{PREFIX}/backend-v6-data")],
+            format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}")
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod backend;
 mod cluster;
 mod cri;
 mod drift;
+mod dualstack;
 mod firewall;
 mod hostile;
 mod kube;

@@ -197,6 +197,7 @@ impl Backend for Udp {
         Ok(Registration {
             backend_type: "",
             backend_data: None,
+            backend_v6_data: None,
             mtu: self.mtu,
             overhead: OVERHEAD,
             tunnel_port: Some(self.opts.port),
@@ -223,7 +224,7 @@ impl Backend for Udp {
         let index = self.running.as_ref().expect("started above").index;
         self.local
             .store(u32::from(subnet.network()), Ordering::Relaxed);
-        super::own_address_up(nl, DEVICE, index, subnet, Some(self.mtu))?;
+        super::own_address_up(nl, DEVICE, index, subnet.into(), Some(self.mtu))?;
         // Our ICMP errors come out of the device from this node's own address, and the kernel
         // drops a packet that arrives with a local source address as a martian unless told not to.
         sysctl::set_conf(DEVICE, "accept_local", "1")?;

@@ -232,6 +232,7 @@ impl Backend for Wireguard {
         Ok(Registration {
             backend_type: "wireguard",
             backend_data: Some(data.to_json()),
+            backend_v6_data: None,
             mtu: self.mtu,
             overhead: WG_OVERHEAD,
             tunnel_port: Some(self.opts.listen_port),
@@ -247,7 +248,7 @@ impl Backend for Wireguard {
         let mtu = self.mtu;
         let userspace = self.engine()?.name() == "userspace";
         let index = self.engine()?.ensure(nl, Some(subnet.network()))?;
-        super::own_address_up(nl, DEVICE, index, subnet, Some(mtu))?;
+        super::own_address_up(nl, DEVICE, index, subnet.into(), Some(mtu))?;
         if userspace {
             // Our ICMP errors come out of the device from this node's own address.
             sysctl::set_conf(DEVICE, "accept_local", "1")?;

@@ -20,6 +20,7 @@ const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 /// Something in the kernel appeared or changed (`gone: false`), or disappeared (`gone: true`).
@@ -40,8 +41,8 @@ pub struct Batch {
     pub overflowed: bool,
 }
 
-/// Notifications about links, IPv4 addresses, routes (both families), neighbours and FDB
-/// entries of the namespace the subscription was made in.
+/// Notifications about links, addresses and routes (both families), neighbours and FDB entries
+/// of the namespace the subscription was made in.
 pub struct KernelEvents {
     sub: Subscription,
     ignore_port: Option<u32>,
@@ -56,6 +57,8 @@ impl KernelEvents {
             RTNLGRP_NEIGH,
             RTNLGRP_IPV4_IFADDR,
             RTNLGRP_IPV4_ROUTE,
+            // The IPv6 address of flannel-v6.<VNI>, and the external interface's.
+            RTNLGRP_IPV6_IFADDR,
             RTNLGRP_IPV6_ROUTE,
         ];
         let sub = Subscription::open(&groups, "kernel events")?;
