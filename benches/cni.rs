@@ -3,6 +3,12 @@
 //! the same lab node, interleaved in one run, sequentially and 8 at once.
 //!
 //!   sudo cargo bench --bench cni            (BENCH_RUNS=3, BENCH_PODS=200 by default)
+//!   sudo BENCH_IPMASQ=plugin cargo bench --bench cni
+//!
+//! By default the daemon masquerades (`--ip-masq`, as kube-flannel.yml runs it) and neither
+//! plugin adds rules. `BENCH_IPMASQ=plugin` is flannel's default instead: the daemon does not,
+//! so podnet's plugin adds each pod to its nftables masquerade set and the reference runs
+//! with `ipMasq: true` (its iptables chain per pod).
 
 mod common;
 
@@ -56,19 +62,28 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let runs = runs(3);
+    let plugin_masq = match std::env::var("BENCH_IPMASQ").as_deref() {
+        Ok("plugin") => true,
+        Ok("daemon") | Err(_) => false,
+        Ok(other) => panic!("BENCH_IPMASQ={other:?}: expected daemon or plugin"),
+    };
     let c = Cluster::up(&LabSpec::new(unique("bcni"), 1), binaries()).unwrap();
     let dir = c.node_dir("node1").unwrap();
-    // What podnetd writes with --ip-masq (so neither plugin adds masquerade rules).
+    // What podnetd writes with --ip-masq (neither plugin adds masquerade rules), or without it
+    // (both do).
     std::fs::write(
         dir.join("subnet.env"),
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ={}\n",
+            !plugin_masq
+        ),
     )
     .unwrap();
     let podnet_conf = c.cni_conf("node1", "1.0.0").unwrap().to_string();
     // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
     let ref_conf = json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
-        "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": false, "mtu": 1450,
+        "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": plugin_masq, "mtu": 1450,
         "ipam": {"type": "host-local", "dataDir": dir.join("ipam-ref"),
                  "ranges": [[{"subnet": "10.244.2.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
     })
@@ -154,8 +169,13 @@ fn main() {
     let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam-podnet/cbr0"))
         .map(|d| d.count())
         .unwrap_or(0);
+    let masq = if plugin_masq {
+        "the plugins masquerade (ipMasq)"
+    } else {
+        "the daemon masquerades"
+    };
     println!(
-        "\nCNI pod setup, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
+        "\nCNI pod setup, {masq}, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
     );
     println!("| operation | podnet | reference (bridge + host-local) | ratio |");
     println!("|---|---|---|---|");

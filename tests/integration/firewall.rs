@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use podnet::firewall::{FirewallSpec, Guard};
+use podnet::kernel::nft;
 
 use crate::cluster::{Cluster, PREFIX, Pod};
 use crate::support::{ok, poll};
@@ -420,6 +421,22 @@ fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
     assert_eq!(listing(&c), table(&[cli2.ip]));
     let (code, msg) = c.del_pod(&cli2, &cli2.netns);
     assert_eq!(code, 0, "{msg}");
+    assert_eq!(listing(&c), table(&[]));
+
+    // A transaction is all or nothing, and its error names the operation that failed: adding
+    // one pod and removing another that is not there adds nothing.
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, "podnet-cni");
+    let set = nft::SetRef::named("masq-pods");
+    b.add_elements(&set, &[&[10, 244, 9, 9]]);
+    b.delete_elements(&set, &[&[10, 244, 9, 10]]);
+    let ns = c.lab.netns("node2").unwrap();
+    let err = ns.run(|| nft::commit(&b.finish())).unwrap().unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(
+        err.to_string()
+            .contains("delete elements of set masq-pods (table inet podnet-cni)"),
+        "{err}"
+    );
     assert_eq!(listing(&c), table(&[]));
     // Only the plugin's table and podnetd's are there.
     let tables = ok(c.lab.exec("node2", &["nft", "list", "tables"]).unwrap());
