@@ -420,7 +420,7 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
     if !layout.masq {
         return Ok(());
     }
-    nft::commit(&firewall::pod_masq_add_batch(&layout.masq_networks, v4))
+    nft::commit_detached(&firewall::pod_masq_add_batch(&layout.masq_networks, v4))
         .map_err(|e| kernel("set up ipMasq", e))?;
     undo.push(move || {
         let _ = nft::commit(&firewall::pod_masq_remove_batch(v4));
@@ -567,7 +567,7 @@ fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
     for ip in released {
         if let IpAddr::V4(v) = ip {
             // Absent from the set (or no set at all) is the state we want.
-            let _ = nft::commit(&firewall::pod_masq_remove_batch(*v));
+            let _ = nft::commit_detached(&firewall::pod_masq_remove_batch(*v));
         }
     }
 }
