@@ -82,21 +82,37 @@ fn open() -> Result<Socket, KernelError> {
 }
 
 /// Leaves the final close of `s` to a grandchild (see `commit_detached`); closes it here if
-/// forking fails.
+/// forking fails. The grandchild closes its copy only once this process has closed its own
+/// (end of file on a pipe), so that its close is the last one, the one that waits.
 fn close_elsewhere(s: Socket) {
     let fd = s.as_raw_fd();
+    let mut pipe = [-1; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    let [rd, wr] = pipe;
     // SAFETY: between fork and _exit the children make only async-signal-safe system calls
-    // (fork, close_range, close, _exit), as required after fork in a threaded process. The
-    // parent only waits for the first child, which exits at once.
+    // (fork, close_range, read, close, _exit), as required after fork in a threaded process.
+    // The parent only waits for the first child, which exits at once.
     unsafe {
         let child = libc::fork();
         if child == 0 {
             if libc::fork() == 0 {
-                // Nothing but the socket: not the runtime's pipes, not a lock file.
-                if fd > 0 {
-                    libc::syscall(libc::SYS_close_range, 0u32, (fd - 1) as u32, 0u32);
+                // Nothing but the socket and the pipe's read end: not the runtime's pipes, not
+                // a lock file.
+                let (lo, hi) = (fd.min(rd) as u32, fd.max(rd) as u32);
+                if lo > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, lo - 1, 0u32);
                 }
-                libc::syscall(libc::SYS_close_range, (fd + 1) as u32, u32::MAX, 0u32);
+                if hi > lo + 1 {
+                    libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
+                }
+                libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
+                let mut b = 0u8;
+                while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
                 libc::close(fd);
             }
             libc::_exit(0);
@@ -110,6 +126,11 @@ fn close_elsewhere(s: Socket) {
         }
     }
     drop(s);
+    // SAFETY: closing the pipe's two ends, ours.
+    unsafe {
+        libc::close(wr);
+        libc::close(rd);
+    }
 }
 
 /// Sends the batch on `s` and reads the outcome.
