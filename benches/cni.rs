@@ -3,6 +3,13 @@
 //! the same lab node, interleaved in one run, sequentially and 8 at once.
 //!
 //!   sudo cargo bench --bench cni            (BENCH_RUNS=3, BENCH_PODS=200 by default)
+//!   sudo BENCH_IPMASQ=plugin cargo bench --bench cni
+//!   BENCH_STRACE=/tmp/cni   one more ADD and DEL of podnet's under strace, after the runs
+//!
+//! By default the daemon masquerades (`--ip-masq`, as kube-flannel.yml runs it) and neither
+//! plugin adds rules. `BENCH_IPMASQ=plugin` is flannel's default instead: the daemon does not,
+//! so podnet's plugin adds each pod to its nftables masquerade set and the reference runs
+//! with `ipMasq: true` (its iptables chain per pod).
 
 mod common;
 
@@ -49,6 +56,61 @@ impl Bench {
     }
 }
 
+/// Profiling aid: one more podnet ADD and DEL under `strace -f -ttt -T`, written to
+/// `<out>.ADD` and `<out>.DEL`.
+/// The masquerade step alone, the way the plugin took it before (`nft -f` of its script) and
+/// now (the same transaction over nfnetlink, the socket's release left to a grandchild), interleaved, in node1's namespace: adding a pod
+/// (with the table, set, chain and rule declared again) and removing it. Seconds per call as
+/// [way][add, remove].
+fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
+    use podnet::firewall;
+    use podnet::kernel::nft;
+    let nets = ["10.244.0.0/16".parse().unwrap()];
+    let timed = |f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let ns = b.c.lab.netns("node1").unwrap();
+    ns.run(|| {
+        let mut t: [[Vec<f64>; 2]; 2] = Default::default();
+        for i in 0..n {
+            let ip = std::net::Ipv4Addr::new(10, 244, 250, (i % 250) as u8 + 1);
+            let add = firewall::pod_masq_add(&nets, ip);
+            let del = firewall::pod_masq_remove(ip);
+            t[0][0].push(timed(&|| nft::apply(&add).unwrap()));
+            t[0][1].push(timed(&|| nft::apply(&del).unwrap()));
+            let add = firewall::pod_masq_add_batch(&nets, ip);
+            let del = firewall::pod_masq_remove_batch(ip);
+            t[1][0].push(timed(&|| nft::commit_detached(&add).unwrap()));
+            t[1][1].push(timed(&|| nft::commit_detached(&del).unwrap()));
+        }
+        t
+    })
+    .unwrap()
+}
+
+fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("strace-plugin.sh");
+    let script = format!(
+        "#!/bin/sh\nexec strace -f -ttt -T -o {out}.$CNI_COMMAND {} \"$@\"\n",
+        binaries().plugin.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for cmd in ["ADD", "DEL"] {
+        let env = attach_env(cmd, "strace", netns, "eth0");
+        let wrapped = wrapper.display().to_string();
+        let o =
+            b.c.lab
+                .cni("node1", &wrapped, &env, &b.podnet_conf)
+                .unwrap();
+        assert!(o.status.success(), "{cmd} under strace: {o:?}");
+    }
+    eprintln!("strace of one ADD and one DEL: {out}.ADD, {out}.DEL");
+}
+
 fn main() {
     require_root();
     let pods: usize = std::env::var("BENCH_PODS")
@@ -56,19 +118,28 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let runs = runs(3);
+    let plugin_masq = match std::env::var("BENCH_IPMASQ").as_deref() {
+        Ok("plugin") => true,
+        Ok("daemon") | Err(_) => false,
+        Ok(other) => panic!("BENCH_IPMASQ={other:?}: expected daemon or plugin"),
+    };
     let c = Cluster::up(&LabSpec::new(unique("bcni"), 1), binaries()).unwrap();
     let dir = c.node_dir("node1").unwrap();
-    // What podnetd writes with --ip-masq (so neither plugin adds masquerade rules).
+    // What podnetd writes with --ip-masq (neither plugin adds masquerade rules), or without it
+    // (both do).
     std::fs::write(
         dir.join("subnet.env"),
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ={}\n",
+            !plugin_masq
+        ),
     )
     .unwrap();
     let podnet_conf = c.cni_conf("node1", "1.0.0").unwrap().to_string();
     // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
     let ref_conf = json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
-        "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": false, "mtu": 1450,
+        "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": plugin_masq, "mtu": 1450,
         "ipam": {"type": "host-local", "dataDir": dir.join("ipam-ref"),
                  "ranges": [[{"subnet": "10.244.2.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
     })
@@ -151,11 +222,20 @@ fn main() {
         }
         eprintln!("run {}/{runs} done", run + 1);
     }
+    let step = masq_step(&b, pods);
+    if let Ok(out) = std::env::var("BENCH_STRACE") {
+        strace_one(&b, &dir, &ns[0].0, &out);
+    }
     let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam-podnet/cbr0"))
         .map(|d| d.count())
         .unwrap_or(0);
+    let masq = if plugin_masq {
+        "the plugins masquerade (ipMasq)"
+    } else {
+        "the daemon masquerades"
+    };
     println!(
-        "\nCNI pod setup, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
+        "\nCNI pod setup, {masq}, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
     );
     println!("| operation | podnet | reference (bridge + host-local) | ratio |");
     println!("|---|---|---|---|");
@@ -175,6 +255,18 @@ fn main() {
             "  {name}: podnet {} reference {}",
             ms(summarize(&all[0][op])),
             ms(summarize(&all[1][op]))
+        );
+    }
+    println!("\nThe ipMasq step alone, {pods} times each, interleaved (ms, median (min–max)):\n");
+    println!("| step | nft -f (before) | nfnetlink (now) | ratio |");
+    println!("|---|---|---|---|");
+    for (op, name) in ["add a pod", "remove a pod"].iter().enumerate() {
+        let (old, new) = (summarize(&step[0][op]), summarize(&step[1][op]));
+        println!(
+            "| {name} | {} | {} | {:.1}× |",
+            ms(old),
+            ms(new),
+            old.median / new.median
         );
     }
     println!(

@@ -16,7 +16,6 @@ use crate::firewall;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::NetNs;
 use crate::kernel::{KernelError, nft};
-use crate::owned;
 use crate::subnet_env::SubnetEnv;
 
 /// Reads `subnet.env`; a missing file means the node agent is not ready yet (try again later).
@@ -421,10 +420,10 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
     if !layout.masq {
         return Ok(());
     }
-    nft::apply(&firewall::pod_masq_add(&layout.masq_networks, v4))
+    nft::commit_detached(&firewall::pod_masq_add_batch(&layout.masq_networks, v4))
         .map_err(|e| kernel("set up ipMasq", e))?;
     undo.push(move || {
-        let _ = nft::apply(&firewall::pod_masq_remove(v4));
+        let _ = nft::commit(&firewall::pod_masq_remove_batch(v4));
     });
     Ok(())
 }
@@ -567,8 +566,8 @@ fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
     }
     for ip in released {
         if let IpAddr::V4(v) = ip {
-            // Absent from the set is the state we want.
-            let _ = nft::apply(&firewall::pod_masq_remove(*v));
+            // Absent from the set (or no set at all) is the state we want.
+            let _ = nft::commit_detached(&firewall::pod_masq_remove_batch(*v));
         }
     }
 }
@@ -739,15 +738,9 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     if let Err(e) = veth::reap() {
         errors.push(format!("delete retired links: {e}"));
     }
-    if !released_v4.is_empty()
-        && nft::list_table(owned::NFT_FAMILY, owned::NFT_POD_MASQ_TABLE)
-            .ok()
-            .flatten()
-            .is_some()
-    {
-        for ip in released_v4 {
-            let _ = nft::apply(&firewall::pod_masq_remove(ip));
-        }
+    for ip in released_v4 {
+        // ENOENT (not in the set, or no plugin table at all) is the state we want.
+        let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
     }
     if errors.is_empty() {
         Ok(())

@@ -33,6 +33,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use crate::kernel::nft;
 use crate::owned::{NFT_FAMILY as FAMILY, NFT_TABLE as TABLE};
 pub const GUARD_SET: &str = "tunnel-peers";
 /// The tunnel guard's set of IPv6 peers (only with `EnableIPv6`).
@@ -237,6 +238,58 @@ pub fn pod_masq_remove(pod: Ipv4Addr) -> String {
 "
     )
 }
+
+/// `pod_masq_add` as the nfnetlink transaction the plugin sends (the same objects, messages
+/// and order as nft makes of that script, so `nft list` shows the same table).
+pub fn pod_masq_add_batch(networks: &[Ipv4Net], pod: Ipv4Addr) -> nft::Transaction {
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
+    b.add_table();
+    let pods = b.add_set(&nft::SetSpec {
+        name: POD_MASQ_SET,
+        key_type: nft::TYPE_IPV4_ADDR,
+        key_len: 4,
+    });
+    let base = nft::BaseChain {
+        kind: "nat",
+        hook: nft::Hook::Postrouting,
+        // srcnat + 1
+        priority: 101,
+    };
+    b.add_chain("postrouting", Some(base));
+    b.flush_chain("postrouting");
+    let mut excluded = networks.to_vec();
+    excluded.push(MULTICAST);
+    let excluded = b.anonymous_prefixes(&excluded);
+    let mut rule = nft::Expr::nfproto_ipv4().to_vec();
+    rule.extend([
+        nft::Expr::ipv4_addr(true),
+        nft::Expr::Lookup {
+            set: pods.clone(),
+            invert: false,
+        },
+        nft::Expr::ipv4_addr(false),
+        nft::Expr::Lookup {
+            set: excluded,
+            invert: true,
+        },
+        nft::Expr::Masquerade {
+            fully_random: false,
+        },
+    ]);
+    b.add_rule("postrouting", &rule, Some("pod ipMasq"));
+    b.add_elements(&pods, &[&pod.octets()]);
+    b.finish()
+}
+
+/// `pod_masq_remove` as an nfnetlink transaction; fails with ENOENT when the pod (or the
+/// table) is not there.
+pub fn pod_masq_remove_batch(pod: Ipv4Addr) -> nft::Transaction {
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
+    b.delete_elements(&nft::SetRef::named(POD_MASQ_SET), &[&pod.octets()]);
+    b.finish()
+}
+
+const MULTICAST: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4);
 
 #[cfg(test)]
 mod tests {

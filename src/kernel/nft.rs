@@ -1,14 +1,231 @@
-//! nftables through the `nft` tool: one script is one atomic transaction (all of it applies or
-//! none), and listings are read back as text or JSON. Runs in the calling process's namespace.
+//! nftables, in the calling process's namespace, two ways:
+//! - over nfnetlink from the process itself (`commit`): a `Batch` built in `batch` is one atomic
+//!   transaction, sent in one datagram on a fresh `NETLINK_NETFILTER` socket; no program is
+//!   started. This is how the CNI plugin writes its masquerade rules.
+//! - through the `nft` tool (`apply`, listings): one script is one atomic transaction (all of
+//!   it applies or none), and listings are read back as text or JSON. Still used for the
+//!   daemon's and the policy engine's tables, for reading state back (tests, `doctor`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::KernelError;
 
+mod batch;
 mod watch;
 
+pub use batch::{
+    Base, BaseChain, Batch, CmpOp, Expr, Hook, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_INET,
+    NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, Transaction, Verdict,
+    interval_elements,
+};
 pub use watch::{Commit, Commits, NftEvents, generation};
+
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::netlink::raw;
+
+/// `NLM_F_ACK_TLVS`: the error message carries extended-ack attributes.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the kernel's text for an error.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+/// How long to wait for the kernel's answer (it is queued before `send` returns; this only
+/// bounds a kernel that never answers).
+const ANSWER_TIMEOUT_SECS: libc::time_t = 10;
+
+/// The `nfproto` number of an nft family name (`inet`, `ip`, `ip6`).
+pub fn family_code(name: &str) -> Option<u8> {
+    match name {
+        "inet" => Some(NFPROTO_INET),
+        "ip" => Some(NFPROTO_IPV4),
+        "ip6" => Some(NFPROTO_IPV6),
+        _ => None,
+    }
+}
+
+/// Sends one transaction and waits for its outcome: all of it committed, or none of it and the
+/// error of the first operation that failed (named as in `Transaction::ops`).
+pub fn commit(t: &Transaction) -> Result<(), KernelError> {
+    if t.ops.is_empty() {
+        return Ok(());
+    }
+    let s = open()?;
+    exchange(&s, t)
+}
+
+/// `commit`, without waiting for the kernel's cleanup. When the last nfnetlink socket of a
+/// process is closed after a commit, the kernel first finishes that commit's deferred release,
+/// which waits for an RCU grace period: 4–16 ms here, more than everything else in a CNI ADD
+/// (the `nft` program pays it too, when it exits). So the socket is closed by a grandchild
+/// instead (two forks, no exec; the child exits at once and is reaped here, the grandchild
+/// keeps nothing but the socket, closes it and exits), and the caller goes on.
+pub fn commit_detached(t: &Transaction) -> Result<(), KernelError> {
+    if t.ops.is_empty() {
+        return Ok(());
+    }
+    let s = open()?;
+    let outcome = exchange(&s, t);
+    close_elsewhere(s);
+    outcome
+}
+
+fn open() -> Result<Socket, KernelError> {
+    let op = "open an nfnetlink socket";
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| KernelError::io(op, e))?;
+    s.bind_auto().map_err(|e| KernelError::io(op, e))?;
+    // Errors echo only the failed message's header, and carry the kernel's text when it has one.
+    let _ = s.set_cap_ack(true);
+    let _ = s.set_ext_ack(true);
+    Ok(s)
+}
+
+/// Leaves the final close of `s` to a grandchild (see `commit_detached`); closes it here if
+/// forking fails. The grandchild closes its copy only once this process has closed its own
+/// (end of file on a pipe), so that its close is the last one, the one that waits.
+fn close_elsewhere(s: Socket) {
+    let fd = s.as_raw_fd();
+    let mut pipe = [-1; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    let [rd, wr] = pipe;
+    // SAFETY: between fork and _exit the children make only async-signal-safe system calls
+    // (fork, close_range, read, close, _exit), as required after fork in a threaded process.
+    // The parent only waits for the first child, which exits at once.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                // Nothing but the socket and the pipe's read end: not the runtime's pipes, not
+                // a lock file.
+                let (lo, hi) = (fd.min(rd) as u32, fd.max(rd) as u32);
+                if lo > 0 {
+                    libc::syscall(libc::SYS_close_range, 0u32, lo - 1, 0u32);
+                }
+                if hi > lo + 1 {
+                    libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
+                }
+                libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
+                let mut b = 0u8;
+                while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::close(fd);
+            }
+            libc::_exit(0);
+        }
+        if child > 0 {
+            let mut status = 0;
+            while libc::waitpid(child, &mut status, 0) < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+        }
+    }
+    drop(s);
+    // SAFETY: closing the pipe's two ends, ours.
+    unsafe {
+        libc::close(wr);
+        libc::close(rd);
+    }
+}
+
+/// Sends the batch on `s` and reads the outcome.
+fn exchange(s: &Socket, t: &Transaction) -> Result<(), KernelError> {
+    let op = "nftables transaction";
+    socket_options(s.as_raw_fd(), t.bytes.len());
+    s.send_to(&t.bytes, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| KernelError::io(op, e))?;
+    let last = t.ops.len() as u32;
+    let mut failed: Option<(u32, i32, Option<String>)> = None;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        buf.clear();
+        match s.recv(&mut buf, 0) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(KernelError::io(format!("{op}: wait for the answer"), e)),
+        }
+        let mut done = false;
+        for m in raw::messages(&buf) {
+            let Some((code, text)) = ack(&m) else {
+                continue;
+            };
+            if code != 0 && failed.is_none() {
+                failed = Some((m.seq, code, text));
+            }
+            // The last message's answer comes after every other; an error on the batch header
+            // (the commit itself, or no room for the answers) is the only one there is.
+            done |= m.seq == last || (m.seq == 0 && code != 0);
+        }
+        if done {
+            break;
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some((seq, errno, text)) => {
+            let what = match seq {
+                0 => "commit".to_string(),
+                n => t
+                    .ops
+                    .get(n as usize - 1)
+                    .cloned()
+                    .unwrap_or_else(|| format!("message {n}")),
+            };
+            let what = match text {
+                Some(text) => format!("nftables: {what} ({text})"),
+                None => format!("nftables: {what}"),
+            };
+            Err(KernelError::netlink(what, errno))
+        }
+    }
+}
+
+/// An acknowledgement: its errno (0 for success) and the kernel's text.
+fn ack(m: &raw::RawMessage<'_>) -> Option<(i32, Option<String>)> {
+    if m.kind != raw::NLMSG_ERROR {
+        return None;
+    }
+    let code = i32::from_ne_bytes(m.payload.get(..4)?.try_into().ok()?);
+    let text = if m.flags & NLM_F_ACK_TLVS != 0 {
+        // struct nlmsgerr: error, then the request's header (payload capped), then attributes.
+        m.payload.get(20..).and_then(|tlvs| {
+            raw::attributes(tlvs)
+                .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
+                .map(|(_, v)| {
+                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+                })
+        })
+    } else {
+        None
+    };
+    Some((-code, text))
+}
+
+/// A send buffer for the whole datagram (the kernel refuses a datagram larger than it), and a
+/// bound on the wait for the answer.
+fn socket_options(fd: std::os::fd::RawFd, len: usize) {
+    let size = (len + 4096).max(64 * 1024) as libc::c_int;
+    let tv = libc::timeval {
+        tv_sec: ANSWER_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with pointers to locals of the declared sizes.
+    unsafe {
+        let p = &size as *const libc::c_int as *const libc::c_void;
+        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, p, n) != 0 {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, p, n);
+        }
+        let p = &tv as *const libc::timeval as *const libc::c_void;
+        let n = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, p, n);
+    }
+}
 
 /// What `nft` printed, and the process id it ran as (the one nftables notifications name).
 struct Ran {

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use podnet::firewall::{FirewallSpec, Guard, Nets};
+use podnet::kernel::nft;
 
 use crate::cluster::{Cluster, PREFIX, Pod};
 use crate::support::{ok, poll};
@@ -205,10 +206,11 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     poll("the table restored", Duration::from_secs(5), || {
         (listing(&c) == golden).then_some(())
     });
-    let log = c.log(&podnetd(&c, "node1"));
-    assert!(
-        log.contains("podnet's nftables rules were changed or removed; restored them"),
-        "{log}"
+    // The log line may follow the repair by a moment.
+    c.wait_log(
+        &podnetd(&c, "node1"),
+        "podnet's nftables rules were changed or removed; restored them",
+        Duration::from_secs(5),
     );
     // A rule changed by hand is put back too.
     ok(c.lab
@@ -363,4 +365,103 @@ fn the_tunnel_guard_admits_peers_only() {
             .unwrap());
         (!set.contains("198.18.0.13")).then_some(())
     });
+}
+
+/// The plugin's own masquerade (`ipMasq` in effect because podnetd runs without `--ip-masq`),
+/// written over nfnetlink: listed by nft as the golden table, one element per pod, and pods
+/// seen as their node outside the cluster network and as themselves inside it.
+#[test]
+fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
+    let mut c = Cluster::small("fwp", 2);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    c.start("node1", &[]);
+    c.start("node2", &[]);
+    c.wait_ready("node1");
+    c.wait_ready("node2");
+    let srv: Pod = c.add_pod("node1", "srv", "1.0.0");
+    let cli: Pod = c.add_pod("node2", "cli", "1.0.0");
+    let cli2: Pod = c.add_pod("node2", "cli2", "1.0.0");
+    let out = outside(&mut c);
+    // The listing without its elements line, and the elements (in whatever order nft lists).
+    let listing = |c: &Cluster| {
+        let text = ok(c
+            .lab
+            .exec(
+                "node2",
+                &["nft", "-s", "list", "table", "inet", "podnet-cni"],
+            )
+            .unwrap());
+        let mut elements: Vec<String> = Vec::new();
+        let mut rest = String::new();
+        for line in text.lines() {
+            match line.trim().strip_prefix("elements = {") {
+                Some(list) => elements.extend(
+                    list.trim_end_matches('}')
+                        .split(',')
+                        .map(|e| e.trim().to_string()),
+                ),
+                None => rest.push_str(&format!("{line}\n")),
+            }
+        }
+        elements.sort();
+        (rest, elements)
+    };
+    let golden = "table inet podnet-cni {
+\tset masq-pods {
+\t\ttype ipv4_addr
+\t}
+
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat + 1; policy accept;
+\t\tip saddr @masq-pods ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade comment \"pod ipMasq\"
+\t}
+}
+";
+    let table = |ips: &[Ipv4Addr]| {
+        let mut v: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        v.sort();
+        (golden.to_string(), v)
+    };
+    assert_eq!(listing(&c), table(&[cli.ip, cli2.ip]));
+    poll("pod-to-pod connectivity", Duration::from_secs(10), || {
+        c.lab
+            .exec(&cli.target(), &["ping", "-c1", "-W1", &srv.ip.to_string()])
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(seen_as(&c, &cli.target(), srv.ip, &srv.target()), cli.ip);
+    assert_eq!(
+        seen_as(&c, &cli.target(), OUTSIDE.parse().unwrap(), &out),
+        "198.18.0.12".parse::<Ipv4Addr>().unwrap()
+    );
+    // DEL takes the pod out of the set, and twice is fine; the rule stays for the others.
+    for _ in 0..2 {
+        let (code, msg) = c.del_pod(&cli, &cli.netns);
+        assert_eq!(code, 0, "{msg}");
+    }
+    assert_eq!(listing(&c), table(&[cli2.ip]));
+    let (code, msg) = c.del_pod(&cli2, &cli2.netns);
+    assert_eq!(code, 0, "{msg}");
+    assert_eq!(listing(&c), table(&[]));
+
+    // A transaction is all or nothing, and its error names the operation that failed: adding
+    // one pod and removing another that is not there adds nothing.
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, "podnet-cni");
+    let set = nft::SetRef::named("masq-pods");
+    b.add_elements(&set, &[&[10, 244, 9, 9]]);
+    b.delete_elements(&set, &[&[10, 244, 9, 10]]);
+    let ns = c.lab.netns("node2").unwrap();
+    let err = ns.run(|| nft::commit(&b.finish())).unwrap().unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(
+        err.to_string()
+            .contains("delete elements of set masq-pods (table inet podnet-cni)"),
+        "{err}"
+    );
+    assert_eq!(listing(&c), table(&[]));
+    // Only the plugin's table and podnetd's are there.
+    let tables = ok(c.lab.exec("node2", &["nft", "list", "tables"]).unwrap());
+    assert_eq!(tables.trim(), "table inet podnet\ntable inet podnet-cni");
 }

@@ -1,0 +1,696 @@
+//! nftables transactions as nfnetlink messages, built byte by byte (pure: no socket here).
+//!
+//! A transaction is one datagram: `NFNL_MSG_BATCH_BEGIN`, the object messages, then
+//! `NFNL_MSG_BATCH_END`; the kernel applies all of it or none. Every object message is a
+//! `struct nlmsghdr`, a `struct nfgenmsg` (family, version 0, resource id 0) and attributes
+//! (`struct nlattr`, values padded to 4 bytes, integers big-endian as nf_tables wants them).
+//!
+//! The messages are those `nft` sends for the same commands (checked against `nft
+//! --debug=netlink` and read back with `nft list`), so what podnet writes is listed exactly as
+//! the equivalent nft script would be: `meta nfproto` before the first `ip` match of a rule in
+//! an `inet` table, anonymous interval sets for `{ a/b, c/d }`, comments as rule user data.
+//!
+//! Invariant: the message with sequence number `n` (from 1) is `ops[n - 1]`, so a kernel error
+//! names the operation that failed. The batch header has sequence number 0 (commit errors).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLA_F_NESTED: u16 = 0x8000;
+
+// Attributes (include/uapi/linux/netfilter/nf_tables.h).
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_OP: u16 = 6;
+const NFT_BITWISE_BOOL: u32 = 0;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_MASQ_FLAGS: u16 = 1;
+
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+const NFT_SET_CONSTANT: u32 = 0x2;
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+const NFT_LOOKUP_F_INV: u32 = 0x1;
+const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
+/// nft's `ipv4_addr` data type (what `nft list` shows for a set's `type`).
+pub const TYPE_IPV4_ADDR: u32 = 7;
+/// `NFTNL_UDATA_SET_KEYBYTEORDER` with `BYTEORDER_BIG_ENDIAN`, as nft tags address sets.
+const SET_UDATA_BIG_ENDIAN_KEY: [u8; 6] = [0, 4, 2, 0, 0, 0];
+/// `NFTNL_UDATA_RULE_COMMENT`.
+const RULE_UDATA_COMMENT: u8 = 0;
+/// Anonymous sets are named by the kernel from this pattern.
+const ANONYMOUS_SET_NAME: &str = "__set%d";
+
+/// Netfilter hooks (`enum nf_inet_hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting = 0,
+    Input = 1,
+    Forward = 2,
+    Output = 3,
+    Postrouting = 4,
+}
+
+/// What makes a chain a base chain: its type, hook and priority; the policy is accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    /// "filter", "nat" or "route".
+    pub kind: &'static str,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// A set created in this transaction: lookups and element messages name it, and carry its
+/// transaction id so the kernel finds it before the batch commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRef {
+    pub name: String,
+    pub id: Option<u32>,
+}
+
+impl SetRef {
+    /// A set that already exists (or is created in the same batch without an id).
+    pub fn named(name: &str) -> SetRef {
+        SetRef {
+            name: name.to_string(),
+            id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq = 0,
+    Neq = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+}
+
+impl Verdict {
+    fn code(self) -> u32 {
+        match self {
+            Verdict::Drop => 0,
+            Verdict::Accept => 1,
+            // NFT_RETURN = -5
+            Verdict::Return => (-5i32) as u32,
+        }
+    }
+}
+
+/// Packet header bases for `payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    Network = 1,
+    Transport = 2,
+}
+
+/// One expression of a rule. Loads go to register 1, and comparisons and lookups read it:
+/// the rules podnet writes are sequences of load-then-test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta` key (`NFT_META_*`) into register 1.
+    Meta(u32),
+    Cmp(CmpOp, Vec<u8>),
+    Payload {
+        base: Base,
+        offset: u32,
+        len: u32,
+    },
+    /// Register 1 = (register 1 & mask) ^ xor.
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Lookup {
+        set: SetRef,
+        invert: bool,
+    },
+    Counter,
+    Masquerade {
+        fully_random: bool,
+    },
+    Verdict(Verdict),
+}
+
+/// `NFT_META_NFPROTO`.
+pub const META_NFPROTO: u32 = 15;
+/// `NFT_META_L4PROTO`.
+pub const META_L4PROTO: u32 = 16;
+/// `NFT_META_MARK`.
+pub const META_MARK: u32 = 3;
+
+impl Expr {
+    /// `meta nfproto ipv4`, which nft puts before the first IPv4 match of a rule in an `inet`
+    /// table.
+    pub fn nfproto_ipv4() -> [Expr; 2] {
+        [
+            Expr::Meta(META_NFPROTO),
+            Expr::Cmp(CmpOp::Eq, vec![NFPROTO_IPV4]),
+        ]
+    }
+
+    /// The IPv4 source (`saddr`) or destination address, loaded.
+    pub fn ipv4_addr(source: bool) -> Expr {
+        Expr::Payload {
+            base: Base::Network,
+            offset: if source { 12 } else { 16 },
+            len: 4,
+        }
+    }
+}
+
+/// A set to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec<'a> {
+    pub name: &'a str,
+    /// nft data type of the key (`TYPE_IPV4_ADDR`).
+    pub key_type: u32,
+    pub key_len: u32,
+}
+
+/// Attribute writer over a message buffer.
+struct Attrs<'a>(&'a mut Vec<u8>);
+
+impl Attrs<'_> {
+    fn put(&mut self, kind: u16, value: &[u8]) {
+        let b = &mut *self.0;
+        b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(value);
+        b.resize(b.len().next_multiple_of(4), 0);
+    }
+
+    fn str(&mut self, kind: u16, s: &str) {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.put(kind, &v);
+    }
+
+    fn be32(&mut self, kind: u16, v: u32) {
+        self.put(kind, &v.to_be_bytes());
+    }
+
+    fn nest(&mut self, kind: u16, inner: impl FnOnce(&mut Attrs)) {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0, 0]);
+        self.0
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        inner(&mut Attrs(self.0));
+        let len = (self.0.len() - at) as u16;
+        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+/// One transaction under construction, on one table.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    family: u8,
+    table: String,
+    buf: Vec<u8>,
+    ops: Vec<String>,
+    next_set_id: u32,
+}
+
+/// A finished transaction: the datagram and, per sequence number from 1, what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub bytes: Vec<u8>,
+    pub ops: Vec<String>,
+}
+
+fn header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    let at = buf.len();
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.push(family);
+    buf.push(0);
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    at
+}
+
+fn close(buf: &mut [u8], at: usize) {
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+impl Batch {
+    /// A transaction on `table` of `family` (`NFPROTO_*`).
+    pub fn new(family: u8, table: &str) -> Batch {
+        let mut buf = Vec::with_capacity(1024);
+        let at = header(
+            &mut buf,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            0,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        close(&mut buf, at);
+        Batch {
+            family,
+            table: table.to_string(),
+            buf,
+            ops: Vec::new(),
+            next_set_id: 1,
+        }
+    }
+
+    fn family_name(&self) -> &'static str {
+        match self.family {
+            NFPROTO_INET => "inet",
+            NFPROTO_IPV4 => "ip",
+            NFPROTO_IPV6 => "ip6",
+            _ => "?",
+        }
+    }
+
+    /// Appends one object message; `what` describes it for errors.
+    fn msg(&mut self, kind: u16, flags: u16, what: String, body: impl FnOnce(&mut Attrs)) {
+        let seq = self.ops.len() as u32 + 1;
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        let flags = NLM_F_REQUEST | flags;
+        let at = header(&mut self.buf, kind, flags, seq, self.family, 0);
+        body(&mut Attrs(&mut self.buf));
+        close(&mut self.buf, at);
+        self.ops.push(format!(
+            "{what} (table {} {})",
+            self.family_name(),
+            self.table
+        ));
+    }
+
+    /// Creates the table, or leaves it as it is.
+    pub fn add_table(&mut self) {
+        let t = self.table.clone();
+        self.msg(NFT_MSG_NEWTABLE, 0, "add table".into(), |a| {
+            a.str(NFTA_TABLE_NAME, &t);
+            a.be32(NFTA_TABLE_FLAGS, 0);
+        });
+    }
+
+    /// Deletes the table and all in it (an error if it does not exist: add it first).
+    pub fn delete_table(&mut self) {
+        let t = self.table.clone();
+        self.msg(NFT_MSG_DELTABLE, 0, "delete table".into(), |a| {
+            a.str(NFTA_TABLE_NAME, &t);
+        });
+    }
+
+    /// Creates a chain, or leaves it as it is; a base chain's policy is accept.
+    pub fn add_chain(&mut self, chain: &str, base: Option<BaseChain>) {
+        let t = self.table.clone();
+        self.msg(
+            NFT_MSG_NEWCHAIN,
+            NLM_F_CREATE,
+            format!("add chain {chain}"),
+            |a| {
+                a.str(NFTA_CHAIN_TABLE, &t);
+                a.str(NFTA_CHAIN_NAME, chain);
+                if let Some(b) = base {
+                    a.str(NFTA_CHAIN_TYPE, b.kind);
+                    a.be32(NFTA_CHAIN_POLICY, Verdict::Accept.code());
+                    a.nest(NFTA_CHAIN_HOOK, |h| {
+                        h.be32(NFTA_HOOK_HOOKNUM, b.hook as u32);
+                        h.be32(NFTA_HOOK_PRIORITY, b.priority as u32);
+                    });
+                }
+            },
+        );
+    }
+
+    /// Deletes every rule of a chain.
+    pub fn flush_chain(&mut self, chain: &str) {
+        let t = self.table.clone();
+        self.msg(NFT_MSG_DELRULE, 0, format!("flush chain {chain}"), |a| {
+            a.str(NFTA_RULE_TABLE, &t);
+            a.str(NFTA_RULE_CHAIN, chain);
+        });
+    }
+
+    fn set_id(&mut self) -> u32 {
+        let id = self.next_set_id;
+        self.next_set_id += 1;
+        id
+    }
+
+    /// Creates a named set, or leaves it as it is (elements kept).
+    pub fn add_set(&mut self, spec: &SetSpec) -> SetRef {
+        let id = self.set_id();
+        let t = self.table.clone();
+        let what = format!("add set {}", spec.name);
+        self.msg(NFT_MSG_NEWSET, NLM_F_CREATE, what, |a| {
+            a.str(NFTA_SET_TABLE, &t);
+            a.str(NFTA_SET_NAME, spec.name);
+            a.be32(NFTA_SET_FLAGS, 0);
+            a.be32(NFTA_SET_KEY_TYPE, spec.key_type);
+            a.be32(NFTA_SET_KEY_LEN, spec.key_len);
+            a.be32(NFTA_SET_ID, id);
+            a.put(NFTA_SET_USERDATA, &SET_UDATA_BIG_ENDIAN_KEY);
+        });
+        SetRef {
+            name: spec.name.to_string(),
+            id: Some(id),
+        }
+    }
+
+    /// A constant anonymous set of IPv4 prefixes (what nft makes of `{ 10.0.0.0/8, ... }`),
+    /// for a lookup in a rule of the same batch.
+    pub fn anonymous_prefixes(&mut self, prefixes: &[Ipv4Net]) -> SetRef {
+        let elements = interval_elements(prefixes);
+        let id = self.set_id();
+        let t = self.table.clone();
+        let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL;
+        self.msg(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            "add anonymous set".into(),
+            |a| {
+                a.str(NFTA_SET_TABLE, &t);
+                a.str(NFTA_SET_NAME, ANONYMOUS_SET_NAME);
+                a.be32(NFTA_SET_FLAGS, flags);
+                a.be32(NFTA_SET_KEY_TYPE, TYPE_IPV4_ADDR);
+                a.be32(NFTA_SET_KEY_LEN, 4);
+                a.be32(NFTA_SET_ID, id);
+                a.nest(NFTA_SET_DESC, |d| {
+                    d.be32(NFTA_SET_DESC_SIZE, elements.len() as u32)
+                });
+                a.put(NFTA_SET_USERDATA, &SET_UDATA_BIG_ENDIAN_KEY);
+            },
+        );
+        let set = SetRef {
+            name: ANONYMOUS_SET_NAME.to_string(),
+            id: Some(id),
+        };
+        let keys: Vec<(Vec<u8>, u32)> = elements
+            .iter()
+            .map(|(ip, end)| {
+                let flags = if *end { NFT_SET_ELEM_INTERVAL_END } else { 0 };
+                (ip.octets().to_vec(), flags)
+            })
+            .collect();
+        self.elements(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            "add elements",
+            &set,
+            &keys,
+        );
+        set
+    }
+
+    fn elements(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        what: &str,
+        set: &SetRef,
+        keys: &[(Vec<u8>, u32)],
+    ) {
+        let t = self.table.clone();
+        let what = format!("{what} of set {}", set.name);
+        self.msg(kind, flags, what, |a| {
+            a.str(NFTA_SET_ELEM_LIST_TABLE, &t);
+            a.str(NFTA_SET_ELEM_LIST_SET, &set.name);
+            if let Some(id) = set.id {
+                a.be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+            }
+            a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                for (key, flags) in keys {
+                    l.nest(NFTA_LIST_ELEM, |e| {
+                        if *flags != 0 {
+                            e.be32(NFTA_SET_ELEM_FLAGS, *flags);
+                        }
+                        e.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, key));
+                    });
+                }
+            });
+        });
+    }
+
+    /// Adds keys (network byte order) to a set; keys already there are fine.
+    pub fn add_elements(&mut self, set: &SetRef, keys: &[&[u8]]) {
+        let keys: Vec<(Vec<u8>, u32)> = keys.iter().map(|k| (k.to_vec(), 0)).collect();
+        self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add elements", set, &keys);
+    }
+
+    /// Removes keys from a set (an error, ENOENT, if one is not there).
+    pub fn delete_elements(&mut self, set: &SetRef, keys: &[&[u8]]) {
+        let keys: Vec<(Vec<u8>, u32)> = keys.iter().map(|k| (k.to_vec(), 0)).collect();
+        self.elements(NFT_MSG_DELSETELEM, 0, "delete elements", set, &keys);
+    }
+
+    /// Appends a rule to a chain, with an optional comment.
+    pub fn add_rule(&mut self, chain: &str, exprs: &[Expr], comment: Option<&str>) {
+        let t = self.table.clone();
+        let what = format!("add rule to chain {chain}");
+        self.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |a| {
+            a.str(NFTA_RULE_TABLE, &t);
+            a.str(NFTA_RULE_CHAIN, chain);
+            a.nest(NFTA_RULE_EXPRESSIONS, |l| {
+                for e in exprs {
+                    l.nest(NFTA_LIST_ELEM, |x| expr(x, e));
+                }
+            });
+            if let Some(c) = comment {
+                a.put(NFTA_RULE_USERDATA, &comment_udata(c));
+            }
+        });
+    }
+
+    /// Closes the batch. Every message asks for no acknowledgement but the last, which the
+    /// kernel answers after the commit: one reply on success, errors before it otherwise.
+    pub fn finish(mut self) -> Transaction {
+        if let Some(last) = last_message(&self.buf) {
+            let flags = u16::from_ne_bytes([self.buf[last + 6], self.buf[last + 7]]) | NLM_F_ACK;
+            self.buf[last + 6..last + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
+        let seq = self.ops.len() as u32 + 1;
+        let at = header(
+            &mut self.buf,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        close(&mut self.buf, at);
+        Transaction {
+            bytes: self.buf,
+            ops: self.ops,
+        }
+    }
+
+    /// Whether the batch holds no object message.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Offset of the last message after the batch header, if any.
+fn last_message(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut last = None;
+    while at + 4 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().ok()?) as usize;
+        if at > 0 {
+            last = Some(at);
+        }
+        at += len.next_multiple_of(4).max(16);
+    }
+    last
+}
+
+fn expr(x: &mut Attrs, e: &Expr) {
+    let name = match e {
+        Expr::Meta(_) => "meta",
+        Expr::Cmp(..) => "cmp",
+        Expr::Payload { .. } => "payload",
+        Expr::Bitwise { .. } => "bitwise",
+        Expr::Lookup { .. } => "lookup",
+        Expr::Counter => "counter",
+        Expr::Masquerade { .. } => "masq",
+        Expr::Verdict(_) => "immediate",
+    };
+    x.str(NFTA_EXPR_NAME, name);
+    x.nest(NFTA_EXPR_DATA, |d| match e {
+        Expr::Meta(key) => {
+            d.be32(NFTA_META_KEY, *key);
+            d.be32(NFTA_META_DREG, NFT_REG_1);
+        }
+        Expr::Cmp(op, data) => {
+            d.be32(NFTA_CMP_SREG, NFT_REG_1);
+            d.be32(NFTA_CMP_OP, *op as u32);
+            d.nest(NFTA_CMP_DATA, |v| v.put(NFTA_DATA_VALUE, data));
+        }
+        Expr::Payload { base, offset, len } => {
+            d.be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+            d.be32(NFTA_PAYLOAD_BASE, *base as u32);
+            d.be32(NFTA_PAYLOAD_OFFSET, *offset);
+            d.be32(NFTA_PAYLOAD_LEN, *len);
+        }
+        Expr::Bitwise { mask, xor } => {
+            d.be32(NFTA_BITWISE_SREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_DREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_OP, NFT_BITWISE_BOOL);
+            d.be32(NFTA_BITWISE_LEN, mask.len() as u32);
+            d.nest(NFTA_BITWISE_MASK, |v| v.put(NFTA_DATA_VALUE, mask));
+            d.nest(NFTA_BITWISE_XOR, |v| v.put(NFTA_DATA_VALUE, xor));
+        }
+        Expr::Lookup { set, invert } => {
+            d.be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            d.str(NFTA_LOOKUP_SET, &set.name);
+            if let Some(id) = set.id {
+                d.be32(NFTA_LOOKUP_SET_ID, id);
+            }
+            if *invert {
+                d.be32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+            }
+        }
+        // A new counter starts at zero.
+        Expr::Counter => {}
+        Expr::Masquerade { fully_random } => {
+            if *fully_random {
+                d.be32(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY);
+            }
+        }
+        Expr::Verdict(v) => {
+            d.be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+            d.nest(NFTA_IMMEDIATE_DATA, |data| {
+                data.nest(NFTA_DATA_VERDICT, |vd| vd.be32(NFTA_VERDICT_CODE, v.code()));
+            });
+        }
+    });
+}
+
+/// A rule comment as nft stores it: a `NFTNL_UDATA_RULE_COMMENT` TLV, NUL-terminated. nft
+/// limits comments to 128 bytes; longer ones are cut (podnet's are constants, well below).
+fn comment_udata(c: &str) -> Vec<u8> {
+    let mut text: Vec<u8> = c.as_bytes().iter().copied().take(127).collect();
+    text.push(0);
+    let mut v = vec![RULE_UDATA_COMMENT, text.len() as u8];
+    v.extend_from_slice(&text);
+    v
+}
+
+/// The elements nft writes for an interval set of prefixes: the ranges sorted and merged where
+/// they touch or overlap, each as its first address and the address after its last marked
+/// as an interval end; a leading end at 0.0.0.0 when the first range does not start there; no
+/// end after a range that reaches 255.255.255.255.
+pub fn interval_elements(prefixes: &[Ipv4Net]) -> Vec<(Ipv4Addr, bool)> {
+    let mut ranges: Vec<(u64, u64)> = prefixes
+        .iter()
+        .map(|p| {
+            let p = p.trunc();
+            (
+                u32::from(p.network()) as u64,
+                u32::from(p.broadcast()) as u64 + 1,
+            )
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut out = Vec::new();
+    if merged.first().is_some_and(|(s, _)| *s != 0) {
+        out.push((Ipv4Addr::UNSPECIFIED, true));
+    }
+    for (start, end) in merged {
+        out.push((Ipv4Addr::from(start as u32), false));
+        if end <= u32::MAX as u64 {
+            out.push((Ipv4Addr::from(end as u32), true));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
