@@ -7,12 +7,17 @@
 //!   sudo cargo bench --bench datapath       (BENCH_RUNS=5, BENCH_SECONDS=3,
 //!                                            BENCH_BACKENDS=host-gw,vxlan,udp,wireguard by default)
 //!
-//! Lab: nodes 1 and 2 run podnetd and get their pods from podnet's CNI plugin; nodes 3 and 4 are
-//! the reference: built by hand (and given the nftables ruleset of their podnet twin, addresses
-//! swapped, so that both sides pay for the same hooks and connection tracking), or running
-//! podnetd with vxlan under a second etcd prefix. wireguard (userspace engine here) is measured
-//! against podnet's udp backend on nodes 3 and 4 and podnet's kernel VXLAN on nodes 5 and 6, all
-//! in the same rounds.
+//! Lab: nodes 1 and 2 run podnetd (`--ip-masq`, as flanneld is usually run) and get their pods
+//! from podnet's CNI plugin. For the kernel backends nodes 3 and 4 are the same kernel objects
+//! made by hand, measured under several firewalls loaded in turn before each measurement: none
+//! at all (the reference: no hooks, no connection tracking), flanneld's rules as its iptables
+//! mode installs them (Debian's iptables, i.e. iptables-nft), podnet's table as podnetd renders
+//! it, and podnet's table without each of its chains in turn (`BENCH_HOOKS=0` leaves those out).
+//! The udp backend is measured against podnetd with vxlan on nodes 3 and 4 under a second etcd
+//! prefix; wireguard (userspace engine here) against podnet's udp backend on nodes 3 and 4 and
+//! podnet's kernel VXLAN on nodes 5 and 6. All paths share the same rounds, in an order rotated
+//! every round; ratios are taken round by round (each path over the reference of its round), so
+//! that a slow moment of the shared machine weighs on both sides of a ratio alike.
 //!
 //! CPU per Gbit/s: during each throughput run, the CPU of the transfer — both iperf3 ends (as
 //! iperf3 accounts them: the kernel's send and receive work in their system calls included)
@@ -26,6 +31,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use podnet::firewall::{FirewallSpec, Guard};
 use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
 use serde_json::json;
@@ -119,6 +125,8 @@ struct Path {
     /// The podnetd processes carrying this path (none for the bare underlay and the
     /// hand-made reference).
     podnetd: Vec<u32>,
+    /// The hand-made pair's firewall for this path (loaded before each measurement).
+    ruleset: Option<Ruleset>,
 }
 
 /// User and system jiffies of a process.
@@ -156,6 +164,9 @@ struct Row {
     reference: bool,
     gbps: Summary,
     rtt: Summary,
+    /// This path's figure over the reference's of the same round: quartiles.
+    gbps_ratio: [f64; 3],
+    rtt_ratio: [f64; 3],
     /// Cores busy per Gbit/s: the transfer's (iperf3 ends and podnetd), and podnetd's.
     cpu_per_gbps: Summary,
     podnetd_per_gbps: Summary,
@@ -168,6 +179,7 @@ fn podnet_pair(
     backend: &str,
     nodes: [&str; 2],
     prefix: &str,
+    podnetd: Option<&str>,
 ) -> ([Ipv4Addr; 2], Vec<u32>) {
     let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
     c.etcdctl(&["put", &format!("{prefix}/config"), &config])
@@ -175,7 +187,11 @@ fn podnet_pair(
     let prefix_flag = format!("--etcd-prefix={prefix}");
     let mut pids = Vec::new();
     for node in nodes {
-        pids.push(c.start(node, &[&prefix_flag]).unwrap().id.pid);
+        let mut argv = c.podnetd_args(node, &[&prefix_flag, "--ip-masq"]).unwrap();
+        if let Some(bin) = podnetd {
+            argv[0] = bin.to_string();
+        }
+        pids.push(c.lab.spawn(node, &argv, &[]).unwrap().id.pid);
     }
     let mut pods = Vec::new();
     for node in nodes {
@@ -196,27 +212,10 @@ fn podnet_pair(
     ([pods[0], pods[1]], pids)
 }
 
-/// The twin pair (nodes 3 and 4) built by hand like podnet's pair: objects from `ip` and
-/// `bridge`, and each podnet node's nftables ruleset (podnetd's table and the plugin's ipMasq
-/// table, whose NAT hook turns on connection tracking) with the addresses swapped.
-fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2] {
+/// The twin pair (nodes 3 and 4) built by hand like podnet's pair, objects from `ip` and
+/// `bridge`, no ruleset yet (each measurement loads its own, `Ruleset`).
+fn hand_pair(lab: &mut Lab, backend: &str) -> [Ipv4Addr; 2] {
     let hand = [hand_node(lab, backend, 0), hand_node(lab, backend, 1)];
-    for (me, (twin, node)) in [("node1", "node3"), ("node2", "node4")]
-        .into_iter()
-        .enumerate()
-    {
-        let ruleset = run_in(lab, twin, &["nft", "list", "ruleset"])
-            .replace(
-                &node_ip(lab, ["node2", "node1"][me]).to_string(),
-                &node_ip(lab, ["node4", "node3"][me]).to_string(),
-            )
-            .replace(&pods[me].to_string(), &hand[me].to_string());
-        let mut c = lab.command(node, &["nft", "-f", "-"]).unwrap();
-        c.stdin(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), ruleset.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "nft on {node}");
-    }
     poll("the hand-made path", Duration::from_secs(10), || {
         lab.exec("node3/hand", &["ping", "-c1", "-W1", &hand[1].to_string()])
             .unwrap()
@@ -227,6 +226,95 @@ fn hand_pair(lab: &mut Lab, backend: &str, pods: [Ipv4Addr; 2]) -> [Ipv4Addr; 2]
     hand
 }
 
+/// What the hand-made pair's nodes run as firewall during one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ruleset {
+    /// Nothing: no hooks, no connection tracking.
+    Bare,
+    /// flanneld's `--ip-masq` and forward rules, through Debian's iptables (iptables-nft),
+    /// as flanneld's iptables mode installs them.
+    Flanneld,
+    /// podnet's table as podnetd renders it for the node, with or without each of its chains.
+    Podnet {
+        guard: bool,
+        masquerade: bool,
+        forward: bool,
+    },
+}
+
+const PODNET_FULL: Ruleset = Ruleset::Podnet {
+    guard: true,
+    masquerade: true,
+    forward: true,
+};
+
+/// flanneld's rules (reference/flannel.md §7, iptables mode) for a node with pod subnet `pod`.
+fn flanneld_rules(net: &str, pod: &str) -> String {
+    let m = "-m comment --comment \"flanneld masq\"";
+    let f = "-m comment --comment \"flanneld forward\"";
+    format!(
+        "*nat\n:FLANNEL-POSTRTG - [0:0]\n\
+         -A POSTROUTING {m} -j FLANNEL-POSTRTG\n\
+         -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {pod} -d {net} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {net} -d {pod} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG ! -s {net} -d {pod} {m} -j RETURN\n\
+         -A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully\n\
+         -A FLANNEL-POSTRTG ! -s {net} -d {net} {m} -j MASQUERADE --random-fully\n\
+         COMMIT\n\
+         *filter\n:FLANNEL-FWD - [0:0]\n\
+         -A FORWARD {f} -j FLANNEL-FWD\n\
+         -A FLANNEL-FWD -s {net} {f} -j ACCEPT\n\
+         -A FLANNEL-FWD -d {net} {f} -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+/// Runs `argv` on a lab target with `input` on its standard input (panics on failure).
+fn run_stdin(lab: &Lab, target: &str, argv: &[&str], input: &str) {
+    let mut c = lab.command(target, argv).unwrap();
+    c.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "{argv:?} on {target}");
+}
+
+/// Loads `rs` on both hand-made nodes (whatever was there before is flushed).
+fn load_ruleset(lab: &Lab, backend: &str, rs: Ruleset) {
+    for me in 0..2 {
+        let (node, peer) = (["node3", "node4"][me], ["node4", "node3"][me]);
+        let pod = format!("10.244.{}.0/24", 201 + me);
+        run_in(lab, node, &["nft", "flush", "ruleset"]);
+        match rs {
+            Ruleset::Bare => {}
+            Ruleset::Flanneld => run_stdin(
+                lab,
+                node,
+                &["iptables-restore", "--noflush", "--wait"],
+                &flanneld_rules("10.244.0.0/16", &pod),
+            ),
+            Ruleset::Podnet {
+                guard,
+                masquerade,
+                forward,
+            } => {
+                let spec = FirewallSpec {
+                    network: "10.244.0.0/16".parse().unwrap(),
+                    pod_subnet: pod.parse().unwrap(),
+                    masquerade,
+                    fully_random: true,
+                    forward,
+                    guard: (guard && backend == "vxlan").then_some(Guard { port: 8472 }),
+                };
+                if !spec.is_empty() {
+                    let table = spec.render_table(&[node_ip(lab, peer)]);
+                    run_stdin(lab, node, &["nft", "-f", "-"], &table);
+                }
+            }
+        }
+    }
+}
+
 /// The other node of a pair (node1 ↔ node2, node3 ↔ node4, ...).
 fn peer_of(node: &str) -> String {
     let n: usize = node.trim_start_matches("node").parse().unwrap();
@@ -234,14 +322,23 @@ fn peer_of(node: &str) -> String {
 }
 
 fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
-    let nodes = if backend == "wireguard" { 6 } else { 4 };
+    // Another build of podnetd to compare the udp backend with (`BENCH_BASELINE=path`).
+    let baseline = std::env::var("BENCH_BASELINE")
+        .ok()
+        .filter(|_| backend == "udp");
+    let nodes = if backend == "wireguard" || baseline.is_some() {
+        6
+    } else {
+        4
+    };
     let mut c = Cluster::up(&LabSpec::new(unique("bdp"), nodes), binaries()).unwrap();
-    let (pods, pids) = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX);
+    let (pods, pids) = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX, None);
     let mut paths = vec![Path {
         name: "podnet",
         client: "node1/pod".into(),
         server_ip: pods[1],
         podnetd: pids,
+        ruleset: None,
     }];
     // Kernel backends are compared with the same kernel objects made by hand; the udp tunnel
     // with podnet's kernel VXLAN; wireguard with podnet's udp backend, VXLAN beside them.
@@ -255,7 +352,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             for (i, b) in std::iter::once(&reference).chain(others).enumerate() {
                 let pair = [["node3", "node4"], ["node5", "node6"]][i];
                 let prefix = format!("/podnet-bench-{b}/network");
-                let (p, pids) = podnet_pair(&mut c, b, pair, &prefix);
+                let (p, pids) = podnet_pair(&mut c, b, pair, &prefix, None);
                 paths.push(Path {
                     name: if *b == "vxlan" {
                         "podnet vxlan"
@@ -265,17 +362,69 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
                     client: format!("{}/pod", pair[0]),
                     server_ip: p[1],
                     podnetd: pids,
+                    ruleset: None,
+                });
+            }
+            if let Some(bin) = &baseline {
+                let prefix = "/podnet-bench-baseline/network";
+                let pair = ["node5", "node6"];
+                let (p, pids) = podnet_pair(&mut c, "udp", pair, prefix, Some(bin));
+                paths.push(Path {
+                    name: "podnet udp, baseline build",
+                    client: "node5/pod".into(),
+                    server_ip: p[1],
+                    podnetd: pids,
+                    ruleset: None,
                 });
             }
         }
         _ => {
-            let p = hand_pair(&mut c.lab, backend, pods);
-            paths.push(Path {
-                name: "by hand",
-                client: "node3/hand".into(),
-                server_ip: p[1],
-                podnetd: Vec::new(),
-            });
+            let p = hand_pair(&mut c.lab, backend);
+            // The reference first, then flanneld's rules, podnet's and podnet's without each
+            // of its chains in turn (host-gw has no tunnel guard).
+            let mut variants = vec![
+                ("by hand, no ruleset", Ruleset::Bare),
+                ("by hand + flanneld's rules", Ruleset::Flanneld),
+                ("by hand + podnet's rules", PODNET_FULL),
+                (
+                    "  without postrouting (masquerade)",
+                    Ruleset::Podnet {
+                        guard: true,
+                        masquerade: false,
+                        forward: true,
+                    },
+                ),
+                (
+                    "  without forward",
+                    Ruleset::Podnet {
+                        guard: true,
+                        masquerade: true,
+                        forward: false,
+                    },
+                ),
+            ];
+            if backend == "vxlan" {
+                variants.push((
+                    "  without tunnel guard (input)",
+                    Ruleset::Podnet {
+                        guard: false,
+                        masquerade: true,
+                        forward: true,
+                    },
+                ));
+            }
+            if std::env::var("BENCH_HOOKS").is_ok_and(|v| v == "0") {
+                variants.truncate(3);
+            }
+            for (name, rs) in variants {
+                paths.push(Path {
+                    name,
+                    client: "node3/hand".into(),
+                    server_ip: p[1],
+                    podnetd: Vec::new(),
+                    ruleset: Some(rs),
+                });
+            }
         }
     }
     let bare = if backend == "wireguard" {
@@ -289,14 +438,16 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         client: bare[0].into(),
         server_ip: node_ip(lab, bare[1]),
         podnetd: Vec::new(),
+        ruleset: (bare[0] == "node3" && backend != "udp").then_some(Ruleset::Bare),
     });
-    let servers: Vec<String> = paths
+    let mut servers: Vec<String> = paths
         .iter()
         .map(|p| match p.client.split_once('/') {
             Some((node, pod)) => format!("{}/{pod}", peer_of(node)),
             None => peer_of(&p.client),
         })
         .collect();
+    servers.dedup();
     for server in &servers {
         lab.spawn(server, &["iperf3".to_string(), "-s".into()], &[])
             .unwrap();
@@ -375,6 +526,9 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         // Rotate the order so that no path is always first after an idle moment.
         for k in 0..paths.len() {
             let i = (k + r) % paths.len();
+            if let Some(rs) = paths[i].ruleset {
+                load_ruleset(lab, backend, rs);
+            }
             let (b, transfer, podnetd) = throughput(lab, &paths[i], seconds);
             let gbps = b / 1e9;
             bps[i].push(gbps);
@@ -393,12 +547,34 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             reference: i == 1,
             gbps: summarize(&bps[i]),
             rtt: summarize(&rtt[i]),
+            gbps_ratio: quartiles(&per_round(&bps[i], &bps[1])),
+            rtt_ratio: quartiles(&per_round(&rtt[i], &rtt[1])),
             cpu_per_gbps: summarize(&cpu[i]),
             podnetd_per_gbps: summarize(&own[i]),
         })
         .collect();
     c.lab.down().unwrap();
     rows
+}
+
+/// Each round's `a` over the same round's `b`.
+fn per_round(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+/// First quartile, median and third quartile (linear interpolation).
+fn quartiles(v: &[f64]) -> [f64; 3] {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let x = q * (v.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    [at(0.25), at(0.5), at(0.75)]
 }
 
 fn main() {
@@ -415,19 +591,19 @@ fn main() {
         rows.extend(bench_backend(b.trim(), runs, seconds));
     }
     println!(
-        "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one stream, 200 pings; median (min–max)\n"
+        "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one \
+         stream, 200 pings; figures median (min–max); ratios to the reference of the same round, \
+         median [first–third quartile]\n"
     );
     println!(
         "| backend | path | TCP Gbit/s | vs reference | RTT µs | vs reference | cores per Gbit/s | of which podnetd |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let hand = rows
-            .iter()
-            .find(|h| h.backend == r.backend && h.reference)
-            .unwrap();
+        let [g1, g2, g3] = r.gbps_ratio;
+        let [r1, r2, r3] = r.rtt_ratio;
         println!(
-            "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.1} ({:.1}–{:.1}) | {:.3} | {:.3} | {:.3} |",
+            "| {} | {} | {:.2} ({:.2}–{:.2}) | {g2:.3} [{g1:.3}–{g3:.3}] | {:.1} ({:.1}–{:.1}) | {r2:.3} [{r1:.3}–{r3:.3}] | {:.3} | {:.3} |",
             r.backend,
             if r.reference {
                 format!("{} (reference)", r.path)
@@ -437,11 +613,9 @@ fn main() {
             r.gbps.median,
             r.gbps.min,
             r.gbps.max,
-            r.gbps.median / hand.gbps.median,
             r.rtt.median * 1e6,
             r.rtt.min * 1e6,
             r.rtt.max * 1e6,
-            r.rtt.median / hand.rtt.median,
             r.cpu_per_gbps.median,
             r.podnetd_per_gbps.median,
         );
