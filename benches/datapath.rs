@@ -31,7 +31,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use podnet::firewall::{FirewallSpec, Guard};
+use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
 use serde_json::json;
@@ -299,15 +299,18 @@ fn load_ruleset(lab: &Lab, backend: &str, rs: Ruleset) {
                 forward,
             } => {
                 let spec = FirewallSpec {
-                    network: "10.244.0.0/16".parse().unwrap(),
-                    pod_subnet: pod.parse().unwrap(),
+                    v4: Some(Nets {
+                        network: "10.244.0.0/16".parse().unwrap(),
+                        pod_subnet: pod.parse().unwrap(),
+                    }),
+                    v6: None,
                     masquerade,
                     fully_random: true,
                     forward,
                     guard: (guard && backend == "vxlan").then_some(Guard { port: 8472 }),
                 };
                 if !spec.is_empty() {
-                    let table = spec.render_table(&[node_ip(lab, peer)]);
+                    let table = spec.render_table(&[node_ip(lab, peer).into()]);
                     run_stdin(lab, node, &["nft", "-f", "-"], &table);
                 }
             }
