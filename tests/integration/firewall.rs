@@ -247,10 +247,15 @@ fn a_host_gw_table_with_peers_is_left_alone() {
     let mut c = Cluster::small("fwh", 2);
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#);
     let args = ["--iptables-resync=1"];
-    let n1 = c.start("node1", &args);
+    c.start("node1", &args);
     c.start("node2", &args);
-    c.wait_ready("node2");
-    c.wait_log(&n1, "peer added", Duration::from_secs(10));
+    c.wait_ready("node1");
+    let peer = c.wait_ready("node2").subnet.unwrap().trunc().to_string();
+    // The peer is known (by an event or by the first listing, whichever came first).
+    poll("node1's route to node2", Duration::from_secs(20), || {
+        let routes = ok(c.lab.exec("node1", &["ip", "route"]).unwrap());
+        routes.contains(&peer).then_some(())
+    });
     // Three checks' worth of time with a peer known.
     std::thread::sleep(Duration::from_secs(3));
     let log = c.log(&podnetd(&c, "node1"));
