@@ -12,9 +12,9 @@
 //! - IPv6 (`EnableIPv6`, flannel's dual-stack and IPv6-only): a second device
 //!   `flannel-v6.<VNI>` with `local <PublicIPv6>`, address `<IPv6 subnet>::/128`, MTU =
 //!   underlay MTU − 70 (flannel subtracts 50 here too, which drops full-size packets over an
-//!   IPv6 underlay), its MAC in `BackendV6Data`; per peer the same three objects from the
-//!   lease's IPv6 half (neighbour `<peer IPv6 subnet>::`, FDB dst `<peer PublicIPv6>`, onlink
-//!   route, metric 1024 as the kernel reports it). The pods' MTU is the smaller device's. Each
+//!   IPv6 underlay), its MAC in `BackendV6Data`, `accept_ra` 0 (as flannel); per peer the same
+//!   three objects from the lease's IPv6 half (neighbour `<peer IPv6 subnet>::`, FDB dst
+//!   `<peer PublicIPv6>`, onlink route, metric 1024 as the kernel reports it). The pods' MTU is the smaller device's. Each
 //!   family of a peer is planned on its own: one that cannot be served (no public address of
 //!   that family, no VtepMAC) marks the peer skipped without taking the other family down.
 //!
@@ -42,6 +42,7 @@ use crate::kernel::Mac;
 use crate::kernel::netlink::{
     Fdb, LinkChange, Neighbour, Netlink, NewLink, NewLinkKind, Vxlan as VxlanAttrs,
 };
+use crate::kernel::sysctl;
 use crate::lease::Lease;
 
 /// Bytes VXLAN adds over an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
@@ -409,6 +410,10 @@ impl Backend for Vxlan {
                 BackendError::Invalid(format!("vxlan over {family} needs an {family} lease"))
             })?;
             let index = vtep.index.expect("ensured above");
+            if subnet.addr().is_ipv6() {
+                // As flannel: router advertisements arriving through the tunnel configure nothing.
+                sysctl::set_conf6(&vtep.name, "accept_ra", "0")?;
+            }
             super::own_address_up(nl, &vtep.name, index, subnet, None)?;
         }
         Ok(())

@@ -45,3 +45,12 @@ pub fn set_conf(iface: &str, leaf: &str, value: &str) -> Result<(), KernelError>
     std::fs::write(&path, value)
         .map_err(|e| KernelError::io(format!("write {} = {value}", path.display()), e))
 }
+
+/// Sets an interface's IPv6 setting (`net/ipv6/conf/<iface>/<leaf>`).
+pub fn set_conf6(iface: &str, leaf: &str, value: &str) -> Result<(), KernelError> {
+    let path = PathBuf::from("/proc/sys/net/ipv6/conf")
+        .join(iface)
+        .join(leaf);
+    std::fs::write(&path, value)
+        .map_err(|e| KernelError::io(format!("write {} = {value}", path.display()), e))
+}

@@ -222,6 +222,15 @@ fn dual_stack_vxlan_three_nodes_on_two_segments() {
         };
         assert_eq!(local, a.public6.to_string().as_str(), "{info}");
         assert_eq!(info["link"], "eth0");
+        let accept_ra = c.lab.exec(
+            &a.name,
+            &["cat", "/proc/sys/net/ipv6/conf/flannel-v6.1/accept_ra"],
+        );
+        assert_eq!(
+            ok(accept_ra.unwrap()).trim(),
+            "0",
+            "accept_ra, as flannel sets it"
+        );
         let addrs = c.ip_json(
             &a.name,
             &["-6", "addr", "show", "flannel-v6.1", "scope", "global"],
