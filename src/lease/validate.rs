@@ -131,59 +131,65 @@ fn identities(l: &Lease) -> Vec<Identity> {
     ids
 }
 
+/// One family of the config as `Checker::subnet` needs it.
+struct FamilyView {
+    network: IpNet,
+    len: u8,
+    /// The config keys naming the subnet length and the network (for errors).
+    keys: [&'static str; 2],
+    own: Option<IpNet>,
+}
+
 impl Checker {
-    fn subnet4(&self, n: Ipv4Net) -> Result<(), String> {
-        let Some(f) = &self.cfg.v4 else {
-            return Err(format!("subnet {n}: IPv4 is not enabled"));
-        };
-        if n != n.trunc() {
-            return Err(format!("subnet {n} has host bits set"));
-        }
-        if self.exact_length && n.prefix_len() != f.subnet_len {
-            return Err(format!(
-                "subnet {n}: prefix length is not SubnetLen {}",
-                f.subnet_len
-            ));
-        }
-        if !f.network.contains(&n) {
-            return Err(format!("subnet {n} is outside Network {}", f.network));
-        }
-        // This node's pod addresses (cni0, flannel.1) are the own-subnet check's business;
-        // every other attached network must not be covered.
-        let own = self.own.v4;
-        let attached = self.local.iter().find(|l| match l {
-            IpNet::V4(l) => !own.is_some_and(|o| o.contains(l)) && v4_overlaps(&l.trunc(), &n),
-            IpNet::V6(_) => false,
-        });
-        match attached {
-            Some(l) => Err(format!(
-                "subnet {n} overlaps this node's network {}",
-                l.trunc()
-            )),
-            None => Ok(()),
-        }
+    /// The config's side of `n`'s family, and this node's own subnet of that family.
+    fn family(&self, n: IpNet) -> Result<FamilyView, String> {
+        let missing = |family| format!("subnet {n}: {family} is not enabled");
+        Ok(match n {
+            IpNet::V4(_) => {
+                let f = self.cfg.v4.as_ref().ok_or_else(|| missing("IPv4"))?;
+                FamilyView {
+                    network: f.network.into(),
+                    len: f.subnet_len,
+                    keys: ["SubnetLen", "Network"],
+                    own: self.own.v4.map(IpNet::V4),
+                }
+            }
+            IpNet::V6(_) => {
+                let f = self.cfg.v6.as_ref().ok_or_else(|| missing("IPv6"))?;
+                FamilyView {
+                    network: f.network.into(),
+                    len: f.subnet_len,
+                    keys: ["IPv6SubnetLen", "IPv6Network"],
+                    own: self.own.v6.map(IpNet::V6),
+                }
+            }
+        })
     }
 
-    fn subnet6(&self, n: Ipv6Net) -> Result<(), String> {
-        let Some(f) = &self.cfg.v6 else {
-            return Err(format!("subnet {n}: IPv6 is not enabled"));
-        };
+    /// One half of a lease's subnet, either family.
+    fn subnet(&self, n: IpNet) -> Result<(), String> {
+        let FamilyView {
+            network,
+            len,
+            keys: [len_key, net_key],
+            own,
+        } = self.family(n)?;
         if n != n.trunc() {
             return Err(format!("subnet {n} has host bits set"));
         }
-        if self.exact_length && n.prefix_len() != f.subnet_len {
-            return Err(format!(
-                "subnet {n}: prefix length is not IPv6SubnetLen {}",
-                f.subnet_len
-            ));
+        if self.exact_length && n.prefix_len() != len {
+            return Err(format!("subnet {n}: prefix length is not {len_key} {len}"));
         }
-        if !f.network.contains(&n) {
-            return Err(format!("subnet {n} is outside IPv6Network {}", f.network));
+        if !network.contains(&n) {
+            return Err(format!("subnet {n} is outside {net_key} {network}"));
         }
-        let own = self.own.v6;
-        let attached = self.local.iter().find(|l| match l {
-            IpNet::V6(l) => !own.is_some_and(|o| o.contains(l)) && v6_overlaps(&l.trunc(), &n),
-            IpNet::V4(_) => false,
+        // This node's pod addresses (cni0, flannel.1) are the own-subnet check's business;
+        // every other attached network of the family must not be covered (`contains` is false
+        // across families).
+        let attached = self.local.iter().find(|l| {
+            let l = l.trunc();
+            !own.is_some_and(|o| o.contains(&l))
+                && (l.contains(&n.network()) || n.contains(&l.network()))
         });
         match attached {
             Some(l) => Err(format!(
@@ -230,11 +236,14 @@ impl Checker {
                 l.key, self.own
             ));
         }
-        if let Some(n) = l.key.v4 {
-            self.subnet4(n)?;
-        }
-        if let Some(n) = l.key.v6 {
-            self.subnet6(n)?;
+        for n in l
+            .key
+            .v4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(l.key.v6.map(IpNet::V6))
+        {
+            self.subnet(n)?;
         }
         if self.cfg.enable_ipv4 && l.key.v4.is_some() {
             self.public(IpAddr::V4(l.attrs.public_ip))?;
