@@ -51,11 +51,23 @@ use crate::owned::UDP_DEVICE as DEVICE;
 pub const OVERHEAD: u32 = 28;
 const MAX_WORKERS: usize = 4;
 
-struct Running {
-    index: u32,
-    stop: Arc<AtomicBool>,
-    dead: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// A userspace data path's device and threads (the udp backend's, WireGuard's userspace
+/// engine's): `stop` tells the threads to end, `dead` is set by one that failed.
+pub(crate) struct Running {
+    pub index: u32,
+    pub stop: Arc<AtomicBool>,
+    pub dead: Arc<AtomicBool>,
+    pub threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Tells every thread to stop and waits for them.
+    pub fn end(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 pub struct Udp {
@@ -168,10 +180,7 @@ impl Udp {
 
     fn stop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.stop.store(true, Ordering::Relaxed);
-            for t in r.threads {
-                let _ = t.join();
-            }
+            r.end();
         }
     }
 }

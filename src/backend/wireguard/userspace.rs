@@ -27,7 +27,7 @@ use super::tunnels::{Factory, PeerStats, Tunnels};
 use super::worker::{self, Identity, WorkerSpec};
 use super::{DEVICE, Engine, PeerSpec};
 use crate::backend::BackendError;
-use crate::backend::udp::Stats;
+use crate::backend::udp::{Running, Stats};
 use crate::kernel::netlink::Netlink;
 use crate::kernel::tun::{self, TunSpec};
 use crate::kernel::udp::UdpPort;
@@ -37,13 +37,6 @@ const MAX_WORKERS: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
 /// Handshake messages per second before the limiter asks for cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
-
-struct Running {
-    index: u32,
-    stop: Arc<AtomicBool>,
-    dead: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
 
 pub struct Userspace {
     bind: Ipv4Addr,
@@ -160,10 +153,7 @@ impl Userspace {
 
     fn stop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.stop.store(true, Ordering::Relaxed);
-            for t in r.threads {
-                let _ = t.join();
-            }
+            r.end();
         }
     }
 }
