@@ -43,6 +43,15 @@ fn build(spec: &TunSpec<'_>, offload: bool) -> io::Result<tun_rs::SyncDevice> {
     Ok(dev)
 }
 
+/// Whether a queue's read or write failed because the device was deleted under it (EBADFD, or
+/// ENODEV/EIO when the queue was detached): the data path must rebuild, not retry.
+pub fn device_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EIO)
+    )
+}
+
 /// Opens the device as `open` does, first replacing a device of that name that is not a TUN
 /// device, or a TUN device made with other flags (flanneld's single-queue `flannel0`, a plain
 /// one) that refuses our queues.

@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::packet;
 use super::peers::PeerTable;
-use crate::kernel::tun::{GROTable, IDEAL_BATCH_SIZE, TunQueue, VIRTIO_NET_HDR_LEN};
+use crate::kernel::tun::{self, GROTable, IDEAL_BATCH_SIZE, TunQueue, VIRTIO_NET_HDR_LEN};
 use crate::kernel::udp::{RECV_BATCH, RecvMeta, UdpPort};
 
 /// The largest UDP payload one GSO send may carry.
@@ -137,7 +137,7 @@ pub fn run(w: WorkerSpec) {
                     encapsulate(&w, &mut b, n, &mut budget, &mut report);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if gone(&e) => {
+                Err(e) if tun::device_gone(&e) => {
                     tracing::warn!("udp backend: TUN queue closed ({e}); waiting to be restarted");
                     w.dead.store(true, Ordering::Relaxed);
                     return;
@@ -168,14 +168,6 @@ pub fn run(w: WorkerSpec) {
             wait(&w);
         }
     }
-}
-
-/// A device deleted under us: reads fail with EBADFD (or the queue was detached).
-fn gone(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EIO)
-    )
 }
 
 fn wait(w: &WorkerSpec) {

@@ -25,7 +25,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use super::tunnels::{self, Failure, Peer, Tunnels};
 use crate::backend::udp::Stats;
 use crate::backend::udp::packet;
-use crate::kernel::tun::{GROTable, IDEAL_BATCH_SIZE, TunQueue, VIRTIO_NET_HDR_LEN};
+use crate::kernel::tun::{self, GROTable, IDEAL_BATCH_SIZE, TunQueue, VIRTIO_NET_HDR_LEN};
 use crate::kernel::udp::{RECV_BATCH, RecvMeta, UdpPort};
 
 /// WireGuard's data message: type, receiver, counter (16 bytes) and the tag (16).
@@ -156,7 +156,7 @@ pub fn run(w: WorkerSpec) {
                     encrypt(&mut cx, &mut b, n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if gone(&e) => {
+                Err(e) if tun::device_gone(&e) => {
                     tracing::warn!(
                         "wireguard backend: TUN queue closed ({e}); waiting to be restarted"
                     );
@@ -189,13 +189,6 @@ pub fn run(w: WorkerSpec) {
             crate::kernel::wait_readable(&[w.tun.fd(), w.udp.fd()], 200);
         }
     }
-}
-
-fn gone(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EIO)
-    )
 }
 
 /// Consecutive data messages for one peer, back to back in `out`: one GSO send.
