@@ -138,11 +138,21 @@ fn wait_converged6(c: &Cluster, nodes: &[Node], expect: impl Fn(&Node, &Value) -
             if ok {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}'s IPv6 routes did not converge in 30 s: {rs:?}",
-                a.name
-            );
+            if std::time::Instant::now() >= deadline {
+                let log = c
+                    .lab
+                    .state()
+                    .procs
+                    .iter()
+                    .rev()
+                    .find(|p| p.host == a.name && p.argv[0].ends_with("podnetd"))
+                    .map(|p| c.log(p))
+                    .unwrap_or_default();
+                panic!(
+                    "{}'s IPv6 routes did not converge in 30 s: {rs:?}\nits podnetd's log:\n{log}",
+                    a.name
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
