@@ -226,7 +226,9 @@ fn check_family6(f: &Family6) -> Result<(), TestCaseError> {
         prop_assert!(net.contains(&Ipv6Addr::from(a)));
         prop_assert_eq!(a % size, 0, "{} not aligned", Ipv6Addr::from(a));
     }
-    let tail_min = max.saturating_sub(size * (WINDOW as u128 - 1)).max(min);
+    let tail_min = max
+        .saturating_sub(size.saturating_mul(WINDOW as u128 - 1))
+        .max(min);
     let tail = Family6 {
         subnet_min: Ipv6Addr::from(tail_min),
         ..f.clone()
@@ -271,4 +273,12 @@ proptest! {
             check_config(&c)?;
         }
     }
+}
+
+/// Found by CI: subnets of 2^124 addresses, where the test's own window arithmetic overflowed.
+#[test]
+fn huge_ipv6_subnets_keep_invariants() {
+    let s = r#"{"Backend":{"Type":"vxlan"},"EnableIPv6":true,"IPv6Network":"::/1","IPv6SubnetLen":4,"IPv6SubnetMax":"7000::","IPv6SubnetMin":"::","Network":"0.0.0.0/0","SubnetMax":"255.255.255.0","SubnetMin":"0.0.0.0"}"#;
+    let c = NetworkConfig::parse(s).expect("a valid config");
+    check_config(&c).unwrap();
 }
