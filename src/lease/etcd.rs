@@ -426,8 +426,10 @@ impl EtcdStore {
                 }
                 Choice::Create(key) => {
                     if let Some(l) = self.create(&key, &req.attrs, req.ttl).await? {
-                        tracing::info!(lease = %l.key, "acquired a new lease");
-                        return Ok(l);
+                        if !self.shares_with_older(&l).await? {
+                            tracing::info!(lease = %l.key, "acquired a new lease");
+                            return Ok(l);
+                        }
                     }
                     tracing::info!(lease = %key, "another node took this subnet first; trying another");
                     lost.push(key);
@@ -449,6 +451,28 @@ impl EtcdStore {
             }
         }
         Err(LeaseError::TooManyRaces(RACE_RETRIES))
+    }
+
+    /// Whether a lease just created shares a subnet with an older one (two dual-stack nodes
+    /// that chose the same subnet of one family, see `super::displaced_by`); if so it is given
+    /// back. A single-family key is its subnet, which the create already made exclusive.
+    async fn shares_with_older(&self, ours: &Lease) -> Result<bool, LeaseError> {
+        if ours.key.v4.is_none() || ours.key.v6.is_none() {
+            return Ok(false);
+        }
+        let (leases, _) = self.list().await?;
+        let Some(older) = super::displaced_by(ours, &leases) else {
+            return Ok(false);
+        };
+        tracing::info!(lease = %ours.key, older = %older.key, "an older lease holds one of our subnets; giving ours back");
+        if let Some(id) = ours.keepalive.etcd_id() {
+            let mut c = self.client.clone();
+            // Revoking the etcd lease deletes the key with it.
+            c.lease_revoke(id)
+                .await
+                .map_err(|e| self.err(format!("give back lease {}", ours.key), e))?;
+        }
+        Ok(true)
     }
 
     /// Keeps our lease alive, and checks that the key is still ours.

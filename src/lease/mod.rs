@@ -303,6 +303,20 @@ pub fn is_ours(cfg: &NetworkConfig, lease: &Lease, attrs: &LeaseAttrs) -> bool {
     }
 }
 
+/// After creating `ours`: an older lease that shares a subnet with it, if any.
+///
+/// A lease key is the pair of subnets, so etcd's create-if-absent only stops two nodes taking
+/// the same pair. Two dual-stack nodes listing at the same moment can create `A&X` and `B&X`
+/// (same IPv6 subnet, different IPv4 ones) and both succeed. Every node resolves such a pair
+/// the same way (the older lease stays, as peers' checks decide it): the younger one's owner
+/// finds the older here, gives its lease back and picks again.
+pub fn displaced_by<'a>(ours: &Lease, leases: &'a [Lease]) -> Option<&'a Lease> {
+    leases
+        .iter()
+        .filter(|l| l.key != ours.key && l.key.overlaps(&ours.key))
+        .find(|l| (l.created, l.key) < (ours.created, ours.key))
+}
+
 /// Leases of ours that no longer fit the config (flannel deletes them before acquiring).
 pub fn stale_own<'a>(
     cfg: &NetworkConfig,
@@ -816,6 +830,27 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_younger_lease_sharing_one_family_is_the_one_displaced() {
+        let at = |key: &str, created: i64| Lease {
+            created,
+            ..lease(key, "198.18.0.11")
+        };
+        let ours = at("10.244.1.0-24&fd10:244:0:7::-64", 9);
+        let others = vec![
+            at("10.244.2.0-24&fd10:244:0:8::-64", 3),
+            at("10.244.3.0-24&fd10:244:0:7::-64", 5),
+            at("10.244.1.0-24&fd10:244:0:9::-64", 12),
+        ];
+        // The older holder of fd10:244:0:7::/64 wins; the younger one with 10.244.1.0/24 yields.
+        let older = displaced_by(&ours, &others).unwrap();
+        assert_eq!(older.key.to_string(), "10.244.3.0-24&fd10:244:0:7::-64");
+        assert!(displaced_by(&others[1], &[ours.clone(), others[0].clone()]).is_none());
+        assert!(displaced_by(&others[2], &[ours.clone()]).is_some());
+        // Our own key in the list is not a rival.
+        assert!(displaced_by(&ours, std::slice::from_ref(&ours)).is_none());
     }
 
     #[test]

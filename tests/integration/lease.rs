@@ -122,6 +122,73 @@ fn golden_dual_stack_key_and_value_in_etcd() {
     );
 }
 
+/// Ten dual-stack nodes acquiring at once from a range of ten IPv6 subnets: a key is the pair of
+/// subnets, so two nodes could each create a key holding the same IPv6 subnet; each must end
+/// with its own subnet of each family, and only the winners' leases stay in etcd.
+#[test]
+fn dual_stack_nodes_acquiring_at_once_never_share_a_subnet_of_either_family() {
+    const N: u8 = 10;
+    let c = Cluster::small("lds", 1);
+    let cfg = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","IPv6SubnetMin":"fd10:244:0:10::","IPv6SubnetMax":"fd10:244:0:19::","Backend":{"Type":"host-gw"}}"#,
+    )
+    .unwrap();
+    let opts = EtcdOptions {
+        endpoints: vec![c.eps.clone()],
+        prefix: PREFIX.into(),
+        ..Default::default()
+    };
+    let acquire = |i: u8| {
+        let (cfg, opts) = (cfg.clone(), opts.clone());
+        async move {
+            let store = EtcdStore::connect(&opts).await.unwrap();
+            let attrs = LeaseAttrs {
+                public_ip: std::net::Ipv4Addr::new(198, 18, 0, 20 + i),
+                public_ipv6: Some(format!("2001:2::{}", 20 + i).parse().unwrap()),
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            };
+            let req = AcquireRequest {
+                attrs,
+                previous: None,
+                ttl: DEFAULT_TTL,
+            };
+            store.acquire(&cfg, &req).await.unwrap().key
+        }
+    };
+    let keys = c
+        .lab
+        .netns("node1")
+        .unwrap()
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..N).map(|i| tokio::spawn(acquire(i))).collect();
+                let mut keys = Vec::new();
+                for t in tasks {
+                    keys.push(t.await.unwrap());
+                }
+                keys
+            })
+        })
+        .unwrap();
+    let v4: HashSet<_> = keys.iter().map(|k| k.v4.unwrap()).collect();
+    let v6: HashSet<_> = keys.iter().map(|k| k.v6.unwrap()).collect();
+    assert_eq!(v4.len(), N as usize, "{keys:?}");
+    assert_eq!(v6.len(), N as usize, "{keys:?}");
+    // Whoever yielded gave its key back: etcd holds exactly the ten leases handed out.
+    let mut held: Vec<String> = c.leases().into_iter().map(|(k, _)| k).collect();
+    let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    held.sort();
+    want.sort();
+    assert_eq!(held, want);
+}
+
 #[test]
 fn thirty_nodes_at_once_get_thirty_distinct_subnets() {
     let mut c = Cluster::new(LabSpec::new(unique("l30"), 30));
