@@ -425,11 +425,11 @@ impl EtcdStore {
                     }
                 }
                 Choice::Create(key) => {
-                    if let Some(l) = self.create(&key, &req.attrs, req.ttl).await? {
-                        if !self.shares_with_older(&l).await? {
-                            tracing::info!(lease = %l.key, "acquired a new lease");
-                            return Ok(l);
-                        }
+                    if let Some(l) = self.create(&key, &req.attrs, req.ttl).await?
+                        && !self.shares_with_older(&l).await?
+                    {
+                        tracing::info!(lease = %l.key, "acquired a new lease");
+                        return Ok(l);
                     }
                     tracing::info!(lease = %key, "another node took this subnet first; trying another");
                     lost.push(key);

@@ -848,7 +848,7 @@ mod tests {
         let older = displaced_by(&ours, &others).unwrap();
         assert_eq!(older.key.to_string(), "10.244.3.0-24&fd10:244:0:7::-64");
         assert!(displaced_by(&others[1], &[ours.clone(), others[0].clone()]).is_none());
-        assert!(displaced_by(&others[2], &[ours.clone()]).is_some());
+        assert!(displaced_by(&others[2], std::slice::from_ref(&ours)).is_some());
         // Our own key in the list is not a rival.
         assert!(displaced_by(&ours, std::slice::from_ref(&ours)).is_none());
     }
