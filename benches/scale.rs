@@ -11,8 +11,9 @@
 //! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs,
 //! `BENCH_IDLE_BACKENDS=host-gw,vxlan` the backends of `idle`.
 //!
-//! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map after sync, BENCH_SHOW_LOG=1 the
-//! start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under a wrapper.
+//! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
+//! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
+//! a wrapper.
 
 mod common;
 #[path = "scale/idle.rs"]
@@ -132,6 +133,17 @@ fn field(line: &str, key: &str) -> f64 {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// podnetd's own view of its heap (`podnet_heap_bytes`), beside the kernel's RSS.
+fn show_heap(c: &Cluster, node: &str) {
+    let sock = c.socket_path(node).unwrap();
+    let Ok((_, text)) = podnet::httpget::unix(&sock, "/metrics") else {
+        return;
+    };
+    for l in text.lines().filter(|l| l.starts_with("podnet_heap_bytes")) {
+        eprintln!("  {l}");
+    }
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -413,6 +425,9 @@ fn scenario(backend: &'static str, n: usize, kube: bool) -> Row {
         del.push(route_event(&rx, &dst, false) - t_del);
     }
     let rss = rss_mb(rec.id.pid);
+    if std::env::var_os("BENCH_SHOW_RSS").is_some() {
+        show_heap(&c, "node1");
+    }
     let store = source.name();
     drop(source);
     let lab = &mut c.lab;

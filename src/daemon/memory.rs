@@ -21,3 +21,24 @@ pub fn release_free() {
         libc::malloc_trim(0);
     }
 }
+
+/// The heap's bytes in use by the program and held free by the allocator.
+pub struct Heap {
+    pub in_use: usize,
+    pub free: usize,
+}
+
+/// The allocator's view of the heap (main arena and mmapped blocks), where it can say.
+pub fn heap() -> Option<Heap> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let i = unsafe { libc::mallinfo2() };
+        Some(Heap {
+            in_use: i.uordblks + i.hblkhd,
+            free: i.fordblks,
+        })
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub wireguard: std::sync::Arc<crate::backend::udp::Stats>,
     /// 1 for the wireguard engine that runs (`engine` = kernel or userspace).
     pub wireguard_engine: Family<Labels, Gauge>,
+    /// The allocator's heap by `state` (in_use, free), read when the metrics are rendered.
+    pub heap_bytes: Family<Labels, Gauge>,
 }
 
 pub fn label(k: &str, v: &str) -> Labels {
@@ -74,6 +76,7 @@ impl Metrics {
             udp: packet_stats(&mut registry, "udp"),
             wireguard: packet_stats(&mut registry, "wireguard"),
             wireguard_engine: Family::default(),
+            heap_bytes: Family::default(),
             registry: Registry::default(),
         };
         m.register_lease(&mut registry);
@@ -83,6 +86,11 @@ impl Metrics {
             "wireguard_engine_info",
             "The wireguard backend's engine (label engine: kernel or userspace)",
             m.wireguard_engine.clone(),
+        );
+        registry.register(
+            "heap_bytes",
+            "Bytes of the allocator's heap (label state: in_use, free — free is mapped but unused)",
+            m.heap_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -155,6 +163,14 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(h) = super::memory::heap() {
+            let set = |state, v: usize| {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                self.heap_bytes.get_or_create(&label("state", state)).set(v);
+            };
+            set("in_use", h.in_use);
+            set("free", h.free);
+        }
         let mut s = String::new();
         encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s

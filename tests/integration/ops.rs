@@ -90,6 +90,10 @@ fn readyz_metrics_and_no_churn() {
     assert!(m["podnet_lease_seconds_remaining"] > 86000.0);
     assert!(m["podnet_reconcile_runs_total{kind=\"full\"}"] >= 1.0);
     assert!(m.contains_key("podnet_reconcile_duration_seconds_bucket{le=\"+Inf\"}"));
+    // The heap as the allocator sees it: a podnetd at rest holds between 100 KB and 100 MB.
+    let heap = m["podnet_heap_bytes{state=\"in_use\"}"];
+    assert!((1e5..1e8).contains(&heap), "heap in use {heap}");
+    assert!(m.contains_key("podnet_heap_bytes{state=\"free\"}"));
     let added = |m: &HashMap<String, f64>| {
         m.get("podnet_lease_events_total{type=\"added\"}")
             .copied()
