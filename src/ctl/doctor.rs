@@ -100,52 +100,87 @@ impl Node {
     }
 }
 
-fn ip_forward() -> Check {
-    match sysctl::get("net.ipv4.ip_forward") {
-        Ok(Some(v)) if v == "1" => {
-            check("ip-forward", Verdict::Pass, "net.ipv4.ip_forward = 1", None)
-        }
-        Ok(v) => check(
-            "ip-forward",
-            Verdict::Fail,
-            format!(
-                "net.ipv4.ip_forward = {}: the node drops every packet between pods and the network",
-                v.unwrap_or_default()
-            ),
-            Some("sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/"),
-        ),
-        Err(e) => check("ip-forward", Verdict::Skip, e.to_string(), None),
-    }
+/// The sysctls a check needs per family this node serves: IPv4 when subnet.env has an IPv4
+/// subnet or cannot be read, IPv6 when it has an IPv6 one.
+fn per_family<'a>(node: &Node, v4: &'a str, v6: &'a str) -> Vec<&'a str> {
+    let (has4, has6) = match &node.env {
+        Ok(e) => (e.subnet.is_some(), e.ipv6_subnet.is_some()),
+        Err(_) => (true, false),
+    };
+    [(has4, v4), (has6, v6)]
+        .into_iter()
+        .filter_map(|(on, key)| on.then_some(key))
+        .collect()
 }
 
-fn br_netfilter() -> Check {
-    match sysctl::get("net.bridge.bridge-nf-call-iptables") {
-        Ok(Some(v)) if v == "1" => check(
-            "br-netfilter",
-            Verdict::Pass,
-            "bridged pod traffic passes the firewall (bridge-nf-call-iptables = 1)",
-            None,
-        ),
-        Ok(Some(v)) => check(
-            "br-netfilter",
-            Verdict::Fail,
-            format!(
-                "net.bridge.bridge-nf-call-iptables = {v}: traffic between pods on one node skips kube-proxy, so Services and DNS fail"
-            ),
-            Some(
-                "sysctl -w net.bridge.bridge-nf-call-iptables=1, and persist it in /etc/sysctl.d/",
-            ),
-        ),
-        Ok(None) => check(
-            "br-netfilter",
-            Verdict::Fail,
-            "br_netfilter is not loaded: Services and DNS fail for pods talking to pods on the same node",
-            Some(
-                "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf",
-            ),
-        ),
-        Err(e) => check("br-netfilter", Verdict::Skip, e.to_string(), None),
+fn ip_forward(node: &Node) -> Check {
+    let mut on = Vec::new();
+    for key in per_family(node, "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding") {
+        match sysctl::get(key) {
+            Ok(Some(v)) if v == "1" => on.push(format!("{key} = 1")),
+            Ok(v) => {
+                return check(
+                    "ip-forward",
+                    Verdict::Fail,
+                    format!(
+                        "{key} = {}: the node drops every packet between pods and the network",
+                        v.unwrap_or_default()
+                    ),
+                    Some(&format!(
+                        "sysctl -w {key}=1, and persist it in /etc/sysctl.d/"
+                    )),
+                );
+            }
+            Err(e) => return check("ip-forward", Verdict::Skip, e.to_string(), None),
+        }
     }
+    check("ip-forward", Verdict::Pass, on.join(", "), None)
+}
+
+fn br_netfilter(node: &Node) -> Check {
+    let mut on = Vec::new();
+    for key in per_family(
+        node,
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+    ) {
+        let short = key.trim_start_matches("net.bridge.");
+        match sysctl::get(key) {
+            Ok(Some(v)) if v == "1" => on.push(format!("{short} = 1")),
+            Ok(Some(v)) => {
+                return check(
+                    "br-netfilter",
+                    Verdict::Fail,
+                    format!(
+                        "{key} = {v}: traffic between pods on one node skips kube-proxy, so Services and DNS fail"
+                    ),
+                    Some(&format!(
+                        "sysctl -w {key}=1, and persist it in /etc/sysctl.d/"
+                    )),
+                );
+            }
+            Ok(None) => {
+                return check(
+                    "br-netfilter",
+                    Verdict::Fail,
+                    "br_netfilter is not loaded: Services and DNS fail for pods talking to pods on the same node",
+                    Some(
+                        "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf",
+                    ),
+                );
+            }
+            Err(e) => return check("br-netfilter", Verdict::Skip, e.to_string(), None),
+        }
+    }
+    check(
+        "br-netfilter",
+        Verdict::Pass,
+        format!(
+            "bridged pod traffic passes the firewall ({})",
+            on.join(", ")
+        ),
+        None,
+    )
 }
 
 fn rp_filter(node: &mut Node, bridge: &str) -> Check {
@@ -258,15 +293,21 @@ fn mtu(node: &Node, bridge: &str) -> Check {
             Some("restart the node agent to rewrite subnet.env"),
         );
     };
-    let mut wrong = Vec::new();
-    for t in node.tunnels() {
-        if t.mtu != want {
-            wrong.push(format!(
-                "{} has MTU {} but subnet.env says {want}",
-                t.name, t.mtu
-            ));
-        }
-    }
+    // Pods use FLANNEL_MTU: every tunnel must carry it, and the smallest one sets it (in
+    // dual-stack the IPv4 device is 20 bytes larger than the IPv6 one, which is the pods').
+    let tunnels = node.tunnels();
+    let small: Vec<&&Link> = tunnels.iter().filter(|t| t.mtu < want).collect();
+    let off: Vec<&&Link> = if !small.is_empty() {
+        small
+    } else if tunnels.iter().any(|t| t.mtu == want) {
+        Vec::new()
+    } else {
+        tunnels.iter().collect()
+    };
+    let mut wrong: Vec<String> = off
+        .iter()
+        .map(|t| format!("{} has MTU {} but subnet.env says {want}", t.name, t.mtu))
+        .collect();
     if let Some(br) = node.link(bridge) {
         for port in node.links.iter().filter(|l| l.master == Some(br.index)) {
             if port.mtu != want {
@@ -317,26 +358,35 @@ fn bridge_address(node: &mut Node, bridge: &str) -> Check {
             None,
         );
     };
-    let Some(subnet) = env.subnet.map(|s| s.trunc()) else {
-        return check(
-            "bridge-address",
-            Verdict::Skip,
-            "subnet.env has no IPv4 subnet",
-            None,
-        );
+    let (v4, v6) = (
+        env.subnet.map(|s| s.trunc()),
+        env.ipv6_subnet.map(|s| s.trunc()),
+    );
+    let subnet = match (v4, v6) {
+        (Some(a), Some(b)) => format!("{a} and {b}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => {
+            return check(
+                "bridge-address",
+                Verdict::Skip,
+                "subnet.env has no subnet",
+                None,
+            );
+        }
     };
-    let addrs: Vec<IpNet> = node
+    // The kernel gives every IPv6 interface a link-local address: not the node's business.
+    let inside = |a: &IpNet| match a.addr() {
+        IpAddr::V4(x) => v4.is_none_or(|n| n.contains(&x)),
+        IpAddr::V6(x) => x.is_unicast_link_local() || v6.is_none_or(|n| n.contains(&x)),
+    };
+    let outside: Vec<String> = node
         .nl
         .addrs()
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| a.index == br.index)
-        .map(|a| a.net)
-        .collect();
-    let outside: Vec<String> = addrs
-        .iter()
-        .filter(|a| matches!(a.addr(), IpAddr::V4(v) if !subnet.contains(&v)))
-        .map(|a| a.to_string())
+        .filter(|a| a.index == br.index && !inside(&a.net))
+        .map(|a| a.net.to_string())
         .collect();
     if outside.is_empty() {
         check(
@@ -642,7 +692,7 @@ pub fn checks(args: &DoctorArgs) -> anyhow::Result<Vec<Check>> {
         links,
         nl,
     };
-    let mut out = vec![ip_forward(), br_netfilter()];
+    let mut out = vec![ip_forward(&node), br_netfilter(&node)];
     out.push(rp_filter(&mut node, &args.bridge));
     out.push(mtu(&node, &args.bridge));
     out.push(bridge_address(&mut node, &args.bridge));

@@ -44,23 +44,23 @@ fn boot(c: &mut Cluster, config: &str, extra: &[&str]) -> Vec<Node> {
     for n in &names {
         c.start(n, extra);
     }
-    names
-        .iter()
-        .map(|n| {
-            let env = c.wait_ready(n);
-            let v6 = env.ipv6_subnet.expect("FLANNEL_IPV6_SUBNET").trunc();
-            let host = c.lab.plan().host(n).unwrap();
-            Node {
-                name: n.clone(),
-                v4: env
-                    .subnet
-                    .map(|s| (s.trunc().to_string(), s.trunc().network())),
-                v6: (v6.to_string(), v6.network()),
-                public: host.ip(),
-                public6: host.ip6().expect("an IPv6 underlay"),
-            }
-        })
-        .collect()
+    names.iter().map(|n| ready_node(c, n)).collect()
+}
+
+/// A node once its `subnet.env` is written.
+fn ready_node(c: &Cluster, name: &str) -> Node {
+    let env = c.wait_ready(name);
+    let v6 = env.ipv6_subnet.expect("FLANNEL_IPV6_SUBNET").trunc();
+    let host = c.lab.plan().host(name).unwrap();
+    Node {
+        name: name.to_string(),
+        v4: env
+            .subnet
+            .map(|s| (s.trunc().to_string(), s.trunc().network())),
+        v6: (v6.to_string(), v6.network()),
+        public: host.ip(),
+        public6: host.ip6().expect("an IPv6 underlay"),
+    }
 }
 
 /// What the CNI plugin does on a node: a bridge holding each subnet's gateway address.
@@ -962,4 +962,88 @@ fn the_ipv6_device_address_comes_back_on_the_notification() {
     poll("the IPv6 address back", Duration::from_secs(10), || {
         has(&c).then_some(())
     });
+}
+
+/// `podnetctl doctor` on a dual-stack node: healthy, every check passes (the IPv4 device being
+/// 20 bytes larger than `FLANNEL_MTU` included); IPv6 forwarding, IPv6 bridge filtering and an
+/// IPv6 address outside the subnet on the bridge each fail their check.
+#[test]
+fn doctor_checks_both_families_on_a_dual_stack_node() {
+    use crate::ops::{doctor, sh, start_with_socket, verdict};
+    let mut c = Cluster::new(LabSpec::new(unique("dsdoc"), 2).ipv6(true));
+    c.put_config(DUAL_VXLAN);
+    let quiet = ["--resync-period=1h", "--kernel-events=false"];
+    start_with_socket(&mut c, "node1", &quiet);
+    start_with_socket(&mut c, "node2", &[]);
+    let nodes = [ready_node(&c, "node1"), ready_node(&c, "node2")];
+    fake_cni0(&c, &nodes[0]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let healthy = doctor(&c, "node1");
+    for (name, (v, d)) in &healthy {
+        assert_eq!(v, "pass", "{name}: {d}");
+    }
+    assert!(
+        healthy["ip-forward"]
+            .1
+            .contains("net.ipv6.conf.all.forwarding = 1"),
+        "{healthy:?}"
+    );
+    assert!(
+        healthy["br-netfilter"]
+            .1
+            .contains("bridge-nf-call-ip6tables = 1")
+    );
+
+    sh(&c, "node1", "sysctl -qw net.ipv6.conf.all.forwarding=0");
+    verdict(
+        &c,
+        "node1",
+        "ip-forward",
+        "fail",
+        "net.ipv6.conf.all.forwarding = 0",
+    );
+    sh(&c, "node1", "sysctl -qw net.ipv6.conf.all.forwarding=1");
+
+    sh(
+        &c,
+        "node1",
+        "sysctl -qw net.bridge.bridge-nf-call-ip6tables=0",
+    );
+    verdict(
+        &c,
+        "node1",
+        "br-netfilter",
+        "fail",
+        "bridge-nf-call-ip6tables = 0",
+    );
+    sh(
+        &c,
+        "node1",
+        "sysctl -qw net.bridge.bridge-nf-call-ip6tables=1",
+    );
+
+    sh(
+        &c,
+        "node1",
+        "ip addr add fd10:244:0:ff::1/64 dev cni0 nodad",
+    );
+    verdict(
+        &c,
+        "node1",
+        "bridge-address",
+        "fail",
+        "cni0 has fd10:244:0:ff::1/64 outside this node's subnet",
+    );
+    sh(&c, "node1", "ip addr del fd10:244:0:ff::1/64 dev cni0");
+
+    sh(&c, "node1", "ip link set flannel-v6.1 mtu 1400");
+    verdict(
+        &c,
+        "node1",
+        "mtu",
+        "fail",
+        "flannel-v6.1 has MTU 1400 but subnet.env says 1430",
+    );
+    sh(&c, "node1", "ip link set flannel-v6.1 mtu 1430");
+    verdict(&c, "node1", "mtu", "pass", "agree on 1430");
 }

@@ -154,7 +154,7 @@ fn readyz_metrics_and_no_churn() {
     drop(n1);
 }
 
-fn socket(c: &Cluster, node: &str) -> String {
+pub(crate) fn socket(c: &Cluster, node: &str) -> String {
     c.lab
         .node_dir(node)
         .unwrap()
@@ -163,7 +163,7 @@ fn socket(c: &Cluster, node: &str) -> String {
         .to_string()
 }
 
-fn start_with_socket(c: &mut Cluster, node: &str, extra: &[&str]) {
+pub(crate) fn start_with_socket(c: &mut Cluster, node: &str, extra: &[&str]) {
     let sock = format!("--status-socket={}", socket(c, node));
     let mut args: Vec<&str> = vec![&sock];
     args.extend_from_slice(extra);
@@ -223,7 +223,7 @@ fn status_shows_peers_and_drift() {
     assert_eq!(v["ready"], true);
 }
 
-fn doctor(c: &Cluster, node: &str) -> HashMap<String, (String, String)> {
+pub(crate) fn doctor(c: &Cluster, node: &str) -> HashMap<String, (String, String)> {
     let env = c.env_path(node).display().to_string();
     let sock = socket(c, node);
     let out = c
@@ -265,14 +265,14 @@ fn doctor(c: &Cluster, node: &str) -> HashMap<String, (String, String)> {
 }
 
 #[track_caller]
-fn verdict(c: &Cluster, node: &str, check: &str, want: &str, detail: &str) {
+pub(crate) fn verdict(c: &Cluster, node: &str, check: &str, want: &str, detail: &str) {
     let all = doctor(c, node);
     let (v, d) = &all[check];
     assert_eq!(v, want, "{check}: {d}\nall: {all:#?}");
     assert!(d.contains(detail), "{check}: {d:?} lacks {detail:?}");
 }
 
-fn sh(c: &Cluster, node: &str, cmd: &str) {
+pub(crate) fn sh(c: &Cluster, node: &str, cmd: &str) {
     let argv: Vec<&str> = cmd.split(' ').collect();
     ok(c.lab.exec(node, &argv).unwrap());
 }
