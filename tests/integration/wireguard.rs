@@ -334,10 +334,6 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
             .unwrap()
     };
     let before = drops(&c);
-    let seen = metric(
-        &metrics(&c, &a.node),
-        "podnet_wireguard_dropped_total{reason=\"malformed\"}",
-    );
     let a_ip = c.lab.plan().host(&a.node).unwrap().ip();
     c.lab
         .netns("router")
@@ -354,14 +350,10 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
     poll("the guard to drop them", Duration::from_secs(5), || {
         (drops(&c) >= before + 3).then_some(())
     });
-    assert_eq!(
-        metric(
-            &metrics(&c, &a.node),
-            "podnet_wireguard_dropped_total{reason=\"malformed\"}"
-        ),
-        seen,
-        "nothing reached podnetd"
-    );
+    // The guard counts exactly what the router sent, nothing from the peers. (podnetd's own
+    // `malformed` counter is no witness: a legitimate peer's late or duplicate packet under load
+    // counts there too.)
+    assert_eq!(drops(&c), before + 3, "the router's three initiations");
 
     // Forged leases: one with node2's public key, one with node2's endpoint and a fresh key.
     let n2 = &pods[1].node;
