@@ -1047,3 +1047,128 @@ fn doctor_checks_both_families_on_a_dual_stack_node() {
     sh(&c, "node1", "ip link set flannel-v6.1 mtu 1430");
     verdict(&c, "node1", "mtu", "pass", "agree on 1430");
 }
+
+/// A dual-stack lease's value as vxlan writes it, with the IPv6 half's fields given.
+fn dual_value(public6: Option<&str>, mac6: &str) -> String {
+    let p6 = public6.map_or("null".to_string(), |p| format!("\"{p}\""));
+    format!(
+        r#"{{"PublicIP":"198.18.0.66","PublicIPv6":{p6},"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:66:00:00:00:99"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    )
+}
+
+/// What node has for podnet's peers, both families: routes, and the IPv6 device's neighbours
+/// and FDB entries.
+fn podnet_state(c: &Cluster, node: &str) -> String {
+    let routes4 = c.ip_json(node, &["-4", "route", "show", "proto", "86"]);
+    let neigh = c.ip_json(node, &["-6", "neigh", "show", "dev", "flannel-v6.1"]);
+    format!(
+        "{routes4}\n{:?}\n{neigh}\n{:?}",
+        routes6(c, node),
+        fdb(c, node, "flannel-v6.1")
+    )
+}
+
+/// Forged leases whose IPv6 half is hostile: each is refused with a reason naming the field
+/// and value, none reaches the kernel, and both families keep carrying traffic.
+#[test]
+fn forged_ipv6_halves_are_refused_and_nothing_reaches_the_kernel() {
+    use crate::hostile::{put, refused};
+    use crate::ops::start_with_socket;
+    let mut c = Cluster::new(LabSpec::new(unique("dsfg"), 2).ipv6(true));
+    c.put_config(DUAL_VXLAN);
+    for n in ["node1", "node2"] {
+        start_with_socket(&mut c, n, &[]);
+    }
+    let nodes = [ready_node(&c, "node1"), ready_node(&c, "node2")];
+    for n in &nodes {
+        fake_cni0(&c, n);
+    }
+    wait_converged6(&c, &nodes, tunnelled6);
+    every_gateway_answers(&c, &nodes);
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let key2 = format!(
+        "{}&{}",
+        n2.v4.as_ref().unwrap().0.replace('/', "-"),
+        n2.v6.0.replace('/', "-")
+    );
+    let mac6_2 = lease_values(&c)[&key2]["BackendV6Data"]["VtepMAC"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = podnet_state(&c, "node1");
+    let own6 = n1.public6.to_string();
+    let fresh = |i: u8| format!("02:66:00:00:01:{i:02x}");
+    let n2_v6 = n2.v6.0.replace('/', "-");
+    let forged: Vec<(String, String, String)> = vec![
+        (
+            "10.244.210.0-24&fd10:244::-56".into(),
+            dual_value(Some("2001:2::66"), &fresh(1)),
+            "overlaps this node's".into(),
+        ),
+        (
+            "10.244.211.0-24&fd10:244:0:ee::-64".into(),
+            dual_value(Some(&own6), &fresh(2)),
+            format!("public address {own6} is this node's own"),
+        ),
+        (
+            "10.244.212.0-24&fd10:244:0:ef::-64".into(),
+            dual_value(Some("2001:2::66"), &mac6_2),
+            format!("VtepMAC {mac6_2} is already the older lease {key2}'s"),
+        ),
+        (
+            "10.244.213.0-24&fd10:244:0:f0::1-64".into(),
+            dual_value(Some("2001:2::66"), &fresh(4)),
+            "subnet fd10:244:0:f0::1/64 has host bits set".into(),
+        ),
+        (
+            "10.244.214.0-24&fd10:245::-64".into(),
+            dual_value(Some("2001:2::66"), &fresh(5)),
+            "subnet fd10:245::/64 is outside IPv6Network fd10:244::/56".into(),
+        ),
+        (
+            "10.244.215.0-24&fd10:244:0:f1::-64".into(),
+            dual_value(Some("::1"), &fresh(6)),
+            "public address ::1 cannot be a node's".into(),
+        ),
+        (
+            "10.244.216.0-24&fd10:244:0:f2::-64".into(),
+            dual_value(None, &fresh(7)),
+            "IPv6 subnet fd10:244:0:f2::/64 without a PublicIPv6".into(),
+        ),
+        (
+            "10.244.217.0-24&fd10:244:0:f3::-64".into(),
+            dual_value(Some("2001:2::66"), "ff:ff:ff:ff:ff:ff"),
+            "VtepMAC ff:ff:ff:ff:ff:ff is not a unicast address".into(),
+        ),
+        (
+            format!("10.244.218.0-24&{n2_v6}"),
+            dual_value(Some("2001:2::66"), &fresh(9)),
+            format!("overlaps the older lease {key2}"),
+        ),
+    ];
+    for (k, v, _) in &forged {
+        put(&c, k, v);
+    }
+    let seen = poll(
+        "node1 to refuse the forgeries",
+        Duration::from_secs(10),
+        || {
+            let r = refused(&c, "node1");
+            (r.len() == forged.len()).then_some(r)
+        },
+    );
+    let text = seen.join("\n");
+    for (k, _, why) in &forged {
+        assert!(
+            seen.iter()
+                .any(|l| l.contains(k.as_str()) && l.contains(why.as_str())),
+            "{k}: {why:?} not in\n{text}"
+        );
+    }
+    assert_eq!(
+        podnet_state(&c, "node1"),
+        before,
+        "nothing forged in the kernel"
+    );
+    every_gateway_answers(&c, &nodes);
+}

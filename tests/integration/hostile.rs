@@ -7,18 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, PODNETCTL, PREFIX};
+use crate::ops::socket;
 use crate::support::{ok, poll};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-
-fn socket(c: &Cluster, node: &str) -> String {
-    c.lab
-        .node_dir(node)
-        .unwrap()
-        .join("podnetd.sock")
-        .display()
-        .to_string()
-}
 
 fn status(c: &Cluster, node: &str) -> Value {
     let sock = socket(c, node);
@@ -29,7 +21,7 @@ fn status(c: &Cluster, node: &str) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn refused(c: &Cluster, node: &str) -> Vec<String> {
+pub(crate) fn refused(c: &Cluster, node: &str) -> Vec<String> {
     // Absent when there are none.
     let v = status(c, node)["rejectedLeases"].clone();
     serde_json::from_value::<Option<Vec<String>>>(v)
@@ -45,7 +37,7 @@ fn ping(c: &Cluster, from: &str, to: impl std::fmt::Display) -> bool {
         .success()
 }
 
-fn put(c: &Cluster, key: &str, value: &str) {
+pub(crate) fn put(c: &Cluster, key: &str, value: &str) {
     c.etcdctl(&["put", &format!("{PREFIX}/subnets/{key}"), value]);
 }
 
