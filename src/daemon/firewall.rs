@@ -225,10 +225,19 @@ impl State {
         Some((normalize(&self.spec.render_table(&[])).0, elems))
     }
 
-    /// Whether the table is as it should be (one `nft list`).
+    /// The table as listed, normalized; `None` when there is none (asked over netlink first:
+    /// a new node's start-up runs no `nft`).
+    fn listing(&self) -> Result<Option<(String, Vec<String>)>, KernelError> {
+        if !self.socket.table_exists(NFPROTO_INET, owned::NFT_TABLE)? {
+            return Ok(None);
+        }
+        let listed = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?;
+        Ok(listed.map(|l| normalize(&l)))
+    }
+
+    /// Whether the table is as it should be (one `nft list` when it exists).
     fn as_wanted(&self) -> Result<bool, KernelError> {
-        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
-        Ok(have == self.wanted())
+        Ok(self.listing()? == self.wanted())
     }
 
     /// Commits one of this thread's own transactions (through its socket, so its notification
@@ -251,7 +260,7 @@ impl State {
     fn ensure(&mut self) -> Result<Ensured, KernelError> {
         let peers = self.peer_list();
         let generation = self.socket.generation().ok();
-        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
+        let have = self.listing()?;
         let done = if have == self.wanted() {
             self.generation = generation;
             Ensured::AsWanted

@@ -130,6 +130,34 @@ impl NftSocket {
         watch::generation_on(&self.socket)
     }
 
+    /// Whether a table exists: one request, no listing.
+    pub fn table_exists(&self, family: u8, table: &str) -> Result<bool, KernelError> {
+        const SEQ: u32 = u32::MAX - 1;
+        let op = format!("look for nftables table {table}");
+        self.drain();
+        let req = batch::get_table(family, table, SEQ);
+        self.socket
+            .send_to(&req, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| KernelError::io(op.clone(), e))?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(KernelError::io(op, e)),
+            }
+            for m in raw::messages(&buf).filter(|m| m.seq == SEQ) {
+                match ack(&m) {
+                    Some((libc::ENOENT, _)) => return Ok(false),
+                    Some((0, _)) => {}
+                    Some((errno, _)) => return Err(KernelError::netlink(op, errno)),
+                    None => return Ok(true),
+                }
+            }
+        }
+    }
+
     /// Drops whatever an earlier exchange left (an answer that came after a timeout).
     fn drain(&self) {
         let mut buf = Vec::with_capacity(4096);

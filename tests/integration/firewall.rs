@@ -537,7 +537,10 @@ fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
         })
         .unwrap();
     let first = ns.run(|| full.table_batch(&peers, false)).unwrap();
+    assert!(!socket.table_exists(nft::NFPROTO_INET, "podnet").unwrap());
     socket.commit(&first).unwrap();
+    assert!(socket.table_exists(nft::NFPROTO_INET, "podnet").unwrap());
+    assert!(!socket.table_exists(nft::NFPROTO_IPV4, "podnet").unwrap());
     assert_eq!(podnet_listing(ns), normalize(&full.render_table(&peers)));
     for spec in [&dual, &v6_only, &plain, &full] {
         socket.commit(&spec.table_batch(&peers, true)).unwrap();

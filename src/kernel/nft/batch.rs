@@ -26,6 +26,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -658,6 +659,17 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+}
+
+/// A request for one table (`NFT_MSG_GETTABLE`, outside any batch): the kernel answers with the
+/// table (`NFT_MSG_NEWTABLE`) or an error, ENOENT when there is none.
+pub fn get_table(family: u8, table: &str, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(40);
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+    let at = header(&mut buf, kind, NLM_F_REQUEST, seq, family, 0);
+    Attrs(&mut buf).str(NFTA_TABLE_NAME, table);
+    close(&mut buf, at);
+    buf
 }
 
 /// Offset of the last message after the batch header, if any.

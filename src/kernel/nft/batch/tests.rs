@@ -310,3 +310,13 @@ fn prefixes_are_matched_as_nft_does() {
         [load(8, 16), Expr::Mask(mask), Expr::Cmp(CmpOp::Eq, net)]
     );
 }
+
+#[test]
+fn a_table_is_asked_for_by_family_and_name() {
+    // nlmsghdr (len 32, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST, seq 7),
+    // nfgenmsg (inet), NFTA_TABLE_NAME "podnet".
+    assert_eq!(
+        get_table(NFPROTO_INET, "podnet", 7),
+        hex("20000000010a01000700000000000000010000000b000100706f646e65740000")
+    );
+}
