@@ -8,8 +8,11 @@
 //! and, in `idle` (`BENCH_IDLE_SIZES`, 5000 by default), what a programmed node costs while
 //! nothing happens — CPU over `BENCH_IDLE_SECONDS` and RSS, this build beside the way podnetd
 //! ran before (`BENCH_BASELINE_PODNETD=path` adds an earlier build) — and how fast it repairs an
-//! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs,
-//! `BENCH_IDLE_BACKENDS=host-gw,vxlan` the backends of `idle`.
+//! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs (and
+//! `firewall`, not run by default: one apply of podnetd's nftables table through `nft -f` against
+//! nfnetlink, interleaved, `BENCH_RUNS` rounds, 50 by default), `BENCH_IDLE_BACKENDS=host-gw,vxlan`
+//! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
+//! (interleaved) and to `idle`.
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
 //! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
@@ -511,55 +514,155 @@ fn scenario(backend: &'static str, n: usize, kube: bool) -> Row {
     }
 }
 
-/// podnetd start to subnet.env (and /readyz 200, flipped in the same step), 0 peers, restarts.
-fn startup(runs: usize) -> (common::Summary, common::Summary) {
+/// podnetd start to subnet.env (and /readyz 200, flipped in the same step), 0 peers, restarts:
+/// first starts and restarts, for this build and, with `BENCH_BASELINE_PODNETD=path`, an
+/// earlier one, interleaved run by run. One (first, restart) pair per build.
+fn startup(runs: usize) -> Vec<(String, common::Summary, common::Summary)> {
     let mut c = Cluster::up(&LabSpec::new(unique("bst"), 1), binaries()).unwrap();
     let eps = c.eps.clone();
     c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
         .unwrap();
     let dir = c.node_dir("node1").unwrap();
     let argv = c.podnetd_args("node1", &[]).unwrap();
+    let mut builds = vec![("this build".to_string(), argv.clone())];
+    if let Some(b) = std::env::var_os("BENCH_BASELINE_PODNETD") {
+        let mut before = argv.clone();
+        before[0] = b.to_string_lossy().into_owned();
+        builds.push((format!("before ({})", before[0]), before));
+    }
     let lab = &mut c.lab;
-    let mut first = Vec::new();
-    let mut again = Vec::new();
+    let mut first = vec![Vec::new(); builds.len()];
+    let mut again = vec![Vec::new(); builds.len()];
     for r in 0..runs {
-        // A first start (new lease, new device) and a restart of the same node.
-        for restart in [false, true] {
-            if !restart {
-                etcd(lab, &eps, |mut c| {
-                    Box::pin(async move {
-                        c.delete(
-                            format!("{PREFIX}/subnets/"),
-                            Some(etcd_client::DeleteOptions::new().with_prefix()),
-                        )
-                        .await
-                        .unwrap();
-                    })
-                });
-                let _ = lab.exec("node1", &["ip", "link", "del", "flannel.1"]);
-                let _ = std::fs::remove_file(dir.join("subnet.env"));
+        for (b, (_, argv)) in builds.iter().enumerate() {
+            // A first start (new lease, new device) and a restart of the same node.
+            for restart in [false, true] {
+                if !restart {
+                    etcd(lab, &eps, |mut c| {
+                        Box::pin(async move {
+                            c.delete(
+                                format!("{PREFIX}/subnets/"),
+                                Some(etcd_client::DeleteOptions::new().with_prefix()),
+                            )
+                            .await
+                            .unwrap();
+                        })
+                    });
+                    let _ = lab.exec("node1", &["ip", "link", "del", "flannel.1"]);
+                    let _ = lab.exec("node1", &["nft", "delete", "table", "inet", "podnet"]);
+                    let _ = std::fs::remove_file(dir.join("subnet.env"));
+                }
+                let t0 = now();
+                let rec = lab.spawn("node1", argv, &[]).unwrap();
+                let line = wait_log(
+                    &rec.log,
+                    "ready: subnet file written",
+                    Duration::from_secs(30),
+                );
+                let dt = log_time(&line).unwrap() - t0;
+                if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+                    eprintln!("{}", std::fs::read_to_string(&rec.log).unwrap_or_default());
+                }
+                if restart {
+                    again[b].push(dt)
+                } else {
+                    first[b].push(dt)
+                }
+                lab.stop(rec.id.pid).unwrap();
             }
-            let t0 = now();
-            let rec = lab.spawn("node1", &argv, &[]).unwrap();
-            let line = wait_log(
-                &rec.log,
-                "ready: subnet file written",
-                Duration::from_secs(30),
-            );
-            let dt = log_time(&line).unwrap() - t0;
-            if std::env::var_os("BENCH_SHOW_LOG").is_some() {
-                eprintln!("{}", std::fs::read_to_string(&rec.log).unwrap_or_default());
-            }
-            if restart {
-                again.push(dt)
-            } else {
-                first.push(dt)
-            }
-            lab.stop(rec.id.pid).unwrap();
         }
         eprintln!("start-up run {}/{runs}", r + 1);
     }
-    (summarize(&first), summarize(&again))
+    builds
+        .into_iter()
+        .enumerate()
+        .map(|(b, (name, _))| (name, summarize(&first[b]), summarize(&again[b])))
+        .collect()
+}
+
+/// One apply of podnetd's table, the way it was (`nft -f` of its text) and the way it is (the
+/// same table as one nfnetlink transaction on a socket kept open), interleaved, in a lab node's
+/// namespace: the table created where there is none (start-up), replaced whole (a changed or
+/// damaged table), and one tunnel-guard element added and removed (a peer coming and going).
+/// Seconds per call as [way][create, replace, guard element].
+fn firewall_apply(rounds: usize) -> [[Vec<f64>; 3]; 2] {
+    use podnet::firewall::{FirewallSpec, Guard, Nets, guard_add, guard_remove};
+    use podnet::kernel::nft;
+    use std::net::IpAddr;
+    let c = Cluster::up(&LabSpec::new(unique("bfw"), 1), binaries()).unwrap();
+    let spec = FirewallSpec {
+        v4: Some(Nets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+        }),
+        v6: None,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    };
+    // A node with 100 peers.
+    let peers: Vec<IpAddr> = (0..100).map(|i| IpAddr::V4(public(i))).collect();
+    let text = spec.render_table(&peers);
+    let replace_text = format!("table inet podnet\ndelete table inet podnet\n{text}");
+    let create = spec.table_batch(&peers, false);
+    let replace = spec.table_batch(&peers, true);
+    let newcomer: IpAddr = "198.18.1.250".parse().unwrap();
+    let (add_text, del_text) = (
+        format!("add element inet podnet tunnel-peers {{ {newcomer} }}\n"),
+        format!("delete element inet podnet tunnel-peers {{ {newcomer} }}\n"),
+    );
+    let (add, del) = (guard_add(newcomer), guard_remove(newcomer));
+    let timed = |f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let ns = c.lab.netns("node1").unwrap();
+    ns.run(|| {
+        let socket = nft::NftSocket::open().unwrap();
+        let gone = || {
+            let _ = nft::delete_table("inet", "podnet");
+        };
+        let mut t: [[Vec<f64>; 3]; 2] = Default::default();
+        for _ in 0..rounds {
+            gone();
+            t[0][0].push(timed(&|| nft::apply(&text).unwrap()));
+            t[0][1].push(timed(&|| nft::apply(&replace_text).unwrap()));
+            t[0][2].push(
+                timed(&|| {
+                    nft::apply(&add_text).unwrap();
+                    nft::apply(&del_text).unwrap();
+                }) / 2.0,
+            );
+            gone();
+            t[1][0].push(timed(&|| socket.commit(&create).unwrap()));
+            t[1][1].push(timed(&|| socket.commit(&replace).unwrap()));
+            t[1][2].push(
+                timed(&|| {
+                    socket.commit(&add).unwrap();
+                    socket.commit(&del).unwrap();
+                }) / 2.0,
+            );
+        }
+        t
+    })
+    .unwrap()
+}
+
+fn print_firewall(t: [[Vec<f64>; 3]; 2]) {
+    println!(
+        "\npodnetd's table (100 guard peers), `nft -f` against nfnetlink, interleaved, ms median (min–max):"
+    );
+    for (i, step) in ["create", "replace", "guard element"].iter().enumerate() {
+        let (a, b) = (summarize(&t[0][i]), summarize(&t[1][i]));
+        println!(
+            "  {step:<14} nft {}   netlink {}   {:.1}x",
+            ms(a),
+            ms(b),
+            a.median / b.median
+        );
+    }
 }
 
 fn sizes(var: &str, default: &str) -> Vec<usize> {
@@ -579,12 +682,15 @@ fn idle_backends() -> Vec<&'static str> {
         .collect()
 }
 
-fn print_startup(first: common::Summary, again: common::Summary) {
+fn print_startup(builds: Vec<(String, common::Summary, common::Summary)>) {
     println!(
         "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, ms median (min–max):"
     );
-    println!("  first start (new lease, new device): {}", ms(first));
-    println!("  restart (lease and device kept):     {}", ms(again));
+    for (name, first, again) in builds {
+        println!("  {name}:");
+        println!("    first start (new lease, new device): {}", ms(first));
+        println!("    restart (lease and device kept):     {}", ms(again));
+    }
 }
 
 fn print_programming(rows: Vec<Row>) {
@@ -670,8 +776,12 @@ fn main() {
             }
         }
     }
-    if let Some((first, again)) = startup_figures {
-        print_startup(first, again);
+    let firewall_figures = parts.contains("firewall").then(|| firewall_apply(runs(50)));
+    if let Some(builds) = startup_figures {
+        print_startup(builds);
+    }
+    if let Some(t) = firewall_figures {
+        print_firewall(t);
     }
     if !rows.is_empty() {
         print_programming(rows);

@@ -1,18 +1,23 @@
 //! The firewall thread: applies podnet's table, keeps the tunnel guard's peer set current one
 //! element at a time, and keeps the table intact.
 //!
-//! nftables announces every committed transaction with the tables it changed and the process
-//! that committed it (`kernel::nft::NftEvents`, read by the `nft-events` thread). A transaction
-//! of someone else's that touched `inet podnet` has the table compared with what it should be
-//! at once and restored if it differs; the thread's own (it runs `nft` and knows the process
-//! ids) are not looked at. Another agent rewriting the table over and over is backed off from
+//! The table is written over nfnetlink (`FirewallSpec::table_batch`, the guard's elements one
+//! transaction each) through one socket kept for the thread's lifetime (`kernel::nft::NftSocket`),
+//! and read back with `nft -s list` when it has to be compared.
+//!
+//! nftables announces every committed transaction with the tables it changed and the netlink
+//! port id of the socket that committed it (`kernel::nft::NftEvents`, read by the `nft-events`
+//! thread). A transaction of someone else's that touched `inet podnet` has the table compared
+//! with what it should be at once and restored if it differs; the thread's own (committed
+//! through its socket, whose port id no other socket in the namespace has while it is open) are
+//! not looked at. Another agent rewriting the table over and over is backed off from
 //! with growing delays, counted and reported (`util::contest`). Every `--iptables-resync`
 //! seconds (flannel's flag and meaning: the longest a changed rule stays changed) the table is
 //! checked as well, but a check costs one netlink request when the ruleset's generation has
 //! not moved since the last look. Rules of other software that would masquerade pod traffic
 //! are looked for when another program changed the ruleset, at most once a period.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -69,8 +74,6 @@ pub struct Firewall {
 const TABLE: &str = "nftables table inet podnet";
 /// nftables' family number for `inet` tables.
 const NFPROTO_INET: u8 = 1;
-/// Own `nft` runs remembered (their transactions are not drift).
-const OWN_PIDS: usize = 32;
 
 /// Splits a listing into the table without the guard's elements, and the elements sorted
 /// (nft orders and wraps them its own way).
@@ -131,8 +134,8 @@ struct State {
     stats: Arc<Mutex<FirewallStats>>,
     metrics: Arc<Metrics>,
     resync: Duration,
-    /// Processes of this thread's recent `nft` runs.
-    own_pids: VecDeque<u32>,
+    /// Every transaction of the thread's goes through it; its port id marks them.
+    socket: nft::NftSocket,
     /// The ruleset generation when the table was last known to be as wanted.
     generation: Option<u32>,
     /// Restores of the table, and their backoff.
@@ -153,7 +156,7 @@ impl State {
         let n = self.endpoints.entry(ip).or_default();
         *n += 1;
         if *n == 1 {
-            self.guard_change(firewall::guard_add(ip));
+            self.guard_change(&firewall::guard_add(ip));
         }
     }
 
@@ -163,7 +166,7 @@ impl State {
             *n -= 1;
             if *n == 0 {
                 self.endpoints.remove(&ip);
-                self.guard_change(firewall::guard_remove(ip));
+                self.guard_change(&firewall::guard_remove(ip));
             }
         }
     }
@@ -222,23 +225,28 @@ impl State {
         Some((normalize(&self.spec.render_table(&[])).0, elems))
     }
 
-    /// Whether the table is as it should be (one `nft list`).
-    fn as_wanted(&self) -> Result<bool, KernelError> {
-        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
-        Ok(have == self.wanted())
+    /// The table as listed, normalized; `None` when there is none (asked over netlink first:
+    /// a new node's start-up runs no `nft`).
+    fn listing(&self) -> Result<Option<(String, Vec<String>)>, KernelError> {
+        if !self.socket.table_exists(NFPROTO_INET, owned::NFT_TABLE)? {
+            return Ok(None);
+        }
+        let listed = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?;
+        Ok(listed.map(|l| normalize(&l)))
     }
 
-    /// Runs one of this thread's own transactions, remembering the process that commits it so
-    /// its notification is not taken for drift; the known generation moves with it when nothing
-    /// else committed in between.
-    fn own_apply(&mut self, script: &str) -> Result<(), KernelError> {
-        let before = nft::generation().ok();
-        let pid = nft::apply_traced(script)?;
-        if self.own_pids.len() == OWN_PIDS {
-            self.own_pids.pop_front();
-        }
-        self.own_pids.push_back(pid);
-        let after = nft::generation().ok();
+    /// Whether the table is as it should be (one `nft list` when it exists).
+    fn as_wanted(&self) -> Result<bool, KernelError> {
+        Ok(self.listing()? == self.wanted())
+    }
+
+    /// Commits one of this thread's own transactions (through its socket, so its notification
+    /// is not taken for drift); the known generation moves with it when nothing else committed
+    /// in between.
+    fn own_apply(&mut self, t: &nft::Transaction) -> Result<(), KernelError> {
+        let before = self.socket.generation().ok();
+        self.socket.commit(t)?;
+        let after = self.socket.generation().ok();
         let only_ours = before.is_some() && after == before.map(|g| g.wrapping_add(1));
         if only_ours && self.generation == before {
             self.generation = after;
@@ -251,16 +259,16 @@ impl State {
     /// unchanged table is left alone and an absent one is created without the replace.
     fn ensure(&mut self) -> Result<Ensured, KernelError> {
         let peers = self.peer_list();
-        let generation = nft::generation().ok();
-        let have = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?.map(|l| normalize(&l));
+        let generation = self.socket.generation().ok();
+        let have = self.listing()?;
         let done = if have == self.wanted() {
             self.generation = generation;
             Ensured::AsWanted
         } else if have.is_none() {
-            self.own_apply(&self.spec.render_table(&peers))?;
+            self.own_apply(&self.spec.table_batch(&peers, false))?;
             Ensured::Created
         } else {
-            self.own_apply(&self.spec.render_apply(&peers))?;
+            self.own_apply(&self.spec.table_batch(&peers, true))?;
             Ensured::Replaced
         };
         let mut s = self.stats.lock().expect("stats lock");
@@ -274,11 +282,11 @@ impl State {
         Ok(done)
     }
 
-    fn guard_change(&mut self, script: String) {
+    fn guard_change(&mut self, t: &nft::Transaction) {
         if self.spec.guard.is_none() {
             return;
         }
-        if let Err(e) = self.own_apply(&script) {
+        if let Err(e) = self.own_apply(t) {
             // The set may have been removed with the table: the next check restores everything.
             self.fail("update the tunnel guard", e);
         }
@@ -325,7 +333,7 @@ impl State {
             self.suspect(now);
         }
         for c in &commits.commits {
-            let own = c.pid.is_some_and(|p| self.own_pids.contains(&p));
+            let own = c.port == self.socket.port();
             let ours = touches(c, owned::NFT_TABLE);
             let elsewhere = c.tables.iter().any(|(f, t)| !is_podnets(*f, t));
             if !ours && self.generation == Some(c.generation.wrapping_sub(1)) {
@@ -344,13 +352,13 @@ impl State {
     /// The periodic check: nothing but one netlink request unless the ruleset changed since the
     /// table was last known to be right.
     fn tick(&mut self, now: Instant) {
-        match nft::generation() {
+        match self.socket.generation() {
             Ok(g) if Some(g) == self.generation => {}
             Ok(_) => {
                 self.foreign_dirty = true;
                 self.suspect(now);
                 if self.contest.record(&TABLE).is_none_or(|r| r.due.is_none()) {
-                    self.generation = nft::generation().ok();
+                    self.generation = self.socket.generation().ok();
                 }
             }
             Err(e) => {
@@ -508,6 +516,7 @@ impl Firewall {
         kernel_events: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Firewall, KernelError> {
+        spec.validate().map_err(KernelError::Other)?;
         let stats = Arc::new(Mutex::new(FirewallStats::default()));
         let mut st = State {
             spec,
@@ -517,7 +526,7 @@ impl Firewall {
             stats: stats.clone(),
             metrics,
             resync,
-            own_pids: VecDeque::new(),
+            socket: nft::NftSocket::open()?,
             generation: None,
             contest: Contest::new(contest::DEFAULT),
             foreign_dirty: false,

@@ -25,15 +25,21 @@
 //! The whole table is replaced in one transaction, so there is never a moment with half the
 //! rules, and rules of an earlier config disappear with it. Nothing outside this table is
 //! ever changed.
+//!
+//! Two renderings of the same table: `render_table` is nft's text, what `nft -s list` shows
+//! (the drift check and the tests compare listings with it); `table_batch` is the nfnetlink
+//! transaction podnetd sends, the objects, expressions and order nft makes of that text, so that
+//! the kernel holds, and `nft` lists, exactly the same table. A change to one is a change to
+//! both: the unit tests pin the messages, the integration tests the listing.
 
 pub mod foreign;
 
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::kernel::nft;
+use crate::kernel::nft::{self, CmpOp, Expr};
 use crate::owned::{NFT_FAMILY as FAMILY, NFT_TABLE as TABLE};
 pub const GUARD_SET: &str = "tunnel-peers";
 /// The tunnel guard's set of IPv6 peers (only with `EnableIPv6`).
@@ -84,32 +90,14 @@ impl FirewallSpec {
         if let Some(g) = &self.guard {
             self.render_guard(&mut t, g, peers);
         }
-        let families = || {
-            let v4 = self.v4.map(|n| {
-                (
-                    "ip",
-                    n.network.to_string(),
-                    n.pod_subnet.to_string(),
-                    "224.0.0.0/4",
-                )
-            });
-            let v6 = self.v6.map(|n| {
-                (
-                    "ip6",
-                    n.network.to_string(),
-                    n.pod_subnet.to_string(),
-                    "ff00::/8",
-                )
-            });
-            v4.into_iter().chain(v6)
-        };
         if self.masquerade {
             let _ = write!(
                 t,
                 "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
                  \t\tmeta mark & 0x{KUBE_PROXY_MARK:08x} == 0x{KUBE_PROXY_MARK:08x} return comment \"kube-proxy masquerades what it marked\"\n"
             );
-            for (ip, net, pod, mcast) in families() {
+            for (proto, net, pod, mcast) in self.families() {
+                let ip = nft_name(proto);
                 let _ = write!(
                     t,
                     "\t\t{ip} saddr {pod} {ip} daddr {net} return comment \"pod to cluster: keep the pod address\"\n\
@@ -125,7 +113,8 @@ impl FirewallSpec {
             t.push_str(
                 "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
             );
-            for (ip, net, _, _) in families() {
+            for (proto, net, _, _) in self.families() {
+                let ip = nft_name(proto);
                 let _ = write!(
                     t,
                     "\t\t{ip} saddr {net} accept\n\t\t{ip} daddr {net} accept\n"
@@ -143,17 +132,17 @@ impl FirewallSpec {
     /// The guard's sets (IPv4 peers unless the network is IPv6-only; IPv6 peers with
     /// `EnableIPv6`) and its chain, one drop rule per set.
     fn render_guard(&self, t: &mut String, g: &Guard, peers: &[IpAddr]) {
-        let v4 = self.v4.is_some() || self.v6.is_none();
-        let sets = [
-            (v4, GUARD_SET, "ipv4_addr", "ip", true),
-            (self.v6.is_some(), GUARD_SET_V6, "ipv6_addr", "ip6", false),
-        ];
-        let sets: Vec<_> = sets.into_iter().filter(|s| s.0).collect();
-        for (_, name, ty, _, is_v4) in &sets {
+        let sets = self.guard_sets();
+        for (name, _, key_len, _) in &sets {
+            let ty = if *key_len == 4 {
+                "ipv4_addr"
+            } else {
+                "ipv6_addr"
+            };
             let _ = write!(t, "\tset {name} {{\n\t\ttype {ty}\n");
             let list: Vec<String> = peers
                 .iter()
-                .filter(|p| p.is_ipv4() == *is_v4)
+                .filter(|p| p.is_ipv4() == (*key_len == 4))
                 .map(|p| p.to_string())
                 .collect();
             if !list.is_empty() {
@@ -162,24 +151,221 @@ impl FirewallSpec {
             t.push_str("\t}\n\n");
         }
         t.push_str("\tchain tunnel-guard {\n\t\ttype filter hook input priority filter - 10; policy accept;\n");
-        for (_, name, _, ip, _) in &sets {
+        for (name, _, _, proto) in &sets {
             let _ = writeln!(
                 t,
-                "\t\tudp dport {} {ip} saddr != @{name} counter drop comment \"tunnel packets from a non-peer\"",
-                g.port
+                "\t\tudp dport {} {} saddr != @{name} counter drop comment \"tunnel packets from a non-peer\"",
+                g.port,
+                nft_name(*proto)
             );
         }
         t.push_str("\t}\n\n");
     }
 
-    /// One transaction that replaces the table (or removes it when nothing is wanted).
-    pub fn render_apply(&self, peers: &[IpAddr]) -> String {
-        // Declaring the table first makes the delete succeed whether or not it existed.
-        let mut s = format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
-        if !self.is_empty() {
-            s.push_str(&self.render_table(peers));
+    /// Checks what the rules are made of: each family's pod subnet lies in its network, and a
+    /// table with masquerade or forward rules has a network to write them for.
+    pub fn validate(&self) -> Result<(), String> {
+        fn inside<N: std::fmt::Display + Copy + Into<IpNet>>(n: &Nets<N>) -> Result<(), String> {
+            let (net, pod): (IpNet, IpNet) = (n.network.into(), n.pod_subnet.into());
+            if net.contains(&pod) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "firewall: pod subnet {pod} is not inside the network {net}"
+                ))
+            }
         }
-        s
+        self.v4.as_ref().map(inside).transpose()?;
+        self.v6.as_ref().map(inside).transpose()?;
+        if (self.masquerade || self.forward) && self.v4.is_none() && self.v6.is_none() {
+            return Err("firewall: masquerade or forward rules without a network".into());
+        }
+        Ok(())
+    }
+
+    /// Each family's nfproto, cluster network, pod subnet and multicast range, IPv4 first.
+    fn families(&self) -> Vec<(u8, IpNet, IpNet, IpNet)> {
+        let v4 = self.v4.map(|n| {
+            let mcast = IpNet::V4(MULTICAST);
+            (
+                nft::NFPROTO_IPV4,
+                n.network.into(),
+                n.pod_subnet.into(),
+                mcast,
+            )
+        });
+        let v6 = self.v6.map(|n| {
+            let mcast = IpNet::V6(MULTICAST_V6);
+            (
+                nft::NFPROTO_IPV6,
+                n.network.into(),
+                n.pod_subnet.into(),
+                mcast,
+            )
+        });
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// The guard's sets as (name, key type, key length, nfproto), as `render_guard` has them.
+    fn guard_sets(&self) -> Vec<(&'static str, u32, u32, u8)> {
+        let v4 = self.v4.is_some() || self.v6.is_none();
+        let sets = [
+            (v4, GUARD_SET, nft::TYPE_IPV4_ADDR, 4, nft::NFPROTO_IPV4),
+            (
+                self.v6.is_some(),
+                GUARD_SET_V6,
+                nft::TYPE_IPV6_ADDR,
+                16,
+                nft::NFPROTO_IPV6,
+            ),
+        ];
+        sets.into_iter()
+            .filter(|s| s.0)
+            .map(|(_, n, t, l, f)| (n, t, l, f))
+            .collect()
+    }
+
+    /// The table as one nfnetlink transaction. With `replace` the table is deleted first, in
+    /// the same transaction (declared before, so the delete succeeds whether or not it
+    /// existed), and not made again when nothing is wanted; without, the objects are added to a
+    /// table that must not exist yet (rules are appended). In nft's order: table, chains, sets
+    /// and their elements, rules.
+    pub fn table_batch(&self, peers: &[IpAddr], replace: bool) -> nft::Transaction {
+        let mut b = nft::Batch::new(nft::NFPROTO_INET, TABLE);
+        b.add_table();
+        if replace {
+            b.delete_table();
+            if self.is_empty() {
+                return b.finish();
+            }
+            b.add_table();
+        }
+        let base = |kind, hook, priority| {
+            Some(nft::BaseChain {
+                kind,
+                hook,
+                priority,
+            })
+        };
+        if self.guard.is_some() {
+            b.add_chain("tunnel-guard", base("filter", nft::Hook::Input, -10));
+        }
+        if self.masquerade {
+            b.add_chain("postrouting", base("nat", nft::Hook::Postrouting, 100));
+        }
+        if self.forward {
+            b.add_chain("forward", base("filter", nft::Hook::Forward, 0));
+        }
+        if let Some(g) = &self.guard {
+            self.guard_batch(&mut b, g, peers);
+        }
+        if self.masquerade {
+            self.masquerade_rules(&mut b);
+        }
+        if self.forward {
+            for (proto, net, _, _) in self.families() {
+                for source in [true, false] {
+                    let mut r = Expr::nfproto(proto).to_vec();
+                    r.extend(Expr::prefix(net, source, CmpOp::Eq));
+                    r.push(Expr::Verdict(nft::Verdict::Accept));
+                    b.add_rule("forward", &r, None);
+                }
+            }
+        }
+        b.finish()
+    }
+
+    /// The guard's sets with their elements, and its rules (chain declared by the caller).
+    fn guard_batch(&self, b: &mut nft::Batch, g: &Guard, peers: &[IpAddr]) {
+        let mut sets = Vec::new();
+        for (name, key_type, key_len, proto) in self.guard_sets() {
+            let set = b.add_set(&nft::SetSpec {
+                name,
+                key_type,
+                key_len,
+            });
+            let keys: Vec<Vec<u8>> = peers
+                .iter()
+                .filter(|p| p.is_ipv4() == (proto == nft::NFPROTO_IPV4))
+                .map(|p| key(*p))
+                .collect();
+            if !keys.is_empty() {
+                let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+                b.add_elements(&set, &keys);
+            }
+            sets.push((set, proto));
+        }
+        for (set, proto) in sets {
+            let mut r = Expr::l4proto(nft::IPPROTO_UDP).to_vec();
+            r.extend(Expr::dport(g.port));
+            r.extend(Expr::nfproto(proto));
+            r.push(match proto {
+                nft::NFPROTO_IPV4 => Expr::ipv4_addr(true),
+                _ => Expr::ipv6_addr(true),
+            });
+            r.extend([
+                Expr::Lookup { set, invert: true },
+                Expr::Counter,
+                Expr::Verdict(nft::Verdict::Drop),
+            ]);
+            b.add_rule("tunnel-guard", &r, Some("tunnel packets from a non-peer"));
+        }
+    }
+
+    /// The postrouting rules, as `render_table` lists them.
+    fn masquerade_rules(&self, b: &mut nft::Batch) {
+        let mut r = Expr::mark_has(KUBE_PROXY_MARK).to_vec();
+        r.push(Expr::Verdict(nft::Verdict::Return));
+        b.add_rule(
+            "postrouting",
+            &r,
+            Some("kube-proxy masquerades what it marked"),
+        );
+        let ret = Expr::Verdict(nft::Verdict::Return);
+        let masq = Expr::Masquerade {
+            fully_random: self.fully_random,
+        };
+        use CmpOp::{Eq, Neq};
+        for (proto, net, pod, mcast) in self.families() {
+            let rules = [
+                (
+                    pod,
+                    Eq,
+                    net,
+                    Eq,
+                    &ret,
+                    "pod to cluster: keep the pod address",
+                ),
+                (net, Eq, pod, Eq, &ret, "cluster to local pod"),
+                (net, Neq, pod, Eq, &ret, "outside to local pod"),
+                (net, Eq, mcast, Neq, &masq, "pod to outside"),
+                (net, Neq, net, Eq, &masq, "outside to remote pod"),
+            ];
+            for (src, src_op, dst, dst_op, action, comment) in rules {
+                let mut r = Expr::nfproto(proto).to_vec();
+                r.extend(Expr::prefix(src, true, src_op));
+                r.extend(Expr::prefix(dst, false, dst_op));
+                r.push(action.clone());
+                b.add_rule("postrouting", &r, Some(comment));
+            }
+        }
+    }
+}
+
+/// How nft names a family's header in a match (`ip saddr`, `ip6 saddr`).
+fn nft_name(proto: u8) -> &'static str {
+    if proto == nft::NFPROTO_IPV4 {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+/// An address as a set key (network byte order).
+fn key(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
@@ -191,20 +377,18 @@ fn guard_set(ip: IpAddr) -> &'static str {
     }
 }
 
-/// Adds one peer to the tunnel guard.
-pub fn guard_add(ip: IpAddr) -> String {
-    format!(
-        "add element {FAMILY} {TABLE} {} {{ {ip} }}\n",
-        guard_set(ip)
-    )
+/// Adds one peer to the tunnel guard (to the set of its family).
+pub fn guard_add(ip: IpAddr) -> nft::Transaction {
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, TABLE);
+    b.add_elements(&nft::SetRef::named(guard_set(ip)), &[&key(ip)]);
+    b.finish()
 }
 
-/// Removes one peer from the tunnel guard.
-pub fn guard_remove(ip: IpAddr) -> String {
-    format!(
-        "delete element {FAMILY} {TABLE} {} {{ {ip} }}\n",
-        guard_set(ip)
-    )
+/// Removes one peer from the tunnel guard (ENOENT when it is not there).
+pub fn guard_remove(ip: IpAddr) -> nft::Transaction {
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, TABLE);
+    b.delete_elements(&nft::SetRef::named(guard_set(ip)), &[&key(ip)]);
+    b.finish()
 }
 
 /// The CNI plugin's own table for `ipMasq`: pods whose traffic leaving the cluster network is
@@ -290,6 +474,7 @@ pub fn pod_masq_remove_batch(pod: Ipv4Addr) -> nft::Transaction {
 }
 
 const MULTICAST: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4);
+const MULTICAST_V6: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8);
 
 #[cfg(test)]
 mod tests {
@@ -408,13 +593,117 @@ mod tests {
         assert!(t.contains("masquerade comment"));
         s.masquerade = false;
         assert!(s.is_empty());
+        // Nothing wanted: the replace only deletes the table (declared first).
         assert_eq!(
-            s.render_apply(&[]),
-            "table inet podnet\ndelete table inet podnet\n"
+            s.table_batch(&[], true).ops,
+            [
+                "add table (table inet podnet)",
+                "delete table (table inet podnet)"
+            ]
+        );
+        let t = guard_add("2001:2::9".parse().unwrap());
+        assert_eq!(
+            t.ops,
+            ["add elements of set tunnel-peers-v6 (table inet podnet)"]
+        );
+    }
+
+    /// The messages of a datagram, split at their lengths.
+    fn split(b: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < b.len() {
+            let len = u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+            out.push(b[at..at + len].to_vec());
+            at += len.next_multiple_of(4);
+        }
+        out
+    }
+
+    /// Compares a transaction with what nft 1.0.6 sent for the same table, captured with
+    /// `strace -e trace=sendmsg -e write=3 nft -f testdata/NAME.nft` and kept one message a
+    /// line: equal, but for the acknowledgement podnet asks for on the last message.
+    fn assert_as_nft_sends(t: &nft::Transaction, captured: &str) {
+        let want: Vec<Vec<u8>> = captured
+            .lines()
+            .map(|l| {
+                (0..l.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        let mut have = split(&t.bytes);
+        let last = have.len() - 2;
+        have[last][6] &= !4; // NLM_F_ACK
+        assert_eq!(have.len(), want.len());
+        for (i, (h, w)) in have.iter().zip(&want).enumerate() {
+            let what = t.ops.get(i.wrapping_sub(1)).map_or("", |s| s);
+            assert_eq!(h, w, "message {i}: {what}");
+        }
+    }
+
+    /// The golden table above with one peer.
+    #[test]
+    fn the_table_transaction_is_what_nft_sends() {
+        let peers = ["198.18.0.12".parse().unwrap()];
+        let t = spec().table_batch(&peers, false);
+        assert_as_nft_sends(&t, include_str!("testdata/podnet-v4.nft-1.0.6.hex"));
+        assert_eq!(
+            include_str!("testdata/podnet-v4.nft"),
+            spec().render_table(&peers)
+        );
+        assert_eq!(t.ops.len(), 15);
+        assert_eq!(
+            t.ops[5],
+            "add elements of set tunnel-peers (table inet podnet)"
         );
         assert_eq!(
-            guard_add("198.18.0.9".parse().unwrap()),
-            "add element inet podnet tunnel-peers { 198.18.0.9 }\n"
+            t.ops[6],
+            "add rule to chain tunnel-guard (table inet podnet)"
         );
+    }
+
+    /// Dual-stack, with both guard sets, without fully-random.
+    #[test]
+    fn the_dual_stack_transaction_is_what_nft_sends() {
+        let mut s = spec();
+        s.fully_random = false;
+        s.v6 = Some(Nets {
+            network: "fd10:244::/56".parse().unwrap(),
+            pod_subnet: "fd10:244:0:3::/64".parse().unwrap(),
+        });
+        let peers = [
+            "198.18.0.12".parse().unwrap(),
+            "2001:2::12".parse().unwrap(),
+        ];
+        let t = s.table_batch(&peers, false);
+        assert_as_nft_sends(&t, include_str!("testdata/podnet-dual.nft-1.0.6.hex"));
+        // The script is the rendered table.
+        assert_eq!(
+            include_str!("testdata/podnet-dual.nft"),
+            s.render_table(&peers)
+        );
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let mut s = spec();
+        assert_eq!(s.validate(), Ok(()));
+        s.v4.as_mut().unwrap().pod_subnet = "10.245.3.0/24".parse().unwrap();
+        assert_eq!(
+            s.validate(),
+            Err(
+                "firewall: pod subnet 10.245.3.0/24 is not inside the network 10.244.0.0/16".into()
+            )
+        );
+        s.v4 = None;
+        assert_eq!(
+            s.validate(),
+            Err("firewall: masquerade or forward rules without a network".into())
+        );
+        s.masquerade = false;
+        s.forward = false;
+        assert_eq!(s.validate(), Ok(()));
     }
 }

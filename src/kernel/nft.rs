@@ -1,10 +1,11 @@
 //! nftables, in the calling process's namespace, two ways:
-//! - over nfnetlink from the process itself (`commit`): a `Batch` built in `batch` is one atomic
-//!   transaction, sent in one datagram on a fresh `NETLINK_NETFILTER` socket; no program is
-//!   started. This is how the CNI plugin writes its masquerade rules.
-//! - through the `nft` tool (`apply`, listings): one script is one atomic transaction (all of
-//!   it applies or none), and listings are read back as text or JSON. Still used for the
-//!   daemon's and the policy engine's tables, for reading state back (tests, `doctor`).
+//! - over nfnetlink from the process itself: a `Batch` built in `batch` is one atomic
+//!   transaction, sent in one datagram on a `NETLINK_NETFILTER` socket; no program is started.
+//!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
+//!   call), and podnetd its own table (`NftSocket`, one socket kept open, whose port id the
+//!   notifications of its transactions carry).
+//! - through the `nft` tool: listings read back as text or JSON (drift checks, `doctor`, tests),
+//!   and scripts applied as one transaction (`apply`, still the policy engine's way).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,9 +16,9 @@ mod batch;
 mod watch;
 
 pub use batch::{
-    Base, BaseChain, Batch, CmpOp, Expr, Hook, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_INET,
-    NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, Transaction, Verdict,
-    interval_elements,
+    Base, BaseChain, Batch, CmpOp, Expr, Hook, IPPROTO_UDP, META_L4PROTO, META_MARK, META_NFPROTO,
+    NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, TYPE_IPV6_ADDR,
+    Transaction, Verdict, interval_elements,
 };
 pub use watch::{Commit, Commits, NftEvents, generation};
 
@@ -72,13 +73,103 @@ pub fn commit_detached(t: &Transaction) -> Result<(), KernelError> {
 }
 
 fn open() -> Result<Socket, KernelError> {
+    open_bound().map(|(s, _)| s)
+}
+
+/// A socket and the port id the kernel bound it to.
+fn open_bound() -> Result<(Socket, u32), KernelError> {
     let op = "open an nfnetlink socket";
     let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| KernelError::io(op, e))?;
-    s.bind_auto().map_err(|e| KernelError::io(op, e))?;
+    let addr = s.bind_auto().map_err(|e| KernelError::io(op, e))?;
     // Errors echo only the failed message's header, and carry the kernel's text when it has one.
     let _ = s.set_cap_ack(true);
     let _ = s.set_ext_ack(true);
-    Ok(s)
+    Ok((s, addr.port_number()))
+}
+
+/// An nfnetlink socket kept open for one owner's transactions, in the namespace it was opened
+/// in (whatever thread uses it later).
+///
+/// nftables announces every transaction with the netlink port id of the socket that committed
+/// it (`Commit::port`); a port id is unique in a namespace while its socket is open, so the
+/// owner tells its own transactions from everyone else's by `port`, whichever thread, process
+/// or pid namespace it runs in. Keeping the socket also spares every commit the close that
+/// waits for the kernel's cleanup (see `commit_detached`).
+///
+/// Invariant: between two calls nothing is left unread on the socket (each call reads up to
+/// the answer it waits for, and drops anything older first), so an answer is never taken for
+/// a later request's.
+pub struct NftSocket {
+    socket: Socket,
+    port: u32,
+}
+
+impl NftSocket {
+    pub fn open() -> Result<NftSocket, KernelError> {
+        let (socket, port) = open_bound()?;
+        Ok(NftSocket { socket, port })
+    }
+
+    /// The port id its transactions are announced with.
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Sends one transaction and waits for its outcome (see `commit`).
+    pub fn commit(&self, t: &Transaction) -> Result<(), KernelError> {
+        if t.ops.is_empty() {
+            return Ok(());
+        }
+        self.drain();
+        exchange(&self.socket, t)
+    }
+
+    /// The ruleset's current generation (see `generation`), asked on this socket.
+    pub fn generation(&self) -> Result<u32, KernelError> {
+        self.drain();
+        watch::generation_on(&self.socket)
+    }
+
+    /// Whether a table exists: one request, no listing.
+    pub fn table_exists(&self, family: u8, table: &str) -> Result<bool, KernelError> {
+        const SEQ: u32 = u32::MAX - 1;
+        let op = format!("look for nftables table {table}");
+        self.drain();
+        let req = batch::get_table(family, table, SEQ);
+        self.socket
+            .send_to(&req, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| KernelError::io(op.clone(), e))?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(KernelError::io(op, e)),
+            }
+            for m in raw::messages(&buf).filter(|m| m.seq == SEQ) {
+                match ack(&m) {
+                    Some((libc::ENOENT, _)) => return Ok(false),
+                    Some((0, _)) => {}
+                    Some((errno, _)) => return Err(KernelError::netlink(op, errno)),
+                    None => return Ok(true),
+                }
+            }
+        }
+    }
+
+    /// Drops whatever an earlier exchange left (an answer that came after a timeout).
+    fn drain(&self) {
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// Leaves the final close of `s` to a grandchild (see `commit_detached`); closes it here if
@@ -227,17 +318,7 @@ fn socket_options(fd: std::os::fd::RawFd, len: usize) {
     }
 }
 
-/// What `nft` printed, and the process id it ran as (the one nftables notifications name).
-struct Ran {
-    stdout: String,
-    pid: u32,
-}
-
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
-    run(args, stdin).map(|r| r.stdout)
-}
-
-fn run(args: &[&str], stdin: Option<&str>) -> Result<Ran, KernelError> {
     let op = format!("nft {}", args.join(" "));
     let mut cmd = Command::new("nft");
     cmd.args(args)
@@ -257,7 +338,6 @@ fn run(args: &[&str], stdin: Option<&str>) -> Result<Ran, KernelError> {
             KernelError::io(op.clone(), e)
         }
     })?;
-    let pid = child.id();
     if let Some(input) = stdin {
         let mut si = child.stdin.take().expect("piped stdin");
         si.write_all(input.as_bytes())
@@ -272,21 +352,12 @@ fn run(args: &[&str], stdin: Option<&str>) -> Result<Ran, KernelError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(Ran {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        pid,
-    })
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Applies a script as one transaction.
 pub fn apply(script: &str) -> Result<(), KernelError> {
     nft(&["-f", "-"], Some(script)).map(|_| ())
-}
-
-/// Applies a script as one transaction; returns the id of the process that committed it, which
-/// its notifications carry (`Commit::pid`), so the caller can tell its own changes from others'.
-pub fn apply_traced(script: &str) -> Result<u32, KernelError> {
-    run(&["-f", "-"], Some(script)).map(|r| r.pid)
 }
 
 /// A table without counters or handles (stable between calls); `None` if it does not exist.

@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use podnet::daemon::firewall::normalize;
 use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::kernel::nft;
 
@@ -469,4 +470,133 @@ fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
     // Only the plugin's table and podnetd's are there.
     let tables = ok(c.lab.exec("node2", &["nft", "list", "tables"]).unwrap());
     assert_eq!(tables.trim(), "table inet podnet\ntable inet podnet-cni");
+}
+
+/// `nft -s list table inet podnet` in a namespace, its set elements apart and sorted (nft lists
+/// them in the kernel's order, and wraps long lists).
+fn podnet_listing(ns: &podnet::kernel::netns::NetNs) -> (String, Vec<String>) {
+    let out = ns
+        .command("nft")
+        .unwrap()
+        .args(["-s", "list", "table", "inet", "podnet"])
+        .output()
+        .unwrap();
+    normalize(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// podnetd's table as it sends it over nfnetlink, read back with `nft`: the same listing as
+/// the text it stands for, for every shape the table takes (IPv4, dual-stack, IPv6-only, with
+/// and without guard, fully-random or not); replaced whole, and its guard changed one element
+/// at a time. Every transaction is announced with the port id of the socket that sent it.
+#[test]
+fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
+    use std::net::IpAddr;
+    let scratch = crate::support::ScratchNs::new();
+    let ns = &scratch.ns;
+    let v4 = Nets {
+        network: "10.244.0.0/16".parse().unwrap(),
+        pod_subnet: "10.244.3.0/24".parse().unwrap(),
+    };
+    let v6 = Nets {
+        network: "fd10:244::/56".parse().unwrap(),
+        pod_subnet: "fd10:244:0:3::/64".parse().unwrap(),
+    };
+    let full = FirewallSpec {
+        v4: Some(v4),
+        v6: None,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    };
+    let dual = FirewallSpec {
+        v6: Some(v6),
+        fully_random: false,
+        ..full.clone()
+    };
+    let v6_only = FirewallSpec {
+        v4: None,
+        ..dual.clone()
+    };
+    let plain = FirewallSpec {
+        guard: None,
+        forward: false,
+        ..full.clone()
+    };
+    let peers: [IpAddr; 3] = [
+        "198.18.0.12".parse().unwrap(),
+        "198.18.0.13".parse().unwrap(),
+        "2001:2::12".parse().unwrap(),
+    ];
+    let (socket, mut events) = ns
+        .run(|| {
+            (
+                nft::NftSocket::open().unwrap(),
+                nft::NftEvents::subscribe().unwrap(),
+            )
+        })
+        .unwrap();
+    let first = ns.run(|| full.table_batch(&peers, false)).unwrap();
+    assert!(!socket.table_exists(nft::NFPROTO_INET, "podnet").unwrap());
+    socket.commit(&first).unwrap();
+    assert!(socket.table_exists(nft::NFPROTO_INET, "podnet").unwrap());
+    assert!(!socket.table_exists(nft::NFPROTO_IPV4, "podnet").unwrap());
+    assert_eq!(podnet_listing(ns), normalize(&full.render_table(&peers)));
+    for spec in [&dual, &v6_only, &plain, &full] {
+        socket.commit(&spec.table_batch(&peers, true)).unwrap();
+        let want = normalize(&spec.render_table(&peers));
+        assert_eq!(podnet_listing(ns), want, "{spec:?}");
+    }
+    // The guard, one element at a time; deleting one that is not there fails and says what.
+    let newcomer: IpAddr = "198.18.0.14".parse().unwrap();
+    socket
+        .commit(&podnet::firewall::guard_add(newcomer))
+        .unwrap();
+    socket
+        .commit(&podnet::firewall::guard_remove(peers[0]))
+        .unwrap();
+    assert_eq!(
+        podnet_listing(ns),
+        normalize(&full.render_table(&[peers[1], newcomer, peers[2]]))
+    );
+    let err = socket
+        .commit(&podnet::firewall::guard_remove(peers[0]))
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(
+        err.to_string()
+            .contains("delete elements of set tunnel-peers (table inet podnet)"),
+        "{err}"
+    );
+    // Nothing wanted: the replace removes the table.
+    let empty = FirewallSpec {
+        masquerade: false,
+        ..plain.clone()
+    };
+    socket.commit(&empty.table_batch(&[], true)).unwrap();
+    assert_eq!(podnet_listing(ns), normalize(""));
+    // Eight transactions committed, each announced with the socket's port id; one by `nft`,
+    // with another.
+    ok(ns
+        .command("nft")
+        .unwrap()
+        .args(["add", "table", "inet", "other"])
+        .output()
+        .unwrap());
+    let mut seen = Vec::new();
+    poll(
+        "nine announced transactions",
+        Duration::from_secs(10),
+        || {
+            seen.extend(events.recv().unwrap().commits);
+            (seen.len() >= 9).then_some(())
+        },
+    );
+    let ports: Vec<bool> = seen.iter().map(|c| c.port == socket.port()).collect();
+    assert_eq!(
+        ports,
+        [true, true, true, true, true, true, true, true, false]
+    );
+    let generation = socket.generation().unwrap();
+    assert_eq!(generation, seen[8].generation);
 }

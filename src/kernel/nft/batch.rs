@@ -13,9 +13,9 @@
 //! Invariant: the message with sequence number `n` (from 1) is `ops[n - 1]`, so a kernel error
 //! names the operation that failed. The batch header has sequence number 0 (commit errors).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
@@ -26,6 +26,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -109,6 +110,10 @@ const NFT_LOOKUP_F_INV: u32 = 0x1;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 /// nft's `ipv4_addr` data type (what `nft list` shows for a set's `type`).
 pub const TYPE_IPV4_ADDR: u32 = 7;
+/// nft's `ipv6_addr` data type.
+pub const TYPE_IPV6_ADDR: u32 = 8;
+/// `IPPROTO_UDP`, for `meta l4proto`.
+pub const IPPROTO_UDP: u8 = 17;
 /// `NFTNL_UDATA_SET_KEYBYTEORDER` with `BYTEORDER_BIG_ENDIAN`, as nft tags address sets.
 const SET_UDATA_BIG_ENDIAN_KEY: [u8; 6] = [0, 4, 2, 0, 0, 0];
 /// `NFTNL_UDATA_RULE_COMMENT`.
@@ -201,6 +206,9 @@ pub enum Expr {
         mask: Vec<u8>,
         xor: Vec<u8>,
     },
+    /// Register 1 &= mask: a bitwise expression as nft writes it for a prefix (xor zero, and no
+    /// operation attribute, the kernel's default being the same boolean one).
+    Mask(Vec<u8>),
     Lookup {
         set: SetRef,
         invert: bool,
@@ -223,10 +231,7 @@ impl Expr {
     /// `meta nfproto ipv4`, which nft puts before the first IPv4 match of a rule in an `inet`
     /// table.
     pub fn nfproto_ipv4() -> [Expr; 2] {
-        [
-            Expr::Meta(META_NFPROTO),
-            Expr::Cmp(CmpOp::Eq, vec![NFPROTO_IPV4]),
-        ]
+        Expr::nfproto(NFPROTO_IPV4)
     }
 
     /// The IPv4 source (`saddr`) or destination address, loaded.
@@ -236,6 +241,92 @@ impl Expr {
             offset: if source { 12 } else { 16 },
             len: 4,
         }
+    }
+
+    /// The IPv6 source (`saddr`) or destination address, loaded.
+    pub fn ipv6_addr(source: bool) -> Expr {
+        Expr::Payload {
+            base: Base::Network,
+            offset: if source { 8 } else { 24 },
+            len: 16,
+        }
+    }
+
+    /// The source or destination address of `ip`'s family, loaded.
+    pub fn addr(ip: IpAddr, source: bool) -> Expr {
+        match ip {
+            IpAddr::V4(_) => Expr::ipv4_addr(source),
+            IpAddr::V6(_) => Expr::ipv6_addr(source),
+        }
+    }
+
+    /// `meta nfproto` equal to `family` (`NFPROTO_IPV4`, `NFPROTO_IPV6`): what nft puts before
+    /// the first network header match of a rule in an `inet` table.
+    pub fn nfproto(family: u8) -> [Expr; 2] {
+        [Expr::Meta(META_NFPROTO), Expr::Cmp(CmpOp::Eq, vec![family])]
+    }
+
+    /// `meta l4proto` equal to `proto`: what nft puts before a transport header match (`udp
+    /// dport`) in an `inet` table.
+    pub fn l4proto(proto: u8) -> [Expr; 2] {
+        [Expr::Meta(META_L4PROTO), Expr::Cmp(CmpOp::Eq, vec![proto])]
+    }
+
+    /// The transport header's destination port (UDP and TCP alike) equal to `port`.
+    pub fn dport(port: u16) -> [Expr; 2] {
+        [
+            Expr::Payload {
+                base: Base::Transport,
+                offset: 2,
+                len: 2,
+            },
+            Expr::Cmp(CmpOp::Eq, port.to_be_bytes().to_vec()),
+        ]
+    }
+
+    /// `ip saddr 10.244.0.0/16` and the like (`ip6` for an IPv6 prefix; `!=` with `CmpOp::Neq`),
+    /// as nft writes it: a prefix ending on a byte boundary loads and compares only its bytes;
+    /// any other (and `/0`) loads the whole address and masks it first.
+    pub fn prefix(net: IpNet, source: bool, op: CmpOp) -> Vec<Expr> {
+        let net = net.trunc();
+        let bytes = match net.network() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let full = Expr::addr(net.network(), source);
+        let len = usize::from(net.prefix_len());
+        if len > 0 && len % 8 == 0 {
+            let Expr::Payload { base, offset, .. } = full else {
+                unreachable!("addr loads a payload")
+            };
+            let n = len / 8;
+            return vec![
+                Expr::Payload {
+                    base,
+                    offset,
+                    len: n as u32,
+                },
+                Expr::Cmp(op, bytes[..n].to_vec()),
+            ];
+        }
+        let mask = match net.netmask() {
+            IpAddr::V4(m) => m.octets().to_vec(),
+            IpAddr::V6(m) => m.octets().to_vec(),
+        };
+        vec![full, Expr::Mask(mask), Expr::Cmp(op, bytes)]
+    }
+
+    /// `meta mark & bits == bits` (the mark is in host byte order).
+    pub fn mark_has(bits: u32) -> [Expr; 3] {
+        let b = bits.to_ne_bytes().to_vec();
+        [
+            Expr::Meta(META_MARK),
+            Expr::Bitwise {
+                mask: b.clone(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp(CmpOp::Eq, b),
+        ]
     }
 }
 
@@ -570,6 +661,17 @@ impl Batch {
     }
 }
 
+/// A request for one table (`NFT_MSG_GETTABLE`, outside any batch): the kernel answers with the
+/// table (`NFT_MSG_NEWTABLE`) or an error, ENOENT when there is none.
+pub fn get_table(family: u8, table: &str, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(40);
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+    let at = header(&mut buf, kind, NLM_F_REQUEST, seq, family, 0);
+    Attrs(&mut buf).str(NFTA_TABLE_NAME, table);
+    close(&mut buf, at);
+    buf
+}
+
 /// Offset of the last message after the batch header, if any.
 fn last_message(buf: &[u8]) -> Option<usize> {
     let mut at = 0;
@@ -589,7 +691,7 @@ fn expr(x: &mut Attrs, e: &Expr) {
         Expr::Meta(_) => "meta",
         Expr::Cmp(..) => "cmp",
         Expr::Payload { .. } => "payload",
-        Expr::Bitwise { .. } => "bitwise",
+        Expr::Bitwise { .. } | Expr::Mask(_) => "bitwise",
         Expr::Lookup { .. } => "lookup",
         Expr::Counter => "counter",
         Expr::Masquerade { .. } => "masq",
@@ -619,6 +721,14 @@ fn expr(x: &mut Attrs, e: &Expr) {
             d.be32(NFTA_BITWISE_LEN, mask.len() as u32);
             d.nest(NFTA_BITWISE_MASK, |v| v.put(NFTA_DATA_VALUE, mask));
             d.nest(NFTA_BITWISE_XOR, |v| v.put(NFTA_DATA_VALUE, xor));
+        }
+        Expr::Mask(mask) => {
+            d.be32(NFTA_BITWISE_SREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_DREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_LEN, mask.len() as u32);
+            d.nest(NFTA_BITWISE_MASK, |v| v.put(NFTA_DATA_VALUE, mask));
+            let xor = vec![0; mask.len()];
+            d.nest(NFTA_BITWISE_XOR, |v| v.put(NFTA_DATA_VALUE, &xor));
         }
         Expr::Lookup { set, invert } => {
             d.be32(NFTA_LOOKUP_SREG, NFT_REG_1);

@@ -26,6 +26,8 @@ const NFTA_GEN_PROC_PID: u16 = 2;
 /// flowtable) is the name of its table.
 const NFTA_TABLE: u16 = 1;
 const RCVBUF: usize = 4 << 20;
+/// The sequence number of a generation request (transactions number their messages from 1 up).
+const GETGEN_SEQ: u32 = u32::MAX;
 const RECV_BUF: usize = 64 * 1024;
 
 /// One committed transaction.
@@ -33,8 +35,11 @@ const RECV_BUF: usize = 64 * 1024;
 pub struct Commit {
     /// The generation it made.
     pub generation: u32,
-    /// The process that committed it (kernels since 4.17 say).
+    /// The process that committed it (kernels since 4.17 say), as the initial pid namespace
+    /// numbers it: the thread's id.
     pub pid: Option<u32>,
+    /// The netlink port id of the socket it was committed through (`NftSocket::port`).
+    pub port: u32,
     /// The tables it changed, as (nfproto family, name); `inet` is 1, `ip` 2, `ip6` 10.
     pub tables: Vec<(u8, String)>,
 }
@@ -116,6 +121,8 @@ fn take(open: &mut Commit, m: &raw::RawMessage<'_>) -> Option<Commit> {
     let attrs = raw::attributes(&m.payload[4..]);
     if m.kind & 0xff == NFT_MSG_NEWGEN {
         let mut done = std::mem::take(open);
+        // The kernel sends the generation message with the committing socket's port id.
+        done.port = m.port;
         for (kind, v) in attrs {
             match kind {
                 NFTA_GEN_ID => done.generation = be32(v).unwrap_or(0),
@@ -136,45 +143,45 @@ fn take(open: &mut Commit, m: &raw::RawMessage<'_>) -> Option<Commit> {
 
 /// The ruleset's current generation: it changes with every committed transaction.
 pub fn generation() -> Result<u32, KernelError> {
-    let s = socket()?;
-    s.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| KernelError::io("connect nfnetlink socket", e))?;
+    generation_on(&socket()?)
+}
+
+/// `generation`, asked on a bound socket that has nothing else waiting to be read.
+pub(super) fn generation_on(s: &Socket) -> Result<u32, KernelError> {
+    let op = "read the nftables generation";
     let mut req = [0u8; 20];
     req[0..4].copy_from_slice(&20u32.to_ne_bytes());
     let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
     req[4..6].copy_from_slice(&kind.to_ne_bytes());
     req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[8..12].copy_from_slice(&GETGEN_SEQ.to_ne_bytes());
     // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, resource id 0.
-    s.send(&req, 0)
+    s.send_to(&req, &SocketAddr::new(0, 0), 0)
         .map_err(|e| KernelError::io("ask for the nftables generation", e))?;
     let mut buf = Vec::with_capacity(4096);
-    s.recv(&mut buf, 0)
-        .map_err(|e| KernelError::io("read the nftables generation", e))?;
-    for m in raw::messages(&buf) {
-        if m.kind == raw::NLMSG_ERROR {
-            let code = m
-                .payload
-                .get(..4)
-                .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
-            return Err(KernelError::netlink(
-                "read the nftables generation",
-                -code.unwrap_or(-libc::EIO),
-            ));
+    loop {
+        buf.clear();
+        match s.recv(&mut buf, 0) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(KernelError::io(op, e)),
         }
-        if m.kind & 0xff == NFT_MSG_NEWGEN && m.payload.len() >= 4 {
-            let id = raw::attributes(&m.payload[4..])
-                .find(|(k, _)| *k == NFTA_GEN_ID)
-                .and_then(|(_, v)| be32(v));
-            if let Some(id) = id {
-                return Ok(id);
+        for m in raw::messages(&buf).filter(|m| m.seq == GETGEN_SEQ) {
+            if m.kind == raw::NLMSG_ERROR {
+                let code = m
+                    .payload
+                    .get(..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
+                return Err(KernelError::netlink(op, -code.unwrap_or(-libc::EIO)));
+            }
+            if m.kind & 0xff == NFT_MSG_NEWGEN && m.payload.len() >= 4 {
+                let id = raw::attributes(&m.payload[4..])
+                    .find(|(k, _)| *k == NFTA_GEN_ID)
+                    .and_then(|(_, v)| be32(v));
+                return id.ok_or_else(|| KernelError::decode(op, "no generation in the answer"));
             }
         }
     }
-    Err(KernelError::decode(
-        "read the nftables generation",
-        "no generation in the answer",
-    ))
 }
 
 #[cfg(test)]
@@ -204,11 +211,14 @@ mod tests {
         let mut buf = msg(8, 1, &[(1, b"podnet\0"), (2, b"forward\0")]);
         buf.extend(msg(12, 1, &[(1, b"podnet\0")]));
         buf.extend(msg(6, 2, &[(1, b"nat\0")]));
-        buf.extend(msg(
+        let mut generation = msg(
             15,
             0,
             &[(1, &7u32.to_be_bytes()), (2, &4242u32.to_be_bytes())],
-        ));
+        );
+        // nlmsg_pid: the committing socket's port id.
+        generation[12..16].copy_from_slice(&77u32.to_ne_bytes());
+        buf.extend(generation);
         let done: Vec<Commit> = raw::messages(&buf)
             .filter_map(|m| take(&mut open, &m))
             .collect();
@@ -217,6 +227,7 @@ mod tests {
             [Commit {
                 generation: 7,
                 pid: Some(4242),
+                port: 77,
                 tables: vec![(1, "podnet".into()), (2, "nat".into())],
             }]
         );

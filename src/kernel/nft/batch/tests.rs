@@ -262,3 +262,61 @@ fn element_deletion_names_the_existing_set() {
         ["delete elements of set tunnel-peers (table inet podnet)"]
     );
 }
+
+/// Prefix matches as nft 1.0.6 writes them (`nft --debug=netlink`): byte-aligned prefixes load
+/// only their bytes; others, and `/0`, load the whole address and mask it.
+#[test]
+fn prefixes_are_matched_as_nft_does() {
+    let p = |s: &str| -> IpNet { s.parse().unwrap() };
+    let load = |offset, len| Expr::Payload {
+        base: Base::Network,
+        offset,
+        len,
+    };
+    assert_eq!(
+        Expr::prefix(p("10.244.3.0/24"), true, CmpOp::Eq),
+        [load(12, 3), Expr::Cmp(CmpOp::Eq, vec![10, 244, 3])]
+    );
+    assert_eq!(
+        Expr::prefix(p("224.0.0.0/4"), false, CmpOp::Neq),
+        [
+            load(16, 4),
+            Expr::Mask(vec![0xf0, 0, 0, 0]),
+            Expr::Cmp(CmpOp::Neq, vec![224, 0, 0, 0])
+        ]
+    );
+    assert_eq!(
+        Expr::prefix(p("0.0.0.0/0"), true, CmpOp::Eq),
+        [
+            load(12, 4),
+            Expr::Mask(vec![0; 4]),
+            Expr::Cmp(CmpOp::Eq, vec![0; 4])
+        ]
+    );
+    // Host bits are dropped, as nft does.
+    assert_eq!(
+        Expr::prefix(p("fd10:244::1/56"), false, CmpOp::Eq),
+        [
+            load(24, 7),
+            Expr::Cmp(CmpOp::Eq, vec![0xfd, 0x10, 0x02, 0x44, 0, 0, 0])
+        ]
+    );
+    let mut mask = vec![0xff; 15];
+    mask.push(0xfe);
+    let mut net = vec![0x20, 0x01, 0, 0x02];
+    net.resize(16, 0);
+    assert_eq!(
+        Expr::prefix(p("2001:2::/127"), true, CmpOp::Eq),
+        [load(8, 16), Expr::Mask(mask), Expr::Cmp(CmpOp::Eq, net)]
+    );
+}
+
+#[test]
+fn a_table_is_asked_for_by_family_and_name() {
+    // nlmsghdr (len 32, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST, seq 7),
+    // nfgenmsg (inet), NFTA_TABLE_NAME "podnet".
+    assert_eq!(
+        get_table(NFPROTO_INET, "podnet", 7),
+        hex("20000000010a01000700000000000000010000000b000100706f646e65740000")
+    );
+}
