@@ -80,8 +80,8 @@ fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
             let del = firewall::pod_masq_remove(ip);
             t[0][0].push(timed(&|| nft::apply(&add).unwrap()));
             t[0][1].push(timed(&|| nft::apply(&del).unwrap()));
-            let add = firewall::pod_masq_add_batch(&nets, ip);
-            let del = firewall::pod_masq_remove_batch(ip);
+            let add = firewall::pod_masq_add_batch(&[nets[0].into()], &[ip.into()]);
+            let del = firewall::pod_masq_remove_batch(ip.into());
             t[1][0].push(timed(&|| nft::commit_detached(&add).unwrap()));
             t[1][1].push(timed(&|| nft::commit_detached(&del).unwrap()));
         }

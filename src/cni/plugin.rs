@@ -2,10 +2,10 @@
 //! return a result or an error with a CNI code; the framework in `super` does the I/O with the
 //! runtime.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde_json::Value;
 
 use super::conf::{Args, NetConf};
@@ -69,7 +69,6 @@ struct Layout {
     networks: Vec<IpNet>,
     mtu: u32,
     masq: bool,
-    masq_networks: Vec<Ipv4Net>,
 }
 
 impl Layout {
@@ -91,7 +90,6 @@ impl Layout {
             mtu: conf.mtu.or(env.mtu).expect("checked by load_subnet_env"),
             // flannel's rule: the plugin masquerades when the daemon does not.
             masq: conf.ip_masq.unwrap_or(!env.ipmasq.unwrap_or(false)),
-            masq_networks: env.networks.clone(),
         })
     }
 }
@@ -412,18 +410,18 @@ fn routes(
     (result_routes, kernel_routes)
 }
 
-/// `ipMasq` in effect: the pod's IPv4 address joins the plugin's masquerade set.
+/// `ipMasq` in effect: the pod's addresses join the plugin's masquerade sets, one per family.
 fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Result<(), CniError> {
-    let Some(IpAddr::V4(v4)) = ips.iter().map(|(ip, _)| *ip).find(|ip| ip.is_ipv4()) else {
-        return Ok(());
-    };
-    if !layout.masq {
+    let pods: Vec<IpAddr> = ips.iter().map(|(ip, _)| *ip).collect();
+    if !layout.masq || pods.is_empty() {
         return Ok(());
     }
-    nft::commit_detached(&firewall::pod_masq_add_batch(&layout.masq_networks, v4))
+    nft::commit_detached(&firewall::pod_masq_add_batch(&layout.networks, &pods))
         .map_err(|e| kernel("set up ipMasq", e))?;
     undo.push(move || {
-        let _ = nft::commit(&firewall::pod_masq_remove_batch(v4));
+        for ip in pods {
+            let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
+        }
     });
     Ok(())
 }
@@ -554,7 +552,7 @@ fn release(
     done
 }
 
-/// Takes released IPv4 addresses out of the plugin's masquerade set, when `ipMasq` is in effect.
+/// Takes released addresses out of the plugin's masquerade sets, when `ipMasq` is in effect.
 fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
     let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
         (Some(m), _) => m,
@@ -565,10 +563,8 @@ fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
         return;
     }
     for ip in released {
-        if let IpAddr::V4(v) = ip {
-            // Absent from the set (or no set at all) is the state we want.
-            let _ = nft::commit_detached(&firewall::pod_masq_remove_batch(*v));
-        }
+        // Absent from the set (or no set at all) is the state we want.
+        let _ = nft::commit_detached(&firewall::pod_masq_remove_batch(*ip));
     }
 }
 
@@ -716,7 +712,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let store = Store::open(&conf.ipam_data_dir, &conf.name)?;
     let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
     let mut errors = Vec::new();
-    let mut released_v4: Vec<Ipv4Addr> = Vec::new();
+    let mut released: Vec<IpAddr> = Vec::new();
     for (ip, id, ifname) in store.allocations() {
         let keep = valid
             .iter()
@@ -729,16 +725,14 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         {
             errors.push(format!("delete the link of {id}/{ifname}: {e}"));
         }
-        if std::fs::remove_file(store.dir().join(ip.to_string())).is_ok()
-            && let IpAddr::V4(v) = ip
-        {
-            released_v4.push(v);
+        if std::fs::remove_file(store.dir().join(ip.to_string())).is_ok() {
+            released.push(ip);
         }
     }
     if let Err(e) = veth::reap() {
         errors.push(format!("delete retired links: {e}"));
     }
-    for ip in released_v4 {
+    for ip in released {
         // ENOENT (not in the set, or no plugin table at all) is the state we want.
         let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
     }

@@ -423,16 +423,50 @@ pub fn pod_masq_remove(pod: Ipv4Addr) -> String {
     )
 }
 
-/// `pod_masq_add` as the nfnetlink transaction the plugin sends (the same objects, messages
-/// and order as nft makes of that script, so `nft list` shows the same table).
-pub fn pod_masq_add_batch(networks: &[Ipv4Net], pod: Ipv4Addr) -> nft::Transaction {
+/// The plugin's masquerade set for pods of `ip`'s family.
+pub fn pod_masq_set(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => POD_MASQ_SET,
+        IpAddr::V6(_) => POD_MASQ_SET_V6,
+    }
+}
+
+pub const POD_MASQ_SET_V6: &str = "masq-pods-v6";
+
+/// The plugin's table as an nfnetlink transaction, adding `pods`: for an IPv4 network the
+/// objects, messages and order nft makes of `pod_masq_add`'s script (so `nft list` shows the
+/// same table); for an IPv6 network (dual-stack, IPv6-only) the same again with `ip6`, a set
+/// `masq-pods-v6` and `ff00::/8` in place of `224.0.0.0/4`. `networks` are the cluster's, of
+/// either family; every ADD writes the rules of all of them, so concurrent ADDs agree.
+pub fn pod_masq_add_batch(networks: &[IpNet], pods: &[IpAddr]) -> nft::Transaction {
     let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
     b.add_table();
-    let pods = b.add_set(&nft::SetSpec {
-        name: POD_MASQ_SET,
-        key_type: nft::TYPE_IPV4_ADDR,
-        key_len: 4,
-    });
+    let families: Vec<(Vec<IpNet>, IpNet, nft::SetRef)> =
+        [IpNet::V4(MULTICAST), IpNet::V6(MULTICAST_V6)]
+            .into_iter()
+            .filter_map(|mcast| {
+                let v6 = mcast.addr().is_ipv6();
+                let nets: Vec<IpNet> = networks
+                    .iter()
+                    .filter(|n| n.addr().is_ipv6() == v6)
+                    .copied()
+                    .collect();
+                (!nets.is_empty()).then_some((nets, mcast))
+            })
+            .map(|(nets, mcast)| {
+                let (key_type, key_len) = if mcast.addr().is_ipv6() {
+                    (nft::TYPE_IPV6_ADDR, 16)
+                } else {
+                    (nft::TYPE_IPV4_ADDR, 4)
+                };
+                let set = b.add_set(&nft::SetSpec {
+                    name: pod_masq_set(mcast.addr()),
+                    key_type,
+                    key_len,
+                });
+                (nets, mcast, set)
+            })
+            .collect();
     let base = nft::BaseChain {
         kind: "nat",
         hook: nft::Hook::Postrouting,
@@ -441,35 +475,53 @@ pub fn pod_masq_add_batch(networks: &[Ipv4Net], pod: Ipv4Addr) -> nft::Transacti
     };
     b.add_chain("postrouting", Some(base));
     b.flush_chain("postrouting");
-    let mut excluded = networks.to_vec();
-    excluded.push(MULTICAST);
-    let excluded = b.anonymous_prefixes(&excluded);
-    let mut rule = nft::Expr::nfproto_ipv4().to_vec();
-    rule.extend([
-        nft::Expr::ipv4_addr(true),
-        nft::Expr::Lookup {
-            set: pods.clone(),
-            invert: false,
-        },
-        nft::Expr::ipv4_addr(false),
-        nft::Expr::Lookup {
-            set: excluded,
-            invert: true,
-        },
-        nft::Expr::Masquerade {
-            fully_random: false,
-        },
-    ]);
-    b.add_rule("postrouting", &rule, Some("pod ipMasq"));
-    b.add_elements(&pods, &[&pod.octets()]);
+    for (nets, mcast, set) in &families {
+        let mut excluded = nets.clone();
+        excluded.push(*mcast);
+        let excluded = b.anonymous_prefixes(&excluded);
+        let ip = mcast.addr();
+        let family = if ip.is_ipv6() {
+            nft::NFPROTO_IPV6
+        } else {
+            nft::NFPROTO_IPV4
+        };
+        let mut rule = nft::Expr::nfproto(family).to_vec();
+        rule.extend([
+            nft::Expr::addr(ip, true),
+            nft::Expr::Lookup {
+                set: set.clone(),
+                invert: false,
+            },
+            nft::Expr::addr(ip, false),
+            nft::Expr::Lookup {
+                set: excluded,
+                invert: true,
+            },
+            nft::Expr::Masquerade {
+                fully_random: false,
+            },
+        ]);
+        b.add_rule("postrouting", &rule, Some("pod ipMasq"));
+    }
+    for (_, mcast, set) in &families {
+        let keys: Vec<Vec<u8>> = pods
+            .iter()
+            .filter(|ip| ip.is_ipv6() == mcast.addr().is_ipv6())
+            .map(|ip| key(*ip))
+            .collect();
+        if !keys.is_empty() {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            b.add_elements(set, &keys);
+        }
+    }
     b.finish()
 }
 
-/// `pod_masq_remove` as an nfnetlink transaction; fails with ENOENT when the pod (or the
-/// table) is not there.
-pub fn pod_masq_remove_batch(pod: Ipv4Addr) -> nft::Transaction {
+/// Takes one pod out of the plugin's masquerade set of its family; fails with ENOENT when
+/// the pod (or the table) is not there.
+pub fn pod_masq_remove_batch(pod: IpAddr) -> nft::Transaction {
     let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
-    b.delete_elements(&nft::SetRef::named(POD_MASQ_SET), &[&pod.octets()]);
+    b.delete_elements(&nft::SetRef::named(pod_masq_set(pod)), &[&key(pod)]);
     b.finish()
 }
 

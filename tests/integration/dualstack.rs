@@ -1172,3 +1172,73 @@ fn forged_ipv6_halves_are_refused_and_nothing_reaches_the_kernel() {
     );
     every_gateway_answers(&c, &nodes);
 }
+
+/// Without `--ip-masq` the plugin masquerades (flannel's default), for both families: its
+/// table holds a set and a rule per family, a pod reaching an outside IPv6 host is seen with
+/// its node's address while pod to pod keeps the pod's, and DEL empties both sets.
+#[test]
+fn the_plugin_masquerades_both_families() {
+    let mut c = Cluster::new(LabSpec::new(unique("dspm"), 2).ipv6(true));
+    let nodes = boot(&mut c, DUAL_VXLAN, &[]);
+    wait_converged6(&c, &nodes, tunnelled6);
+    let srv = c.add_pod("node1", "srv", "1.0.0");
+    let cli = c.add_pod("node2", "cli", "1.0.0");
+    let cli6 = cli.ip6.unwrap();
+    let listing = |c: &Cluster| {
+        ok(c.lab
+            .exec("node2", &["nft", "list", "table", "inet", "podnet-cni"])
+            .unwrap())
+    };
+    let table = |elements: Option<(String, String)>| {
+        let (e4, e6) = match elements {
+            Some((a, b)) => (
+                format!("\t\telements = {{ {a} }}\n"),
+                format!("\t\telements = {{ {b} }}\n"),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "table inet podnet-cni {{
+\tset masq-pods {{
+\t\ttype ipv4_addr
+{e4}\t}}
+
+\tset masq-pods-v6 {{
+\t\ttype ipv6_addr
+{e6}\t}}
+
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat + 1; policy accept;
+\t\tip saddr @masq-pods ip daddr != {{ 10.244.0.0/16, 224.0.0.0/4 }} masquerade comment \"pod ipMasq\"
+\t\tip6 saddr @masq-pods-v6 ip6 daddr != {{ fd10:244::/56, ff00::/8 }} masquerade comment \"pod ipMasq\"
+\t}}
+}}
+"
+        )
+    };
+    assert_eq!(
+        listing(&c),
+        table(Some((cli.ip.to_string(), cli6.to_string())))
+    );
+    let srv6 = IpAddr::V6(srv.ip6.unwrap());
+    poll("pod-to-pod over IPv6", Duration::from_secs(10), || {
+        let dst = srv6.to_string();
+        let out = c
+            .lab
+            .exec(&cli.target(), &["ping", "-c1", "-W1", &dst])
+            .unwrap();
+        out.status.success().then_some(())
+    });
+    assert_eq!(
+        seen_as(&c, &cli.target(), srv6, &srv.target()),
+        IpAddr::V6(cli6)
+    );
+    let router6 = IpAddr::V6(c.lab.plan().segments[0].router6.unwrap());
+    assert_eq!(
+        seen_as(&c, &cli.target(), router6, "router"),
+        IpAddr::V6(nodes[1].public6)
+    );
+    let (code, msg) = c.del_pod(&cli, &cli.netns);
+    assert_eq!(code, 0, "{msg}");
+    assert_eq!(listing(&c), table(None));
+}

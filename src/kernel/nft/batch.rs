@@ -528,10 +528,17 @@ impl Batch {
         }
     }
 
-    /// A constant anonymous set of IPv4 prefixes (what nft makes of `{ 10.0.0.0/8, ... }`),
-    /// for a lookup in a rule of the same batch.
-    pub fn anonymous_prefixes(&mut self, prefixes: &[Ipv4Net]) -> SetRef {
-        let elements = interval_elements(prefixes);
+    /// A constant anonymous set of prefixes of one family (what nft makes of `{ 10.0.0.0/8,
+    /// ... }` or `{ fd10:244::/56, ff00::/8 }`), for a lookup in a rule of the same batch.
+    pub fn anonymous_prefixes<N: Copy + Into<IpNet>>(&mut self, prefixes: &[N]) -> SetRef {
+        let prefixes: Vec<IpNet> = prefixes.iter().map(|&p| p.into()).collect();
+        let v6 = prefixes.first().is_some_and(|p| matches!(p, IpNet::V6(_)));
+        let (key_type, key_len) = if v6 {
+            (TYPE_IPV6_ADDR, 16)
+        } else {
+            (TYPE_IPV4_ADDR, 4)
+        };
+        let elements = intervals(&prefixes);
         let id = self.set_id();
         let t = self.table.clone();
         let flags = NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL;
@@ -543,8 +550,8 @@ impl Batch {
                 a.str(NFTA_SET_TABLE, &t);
                 a.str(NFTA_SET_NAME, ANONYMOUS_SET_NAME);
                 a.be32(NFTA_SET_FLAGS, flags);
-                a.be32(NFTA_SET_KEY_TYPE, TYPE_IPV4_ADDR);
-                a.be32(NFTA_SET_KEY_LEN, 4);
+                a.be32(NFTA_SET_KEY_TYPE, key_type);
+                a.be32(NFTA_SET_KEY_LEN, key_len);
                 a.be32(NFTA_SET_ID, id);
                 a.nest(NFTA_SET_DESC, |d| {
                     d.be32(NFTA_SET_DESC_SIZE, elements.len() as u32)
@@ -560,7 +567,11 @@ impl Batch {
             .iter()
             .map(|(ip, end)| {
                 let flags = if *end { NFT_SET_ELEM_INTERVAL_END } else { 0 };
-                (ip.octets().to_vec(), flags)
+                let key = match ip {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                (key, flags)
             })
             .collect();
         self.elements(
@@ -771,32 +782,56 @@ fn comment_udata(c: &str) -> Vec<u8> {
 /// as an interval end; a leading end at 0.0.0.0 when the first range does not start there; no
 /// end after a range that reaches 255.255.255.255.
 pub fn interval_elements(prefixes: &[Ipv4Net]) -> Vec<(Ipv4Addr, bool)> {
-    let mut ranges: Vec<(u64, u64)> = prefixes
-        .iter()
-        .map(|p| {
-            let p = p.trunc();
-            (
-                u32::from(p.network()) as u64,
-                u32::from(p.broadcast()) as u64 + 1,
-            )
+    let prefixes: Vec<IpNet> = prefixes.iter().map(|&p| p.into()).collect();
+    intervals(&prefixes)
+        .into_iter()
+        .filter_map(|(ip, end)| match ip {
+            IpAddr::V4(a) => Some((a, end)),
+            IpAddr::V6(_) => None,
         })
+        .collect()
+}
+
+/// `interval_elements` for prefixes of one family, either: each range's start, and the first
+/// address after it flagged as an end, merged where they overlap or touch; a leading end at
+/// the family's zero address when the first range starts later, no end after the last address.
+pub fn intervals(prefixes: &[IpNet]) -> Vec<(IpAddr, bool)> {
+    let v6 = prefixes.first().is_some_and(|p| matches!(p, IpNet::V6(_)));
+    let addr = |x: u128| -> IpAddr {
+        if v6 {
+            IpAddr::V6(x.into())
+        } else {
+            IpAddr::V4((x as u32).into())
+        }
+    };
+    let num = |a: IpAddr| -> u128 {
+        match a {
+            IpAddr::V4(a) => u32::from(a).into(),
+            IpAddr::V6(a) => a.into(),
+        }
+    };
+    // Inclusive ranges: the last address of ::/0 has no successor to name.
+    let mut ranges: Vec<(u128, u128)> = prefixes
+        .iter()
+        .map(|p| (num(p.network()), num(p.broadcast())))
         .collect();
     ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in ranges {
+    let mut merged: Vec<(u128, u128)> = Vec::new();
+    for (first, last) in ranges {
         match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
+            Some(m) if first <= m.1.saturating_add(1) => m.1 = m.1.max(last),
+            _ => merged.push((first, last)),
         }
     }
+    let max = if v6 { u128::MAX } else { u32::MAX.into() };
     let mut out = Vec::new();
-    if merged.first().is_some_and(|(s, _)| *s != 0) {
-        out.push((Ipv4Addr::UNSPECIFIED, true));
+    if merged.first().is_some_and(|(first, _)| *first != 0) {
+        out.push((addr(0), true));
     }
-    for (start, end) in merged {
-        out.push((Ipv4Addr::from(start as u32), false));
-        if end <= u32::MAX as u64 {
-            out.push((Ipv4Addr::from(end as u32), true));
+    for (first, last) in merged {
+        out.push((addr(first), false));
+        if last < max {
+            out.push((addr(last + 1), true));
         }
     }
     out

@@ -35,7 +35,7 @@ fn pod_masq() -> Transaction {
     };
     b.add_chain("postrouting", Some(base));
     b.flush_chain("postrouting");
-    let nets = [
+    let nets: [Ipv4Net; 2] = [
         "10.244.0.0/16".parse().unwrap(),
         "224.0.0.0/4".parse().unwrap(),
     ];
@@ -318,5 +318,37 @@ fn a_table_is_asked_for_by_family_and_name() {
     assert_eq!(
         get_table(NFPROTO_INET, "podnet", 7),
         hex("20000000010a01000700000000000000010000000b000100706f646e65740000")
+    );
+}
+
+#[test]
+fn ipv6_intervals_merge_and_reach_the_last_address() {
+    let p = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    assert_eq!(
+        intervals(&p(&["ff00::/8", "fd10:244::/56"])),
+        vec![
+            (ip("::"), true),
+            (ip("fd10:244::"), false),
+            (ip("fd10:244:0:100::"), true),
+            (ip("ff00::"), false),
+        ]
+    );
+    assert_eq!(
+        intervals(&p(&["::/1", "8000::/1"])),
+        vec![(ip("::"), false)]
+    );
+    // An anonymous set of IPv6 prefixes: ipv6_addr keys of 16 bytes.
+    let mut b = Batch::new(NFPROTO_INET, "t");
+    b.add_table();
+    let set = b.anonymous_prefixes(&p(&["fd10:244::/56", "ff00::/8"]));
+    assert_eq!(set.name, "__set%d");
+    let t = b.finish();
+    let bytes = &t.bytes;
+    let key = [0xfd, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(bytes.windows(16).any(|w| w == key), "the prefix's start");
+    assert!(
+        bytes.windows(8).any(|w| w == [8, 0, 4, 0, 0, 0, 0, 8]),
+        "key type ipv6_addr (8)"
     );
 }
