@@ -399,11 +399,16 @@ pub fn ruleset_json() -> Result<serde_json::Value, KernelError> {
     serde_json::from_str(&s).map_err(|e| KernelError::decode("nft -j list ruleset", e.to_string()))
 }
 
-/// Deletes a table; returns whether it existed.
+/// Deletes a table (over nfnetlink); returns whether it existed.
 pub fn delete_table(family: &str, table: &str) -> Result<bool, KernelError> {
-    match nft(&["delete", "table", family, table], None) {
-        Ok(_) => Ok(true),
-        Err(KernelError::Other(m)) if m.contains("No such file or directory") => Ok(false),
+    let code = family_code(family).ok_or_else(|| {
+        KernelError::Other(format!("nftables family {family:?}: not inet, ip or ip6"))
+    })?;
+    let mut b = Batch::new(code, table);
+    b.delete_table();
+    match commit(&b.finish()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }

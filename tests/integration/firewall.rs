@@ -599,4 +599,23 @@ fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
     );
     let generation = socket.generation().unwrap();
     assert_eq!(generation, seen[8].generation);
+    // `podnetctl teardown`'s delete: true once, then false.
+    let deleted = ns
+        .run(|| {
+            [
+                nft::delete_table("inet", "other").unwrap(),
+                nft::delete_table("inet", "other").unwrap(),
+            ]
+        })
+        .unwrap();
+    assert_eq!(deleted, [true, false]);
+    assert_eq!(
+        ok(ns
+            .command("nft")
+            .unwrap()
+            .args(["list", "tables"])
+            .output()
+            .unwrap()),
+        ""
+    );
 }
