@@ -5,7 +5,15 @@
 //! interleaved round by round in one run so that machine noise hits all three alike.
 //!
 //!   sudo cargo bench --bench datapath       (BENCH_RUNS=5, BENCH_SECONDS=3,
-//!                                            BENCH_BACKENDS=host-gw,vxlan,udp,wireguard by default)
+//!                                            BENCH_BACKENDS=host-gw,vxlan,udp,wireguard,
+//!                                            BENCH_FAMILIES=ipv4 by default)
+//!
+//! `BENCH_FAMILIES=ipv6` (or `ipv4,ipv6`) measures the kernel backends over IPv6 as well: a
+//! dual-stack network (`EnableIPv6`) on the lab's IPv6 underlay, the pods' traffic between
+//! their IPv6 addresses through `flannel-v6.1` or the IPv6 host-gw routes, against the same
+//! machinery: a dual-stack hand-made twin pair (the IPv4 objects and their IPv6 twins), the
+//! rulesets with their IPv6 halves (flanneld's through `ip6tables-restore`). udp and wireguard
+//! are IPv4-only here and are skipped in an IPv6 run.
 //!
 //! Lab: nodes 1 and 2 run podnetd (`--ip-masq`, as flanneld is usually run) and get their pods
 //! from podnet's CNI plugin. For the kernel backends nodes 3 and 4 are the same kernel objects
@@ -26,7 +34,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,10 +42,106 @@ use common::*;
 use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::lab::cluster::Cluster;
 use podnet::lab::{Lab, LabSpec};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const PREFIX: &str = "/coreos.com/network";
-const HAND_MAC: [&str; 2] = ["02:70:6e:00:00:03", "02:70:6e:00:00:04"];
+
+/// The pods' address family a run measures (`BENCH_FAMILIES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+use Family::{V4, V6};
+
+/// What differs between the families, in one place.
+struct Facts {
+    network: &'static str,
+    subnet_len: u8,
+    host_len: u8,
+    /// `ip` as the commands where iproute2 cannot tell the family from the arguments need it.
+    ip: &'static str,
+    /// Address flags: podnet's plugin adds IPv6 addresses usable at once, without a DAD wait.
+    nodad: &'static str,
+    multicast: &'static str,
+    iptables_restore: &'static str,
+    /// The VXLAN device over this family's underlay, its MTU (VXLAN costs 50 bytes over IPv4,
+    /// 70 over IPv6) and the hand-made nodes' MACs on it.
+    vxlan: (&'static str, u32, [&'static str; 2]),
+}
+
+const FACTS: [Facts; 2] = [
+    Facts {
+        network: "10.244.0.0/16",
+        subnet_len: 24,
+        host_len: 32,
+        ip: "ip",
+        nodad: "",
+        multicast: "224.0.0.0/4",
+        iptables_restore: "iptables-restore",
+        vxlan: (
+            "flannel.1",
+            1450,
+            ["02:70:6e:00:00:03", "02:70:6e:00:00:04"],
+        ),
+    },
+    Facts {
+        network: "fd10:244::/56",
+        subnet_len: 64,
+        host_len: 128,
+        ip: "ip -6",
+        nodad: " nodad",
+        multicast: "ff00::/8",
+        iptables_restore: "ip6tables-restore",
+        vxlan: (
+            "flannel-v6.1",
+            1430,
+            ["02:70:6e:00:06:03", "02:70:6e:00:06:04"],
+        ),
+    },
+];
+
+impl Family {
+    fn facts(self) -> &'static Facts {
+        &FACTS[self as usize]
+    }
+
+    /// The families a node of a run carries: an IPv6 run is dual-stack, as a cluster moving
+    /// from flannel would be.
+    fn present(self) -> &'static [Family] {
+        match self {
+            V4 => &[V4],
+            V6 => &[V4, V6],
+        }
+    }
+
+    /// Host `h` of the hand-made pair's node `i`'s pod subnet, the 201st and 202nd of the
+    /// network (10.244.201.0/24, fd10:244:0:c9::/64, ...); host 0 is the VXLAN gateway.
+    fn hand_addr(self, i: usize, h: u8) -> IpAddr {
+        let sub = 201 + i as u8;
+        match self {
+            V4 => Ipv4Addr::new(10, 244, sub, h).into(),
+            V6 => Ipv6Addr::new(0xfd10, 0x244, 0, sub.into(), 0, 0, 0, h.into()).into(),
+        }
+    }
+
+    /// The hand-made node `i`'s pod subnet.
+    fn hand_subnet(self, i: usize) -> String {
+        format!("{}/{}", self.hand_addr(i, 0), self.facts().subnet_len)
+    }
+
+    /// The cluster network and the hand-made node `i`'s pod subnet, for its firewall.
+    fn hand_nets<N: std::str::FromStr>(self, i: usize) -> Nets<N>
+    where
+        N::Err: std::fmt::Debug,
+    {
+        Nets {
+            network: self.facts().network.parse().unwrap(),
+            pod_subnet: self.hand_subnet(i).parse().unwrap(),
+        }
+    }
+}
 
 fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -50,78 +154,165 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-fn node_ip(lab: &Lab, node: &str) -> Ipv4Addr {
-    lab.plan().host(node).unwrap().addr.addr()
+/// A node's underlay address of a family.
+fn node_ip(lab: &Lab, node: &str, family: Family) -> IpAddr {
+    let host = lab.plan().host(node).unwrap();
+    match family {
+        V4 => host.ip().into(),
+        V6 => host.ip6().expect("an IPv6 underlay").into(),
+    }
 }
 
 /// The same objects as podnetd and the plugin create, made with `ip` and `bridge` by hand:
-/// node `me` (index 0 or 1 in the hand pair) with pod subnet 10.244.20x.0/24.
-fn hand_node(lab: &mut Lab, backend: &str, me: usize) -> Ipv4Addr {
-    let nodes = ["node3", "node4"];
-    let (node, peer) = (nodes[me], nodes[1 - me]);
-    let (sub, peer_sub) = (201 + me, 201 + (1 - me));
-    let peer_ip = node_ip(lab, peer).to_string();
-    let mtu = if backend == "vxlan" { "1450" } else { "1500" };
+/// node `me` (index 0 or 1 in the hand pair) with pod subnet 10.244.20x.0/24 and, in an IPv6
+/// run, fd10:244:0:c9::/64 or fd10:244:0:ca::/64 as well (both families' objects, like
+/// podnet's dual-stack pair). Returns the pod's address of `family`.
+fn hand_node(lab: &mut Lab, backend: &str, family: Family, me: usize) -> IpAddr {
+    let node = ["node3", "node4"][me];
+    let vxlan = backend == "vxlan";
+    // The pods' MTU as podnet's plugin sets it: the smallest VXLAN device's.
+    let families = family.present();
+    let mtu = families
+        .iter()
+        .map(|f| if vxlan { f.facts().vxlan.1 } else { 1500 })
+        .min()
+        .unwrap();
     let pod_ns = lab.pod_add(node, "hand").unwrap();
-    let pod = format!("{node}/hand");
-    let gw = format!("10.244.{sub}.1");
-    let mut cmds: Vec<Vec<String>> = Vec::new();
-    let mut add = |s: String| cmds.push(s.split_whitespace().map(String::from).collect());
-    add(format!("ip link add cni0 mtu {mtu} type bridge"));
-    add(format!("ip addr add {gw}/24 dev cni0"));
-    add("ip link set cni0 up".into());
-    add(format!(
-        "ip link add vethhand mtu {mtu} type veth peer name eth0 netns {pod_ns}"
-    ));
-    add("ip link set vethhand master cni0 up".into());
-    add("ip link set vethhand type bridge_slave hairpin on".into());
-    match backend {
-        "host-gw" => add(format!(
-            "ip route add 10.244.{peer_sub}.0/24 via {peer_ip} dev eth0"
-        )),
-        _ => {
-            add(format!(
-                "ip link add flannel.1 address {} mtu 1450 type vxlan id 1 local {} dev eth0 dstport 8472 nolearning",
-                HAND_MAC[me],
-                node_ip(lab, node)
-            ));
-            add(format!("ip addr add 10.244.{sub}.0/32 dev flannel.1"));
-            add("ip link set flannel.1 up".into());
-            add(format!(
-                "ip neigh replace 10.244.{peer_sub}.0 lladdr {} dev flannel.1 nud permanent",
-                HAND_MAC[1 - me]
-            ));
-            add(format!(
-                "bridge fdb append {} dev flannel.1 dst {peer_ip} self permanent",
-                HAND_MAC[1 - me]
-            ));
-            add(format!(
-                "ip route add 10.244.{peer_sub}.0/24 via 10.244.{peer_sub}.0 dev flannel.1 onlink"
+    let mut cmds = vec![
+        format!("ip link add cni0 mtu {mtu} type bridge"),
+        "ip link set cni0 up".into(),
+        format!("ip link add vethhand mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pod_ns}"),
+        "ip link set vethhand master cni0 up".into(),
+        "ip link set vethhand type bridge_slave hairpin on".into(),
+    ];
+    let mut pod_cmds = vec![
+        "ip link set lo up".to_string(),
+        "ip link set eth0 up".into(),
+    ];
+    for &f in families {
+        let Facts {
+            ip,
+            nodad,
+            subnet_len: len,
+            network,
+            ..
+        } = f.facts();
+        let gw = f.hand_addr(me, 1);
+        let peer_ip = node_ip(lab, ["node4", "node3"][me], f);
+        cmds.push(format!("{ip} addr add {gw}/{len} dev cni0{nodad}"));
+        if vxlan {
+            cmds.extend(hand_vxlan(lab, f, me));
+        } else {
+            cmds.push(format!(
+                "{ip} route add {} via {peer_ip} dev eth0",
+                f.hand_subnet(1 - me)
             ));
         }
+        pod_cmds.extend([
+            format!("{ip} addr add {}/{len} dev eth0{nodad}", f.hand_addr(me, 2)),
+            format!("{ip} route add {network} via {gw} dev eth0"),
+            format!("{ip} route add default via {gw} dev eth0"),
+        ]);
     }
-    for c in &cmds {
-        let argv: Vec<&str> = c.iter().map(String::as_str).collect();
-        run_in(lab, node, &argv);
+    for (target, cmds) in [(node.to_string(), cmds), (format!("{node}/hand"), pod_cmds)] {
+        for c in &cmds {
+            let argv: Vec<&str> = c.split_whitespace().collect();
+            run_in(lab, &target, &argv);
+        }
     }
-    let ip = format!("10.244.{sub}.2");
-    for c in [
-        "ip link set lo up".to_string(),
-        format!("ip addr add {ip}/24 dev eth0"),
-        "ip link set eth0 up".into(),
-        format!("ip route add 10.244.0.0/16 via {gw} dev eth0"),
-        format!("ip route add default via {gw} dev eth0"),
-    ] {
-        let argv: Vec<&str> = c.split_whitespace().collect();
-        run_in(lab, &pod, &argv);
+    family.hand_addr(me, 2)
+}
+
+/// The VXLAN device of family `f` on the hand-made node `me` and its one peer's neighbour,
+/// FDB entry and onlink route, in podnet's (and flannel's) order.
+fn hand_vxlan(lab: &Lab, f: Family, me: usize) -> Vec<String> {
+    let Facts {
+        vxlan: (dev, mtu, macs),
+        ip,
+        nodad,
+        host_len,
+        ..
+    } = f.facts();
+    let local = node_ip(lab, ["node3", "node4"][me], f);
+    let peer_ip = node_ip(lab, ["node4", "node3"][me], f);
+    let (own_gw, peer_gw) = (f.hand_addr(me, 0), f.hand_addr(1 - me, 0));
+    let mut cmds = vec![format!(
+        "ip link add {dev} address {} mtu {mtu} type vxlan id 1 local {local} dev eth0 dstport 8472 nolearning",
+        macs[me]
+    )];
+    if f == V6 {
+        // As flannel and podnet set it on their IPv6 device.
+        cmds.push(format!(
+            "sysctl -qw net.ipv6.conf.{}.accept_ra=0",
+            dev.replace('.', "/")
+        ));
     }
-    ip.parse().unwrap()
+    cmds.extend([
+        format!("{ip} addr add {own_gw}/{host_len} dev {dev}{nodad}"),
+        format!("ip link set {dev} up"),
+        format!(
+            "{ip} neigh replace {peer_gw} lladdr {} dev {dev} nud permanent",
+            macs[1 - me]
+        ),
+        format!(
+            "bridge fdb append {} dev {dev} dst {peer_ip} self permanent",
+            macs[1 - me]
+        ),
+        format!(
+            "{ip} route add {} via {peer_gw} dev {dev} onlink",
+            f.hand_subnet(1 - me)
+        ),
+    ]);
+    cmds
+}
+
+/// The twins are twins: the hand-made pair's VXLAN devices have the attributes and MTU of
+/// podnet's (all but the local address), its pod the MTU of podnet's pod, and the measured
+/// traffic leaves both client nodes through the same device (`podnet` and `hand`: the server
+/// pods' addresses). A difference would make the comparison one of configurations, not of who
+/// made the objects.
+fn assert_twins(lab: &Lab, backend: &str, family: Family, podnet: IpAddr, hand: IpAddr) {
+    let dev = |node: &str, dst: IpAddr| {
+        let out = run_in(lab, node, &["ip", "-j", "route", "get", &dst.to_string()]);
+        serde_json::from_str::<Value>(&out).unwrap()[0]["dev"].clone()
+    };
+    let (via_podnet, via_hand) = (dev("node1", podnet), dev("node3", hand));
+    assert_eq!(via_podnet, via_hand, "the device towards the server pod");
+    if backend == "vxlan" {
+        assert_eq!(via_podnet, family.facts().vxlan.0, "through the tunnel");
+    }
+    let link = |target: &str, dev: &str| -> (Value, Value) {
+        let out = run_in(lab, target, &["ip", "-d", "-j", "link", "show", "dev", dev]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut info = v[0]["linkinfo"]["info_data"].clone();
+        if let Some(o) = info.as_object_mut() {
+            o.remove("local");
+            o.remove("local6");
+        }
+        (v[0]["mtu"].clone(), info)
+    };
+    let mut devs = vec![("node1/pod", "node3/hand", "eth0")];
+    if backend == "vxlan" {
+        devs.extend(
+            family
+                .present()
+                .iter()
+                .map(|f| ("node1", "node3", f.facts().vxlan.0)),
+        );
+    }
+    for (podnet, hand, dev) in devs {
+        assert_eq!(
+            link(podnet, dev),
+            link(hand, dev),
+            "{dev}: podnet's on {podnet} and the hand-made one on {hand} differ"
+        );
+    }
 }
 
 struct Path {
     name: &'static str,
     client: String,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     /// The podnetd processes carrying this path (none for the bare underlay and the
     /// hand-made reference).
     podnetd: Vec<u32>,
@@ -172,17 +363,23 @@ struct Row {
     podnetd_per_gbps: Summary,
 }
 
-/// podnetd on two nodes with `backend`, under its own etcd prefix, and a pod on each from the
-/// plugin; returns the pods' addresses once they reach each other, and podnetd's PIDs.
+/// podnetd on two nodes with `backend`, under its own etcd prefix (a dual-stack network in an
+/// IPv6 run), and a pod on each from the plugin; returns the pods' addresses of `family` once
+/// they reach each other, and podnetd's PIDs.
 fn podnet_pair(
     c: &mut Cluster,
     backend: &str,
+    family: Family,
     nodes: [&str; 2],
     prefix: &str,
     podnetd: Option<&str>,
-) -> ([Ipv4Addr; 2], Vec<u32>) {
-    let config = json!({"Network": "10.244.0.0/16", "Backend": {"Type": backend}}).to_string();
-    c.etcdctl(&["put", &format!("{prefix}/config"), &config])
+) -> ([IpAddr; 2], Vec<u32>) {
+    let mut config = json!({"Network": V4.facts().network, "Backend": {"Type": backend}});
+    if family == V6 {
+        config["EnableIPv6"] = true.into();
+        config["IPv6Network"] = V6.facts().network.into();
+    }
+    c.etcdctl(&["put", &format!("{prefix}/config"), &config.to_string()])
         .unwrap();
     let prefix_flag = format!("--etcd-prefix={prefix}");
     let mut pids = Vec::new();
@@ -193,10 +390,14 @@ fn podnet_pair(
         }
         pids.push(c.lab.spawn(node, &argv, &[]).unwrap().id.pid);
     }
-    let mut pods = Vec::new();
+    let mut pods: Vec<IpAddr> = Vec::new();
     for node in nodes {
         c.wait_ready(node, Duration::from_secs(20)).unwrap();
-        pods.push(c.add_pod(node, "pod", "1.0.0").unwrap().ip);
+        let pod = c.add_pod(node, "pod", "1.0.0").unwrap();
+        pods.push(match family {
+            V4 => pod.ip.into(),
+            V6 => pod.ip6.expect("an IPv6 address from the plugin").into(),
+        });
     }
     for (node, other) in [(nodes[0], pods[1]), (nodes[1], pods[0])] {
         poll("the peer reachable", Duration::from_secs(20), || {
@@ -213,9 +414,13 @@ fn podnet_pair(
 }
 
 /// The twin pair (nodes 3 and 4) built by hand like podnet's pair, objects from `ip` and
-/// `bridge`, no ruleset yet (each measurement loads its own, `Ruleset`).
-fn hand_pair(lab: &mut Lab, backend: &str) -> [Ipv4Addr; 2] {
-    let hand = [hand_node(lab, backend, 0), hand_node(lab, backend, 1)];
+/// `bridge`, no ruleset yet (each measurement loads its own, `Ruleset`); the pods' addresses of
+/// `family`.
+fn hand_pair(lab: &mut Lab, backend: &str, family: Family) -> [IpAddr; 2] {
+    let hand = [
+        hand_node(lab, backend, family, 0),
+        hand_node(lab, backend, family, 1),
+    ];
     poll("the hand-made path", Duration::from_secs(10), || {
         lab.exec("node3/hand", &["ping", "-c1", "-W1", &hand[1].to_string()])
             .unwrap()
@@ -248,8 +453,10 @@ const PODNET_FULL: Ruleset = Ruleset::Podnet {
     forward: true,
 };
 
-/// flanneld's rules (reference/flannel.md §7, iptables mode) for a node with pod subnet `pod`.
-fn flanneld_rules(net: &str, pod: &str) -> String {
+/// flanneld's rules (reference/flannel.md §7, iptables mode; ip6tables' the same with the IPv6
+/// multicast range) for a node with pod subnet `pod`.
+fn flanneld_rules(f: Family, pod: &str) -> String {
+    let (net, mcast) = (f.facts().network, f.facts().multicast);
     let m = "-m comment --comment \"flanneld masq\"";
     let f = "-m comment --comment \"flanneld forward\"";
     format!(
@@ -259,7 +466,7 @@ fn flanneld_rules(net: &str, pod: &str) -> String {
          -A FLANNEL-POSTRTG -s {pod} -d {net} {m} -j RETURN\n\
          -A FLANNEL-POSTRTG -s {net} -d {pod} {m} -j RETURN\n\
          -A FLANNEL-POSTRTG ! -s {net} -d {pod} {m} -j RETURN\n\
-         -A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {m} -j MASQUERADE --random-fully\n\
+         -A FLANNEL-POSTRTG -s {net} ! -d {mcast} {m} -j MASQUERADE --random-fully\n\
          -A FLANNEL-POSTRTG ! -s {net} -d {net} {m} -j MASQUERADE --random-fully\n\
          COMMIT\n\
          *filter\n:FLANNEL-FWD - [0:0]\n\
@@ -279,38 +486,43 @@ fn run_stdin(lab: &Lab, target: &str, argv: &[&str], input: &str) {
     assert!(child.wait().unwrap().success(), "{argv:?} on {target}");
 }
 
-/// Loads `rs` on both hand-made nodes (whatever was there before is flushed).
-fn load_ruleset(lab: &Lab, backend: &str, rs: Ruleset) {
+/// Loads `rs` on both hand-made nodes (whatever was there before is flushed), for each family
+/// the nodes carry (flanneld's rules through `iptables-restore` and `ip6tables-restore`,
+/// podnet's one table with both halves, as podnetd renders it for a dual-stack node).
+fn load_ruleset(lab: &Lab, backend: &str, family: Family, rs: Ruleset) {
     for me in 0..2 {
         let (node, peer) = (["node3", "node4"][me], ["node4", "node3"][me]);
-        let pod = format!("10.244.{}.0/24", 201 + me);
+        let families = family.present();
         run_in(lab, node, &["nft", "flush", "ruleset"]);
         match rs {
             Ruleset::Bare => {}
-            Ruleset::Flanneld => run_stdin(
-                lab,
-                node,
-                &["iptables-restore", "--noflush", "--wait"],
-                &flanneld_rules("10.244.0.0/16", &pod),
-            ),
+            Ruleset::Flanneld => {
+                for &f in families {
+                    run_stdin(
+                        lab,
+                        node,
+                        &[f.facts().iptables_restore, "--noflush", "--wait"],
+                        &flanneld_rules(f, &f.hand_subnet(me)),
+                    );
+                }
+            }
             Ruleset::Podnet {
                 guard,
                 masquerade,
                 forward,
             } => {
                 let spec = FirewallSpec {
-                    v4: Some(Nets {
-                        network: "10.244.0.0/16".parse().unwrap(),
-                        pod_subnet: pod.parse().unwrap(),
-                    }),
-                    v6: None,
+                    v4: Some(V4.hand_nets(me)),
+                    v6: (family == V6).then(|| V6.hand_nets(me)),
                     masquerade,
                     fully_random: true,
                     forward,
                     guard: (guard && backend == "vxlan").then_some(Guard { port: 8472 }),
                 };
                 if !spec.is_empty() {
-                    let table = spec.render_table(&[node_ip(lab, peer).into()]);
+                    let peers: Vec<IpAddr> =
+                        families.iter().map(|&f| node_ip(lab, peer, f)).collect();
+                    let table = spec.render_table(&peers);
                     run_stdin(lab, node, &["nft", "-f", "-"], &table);
                 }
             }
@@ -324,7 +536,7 @@ fn peer_of(node: &str) -> String {
     format!("node{}", if n % 2 == 1 { n + 1 } else { n - 1 })
 }
 
-fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
+fn bench_backend(backend: &str, family: Family, runs: usize, seconds: u32) -> Vec<Row> {
     // Another build of podnetd to compare the udp backend with (`BENCH_BASELINE=path`).
     let baseline = std::env::var("BENCH_BASELINE")
         .ok()
@@ -334,8 +546,9 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
     } else {
         4
     };
-    let mut c = Cluster::up(&LabSpec::new(unique("bdp"), nodes), binaries()).unwrap();
-    let (pods, pids) = podnet_pair(&mut c, backend, ["node1", "node2"], PREFIX, None);
+    let spec = LabSpec::new(unique("bdp"), nodes).ipv6(family == V6);
+    let mut c = Cluster::up(&spec, binaries()).unwrap();
+    let (pods, pids) = podnet_pair(&mut c, backend, family, ["node1", "node2"], PREFIX, None);
     let mut paths = vec![Path {
         name: "podnet",
         client: "node1/pod".into(),
@@ -355,7 +568,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             for (i, b) in std::iter::once(&reference).chain(others).enumerate() {
                 let pair = [["node3", "node4"], ["node5", "node6"]][i];
                 let prefix = format!("/podnet-bench-{b}/network");
-                let (p, pids) = podnet_pair(&mut c, b, pair, &prefix, None);
+                let (p, pids) = podnet_pair(&mut c, b, family, pair, &prefix, None);
                 paths.push(Path {
                     name: if *b == "vxlan" {
                         "podnet vxlan"
@@ -371,7 +584,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             if let Some(bin) = &baseline {
                 let prefix = "/podnet-bench-baseline/network";
                 let pair = ["node5", "node6"];
-                let (p, pids) = podnet_pair(&mut c, "udp", pair, prefix, Some(bin));
+                let (p, pids) = podnet_pair(&mut c, "udp", family, pair, prefix, Some(bin));
                 paths.push(Path {
                     name: "podnet udp, baseline build",
                     client: "node5/pod".into(),
@@ -382,7 +595,8 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             }
         }
         _ => {
-            let p = hand_pair(&mut c.lab, backend);
+            let p = hand_pair(&mut c.lab, backend, family);
+            assert_twins(&c.lab, backend, family, pods[1], p[1]);
             // The reference first, then flanneld's rules, podnet's and podnet's without each
             // of its chains in turn (host-gw has no tunnel guard).
             let mut variants = vec![
@@ -439,7 +653,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
     paths.push(Path {
         name: "bare underlay",
         client: bare[0].into(),
-        server_ip: node_ip(lab, bare[1]),
+        server_ip: node_ip(lab, bare[1], family),
         podnetd: Vec::new(),
         ruleset: (bare[0] == "node3" && backend != "udp").then_some(Ruleset::Bare),
     });
@@ -521,6 +735,10 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             );
         }
     }
+    let label = match family {
+        V4 => backend.to_string(),
+        V6 => format!("{backend}, IPv6"),
+    };
     let mut bps = vec![Vec::new(); paths.len()];
     let mut rtt = vec![Vec::new(); paths.len()];
     let mut cpu = vec![Vec::new(); paths.len()];
@@ -530,7 +748,7 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
         for k in 0..paths.len() {
             let i = (k + r) % paths.len();
             if let Some(rs) = paths[i].ruleset {
-                load_ruleset(lab, backend, rs);
+                load_ruleset(lab, backend, family, rs);
             }
             let (b, transfer, podnetd) = throughput(lab, &paths[i], seconds);
             let gbps = b / 1e9;
@@ -539,13 +757,13 @@ fn bench_backend(backend: &str, runs: usize, seconds: u32) -> Vec<Row> {
             own[i].push(podnetd / gbps);
             rtt[i].push(latency(lab, &paths[i]));
         }
-        eprintln!("{backend}: round {}/{runs}", r + 1);
+        eprintln!("{label}: round {}/{runs}", r + 1);
     }
     let rows = paths
         .iter()
         .enumerate()
         .map(|(i, p)| Row {
-            backend: backend.to_string(),
+            backend: label.clone(),
             path: p.name,
             reference: i == 1,
             gbps: summarize(&bps[i]),
@@ -589,9 +807,24 @@ fn main() {
         .unwrap_or(3);
     let backends =
         std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "host-gw,vxlan,udp,wireguard".into());
+    let families: Vec<Family> = std::env::var("BENCH_FAMILIES")
+        .unwrap_or_else(|_| "ipv4".into())
+        .split(',')
+        .map(|f| match f.trim() {
+            "ipv4" => V4,
+            "ipv6" => V6,
+            other => panic!("BENCH_FAMILIES: {other:?} is not a family (ipv4, ipv6)"),
+        })
+        .collect();
     let mut rows = Vec::new();
-    for b in backends.split(',') {
-        rows.extend(bench_backend(b.trim(), runs, seconds));
+    for b in backends.split(',').map(str::trim) {
+        for &family in &families {
+            if family == V6 && !matches!(b, "vxlan" | "host-gw") {
+                eprintln!("{b}: no IPv6 rows (measured over IPv4 only)");
+                continue;
+            }
+            rows.extend(bench_backend(b, family, runs, seconds));
+        }
     }
     println!(
         "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one \

@@ -1242,3 +1242,39 @@ fn the_plugin_masquerades_both_families() {
     assert_eq!(code, 0, "{msg}");
     assert_eq!(listing(&c), table(None));
 }
+
+/// host-gw, dual-stack, pods from the CNI plugin on three nodes of one segment: full-size
+/// (1500-byte) DF pings cross between every two pods in both families, and so does TCP, the
+/// server seeing the client pod's own address.
+#[test]
+fn dual_stack_host_gw_pods_reach_each_other_over_tcp() {
+    let mut c = Cluster::new(LabSpec::new(unique("dshgp"), 3).ipv6(true));
+    let nodes = boot(&mut c, DUAL_HOST_GW, &[]);
+    wait_converged6(&c, &nodes, |b, r| {
+        r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
+    });
+    let pods: Vec<_> = nodes
+        .iter()
+        .map(|n| c.add_pod(&n.name, "a", "1.0.0"))
+        .collect();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            let (own, dsts) = (
+                [IpAddr::V4(a.ip), IpAddr::V6(a.ip6.unwrap())],
+                [IpAddr::V4(b.ip), IpAddr::V6(b.ip6.unwrap())],
+            );
+            for (own, dst) in own.into_iter().zip(dsts) {
+                let d = dst.to_string();
+                let size = (1500 - if dst.is_ipv4() { 28 } else { 48 }).to_string();
+                // Polled: the first packet may wait for the underlay's neighbour discovery.
+                let what = format!("{} -> {d}: 1500 bytes with DF", a.target());
+                poll(&what, Duration::from_secs(10), || {
+                    let argv = ["ping", "-c1", "-W2", "-M", "do", "-s", &size, &d];
+                    let out = c.lab.exec(&a.target(), &argv).unwrap();
+                    out.status.success().then_some(())
+                });
+                assert_eq!(seen_as(&c, &a.target(), dst, &b.target()), own, "{what}");
+            }
+        }
+    }
+}
