@@ -126,13 +126,14 @@ impl LeaseKeeper {
 
     /// Someone wrote our key: a renewal or our own write is adopted; another holder is a loss;
     /// our address with other attributes (another VtepMAC, say) is written back, since peers
-    /// would otherwise send our traffic wherever the writer chose.
+    /// would otherwise send our traffic wherever the writer chose. Where the lease is bound to
+    /// the node's name (a Node's annotations), any other attributes are written back.
     pub async fn rewritten<M: SubnetManager>(
         &mut self,
         store: &M,
         lease: Lease,
     ) -> Result<(), DaemonError> {
-        if lease.attrs.public_ip != self.own.attrs.public_ip {
+        if lease.attrs.public_ip != self.own.attrs.public_ip && !store.held_by_name() {
             return Err(LeaseError::Lost {
                 key: self.own.key.to_string(),
                 holder: lease.attrs.public_ip.to_string(),

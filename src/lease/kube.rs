@@ -404,7 +404,6 @@ struct Seen {
 
 /// Turns node updates into lease updates, remembering which key each node had.
 struct Translator {
-    own: String,
     keys: BTreeMap<String, SubnetKey>,
     rejected: Arc<Mutex<BTreeMap<String, String>>>,
 }
@@ -442,10 +441,6 @@ impl Translator {
     fn applied(&mut self, seen: Seen) -> Vec<WatchUpdate> {
         self.note(&seen);
         let old = self.keys.get(&seen.name).copied();
-        // This node's own lease is the lease keeper's business, not a peer's.
-        if seen.name == self.own {
-            return Vec::new();
-        }
         let mut out = Vec::new();
         match seen.lease {
             Ok(Some(l)) => {
@@ -569,6 +564,20 @@ impl SubnetManager for KubeManager {
         Ok(None)
     }
 
+    fn held_by_name(&self) -> bool {
+        true
+    }
+
+    /// Our Node's annotations were changed: the ones that differ are published again (as at
+    /// start). The Node's version is not compared: the annotations are ours alone.
+    async fn restore(&self, own: &Lease, _current: &Lease) -> Result<bool, LeaseError> {
+        let cfg = self.cfg.get().cloned().ok_or_else(|| {
+            LeaseError::Config("the lease was rewritten before it was acquired".into())
+        })?;
+        let lease = self.take(&cfg, &own.attrs).await?;
+        Ok(lease.key == own.key)
+    }
+
     fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {
         let (v4, v6) = self.families();
         let ann = self.ann.clone();
@@ -579,7 +588,6 @@ impl SubnetManager for KubeManager {
             field_selector: None,
         };
         let mut tr = Translator {
-            own: self.node_name.clone(),
             keys: BTreeMap::new(),
             rejected: self.rejected.clone(),
         };
@@ -854,7 +862,6 @@ mod tests {
     #[test]
     fn node_events_become_lease_events() {
         let mut t = Translator {
-            own: "node1".into(),
             keys: BTreeMap::new(),
             rejected: Arc::default(),
         };
@@ -866,8 +873,12 @@ mod tests {
             matches!(snap, WatchUpdate::Snapshot(ref l) if l.len() == 2),
             "own lease included"
         );
-        // Our own node changing is the keeper's business.
-        assert!(t.applied(seen("node1", "10.244.1.0-24")).is_empty());
+        // Our own node changing goes out like any lease (the event loop hands it to the lease
+        // keeper, which writes back annotations someone else changed).
+        let own = t.applied(seen("node1", "10.244.1.0-24"));
+        assert!(
+            matches!(own[..], [WatchUpdate::Put(ref l)] if l.key.to_string() == "10.244.1.0-24")
+        );
         // A peer whose podCIDR changed: the old subnet goes, the new one comes.
         let ups = t.applied(seen("node2", "10.244.9.0-24"));
         assert!(matches!(ups[0], WatchUpdate::Delete(k) if k.to_string() == "10.244.2.0-24"));

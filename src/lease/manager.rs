@@ -58,6 +58,13 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         format!("{} does not exist yet", self.config_source())
     }
 
+    /// Whether this node's lease is bound to the node's own name (a Node's annotations) rather
+    /// than to whoever writes the key: then a write with another public address is someone
+    /// rewriting ours, to be restored, not another node that took the subnet.
+    fn held_by_name(&self) -> bool {
+        false
+    }
+
     /// Whether every lease's prefix length is the config's SubnetLen (etcd: flannel's
     /// allocator makes no other); in Kubernetes the controller manager chooses.
     fn subnet_len_from_config(&self) -> bool {
@@ -94,9 +101,9 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
 
-    /// Someone rewrote our key (`current`) with our public address but other attributes:
-    /// writes `own` back over exactly that version. `Ok(false)` when the key changed again in
-    /// between or the store has nothing to restore (a Node's annotations are ours alone).
+    /// Someone rewrote our key (`current`) with other attributes: writes `own` back over
+    /// exactly that version. `Ok(false)` when the key changed again in between or the store
+    /// has nothing to restore.
     fn restore(
         &self,
         _own: &Lease,

@@ -747,3 +747,79 @@ fn kube_dual_stack_pod_cidrs_and_flannels_v6_annotations() {
         );
     }
 }
+
+/// Someone edits this node's annotations (another VtepMAC, another public-ip, or removes them
+/// all): podnetd writes its own back, counts the repair and keeps running; the peer follows
+/// and the pods keep talking.
+#[test]
+fn annotations_changed_by_someone_else_are_written_back() {
+    let mut k = KubeLab::new("kann", 2, 1);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+        k.start(n, "vxlan", &[]);
+    }
+    k.ready("node1");
+    k.ready("node2");
+    let pods = [
+        k.c.add_pod("node1", "a", "1.0.0"),
+        k.c.add_pod("node2", "b", "1.0.0"),
+    ];
+    mesh(&k.c, &pods);
+    let ours = k.annotations("node1");
+    let key = |name: &str| format!("{PREFIX}/{name}");
+    let mac1 = k.c.ip_json("node1", &["link", "show", "flannel.1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // node2's neighbour entry for node1's gateway, by MAC.
+    let node2_has = |mac: &str| {
+        k.c.ip_json("node2", &["neigh", "show", "dev", "flannel.1"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["lladdr"] == mac)
+    };
+    let edits: [(&str, Option<&str>); 3] = [
+        (
+            "backend-data",
+            Some(r#"{"VNI":1,"VtepMAC":"02:66:00:00:00:01"}"#),
+        ),
+        ("public-ip", Some("198.18.0.66")),
+        ("backend-data", None),
+    ];
+    for (i, (name, value)) in edits.iter().enumerate() {
+        let mut n = k.node("node1");
+        let a = &mut n["metadata"]["annotations"];
+        match value {
+            Some(v) => a[key(name)] = json!(v),
+            None => {
+                // Every flannel annotation gone.
+                let kept: serde_json::Map<String, Value> = a
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(PREFIX))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                *a = Value::Object(kept);
+            }
+        }
+        k.store().replace(n).unwrap();
+        poll(
+            &format!("node1 to write back its annotations (edit {i})"),
+            Duration::from_secs(10),
+            || (k.annotations("node1") == ours).then_some(()),
+        );
+        poll(
+            "node2 to use node1's own VtepMAC",
+            Duration::from_secs(10),
+            || node2_has(&mac1).then_some(()),
+        );
+        assert!(!node2_has("02:66:00:00:00:01"), "the forged MAC is gone");
+        mesh(&k.c, &pods);
+    }
+    // Two rewrites were repairs of the lease; the removal was a lease taken back.
+    assert!(metric(&k, "node1", "podnet_lease_repairs_total") >= 2.0);
+    let log = k.c.log(&k.podnetd("node1"));
+    assert!(!log.contains("was lost"), "{log}");
+}
