@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::cluster::{Cluster, PODNETCTL};
 use crate::support::{ok, poll, unique};
+use podnet::lab::cluster::Pod;
 use podnet::lab::cluster::attach_env;
 
 const DUAL_VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
@@ -720,6 +721,23 @@ fn seen_as(c: &Cluster, target: &str, dst: IpAddr, server_target: &str) -> IpAdd
 /// pod to pod keeps the pod's address over TCP in both families; a pod reaching a host
 /// outside the cluster over IPv6 (the router, which has no route to any pod) is seen as its
 /// node.
+/// `cli` pings `srv` over IPv6 (polled), and a TCP connection arrives from `cli`'s own address.
+fn reaches_over_ipv6_as_itself(c: &Cluster, cli: &Pod, srv: &Pod) {
+    let srv6 = IpAddr::V6(srv.ip6.unwrap());
+    poll("pod-to-pod over IPv6", Duration::from_secs(10), || {
+        let dst = srv6.to_string();
+        let out = c
+            .lab
+            .exec(&cli.target(), &["ping", "-c1", "-W1", &dst])
+            .unwrap();
+        out.status.success().then_some(())
+    });
+    assert_eq!(
+        seen_as(c, &cli.target(), srv6, &srv.target()),
+        IpAddr::V6(cli.ip6.unwrap())
+    );
+}
+
 #[test]
 fn dual_stack_masquerade_keeps_pod_addresses_inside_and_hides_them_outside() {
     let mut c = Cluster::new(LabSpec::new(unique("dsfw"), 2).ipv6(true));
@@ -750,19 +768,7 @@ fn dual_stack_masquerade_keeps_pod_addresses_inside_and_hides_them_outside() {
     });
     let srv = c.add_pod("node1", "srv", "1.0.0");
     let cli = c.add_pod("node2", "cli", "1.0.0");
-    let srv6 = IpAddr::V6(srv.ip6.unwrap());
-    poll("pod-to-pod over IPv6", Duration::from_secs(10), || {
-        let dst = srv6.to_string();
-        let out = c
-            .lab
-            .exec(&cli.target(), &["ping", "-c1", "-W1", &dst])
-            .unwrap();
-        out.status.success().then_some(())
-    });
-    assert_eq!(
-        seen_as(&c, &cli.target(), srv6, &srv.target()),
-        IpAddr::V6(cli.ip6.unwrap())
-    );
+    reaches_over_ipv6_as_itself(&c, &cli, &srv);
     assert_eq!(
         seen_as(&c, &cli.target(), IpAddr::V4(srv.ip), &srv.target()),
         IpAddr::V4(cli.ip)
@@ -969,7 +975,7 @@ fn the_ipv6_device_address_comes_back_on_the_notification() {
 /// IPv6 address outside the subnet on the bridge each fail their check.
 #[test]
 fn doctor_checks_both_families_on_a_dual_stack_node() {
-    use crate::ops::{doctor, sh, start_with_socket, verdict};
+    use crate::ops::{doctor, fails_until_fixed, start_with_socket, verdict};
     let mut c = Cluster::new(LabSpec::new(unique("dsdoc"), 2).ipv6(true));
     c.put_config(DUAL_VXLAN);
     let quiet = ["--resync-period=1h", "--kernel-events=false"];
@@ -994,57 +1000,34 @@ fn doctor_checks_both_families_on_a_dual_stack_node() {
             .contains("bridge-nf-call-ip6tables = 1")
     );
 
-    sh(&c, "node1", "sysctl -qw net.ipv6.conf.all.forwarding=0");
-    verdict(
+    fails_until_fixed(
         &c,
-        "node1",
+        "sysctl -qw net.ipv6.conf.all.forwarding=0",
         "ip-forward",
-        "fail",
         "net.ipv6.conf.all.forwarding = 0",
+        "sysctl -qw net.ipv6.conf.all.forwarding=1",
     );
-    sh(&c, "node1", "sysctl -qw net.ipv6.conf.all.forwarding=1");
-
-    sh(
+    fails_until_fixed(
         &c,
-        "node1",
         "sysctl -qw net.bridge.bridge-nf-call-ip6tables=0",
-    );
-    verdict(
-        &c,
-        "node1",
         "br-netfilter",
-        "fail",
         "bridge-nf-call-ip6tables = 0",
-    );
-    sh(
-        &c,
-        "node1",
         "sysctl -qw net.bridge.bridge-nf-call-ip6tables=1",
     );
-
-    sh(
+    fails_until_fixed(
         &c,
-        "node1",
         "ip addr add fd10:244:0:ff::1/64 dev cni0 nodad",
-    );
-    verdict(
-        &c,
-        "node1",
         "bridge-address",
-        "fail",
         "cni0 has fd10:244:0:ff::1/64 outside this node's subnet",
+        "ip addr del fd10:244:0:ff::1/64 dev cni0",
     );
-    sh(&c, "node1", "ip addr del fd10:244:0:ff::1/64 dev cni0");
-
-    sh(&c, "node1", "ip link set flannel-v6.1 mtu 1400");
-    verdict(
+    fails_until_fixed(
         &c,
-        "node1",
+        "ip link set flannel-v6.1 mtu 1400",
         "mtu",
-        "fail",
         "flannel-v6.1 has MTU 1400 but subnet.env says 1430",
+        "ip link set flannel-v6.1 mtu 1430",
     );
-    sh(&c, "node1", "ip link set flannel-v6.1 mtu 1430");
     verdict(&c, "node1", "mtu", "pass", "agree on 1430");
 }
 
@@ -1220,19 +1203,7 @@ fn the_plugin_masquerades_both_families() {
         listing(&c),
         table(Some((cli.ip.to_string(), cli6.to_string())))
     );
-    let srv6 = IpAddr::V6(srv.ip6.unwrap());
-    poll("pod-to-pod over IPv6", Duration::from_secs(10), || {
-        let dst = srv6.to_string();
-        let out = c
-            .lab
-            .exec(&cli.target(), &["ping", "-c1", "-W1", &dst])
-            .unwrap();
-        out.status.success().then_some(())
-    });
-    assert_eq!(
-        seen_as(&c, &cli.target(), srv6, &srv.target()),
-        IpAddr::V6(cli6)
-    );
+    reaches_over_ipv6_as_itself(&c, &cli, &srv);
     let router6 = IpAddr::V6(c.lab.plan().segments[0].router6.unwrap());
     assert_eq!(
         seen_as(&c, &cli.target(), router6, "router"),

@@ -53,6 +53,15 @@ fn golden_key_and_value_written_by_podnetd() {
 
 /// Acquires through the library from inside a node (dual-stack data paths are not built yet,
 /// but the lease format is).
+/// How a podnetd in this lab reaches its etcd.
+fn etcd_options(c: &Cluster) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: vec![c.eps.clone()],
+        prefix: PREFIX.into(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn golden_dual_stack_key_and_value_in_etcd() {
     let c = Cluster::small("ld", 1);
@@ -60,11 +69,7 @@ fn golden_dual_stack_key_and_value_in_etcd() {
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#,
     )
     .unwrap();
-    let opts = EtcdOptions {
-        endpoints: vec![c.eps.clone()],
-        prefix: PREFIX.into(),
-        ..Default::default()
-    };
+    let opts = etcd_options(&c);
     let attrs = LeaseAttrs {
         public_ip: "198.18.0.11".parse().unwrap(),
         public_ipv6: Some("fd00::11".parse().unwrap()),
@@ -133,11 +138,7 @@ fn dual_stack_nodes_acquiring_at_once_never_share_a_subnet_of_either_family() {
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","IPv6SubnetMin":"fd10:244:0:10::","IPv6SubnetMax":"fd10:244:0:19::","Backend":{"Type":"host-gw"}}"#,
     )
     .unwrap();
-    let opts = EtcdOptions {
-        endpoints: vec![c.eps.clone()],
-        prefix: PREFIX.into(),
-        ..Default::default()
-    };
+    let opts = etcd_options(&c);
     let acquire = |i: u8| {
         let (cfg, opts) = (cfg.clone(), opts.clone());
         async move {

@@ -272,6 +272,15 @@ pub(crate) fn verdict(c: &Cluster, node: &str, check: &str, want: &str, detail: 
     assert!(d.contains(detail), "{check}: {d:?} lacks {detail:?}");
 }
 
+/// Breaks the node with `broken` (a command), expects doctor's `check` to fail saying
+/// `detail`, and repairs it with `fixed`.
+#[track_caller]
+pub(crate) fn fails_until_fixed(c: &Cluster, broken: &str, check: &str, detail: &str, fixed: &str) {
+    sh(c, "node1", broken);
+    verdict(c, "node1", check, "fail", detail);
+    sh(c, "node1", fixed);
+}
+
 pub(crate) fn sh(c: &Cluster, node: &str, cmd: &str) {
     let argv: Vec<&str> = cmd.split(' ').collect();
     ok(c.lab.exec(node, &argv).unwrap());
@@ -303,25 +312,18 @@ fn every_doctor_check_fails_on_a_broken_node_and_passes_on_a_healthy_one() {
     }
     assert_eq!(healthy.len(), 9);
 
-    sh(&c, "node1", "sysctl -qw net.ipv4.ip_forward=0");
-    verdict(&c, "node1", "ip-forward", "fail", "net.ipv4.ip_forward = 0");
-    sh(&c, "node1", "sysctl -qw net.ipv4.ip_forward=1");
-
-    sh(
+    fails_until_fixed(
         &c,
-        "node1",
+        "sysctl -qw net.ipv4.ip_forward=0",
+        "ip-forward",
+        "net.ipv4.ip_forward = 0",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    );
+    fails_until_fixed(
+        &c,
         "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
-    );
-    verdict(
-        &c,
-        "node1",
         "br-netfilter",
-        "fail",
         "bridge-nf-call-iptables = 0",
-    );
-    sh(
-        &c,
-        "node1",
         "sysctl -qw net.bridge.bridge-nf-call-iptables=1",
     );
 
@@ -350,25 +352,20 @@ fn every_doctor_check_fails_on_a_broken_node_and_passes_on_a_healthy_one() {
     sh(&c, "node1", &format!("ip route del {half}"));
     sh(&c, "node1", "sysctl -qw net.ipv4.conf.all.rp_filter=0");
 
-    sh(&c, "node1", "ip link set flannel.1 mtu 1400");
-    verdict(
+    fails_until_fixed(
         &c,
-        "node1",
+        "ip link set flannel.1 mtu 1400",
         "mtu",
-        "fail",
         "flannel.1 has MTU 1400 but subnet.env says 1450",
+        "ip link set flannel.1 mtu 1450",
     );
-    sh(&c, "node1", "ip link set flannel.1 mtu 1450");
-
-    sh(&c, "node1", "ip addr add 10.244.250.1/24 dev cni0");
-    verdict(
+    fails_until_fixed(
         &c,
-        "node1",
+        "ip addr add 10.244.250.1/24 dev cni0",
         "bridge-address",
-        "fail",
         "cni0 has 10.244.250.1/24 outside this node's subnet",
+        "ip addr del 10.244.250.1/24 dev cni0",
     );
-    sh(&c, "node1", "ip addr del 10.244.250.1/24 dev cni0");
 
     let own = env1.subnet.unwrap().trunc().to_string();
     for rule in [
