@@ -159,6 +159,12 @@ fn wait_converged6(c: &Cluster, nodes: &[Node], expect: impl Fn(&Node, &Value) -
     }
 }
 
+/// A route straight to the peer's public IPv6 address over the underlay (host-gw,
+/// DirectRouting).
+fn direct6(b: &Node, r: &Value) -> bool {
+    r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
+}
+
 fn tunnelled6(b: &Node, r: &Value) -> bool {
     r["gateway"] == b.v6.1.to_string().as_str()
         && r["dev"] == "flannel-v6.1"
@@ -431,9 +437,7 @@ fn dual_stack_host_gw_routes_both_families() {
         .unwrap());
     let nodes = boot(&mut c, DUAL_HOST_GW, &[]);
     // (Converged means exactly one route per peer: the stale one is gone.)
-    wait_converged6(&c, &nodes, |b, r| {
-        r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
-    });
+    wait_converged6(&c, &nodes, direct6);
     for n in &nodes {
         assert_eq!(
             c.ip_json(&n.name, &["route", "show", "proto", "86"])
@@ -662,9 +666,7 @@ fn direct_routing_over_ipv6_uses_the_tunnel_only_across_the_router() {
     let mut c = Cluster::new(LabSpec::new(unique("dsdr"), 3).segments(2).ipv6(true));
     let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
     let nodes = boot(&mut c, conf, &[]);
-    wait_converged6(&c, &nodes, |b, r| {
-        (r["dev"] == "eth0" && r["gateway"] == b.public6.to_string().as_str()) || tunnelled6(b, r)
-    });
+    wait_converged6(&c, &nodes, |b, r| direct6(b, r) || tunnelled6(b, r));
     // node1 and node2 share segment 0; node3 is behind the router.
     let seg = |n: &Node| c.lab.plan().host(&n.name).unwrap().segment;
     for a in &nodes {
@@ -1221,9 +1223,7 @@ fn the_plugin_masquerades_both_families() {
 fn dual_stack_host_gw_pods_reach_each_other_over_tcp() {
     let mut c = Cluster::new(LabSpec::new(unique("dshgp"), 3).ipv6(true));
     let nodes = boot(&mut c, DUAL_HOST_GW, &[]);
-    wait_converged6(&c, &nodes, |b, r| {
-        r["gateway"] == b.public6.to_string().as_str() && r["dev"] == "eth0"
-    });
+    wait_converged6(&c, &nodes, direct6);
     let pods: Vec<_> = nodes
         .iter()
         .map(|n| c.add_pod(&n.name, "a", "1.0.0"))
