@@ -107,6 +107,8 @@ pub struct NftSocket {
 impl NftSocket {
     pub fn open() -> Result<NftSocket, KernelError> {
         let (socket, port) = open_bound()?;
+        // The bound on every wait for an answer, from the first request on.
+        socket_options(socket.as_raw_fd(), 0);
         Ok(NftSocket { socket, port })
     }
 
