@@ -2,8 +2,8 @@
 //! - over nfnetlink from the process itself: a `Batch` built in `batch` is one atomic
 //!   transaction, sent in one datagram on a `NETLINK_NETFILTER` socket; no program is started.
 //!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
-//!   call), and podnetd its own table (`NftSocket`, one socket kept open, whose port id the
-//!   notifications of its transactions carry).
+//!   call), podnetd its own table (`NftSocket`, one socket kept open, whose port id the
+//!   notifications of its transactions carry), and `delete_table` (teardown) deletes so.
 //! - through the `nft` tool: listings read back as text or JSON (drift checks, `doctor`, tests),
 //!   and scripts applied as one transaction (`apply`, still the policy engine's way).
 
@@ -107,6 +107,8 @@ pub struct NftSocket {
 impl NftSocket {
     pub fn open() -> Result<NftSocket, KernelError> {
         let (socket, port) = open_bound()?;
+        // The bound on every wait for an answer, from the first request on.
+        socket_options(socket.as_raw_fd(), 0);
         Ok(NftSocket { socket, port })
     }
 
