@@ -413,6 +413,15 @@ impl EtcdStore {
             let choice = super::choose(cfg, &leases, req, &lost, &mut rand::rng());
             match choice {
                 Choice::Reuse(existing) => {
+                    // Left behind by a start that died between creating it and checking it.
+                    if let Some(older) = dual_etcd(&existing)
+                        .then(|| super::displaced_by(&existing, &leases, cfg))
+                        .flatten()
+                    {
+                        tracing::warn!(lease = %existing.key, older = %older.key, "our lease shares a subnet with an older one; giving it back");
+                        self.give_back(&existing).await?;
+                        continue;
+                    }
                     if let Some(id) = existing.keepalive.etcd_id()
                         && self.keep_alive_once(id).await? <= 0
                     {
@@ -425,14 +434,19 @@ impl EtcdStore {
                     }
                 }
                 Choice::Create(key) => {
-                    if let Some(l) = self.create(&key, &req.attrs, req.ttl).await?
-                        && !self.shares_with_older(&l).await?
-                    {
-                        tracing::info!(lease = %l.key, "acquired a new lease");
-                        return Ok(l);
+                    match self.create(&key, &req.attrs, req.ttl).await? {
+                        Some(l) if !self.shares_with_older(&l, cfg).await? => {
+                            tracing::info!(lease = %l.key, "acquired a new lease");
+                            return Ok(l);
+                        }
+                        // Given back: the next listing shows the older lease holding the
+                        // shared half, and the other half stays free to choose.
+                        Some(_) => {}
+                        None => {
+                            tracing::info!(lease = %key, "another node took this subnet first; trying another");
+                            lost.push(key);
+                        }
                     }
-                    tracing::info!(lease = %key, "another node took this subnet first; trying another");
-                    lost.push(key);
                     let jitter: u64 = rand::random_range(0..20);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
@@ -454,25 +468,43 @@ impl EtcdStore {
     }
 
     /// Whether a lease just created shares a subnet with an older one (two dual-stack nodes
-    /// that chose the same subnet of one family, see `super::displaced_by`); if so it is given
-    /// back. A single-family key is its subnet, which the create already made exclusive.
-    async fn shares_with_older(&self, ours: &Lease) -> Result<bool, LeaseError> {
-        if ours.key.v4.is_none() || ours.key.v6.is_none() {
+    /// that chose the same subnet of one family, see `super::displaced_by`); if so, or if that
+    /// cannot be told, it is given back. A single-family key is its subnet, which the create
+    /// already made exclusive.
+    async fn shares_with_older(
+        &self,
+        ours: &Lease,
+        cfg: &NetworkConfig,
+    ) -> Result<bool, LeaseError> {
+        if !dual_etcd(ours) {
             return Ok(false);
         }
-        let (leases, _) = self.list().await?;
-        let Some(older) = super::displaced_by(ours, &leases) else {
+        let leases = match self.list().await {
+            Ok((leases, _)) => leases,
+            Err(e) => {
+                // Unchecked, it must not stay: best effort, the error is what matters.
+                let _ = self.give_back(ours).await;
+                return Err(e);
+            }
+        };
+        let Some(older) = super::displaced_by(ours, &leases, cfg) else {
             return Ok(false);
         };
         tracing::info!(lease = %ours.key, older = %older.key, "an older lease holds one of our subnets; giving ours back");
-        if let Some(id) = ours.keepalive.etcd_id() {
-            let mut c = self.client.clone();
-            // Revoking the etcd lease deletes the key with it.
-            c.lease_revoke(id)
-                .await
-                .map_err(|e| self.err(format!("give back lease {}", ours.key), e))?;
-        }
+        self.give_back(ours).await?;
         Ok(true)
+    }
+
+    /// Revokes a lease's etcd lease, which deletes its key.
+    async fn give_back(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let Some(id) = lease.keepalive.etcd_id() else {
+            return Ok(());
+        };
+        let mut c = self.client.clone();
+        c.lease_revoke(id)
+            .await
+            .map_err(|e| self.err(format!("give back lease {}", lease.key), e))?;
+        Ok(())
     }
 
     /// Keeps our lease alive, and checks that the key is still ours.
@@ -648,6 +680,12 @@ impl EtcdStore {
         &self.endpoints
     }
 }
+/// A dual-stack lease kept alive by an etcd lease: the kind acquisition may have to give back
+/// (reservations are the operator's).
+fn dual_etcd(l: &Lease) -> bool {
+    l.key.v4.is_some() && l.key.v6.is_some() && l.keepalive.etcd_id().is_some()
+}
+
 /// How one watch stream ended.
 enum Followed {
     /// Broken: resume from this revision.

@@ -150,11 +150,26 @@ impl SubnetKey {
     /// Whether some family's subnet lies inside its network and is smaller than it: what any
     /// real lease looks like, even one from an older SubnetLen.
     pub fn plausible(&self, cfg: &NetworkConfig) -> bool {
-        let v4 = matches!((&cfg.v4, self.v4), (Some(f), Some(n))
-            if f.network.contains(&n) && n.prefix_len() > f.network.prefix_len());
-        let v6 = matches!((&cfg.v6, self.v6), (Some(f), Some(n))
-            if f.network.contains(&n) && n.prefix_len() > f.network.prefix_len());
-        v4 || v6
+        let h = self.plausible_halves(cfg);
+        h.v4.is_some() || h.v6.is_some()
+    }
+
+    /// The halves of this key that could be a node's subnet under `cfg` (inside the family's
+    /// network and smaller than it); the others `None`. A forged `10.244.9.0-24&fd10:244::-56`
+    /// must not make the whole IPv6 network look taken.
+    pub fn plausible_halves(&self, cfg: &NetworkConfig) -> SubnetKey {
+        SubnetKey {
+            v4: self.v4.filter(|n| {
+                cfg.v4.as_ref().is_some_and(|f| {
+                    f.network.contains(n) && n.prefix_len() > f.network.prefix_len()
+                })
+            }),
+            v6: self.v6.filter(|n| {
+                cfg.v6.as_ref().is_some_and(|f| {
+                    f.network.contains(n) && n.prefix_len() > f.network.prefix_len()
+                })
+            }),
+        }
     }
 
     /// Whether the subnets fit the config: the enabled families, each in its allocatable range.
@@ -310,10 +325,15 @@ pub fn is_ours(cfg: &NetworkConfig, lease: &Lease, attrs: &LeaseAttrs) -> bool {
 /// (same IPv6 subnet, different IPv4 ones) and both succeed. Every node resolves such a pair
 /// the same way (the older lease stays, as peers' checks decide it): the younger one's owner
 /// finds the older here, gives its lease back and picks again.
-pub fn displaced_by<'a>(ours: &Lease, leases: &'a [Lease]) -> Option<&'a Lease> {
+/// Only the plausible halves of other keys count, as in `choose`.
+pub fn displaced_by<'a>(
+    ours: &Lease,
+    leases: &'a [Lease],
+    cfg: &NetworkConfig,
+) -> Option<&'a Lease> {
     leases
         .iter()
-        .filter(|l| l.key != ours.key && l.key.overlaps(&ours.key))
+        .filter(|l| l.key != ours.key && l.key.plausible_halves(cfg).overlaps(&ours.key))
         .find(|l| (l.created, l.key) < (ours.created, ours.key))
 }
 
@@ -344,19 +364,18 @@ pub fn choose(
     {
         return Choice::Reuse(l.clone());
     }
-    // A lease that covers the whole network, or lies outside it, is no node's (flannel never
-    // makes one); counting it would let one bad key keep every node from joining.
-    let plausible: Vec<&Lease> = leases.iter().filter(|l| l.key.plausible(cfg)).collect();
-    let leases = plausible;
+    // A subnet that covers the whole network, or lies outside it, is no node's (flannel never
+    // makes one); counting it would let one bad key keep every node from joining. Each half
+    // of a key is judged on its own.
+    let held: Vec<SubnetKey> = leases.iter().map(|l| l.key.plausible_halves(cfg)).collect();
     if let Some(prev) = req.previous {
-        let free = !leases.iter().any(|l| l.key.overlaps(&prev)) && !exclude.contains(&prev);
+        let free = !held.iter().any(|k| k.overlaps(&prev)) && !exclude.contains(&prev);
         if free && prev.fits(cfg) {
             return Choice::Create(prev);
         }
     }
-    let taken = |k: &SubnetKey| {
-        leases.iter().any(|l| l.key.overlaps(k)) || exclude.iter().any(|e| e.overlaps(k))
-    };
+    let taken =
+        |k: &SubnetKey| held.iter().any(|h| h.overlaps(k)) || exclude.iter().any(|e| e.overlaps(k));
     let v4: Vec<Ipv4Net> = match &cfg.v4 {
         None => Vec::new(),
         Some(f) => f
@@ -844,13 +863,38 @@ mod tests {
             at("10.244.3.0-24&fd10:244:0:7::-64", 5),
             at("10.244.1.0-24&fd10:244:0:9::-64", 12),
         ];
+        let c =
+            cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
         // The older holder of fd10:244:0:7::/64 wins; the younger one with 10.244.1.0/24 yields.
-        let older = displaced_by(&ours, &others).unwrap();
+        let older = displaced_by(&ours, &others, &c).unwrap();
         assert_eq!(older.key.to_string(), "10.244.3.0-24&fd10:244:0:7::-64");
-        assert!(displaced_by(&others[1], &[ours.clone(), others[0].clone()]).is_none());
-        assert!(displaced_by(&others[2], std::slice::from_ref(&ours)).is_some());
+        assert!(displaced_by(&others[1], &[ours.clone(), others[0].clone()], &c).is_none());
+        assert!(displaced_by(&others[2], std::slice::from_ref(&ours), &c).is_some());
         // Our own key in the list is not a rival.
-        assert!(displaced_by(&ours, std::slice::from_ref(&ours)).is_none());
+        assert!(displaced_by(&ours, std::slice::from_ref(&ours), &c).is_none());
+        // A forged key whose IPv6 half is the whole network is no rival for that half.
+        let forged = at("10.244.200.0-24&fd10:244::-56", 1);
+        assert!(displaced_by(&ours, std::slice::from_ref(&forged), &c).is_none());
+    }
+
+    #[test]
+    fn a_forged_half_does_not_take_its_family() {
+        let c =
+            cfg(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let forged = vec![
+            lease("10.244.210.0-24&fd10:244::-56", "198.18.0.66"),
+            lease("10.0.0.0-8&fd10:244:0:5::-64", "198.18.0.67"),
+        ];
+        for _ in 0..50 {
+            match choose(&c, &forged, &req("198.18.0.11", None), &[], &mut rng) {
+                Choice::Create(k) => {
+                    assert_ne!(k.v4.unwrap().to_string(), "10.244.210.0/24");
+                    assert_ne!(k.v6.unwrap().to_string(), "fd10:244:0:5::/64");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

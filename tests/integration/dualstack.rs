@@ -719,10 +719,6 @@ fn seen_as(c: &Cluster, target: &str, dst: IpAddr, server_target: &str) -> IpAdd
     rx.recv_timeout(Duration::from_secs(5)).unwrap().ip()
 }
 
-/// `--ip-masq` in a dual-stack network: flannel's rules for both families, as nft lists them;
-/// pod to pod keeps the pod's address over TCP in both families; a pod reaching a host
-/// outside the cluster over IPv6 (the router, which has no route to any pod) is seen as its
-/// node.
 /// `cli` pings `srv` over IPv6 (polled), and a TCP connection arrives from `cli`'s own address.
 fn reaches_over_ipv6_as_itself(c: &Cluster, cli: &Pod, srv: &Pod) {
     let srv6 = IpAddr::V6(srv.ip6.unwrap());
@@ -740,6 +736,10 @@ fn reaches_over_ipv6_as_itself(c: &Cluster, cli: &Pod, srv: &Pod) {
     );
 }
 
+/// `--ip-masq` in a dual-stack network: flannel's rules for both families, as nft lists them;
+/// pod to pod keeps the pod's address over TCP in both families; a pod reaching a host
+/// outside the cluster over IPv6 (the router, which has no route to any pod) is seen as its
+/// node.
 #[test]
 fn dual_stack_masquerade_keeps_pod_addresses_inside_and_hides_them_outside() {
     let mut c = Cluster::new(LabSpec::new(unique("dsfw"), 2).ipv6(true));
@@ -1059,7 +1059,7 @@ fn podnet_state(c: &Cluster, node: &str) -> String {
 fn forged_ipv6_halves_are_refused_and_nothing_reaches_the_kernel() {
     use crate::hostile::{put, refused};
     use crate::ops::start_with_socket;
-    let mut c = Cluster::new(LabSpec::new(unique("dsfg"), 2).ipv6(true));
+    let mut c = Cluster::new(LabSpec::new(unique("dsfg"), 3).ipv6(true));
     c.put_config(DUAL_VXLAN);
     for n in ["node1", "node2"] {
         start_with_socket(&mut c, n, &[]);
@@ -1156,6 +1156,11 @@ fn forged_ipv6_halves_are_refused_and_nothing_reaches_the_kernel() {
         "nothing forged in the kernel"
     );
     every_gateway_answers(&c, &nodes);
+    // A node joining now still gets a subnet of each family: what the forgeries hold (the
+    // whole IPv6 network among them) keeps nothing from it.
+    c.start("node3", &[]);
+    let n3 = ready_node(&c, "node3");
+    assert!(n3.v4.is_some(), "node3 got an IPv4 subnet");
 }
 
 /// Without `--ip-masq` the plugin masquerades (flannel's default), for both families: its

@@ -51,8 +51,6 @@ fn golden_key_and_value_written_by_podnetd() {
     );
 }
 
-/// Acquires through the library from inside a node (dual-stack data paths are not built yet,
-/// but the lease format is).
 /// How a podnetd in this lab reaches its etcd.
 fn etcd_options(c: &Cluster) -> EtcdOptions {
     EtcdOptions {
@@ -62,6 +60,8 @@ fn etcd_options(c: &Cluster) -> EtcdOptions {
     }
 }
 
+/// Acquires through the library from inside a node (the lease format, byte for
+/// byte).
 #[test]
 fn golden_dual_stack_key_and_value_in_etcd() {
     let c = Cluster::small("ld", 1);
