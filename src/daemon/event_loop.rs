@@ -102,10 +102,15 @@ impl<M: SubnetManager, S: PeerSink> EventLoop<M, S> {
         }
         let events = match update {
             WatchUpdate::Snapshot(list) => {
-                if !list.iter().any(|l| l.key == own) {
-                    self.keeper
-                        .reclaim(&self.store, "not in the lease list")
-                        .await?;
+                // Our own lease as listed: gone, or written by someone while we were not
+                // watching, is the keeper's business as it would have been as an event.
+                match list.iter().find(|l| l.key == own) {
+                    None => {
+                        self.keeper
+                            .reclaim(&self.store, "not in the lease list")
+                            .await?
+                    }
+                    Some(l) => self.keeper.rewritten(&self.store, l.clone()).await?,
                 }
                 self.peers.reset(list)
             }

@@ -6,7 +6,8 @@
 //! subnet is still free; if another node holds it now, that is an error and podnetd exits
 //! non-zero rather than keep routing an address range another node owns. A write to our own key
 //! by someone else with another public address is the same loss; one with our address but other
-//! attributes is written back.
+//! attributes is written back (a Node's annotations, held by name: any other attributes), at
+//! most `REPAIR_BURST` times a minute, so that two writers fighting over the key never loop.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,9 @@ use crate::util::backoff::{self, Backoff};
 
 /// A failed renewal is tried again after 1 s, doubling to 30 s.
 const RENEW_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+/// Write-backs of our lease allowed per `REPAIR_WINDOW`; beyond that someone is fighting us.
+const REPAIR_BURST: usize = 5;
+const REPAIR_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct LeaseKeeper {
     own: Lease,
@@ -30,6 +34,8 @@ pub struct LeaseKeeper {
     next: Option<Instant>,
     backoff: Backoff,
     shared: Arc<Shared>,
+    /// When our lease was last written back (within `REPAIR_WINDOW`).
+    repairs: std::collections::VecDeque<Instant>,
 }
 
 impl LeaseKeeper {
@@ -48,6 +54,7 @@ impl LeaseKeeper {
             next: None,
             backoff: RENEW_BACKOFF,
             shared,
+            repairs: Default::default(),
         };
         k.schedule(store).await;
         k
@@ -141,21 +148,47 @@ impl LeaseKeeper {
             .into());
         }
         if lease.attrs != self.own.attrs {
-            tracing::warn!(
-                subnet = %self.own.key,
-                written = %lease.attrs.to_json(),
-                "someone else rewrote this node's lease; writing it back"
-            );
-            self.shared.metrics.lease_repairs.inc();
-            if let Err(e) = store.restore(&self.own, &lease).await {
-                // The next renewal finds it (not ours: taken back) or the next write retries.
-                self.shared.store_error("restore", e.to_string());
-            }
+            self.write_back(store, &lease).await;
             return Ok(());
         }
         self.own = lease;
         let own = self.own.clone();
         self.shared.update(|s| s.lease = Some(own));
         Ok(())
+    }
+
+    /// Writes our lease back over someone else's write, unless that has happened
+    /// `REPAIR_BURST` times within `REPAIR_WINDOW` already.
+    async fn write_back<M: SubnetManager>(&mut self, store: &M, written: &Lease) {
+        let now = Instant::now();
+        while self
+            .repairs
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > REPAIR_WINDOW)
+        {
+            self.repairs.pop_front();
+        }
+        if self.repairs.len() >= REPAIR_BURST {
+            tracing::debug!(subnet = %self.own.key, "our lease was rewritten again; written back too often this minute, leaving it");
+            return;
+        }
+        match store.restore(&self.own, written).await {
+            Ok(true) => {
+                tracing::warn!(
+                    subnet = %self.own.key,
+                    written = %written.attrs.to_json(),
+                    "someone else rewrote this node's lease; wrote it back"
+                );
+                self.shared.metrics.lease_repairs.inc();
+                self.repairs.push_back(now);
+                if self.repairs.len() == REPAIR_BURST {
+                    tracing::warn!(subnet = %self.own.key, "this node's lease keeps being rewritten: another agent is fighting over it; not writing it back again for a minute");
+                }
+            }
+            // Changed again in between, or nothing differs in the store: nothing written.
+            Ok(false) => {}
+            // The next renewal finds it (not ours: taken back) or the next write retries.
+            Err(e) => self.shared.store_error("restore", e.to_string()),
+        }
     }
 }

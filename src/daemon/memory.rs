@@ -28,7 +28,7 @@ pub struct Heap {
     pub free: usize,
 }
 
-/// The allocator's view of the heap (main arena and mmapped blocks), where it can say.
+/// The allocator's view of the heap (every arena and the mmapped blocks); glibc only.
 pub fn heap() -> Option<Heap> {
     #[cfg(target_env = "gnu")]
     {

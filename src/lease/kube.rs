@@ -314,13 +314,14 @@ impl KubeManager {
         own_key_in_network(name, key, cfg)
     }
 
-    /// Writes the annotations that differ, through `nodes/<name>/status` as flanneld does.
-    async fn annotate(&self, node: &Node, attrs: &LeaseAttrs) -> Result<(), LeaseError> {
+    /// Writes the annotations that differ, through `nodes/<name>/status` as flanneld does;
+    /// whether there were any.
+    async fn annotate(&self, node: &Node, attrs: &LeaseAttrs) -> Result<bool, LeaseError> {
         let current: BTreeMap<String, String> =
             node.metadata.annotations.clone().unwrap_or_default();
         let changes = annotation_changes(&current, attrs, &self.ann);
         if changes.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         tracing::info!(node = %self.node_name, annotations = ?changes.keys().collect::<Vec<_>>(), "publishing this node's lease");
         let patch = serde_json::json!({"metadata": {"annotations": changes}});
@@ -332,7 +333,7 @@ impl KubeManager {
             )
             .await
             .map_err(|e| KubeError::of("patch", "nodes/status", e))?;
-        Ok(())
+        Ok(true)
     }
 
     /// The lease the node has now, re-published if its annotations drifted.
@@ -340,11 +341,18 @@ impl KubeManager {
         let node = self.own_node().await?;
         let key = self.own_key(&node, cfg)?;
         self.annotate(&node, attrs).await?;
-        let overwrite = annotation(&node, &self.ann.public_ip_overwrite)
-            .and_then(|s| s.parse::<Ipv4Addr>().ok());
+        // What peers read: the operator's overwrites (as `node_lease` reads this Node).
         let mut attrs = attrs.clone();
-        if let Some(ip) = overwrite {
+        if let Some(ip) = annotation(&node, &self.ann.public_ip_overwrite)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        {
             attrs.public_ip = ip;
+        }
+        if let Some(ip) = annotation(&node, &self.ann.public_ipv6_overwrite)
+            .and_then(|s| s.parse::<Ipv6Addr>().ok())
+            .filter(|_| attrs.public_ipv6.is_some())
+        {
+            attrs.public_ipv6 = Some(ip);
         }
         Ok(Lease {
             key,
@@ -569,13 +577,11 @@ impl SubnetManager for KubeManager {
     }
 
     /// Our Node's annotations were changed: the ones that differ are published again (as at
-    /// start). The Node's version is not compared: the annotations are ours alone.
+    /// start); `false` when none differ (nothing written). The Node's version is not
+    /// compared: the annotations are ours alone.
     async fn restore(&self, own: &Lease, _current: &Lease) -> Result<bool, LeaseError> {
-        let cfg = self.cfg.get().cloned().ok_or_else(|| {
-            LeaseError::Config("the lease was rewritten before it was acquired".into())
-        })?;
-        let lease = self.take(&cfg, &own.attrs).await?;
-        Ok(lease.key == own.key)
+        let node = self.own_node().await?;
+        self.annotate(&node, &own.attrs).await
     }
 
     fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {

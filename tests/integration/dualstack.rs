@@ -1025,6 +1025,13 @@ fn doctor_checks_both_families_on_a_dual_stack_node() {
     );
     fails_until_fixed(
         &c,
+        "ip link set flannel.1 mtu 1420",
+        "mtu",
+        "flannel.1 has MTU 1420 but subnet.env says 1430",
+        "ip link set flannel.1 mtu 1450",
+    );
+    fails_until_fixed(
+        &c,
         "ip link set flannel-v6.1 mtu 1400",
         "mtu",
         "flannel-v6.1 has MTU 1400 but subnet.env says 1430",

@@ -797,6 +797,10 @@ pub fn interval_elements(prefixes: &[Ipv4Net]) -> Vec<(Ipv4Addr, bool)> {
 /// the family's zero address when the first range starts later, no end after the last address.
 pub fn intervals(prefixes: &[IpNet]) -> Vec<(IpAddr, bool)> {
     let v6 = prefixes.first().is_some_and(|p| matches!(p, IpNet::V6(_)));
+    debug_assert!(
+        prefixes.iter().all(|p| matches!(p, IpNet::V6(_)) == v6),
+        "one family per set: {prefixes:?}"
+    );
     let addr = |x: u128| -> IpAddr {
         if v6 {
             IpAddr::V6(x.into())
