@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::value::RawValue;
 
 use crate::config::NetworkConfig;
@@ -158,17 +158,16 @@ impl SubnetKey {
     /// network and smaller than it); the others `None`. A forged `10.244.9.0-24&fd10:244::-56`
     /// must not make the whole IPv6 network look taken.
     pub fn plausible_halves(&self, cfg: &NetworkConfig) -> SubnetKey {
+        let inside = |n: IpNet, network: Option<IpNet>| {
+            network.is_some_and(|f| f.contains(&n) && n.prefix_len() > f.prefix_len())
+        };
         SubnetKey {
-            v4: self.v4.filter(|n| {
-                cfg.v4.as_ref().is_some_and(|f| {
-                    f.network.contains(n) && n.prefix_len() > f.network.prefix_len()
-                })
-            }),
-            v6: self.v6.filter(|n| {
-                cfg.v6.as_ref().is_some_and(|f| {
-                    f.network.contains(n) && n.prefix_len() > f.network.prefix_len()
-                })
-            }),
+            v4: self
+                .v4
+                .filter(|n| inside((*n).into(), cfg.v4.as_ref().map(|f| f.network.into()))),
+            v6: self
+                .v6
+                .filter(|n| inside((*n).into(), cfg.v6.as_ref().map(|f| f.network.into()))),
         }
     }
 
