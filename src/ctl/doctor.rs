@@ -293,21 +293,12 @@ fn mtu(node: &Node, bridge: &str) -> Check {
             Some("restart the node agent to rewrite subnet.env"),
         );
     };
-    // Pods use FLANNEL_MTU: the tunnel sets it. In dual-stack the IPv6 device sets it and the
-    // IPv4 one, over an underlay 20 bytes cheaper, is that much larger.
-    let tunnels = node.tunnels();
-    let slack = if tunnels.len() > 1 { 20 } else { 0 };
-    let mut off: Vec<&&Link> = tunnels
+    let tunnels: Vec<(&str, u32)> = node
+        .tunnels()
         .iter()
-        .filter(|t| t.mtu < want || t.mtu > want + slack)
+        .map(|t| (t.name.as_str(), t.mtu))
         .collect();
-    if off.is_empty() && !tunnels.iter().any(|t| t.mtu == want) {
-        off = tunnels.iter().collect();
-    }
-    let mut wrong: Vec<String> = off
-        .iter()
-        .map(|t| format!("{} has MTU {} but subnet.env says {want}", t.name, t.mtu))
-        .collect();
+    let mut wrong = tunnel_mtu_problems(&tunnels, want);
     if let Some(br) = node.link(bridge) {
         for port in node.links.iter().filter(|l| l.master == Some(br.index)) {
             if port.mtu != want {
@@ -343,6 +334,23 @@ fn mtu(node: &Node, bridge: &str) -> Check {
             ),
         )
     }
+}
+
+/// What is wrong with the tunnels' MTUs (name, MTU) when pods use `want`: the tunnel sets it;
+/// in dual-stack the IPv6 device sets it and the IPv4 one, over an underlay 20 bytes cheaper,
+/// is at most that much larger.
+fn tunnel_mtu_problems(tunnels: &[(&str, u32)], want: u32) -> Vec<String> {
+    let slack = if tunnels.len() > 1 { 20 } else { 0 };
+    let mut off: Vec<&(&str, u32)> = tunnels
+        .iter()
+        .filter(|(_, mtu)| *mtu < want || *mtu > want + slack)
+        .collect();
+    if off.is_empty() && !tunnels.iter().any(|(_, mtu)| *mtu == want) {
+        off = tunnels.iter().collect();
+    }
+    off.iter()
+        .map(|(name, mtu)| format!("{name} has MTU {mtu} but subnet.env says {want}"))
+        .collect()
 }
 
 fn bridge_address(node: &mut Node, bridge: &str) -> Check {
@@ -783,6 +791,35 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod wireguard_tests {
+    #[test]
+    fn tunnel_mtus_agree_with_subnet_env() {
+        let p = |t: &[(&str, u32)], want| super::tunnel_mtu_problems(t, want);
+        assert!(p(&[("flannel.1", 1450)], 1450).is_empty());
+        assert_eq!(
+            p(&[("flannel.1", 1400)], 1450),
+            ["flannel.1 has MTU 1400 but subnet.env says 1450"]
+        );
+        assert_eq!(
+            p(&[("flannel.1", 1500)], 1450).len(),
+            1,
+            "larger is wrong too"
+        );
+        // Dual-stack: the IPv6 device sets FLANNEL_MTU, the IPv4 one is up to 20 larger.
+        let dual = |v4, v6| p(&[("flannel.1", v4), ("flannel-v6.1", v6)], 1430);
+        assert!(dual(1450, 1430).is_empty());
+        assert!(dual(1430, 1430).is_empty());
+        assert_eq!(
+            dual(1420, 1430),
+            ["flannel.1 has MTU 1420 but subnet.env says 1430"]
+        );
+        assert_eq!(
+            dual(9000, 1430),
+            ["flannel.1 has MTU 9000 but subnet.env says 1430"]
+        );
+        assert_eq!(dual(1450, 1440).len(), 2, "neither sets FLANNEL_MTU");
+        assert!(p(&[], 1450).is_empty(), "host-gw has no tunnel");
+    }
+
     use super::*;
     use crate::status::{PathKind, PeerInfo, WireguardPeer};
 

@@ -344,4 +344,49 @@ mod tests {
         assert!(err.contains("now held by 198.18.0.99"), "{err}");
         assert!(rec.take(0).await.is_empty(), "peers were never touched");
     }
+
+    /// Waits (yielding to the loop) until the store holds our own attributes again.
+    async fn written_back(store: &MemoryStore, own: &Lease) -> bool {
+        for _ in 0..1000 {
+            if store.get(&own.key).is_some_and(|l| l.attrs == own.attrs) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    fn rewritten_by_someone(own: &Lease, tag: u8) -> Lease {
+        let mut l = own.clone();
+        l.attrs.backend_type = format!("forged-{tag}");
+        l
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_lease_is_written_back_five_times_a_minute_then_left() {
+        let store = MemoryStore::new(CONFIG);
+        let (own, _rec, _task) = node(&store).await;
+        for i in 0..5 {
+            store.put(rewritten_by_someone(&own, i));
+            assert!(written_back(&store, &own).await, "write-back {i}");
+        }
+        // A sixth rewrite within the minute: someone is fighting; it is left alone.
+        store.put(rewritten_by_someone(&own, 9));
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        let now = store.get(&own.key).unwrap();
+        assert_eq!(now.attrs.backend_type, "forged-9");
+    }
+
+    #[tokio::test]
+    async fn a_lease_rewritten_while_not_watching_is_written_back_from_the_listing() {
+        let store = MemoryStore::new(CONFIG);
+        let (own, _rec, _task) = node(&store).await;
+        store.silently(|leases| {
+            leases.insert(own.key, rewritten_by_someone(&own, 1));
+        });
+        store.gap();
+        assert!(written_back(&store, &own).await);
+    }
 }
