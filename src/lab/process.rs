@@ -65,17 +65,24 @@ impl ProcId {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; returns once the process is gone.
+    /// SIGTERM, then SIGKILL after `grace`; returns once the process is gone. A process the lab
+    /// started leads its own process group (`setsid`): the group is signalled while the leader
+    /// lives (its pid cannot be reused then), so what it started itself (a profiler wrapper's
+    /// child, say) goes with it.
     pub fn stop(&self, grace: Duration) -> Result<(), LabError> {
         if !self.alive() {
             return Ok(());
         }
         let pid = Pid::from_raw(self.pid as i32);
-        let _ = kill(pid, Signal::SIGTERM);
+        let target = match nix::unistd::getpgid(Some(pid)) {
+            Ok(g) if g == pid => Pid::from_raw(-pid.as_raw()),
+            _ => pid,
+        };
+        let _ = kill(target, Signal::SIGTERM);
         if wait_gone(self, grace) {
             return Ok(());
         }
-        let _ = kill(pid, Signal::SIGKILL);
+        let _ = kill(target, Signal::SIGKILL);
         if wait_gone(self, Duration::from_secs(5)) {
             return Ok(());
         }

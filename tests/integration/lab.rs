@@ -364,3 +364,26 @@ fn cli_round_trip_up_exec_spawn_pod_down() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no lab named \"{name}\"")));
 }
+
+/// Stopping a process the lab started stops what it started too (a wrapper's child, as a
+/// profiler runs podnetd), and nothing else.
+#[test]
+fn stopping_a_process_stops_its_children() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::new(unique("lkg"), 1)).unwrap();
+    let file = std::env::temp_dir().join(format!("{}.pid", unique("lkg")));
+    let script = format!("sleep 600 & echo $! > {}; wait", file.display());
+    let sh = lab
+        .spawn("node1", &["sh".into(), "-c".into(), script], &[])
+        .unwrap();
+    let child: u32 = crate::support::poll("the child's pid", Duration::from_secs(10), || {
+        std::fs::read_to_string(&file).ok()?.trim().parse().ok()
+    });
+    let _ = std::fs::remove_file(&file);
+    let child_id = ProcId::of(child).unwrap();
+    assert!(child_id.alive());
+    lab.stop(sh.id.pid).unwrap();
+    crate::support::poll("the child to be gone", Duration::from_secs(10), || {
+        (!child_id.alive()).then_some(())
+    });
+}
