@@ -147,11 +147,23 @@ impl EtcdOptions {
 
 /// The message of a failed request, with a hint where TLS 1.3 hides the real cause: a server
 /// that wants a client certificate says so only after the client thinks the handshake is done,
-/// and the client sees nothing but a closed connection.
+/// and the client sees a closed connection or, if the server's alert arrives first, a
+/// "bad certificate" or "certificate required" alert.
 fn explain(e: etcd_client::Error, no_identity: bool) -> String {
-    let mut msg = etcd_msg(&e);
-    let closed = ["connection closed", "reset", "broken pipe"];
-    if no_identity && closed.iter().any(|c| msg.contains(c)) {
+    with_certificate_hint(etcd_msg(&e), no_identity)
+}
+
+fn with_certificate_hint(mut msg: String, no_identity: bool) -> String {
+    let refused = [
+        "connection closed",
+        "reset",
+        "broken pipe",
+        "BadCertificate",
+        "CertificateRequired",
+        "bad certificate",
+        "certificate required",
+    ];
+    if no_identity && refused.iter().any(|c| msg.contains(c)) {
         msg.push_str(
             " (the server ended the TLS session; etcd does that when it requires a client certificate \
              (--client-cert-auth): pass --etcd-certfile and --etcd-keyfile)",
@@ -776,5 +788,31 @@ impl SubnetManager for EtcdStore {
 
     fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {
         self.clone().watch_leases(tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_certificate_hint;
+
+    #[test]
+    fn a_refused_handshake_without_a_client_certificate_is_explained() {
+        let hinted = |m: &str, no_identity| {
+            with_certificate_hint(m.to_string(), no_identity)
+                .contains("requires a client certificate")
+        };
+        // However the refusal reaches the client: a closed connection or the server's alert.
+        for m in [
+            "transport error: connection closed before message completed",
+            "transport error: connection error: received fatal alert: BadCertificate",
+            "received fatal alert: CertificateRequired",
+        ] {
+            assert!(hinted(m, true), "{m}");
+            assert!(
+                !hinted(m, false),
+                "with a certificate it is another problem: {m}"
+            );
+        }
+        assert!(!hinted("invalid peer certificate: UnknownIssuer", true));
     }
 }
