@@ -102,20 +102,6 @@ pub fn peer_route(subnet: IpNet, gw: IpAddr, index: u32, onlink: bool) -> Route 
     r
 }
 
-/// A peer's subnets of the families this node serves, each with the peer's public address of
-/// that family (`None` when the lease lacks it).
-pub fn peer_families(fam: Families, peer: &Lease) -> Vec<(IpNet, Option<IpAddr>)> {
-    let mut out = Vec::new();
-    if let (true, Some(n)) = (fam.v4, peer.key.v4) {
-        let ip = Some(peer.attrs.public_ip).filter(|a| !a.is_unspecified());
-        out.push((IpNet::V4(n), ip.map(IpAddr::V4)));
-    }
-    if let (true, Some(n)) = (fam.v6, peer.key.v6) {
-        out.push((IpNet::V6(n), peer.attrs.public_ipv6.map(IpAddr::V6)));
-    }
-    out
-}
-
 impl Backend for HostGw {
     fn type_name(&self) -> &'static str {
         "host-gw"
@@ -137,30 +123,18 @@ impl Backend for HostGw {
         Ok(())
     }
 
-    /// One route per family the lease and this node share; a family that cannot be served
-    /// makes the peer `Skipped` (with the reason) while the other family's route stays.
+    /// One route per family the lease and this node share (see `Families::plan_peer`).
     fn plan_peer(&mut self, nl: &mut Netlink, peer: &Lease) -> PeerPlan {
-        let families = peer_families(self.fam, peer);
-        if families.is_empty() {
-            return PeerPlan {
-                path: PeerPath::Skipped("lease has no subnet of a family this node serves".into()),
-                objects: PeerObjects::default(),
-            };
-        }
-        let mut objects = PeerObjects::default();
-        let mut skipped = Vec::new();
-        for (subnet, gw) in families {
-            match self.family_route(nl, subnet, gw) {
-                Ok(r) => objects.routes.push(r),
-                Err(e) => skipped.push(e),
-            }
-        }
-        let path = if skipped.is_empty() {
-            PeerPath::Direct
-        } else {
-            PeerPath::Skipped(skipped.join("; "))
-        };
-        PeerPlan { path, objects }
+        self.fam.plan_peer(peer, |subnet, gw| {
+            let route = self.family_route(nl, subnet, gw)?;
+            Ok((
+                PeerPath::Direct,
+                PeerObjects {
+                    routes: vec![route],
+                    ..Default::default()
+                },
+            ))
+        })
     }
 
     fn owned_links(&self) -> Vec<u32> {

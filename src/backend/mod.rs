@@ -226,6 +226,60 @@ pub struct Families {
     pub v6: bool,
 }
 
+impl Families {
+    /// A peer's subnets of the families this node serves, each with the peer's public address
+    /// of that family (`None` when the lease lacks it).
+    pub fn of_peer(self, peer: &Lease) -> Vec<(IpNet, Option<IpAddr>)> {
+        let mut out = Vec::new();
+        if let (true, Some(n)) = (self.v4, peer.key.v4) {
+            let ip = Some(peer.attrs.public_ip).filter(|a| !a.is_unspecified());
+            out.push((IpNet::V4(n), ip.map(IpAddr::V4)));
+        }
+        if let (true, Some(n)) = (self.v6, peer.key.v6) {
+            out.push((IpNet::V6(n), peer.attrs.public_ipv6.map(IpAddr::V6)));
+        }
+        out
+    }
+
+    /// A peer planned family by family with `plan` (subnet, public address of that family):
+    /// the objects of every family that can be served; `Skipped` with the reasons when one
+    /// cannot (the other family's objects stay), else `Tunnel` if a family goes through one,
+    /// else `Direct`.
+    pub fn plan_peer(
+        self,
+        peer: &Lease,
+        mut plan: impl FnMut(IpNet, Option<IpAddr>) -> Result<(PeerPath, PeerObjects), String>,
+    ) -> PeerPlan {
+        let families = self.of_peer(peer);
+        if families.is_empty() {
+            return PeerPlan {
+                path: PeerPath::Skipped("lease has no subnet of a family this node serves".into()),
+                objects: PeerObjects::default(),
+            };
+        }
+        let mut objects = PeerObjects::default();
+        let mut skipped = Vec::new();
+        let mut tunnel = false;
+        for (subnet, public) in families {
+            match plan(subnet, public) {
+                Ok((path, o)) => {
+                    tunnel |= path == PeerPath::Tunnel;
+                    objects.neighbours.extend(o.neighbours);
+                    objects.fdb.extend(o.fdb);
+                    objects.routes.extend(o.routes);
+                }
+                Err(e) => skipped.push(e),
+            }
+        }
+        let path = match (skipped.is_empty(), tunnel) {
+            (false, _) => PeerPath::Skipped(skipped.join("; ")),
+            (true, true) => PeerPath::Tunnel,
+            (true, false) => PeerPath::Direct,
+        };
+        PeerPlan { path, objects }
+    }
+}
+
 /// The IPv4 network of a config, for backends that carry IPv4 only.
 fn ipv4_network(cfg: &NetworkConfig) -> Result<Ipv4Net, BackendError> {
     cfg.v4.as_ref().map(|f| f.network).ok_or_else(|| {

@@ -419,36 +419,12 @@ impl Backend for Vxlan {
         Ok(())
     }
 
-    /// Each family the lease and this node share, planned on its own; a family that cannot be
-    /// served makes the peer `Skipped` (with the reason) while the other family's objects stay.
+    /// Each family the lease and this node share, planned on its own (see
+    /// `Families::plan_peer`).
     fn plan_peer(&mut self, nl: &mut Netlink, peer: &Lease) -> PeerPlan {
-        let families = super::host_gw::peer_families(self.fam, peer);
-        if families.is_empty() {
-            return PeerPlan {
-                path: PeerPath::Skipped("lease has no subnet of a family this node serves".into()),
-                objects: PeerObjects::default(),
-            };
-        }
-        let mut objects = PeerObjects::default();
-        let mut skipped = Vec::new();
-        let mut tunnel = false;
-        for (subnet, public) in families {
-            match self.plan_family(nl, peer, subnet, public) {
-                Ok((path, o)) => {
-                    tunnel |= path == PeerPath::Tunnel;
-                    objects.neighbours.extend(o.neighbours);
-                    objects.fdb.extend(o.fdb);
-                    objects.routes.extend(o.routes);
-                }
-                Err(e) => skipped.push(e),
-            }
-        }
-        let path = match (skipped.is_empty(), tunnel) {
-            (false, _) => PeerPath::Skipped(skipped.join("; ")),
-            (true, true) => PeerPath::Tunnel,
-            (true, false) => PeerPath::Direct,
-        };
-        PeerPlan { path, objects }
+        self.fam.plan_peer(peer, |subnet, public| {
+            self.plan_family(nl, peer, subnet, public)
+        })
     }
 
     fn owned_links(&self) -> Vec<u32> {

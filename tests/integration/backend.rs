@@ -176,15 +176,7 @@ fn host_gw_skips_peers_beyond_the_router() {
         let rs = routes(&c, "node1");
         (rs.len() == 1 && rs[0]["dst"] == nodes[1].subnet.as_str()).then_some(())
     });
-    let log = c.log(
-        &c.lab
-            .state()
-            .procs
-            .iter()
-            .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-            .unwrap()
-            .clone(),
-    );
+    let log = c.log(&c.podnetd("node1"));
     assert!(
         log.contains(&format!(
             "host-gw needs every node on one L2 segment, but {} is not directly reachable on eth0",
@@ -371,14 +363,7 @@ fn leases_coming_and_going_reach_every_kernel() {
     }
     // node3 is decommissioned (its agent stopped, then its lease deleted): its subnet
     // disappears from the others. (A running agent would take a deleted lease back.)
-    let n3 = c
-        .lab
-        .state()
-        .procs
-        .iter()
-        .find(|p| p.host == "node3" && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .clone();
+    let n3 = c.podnetd("node3");
     c.lab.stop(n3.id.pid).unwrap();
     c.etcdctl(&["del", &format!("{PREFIX}/subnets/10.244.250.0-24")]);
     c.etcdctl(&[
@@ -400,14 +385,7 @@ fn leases_coming_and_going_reach_every_kernel() {
                 .any(|r| r["dst"] == "10.244.251.0/24")
         );
     }
-    let rec = c
-        .lab
-        .state()
-        .procs
-        .iter()
-        .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .clone();
+    let rec = c.podnetd("node1");
     let log = c.log(&rec);
     assert!(
         log.contains("skipping a peer whose lease is for another backend"),
@@ -527,49 +505,13 @@ fn a_restart_loses_no_packet_and_keeps_the_vtep_mac() {
     // 10 ms ping from node2's subnet to node1's while node1's podnetd restarts twice.
     let src = nodes[1].gateway().to_string();
     let dst = nodes[0].gateway().to_string();
-    let pinger = c
-        .lab
-        .command(
-            "node2",
-            &[
-                "ping", "-i", "0.01", "-c", "400", "-W", "1", "-I", &src, &dst,
-            ],
-        )
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(800));
-        let rec = c
-            .lab
-            .state()
-            .procs
-            .iter()
-            .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-            .unwrap()
-            .clone();
-        c.lab.stop(rec.id.pid).unwrap();
+    c.restart_twice_under_ping("node1", ("node2", &src, &dst), |c| {
         // Stopped: routes and the lease stay.
-        assert_eq!(routes(&c, "node1").len(), 1);
+        assert_eq!(routes(c, "node1").len(), 1);
         assert_eq!(c.leases(), lease_before);
-        c.start("node1", &[]);
-    }
-    let out = pinger.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("400 packets transmitted, 400 received, 0% packet loss"),
-        "{text}"
-    );
+    });
     // A "reboot": the device is gone when podnetd comes back; the MAC is still the same.
-    let rec = c
-        .lab
-        .state()
-        .procs
-        .iter()
-        .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .clone();
+    let rec = c.podnetd("node1");
     c.lab.stop(rec.id.pid).unwrap();
     ok(c.lab
         .exec("node1", &["ip", "link", "del", "flannel.1"])

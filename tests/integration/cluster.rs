@@ -87,6 +87,78 @@ impl Cluster {
         self.0.wait_ready(node, Duration::from_secs(30)).unwrap()
     }
 
+    /// The podnetd the lab started last on `node` (panics if there is none).
+    pub fn podnetd(&self, node: &str) -> ProcRecord {
+        self.lab
+            .state()
+            .procs
+            .iter()
+            .rev()
+            .find(|p| p.host == node && p.argv[0].ends_with("podnetd"))
+            .unwrap_or_else(|| panic!("no podnetd on {node}"))
+            .clone()
+    }
+
+    /// Restarts `node`'s podnetd twice, 800 ms apart, under a 10 ms ping of 400 packets from
+    /// `from` (`src` to `dst`); `while_stopped` runs each time it is down. Every packet must
+    /// come back.
+    pub fn restart_twice_under_ping(
+        &mut self,
+        node: &str,
+        (from, src, dst): (&str, &str, &str),
+        while_stopped: impl Fn(&Cluster),
+    ) {
+        let argv = ["ping", "-i", "0.01", "-c", "400", "-W", "1", "-I", src, dst];
+        let pinger = self
+            .lab
+            .command(from, &argv)
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(800));
+            let rec = self.podnetd(node);
+            self.lab.stop(rec.id.pid).unwrap();
+            while_stopped(self);
+            self.start(node, &[]);
+        }
+        let out = pinger.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("400 packets transmitted, 400 received, 0% packet loss"),
+            "{text}"
+        );
+    }
+
+    /// Packets the tunnel guard on `node` dropped (the counter of its chain's first rule).
+    pub fn guard_drops(&self, node: &str) -> u64 {
+        let out = ok(self
+            .lab
+            .exec(
+                node,
+                &[
+                    "nft",
+                    "-j",
+                    "list",
+                    "chain",
+                    "inet",
+                    "podnet",
+                    "tunnel-guard",
+                ],
+            )
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+            .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
+            .unwrap()
+    }
+
     pub fn log(&self, rec: &ProcRecord) -> String {
         std::fs::read_to_string(&rec.log).unwrap_or_default()
     }

@@ -317,15 +317,7 @@ fn a_route_someone_keeps_deleting_is_repaired_with_backoff_reported_and_cheap() 
     poll("node1 to program node2", Duration::from_secs(15), || {
         route_there(&c).then_some(())
     });
-    let pid = c
-        .lab
-        .state()
-        .procs
-        .iter()
-        .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .id
-        .pid;
+    let pid = c.podnetd("node1").id.pid;
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();

@@ -140,15 +140,7 @@ fn wait_converged6(c: &Cluster, nodes: &[Node], expect: impl Fn(&Node, &Value) -
                 break;
             }
             if std::time::Instant::now() >= deadline {
-                let log = c
-                    .lab
-                    .state()
-                    .procs
-                    .iter()
-                    .rev()
-                    .find(|p| p.host == a.name && p.argv[0].ends_with("podnetd"))
-                    .map(|p| c.log(p))
-                    .unwrap_or_default();
+                let log = c.log(&c.podnetd(&a.name));
                 panic!(
                     "{}'s IPv6 routes did not converge in 30 s: {rs:?}\nits podnetd's log:\n{log}",
                     a.name
@@ -795,75 +787,18 @@ fn a_restart_under_ping6_loses_nothing() {
     every_gateway_answers(&c, &nodes);
     let mac = c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"].clone();
     let (src, dst) = (nodes[1].gw6(), nodes[0].gw6());
-    let pinger = c
-        .lab
-        .command(
-            "node2",
-            &[
-                "ping", "-i", "0.01", "-c", "400", "-W", "1", "-I", &src, &dst,
-            ],
-        )
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(800));
-        let rec = c
-            .lab
-            .state()
-            .procs
-            .iter()
-            .find(|p| p.host == "node1" && p.argv[0].ends_with("podnetd"))
-            .unwrap()
-            .clone();
-        c.lab.stop(rec.id.pid).unwrap();
+    c.restart_twice_under_ping("node1", ("node2", &src, &dst), |c| {
         assert_eq!(
-            routes6(&c, "node1").len(),
+            routes6(c, "node1").len(),
             1,
             "the IPv6 route stays while stopped"
         );
-        c.start("node1", &[]);
-    }
-    let out = pinger.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("400 packets transmitted, 400 received, 0% packet loss"),
-        "{text}"
-    );
+    });
     c.wait_ready("node1");
     assert_eq!(
         c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"],
         mac
     );
-}
-
-/// Packets the tunnel guard dropped (the first counter in its chain).
-fn guard_drops(c: &Cluster, node: &str) -> u64 {
-    let out = ok(c
-        .lab
-        .exec(
-            node,
-            &[
-                "nft",
-                "-j",
-                "list",
-                "chain",
-                "inet",
-                "podnet",
-                "tunnel-guard",
-            ],
-        )
-        .unwrap());
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i.get("rule"))
-        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-        .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
-        .unwrap()
 }
 
 /// IPv6-only: the tunnel guard admits VXLAN packets from IPv6 peers and drops forged ones from
@@ -885,7 +820,7 @@ fn the_tunnel_guard_covers_ipv6_peers() {
         )
         .unwrap());
     assert!(set.contains(&nodes[1].public6.to_string()), "{set}");
-    let before = guard_drops(&c, "node1");
+    let before = c.guard_drops("node1");
     let target = SocketAddr::new(IpAddr::V6(nodes[0].public6), 8472);
     c.lab
         .netns("router")
@@ -902,12 +837,12 @@ fn the_tunnel_guard_covers_ipv6_peers() {
     poll(
         "the forged IPv6 packets to be counted",
         Duration::from_secs(5),
-        || (guard_drops(&c, "node1") >= before + 3).then_some(()),
+        || (c.guard_drops("node1") >= before + 3).then_some(()),
     );
-    let after = guard_drops(&c, "node1");
+    let after = c.guard_drops("node1");
     assert!(ping(&c, &nodes[1], &nodes[1].gw6(), &nodes[0].gw6(), &[]));
     assert_eq!(
-        guard_drops(&c, "node1"),
+        c.guard_drops("node1"),
         after,
         "a peer's packets are not dropped"
     );

@@ -75,17 +75,6 @@ fn outside(c: &mut Cluster) -> String {
     "node1/outside".to_string()
 }
 
-fn podnetd(c: &Cluster, node: &str) -> podnet::lab::process::ProcRecord {
-    c.lab
-        .state()
-        .procs
-        .iter()
-        .rev()
-        .find(|p| p.host == node && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .clone()
-}
-
 fn docker_rule(c: &Cluster, node: &str, subnet: &str) {
     for rule in [
         "add table ip nat".to_string(),
@@ -132,7 +121,7 @@ fn source_addresses(config: &str) {
     let subnet = env2.subnet.unwrap().trunc().to_string();
     docker_rule(&c, "node2", &subnet);
     let log = c.wait_log(
-        &podnetd(&c, "node2"),
+        &c.podnetd("node2"),
         "a masquerade rule outside podnet rewrites pod-to-pod traffic",
         Duration::from_secs(10),
     );
@@ -151,7 +140,7 @@ fn source_addresses(config: &str) {
         .exec("node2", &["nft", "delete", "table", "ip", "nat"])
         .unwrap());
     c.wait_log(
-        &podnetd(&c, "node2"),
+        &c.podnetd("node2"),
         "pod addresses are preserved again",
         Duration::from_secs(10),
     );
@@ -209,7 +198,7 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     });
     // The log line may follow the repair by a moment.
     c.wait_log(
-        &podnetd(&c, "node1"),
+        &c.podnetd("node1"),
         "podnet's nftables rules were changed or removed; restored them",
         Duration::from_secs(5),
     );
@@ -228,7 +217,7 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     assert_eq!(tables.trim(), "table inet podnet");
 
     // A new network: the old rules go with the old config.
-    let rec = podnetd(&c, "node1");
+    let rec = c.podnetd("node1");
     c.lab.stop(rec.id.pid).unwrap();
     c.put_config(r#"{"Network":"10.244.128.0/17","Backend":{"Type":"vxlan"}}"#);
     std::fs::remove_file(c.env_path("node1")).unwrap();
@@ -259,38 +248,11 @@ fn a_host_gw_table_with_peers_is_left_alone() {
     });
     // Three checks' worth of time with a peer known.
     std::thread::sleep(Duration::from_secs(3));
-    let log = c.log(&podnetd(&c, "node1"));
+    let log = c.log(&c.podnetd("node1"));
     assert!(
         !log.contains("restored them"),
         "nobody touched the table, yet it was 'restored':\n{log}"
     );
-}
-
-fn guard_drops(c: &Cluster, node: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&ok(c
-        .lab
-        .exec(
-            node,
-            &[
-                "nft",
-                "-j",
-                "list",
-                "chain",
-                "inet",
-                "podnet",
-                "tunnel-guard",
-            ],
-        )
-        .unwrap()))
-    .unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i.get("rule"))
-        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-        .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
-        .unwrap()
 }
 
 #[test]
@@ -313,7 +275,7 @@ fn the_tunnel_guard_admits_peers_only() {
     poll("peers' tunnel traffic", Duration::from_secs(10), || {
         ping(&c, &a, b.ip).then_some(())
     });
-    let before = guard_drops(&c, "node1");
+    let before = c.guard_drops("node1");
     // A forged VXLAN packet from the router, which holds no lease.
     let rt = c.lab.netns("router").unwrap();
     rt.run(|| {
@@ -328,12 +290,12 @@ fn the_tunnel_guard_admits_peers_only() {
     poll(
         "the forged packets to be counted",
         Duration::from_secs(5),
-        || (guard_drops(&c, "node1") >= before + 3).then_some(()),
+        || (c.guard_drops("node1") >= before + 3).then_some(()),
     );
     // Peers still pass, and are not counted as drops.
-    let after_forgery = guard_drops(&c, "node1");
+    let after_forgery = c.guard_drops("node1");
     assert!(ping(&c, &a, b.ip));
-    assert_eq!(guard_drops(&c, "node1"), after_forgery);
+    assert_eq!(c.guard_drops("node1"), after_forgery);
     // A new node: its traffic passes as soon as node1 has seen its lease.
     c.start("node3", &[]);
     c.wait_ready("node3");
@@ -341,7 +303,7 @@ fn the_tunnel_guard_admits_peers_only() {
     poll("the new peer's traffic", Duration::from_secs(10), || {
         ping(&c, &a, n3.ip).then_some(())
     });
-    assert_eq!(guard_drops(&c, "node1"), after_forgery);
+    assert_eq!(c.guard_drops("node1"), after_forgery);
     let set = ok(c
         .lab
         .exec(
@@ -354,7 +316,7 @@ fn the_tunnel_guard_admits_peers_only() {
         "{set}"
     );
     // A peer that leaves is taken out of the set again.
-    let rec = podnetd(&c, "node3");
+    let rec = c.podnetd("node3");
     c.lab.stop(rec.id.pid).unwrap();
     let key = format!(
         "{PREFIX}/subnets/{}-24",

@@ -160,14 +160,7 @@ impl KubeLab {
     }
 
     pub fn podnetd(&self, node: &str) -> podnet::lab::process::ProcRecord {
-        self.c
-            .lab
-            .state()
-            .procs
-            .iter()
-            .find(|p| p.host == node && p.argv[0].ends_with("podnetd"))
-            .unwrap()
-            .clone()
+        self.c.podnetd(node)
     }
 }
 

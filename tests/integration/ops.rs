@@ -130,15 +130,7 @@ fn readyz_metrics_and_no_churn() {
     assert!(m["podnet_reconcile_runs_total{kind=\"verify\"}"] >= 4.0);
     // A peer goes.
     let before_removed = removed(&m);
-    let n2 = c
-        .lab
-        .state()
-        .procs
-        .iter()
-        .rev()
-        .find(|p| p.host == "node2" && p.argv[0].ends_with("podnetd"))
-        .unwrap()
-        .clone();
+    let n2 = c.podnetd("node2");
     c.lab.stop(n2.id.pid).unwrap();
     let key = format!(
         "{PREFIX}/subnets/{}-24",

@@ -307,32 +307,7 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
 
     // Tunnel guard: the listen port admits the peers' addresses only. A handshake initiation
     // from the router, which holds no lease, is dropped before podnetd sees it.
-    let drops = |c: &Cluster| -> u64 {
-        let out = ok(c
-            .lab
-            .exec(
-                &a.node,
-                &[
-                    "nft",
-                    "-j",
-                    "list",
-                    "chain",
-                    "inet",
-                    "podnet",
-                    "tunnel-guard",
-                ],
-            )
-            .unwrap());
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|i| i.get("rule"))
-            .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-            .find_map(|e| e.get("counter").map(|c| c["packets"].as_u64().unwrap()))
-            .unwrap()
-    };
+    let drops = |c: &Cluster| c.guard_drops(&a.node);
     let before = drops(&c);
     let a_ip = c.lab.plan().host(&a.node).unwrap().ip();
     c.lab
@@ -393,13 +368,7 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
 
 /// Restarts podnetd on a node (stopped by PID), with `extra` flags.
 fn restart(c: &mut Cluster, node: &str, extra: &[&str]) {
-    let pid = c
-        .lab
-        .processes()
-        .into_iter()
-        .find(|p| p.host == node && p.argv.first().is_some_and(|a| a.ends_with("podnetd")))
-        .map(|p| p.id.pid)
-        .unwrap();
+    let pid = c.podnetd(node).id.pid;
     c.lab.stop(pid).unwrap();
     let sock = format!("--status-socket={}", socket(c, node));
     let mut args = vec![sock.as_str()];
