@@ -392,6 +392,20 @@ impl Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each lease is refused by `c` with a reason containing its text.
+    #[track_caller]
+    fn assert_refused<const N: usize>(c: &Checker, cases: [(Lease, &str); N]) {
+        for (l, why) in cases {
+            let err = c.check(&l).unwrap_err();
+            assert!(
+                err.contains(why),
+                "{} {}: {err:?} lacks {why:?}",
+                l.key,
+                l.attrs.to_json()
+            );
+        }
+    }
     use crate::lease::{Keepalive, LeaseAttrs};
     use serde_json::value::RawValue;
 
@@ -484,15 +498,7 @@ mod tests {
                 "not a unicast",
             ),
         ];
-        for (l, why) in cases {
-            let err = c.check(&l).unwrap_err();
-            assert!(
-                err.contains(why),
-                "{} {}: {err:?} lacks {why:?}",
-                l.key,
-                l.attrs.to_json()
-            );
-        }
+        assert_refused(&c, cases);
         let mut bad = ok.clone();
         bad.attrs.backend_data = Some(RawValue::from_string("{\"VNI\":1}".into()).unwrap());
         assert!(c.check(&bad).unwrap_err().contains("has no VtepMAC"));
@@ -599,15 +605,7 @@ mod tests {
                 "not a unicast",
             ),
         ];
-        for (l, why) in cases {
-            let err = c.check(&l).unwrap_err();
-            assert!(
-                err.contains(why),
-                "{} {}: {err:?} lacks {why:?}",
-                l.key,
-                l.attrs.to_json()
-            );
-        }
+        assert_refused(&c, cases);
         let mut no_public = good.clone();
         no_public.attrs.public_ipv6 = None;
         assert!(

@@ -86,6 +86,14 @@ fn ping(c: &Cluster, from: &Node, src: &str, dst: &str, extra: &[&str]) -> bool 
     c.lab.exec(&from.name, &argv).unwrap().status.success()
 }
 
+/// Each node's bridge with its gateways (`fake_cni0`), then every gateway reaching every other.
+fn bridges_that_answer(c: &Cluster, nodes: &[Node]) {
+    for n in nodes {
+        fake_cni0(c, n);
+    }
+    every_gateway_answers(c, nodes);
+}
+
 /// Every node's gateways reach every other node's, over each family the network has (polled:
 /// the first packet may wait for the underlay's neighbour discovery).
 fn every_gateway_answers(c: &Cluster, nodes: &[Node]) {
@@ -299,10 +307,7 @@ fn dual_stack_vxlan_three_nodes_on_two_segments() {
     }
     let env = c.wait_ready("node1");
     assert_eq!(env.mtu, Some(1430));
-    for n in &nodes {
-        fake_cni0(&c, n);
-    }
-    every_gateway_answers(&c, &nodes);
+    bridges_that_answer(&c, &nodes);
     // Across the router, through flannel-v6.1: the full 1430 bytes with DF, not one more.
     assert_path_mtu6(&c, &nodes[0], &nodes[2], 1430);
 
@@ -673,10 +678,7 @@ fn direct_routing_over_ipv6_uses_the_tunnel_only_across_the_router() {
             }
         }
     }
-    for n in &nodes {
-        fake_cni0(&c, n);
-    }
-    every_gateway_answers(&c, &nodes);
+    bridges_that_answer(&c, &nodes);
 }
 
 /// Connects from `target` to `dst:port` (a one-shot server in `server_target`) and returns the
@@ -781,10 +783,7 @@ fn a_restart_under_ping6_loses_nothing() {
     let mut c = Cluster::new(LabSpec::new(unique("dsrst"), 2).ipv6(true));
     let nodes = boot(&mut c, DUAL_VXLAN, &[]);
     wait_converged6(&c, &nodes, tunnelled6);
-    for n in &nodes {
-        fake_cni0(&c, n);
-    }
-    every_gateway_answers(&c, &nodes);
+    bridges_that_answer(&c, &nodes);
     let mac = c.ip_json("node1", &["link", "show", "flannel-v6.1"])[0]["address"].clone();
     let (src, dst) = (nodes[1].gw6(), nodes[0].gw6());
     c.restart_twice_under_ping("node1", ("node2", &src, &dst), |c| {
@@ -808,10 +807,7 @@ fn the_tunnel_guard_covers_ipv6_peers() {
     let mut c = Cluster::new(LabSpec::new(unique("v6tg"), 2).ipv6(true));
     let nodes = boot(&mut c, V6_ONLY_VXLAN, &[]);
     wait_converged6(&c, &nodes, tunnelled6);
-    for n in &nodes {
-        fake_cni0(&c, n);
-    }
-    every_gateway_answers(&c, &nodes);
+    bridges_that_answer(&c, &nodes);
     let set = ok(c
         .lab
         .exec(
