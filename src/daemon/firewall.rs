@@ -3,7 +3,10 @@
 //!
 //! The table is written over nfnetlink (`FirewallSpec::table_batch`, the guard's elements one
 //! transaction each) through one socket kept for the thread's lifetime (`kernel::nft::NftSocket`),
-//! and read back with `nft -s list` when it has to be compared.
+//! and read back over the same socket when it has to be compared (`kernel::nft::dump`): the
+//! kernel's objects against the objects of the transaction that would write the table now
+//! (`table_batch`, read by the same parser), both as a `TableShape`. No `nft` program runs.
+//! Other software's masquerade rules are looked for in the whole ruleset, dumped the same way.
 //!
 //! nftables announces every committed transaction with the tables it changed and the netlink
 //! port id of the socket that committed it (`kernel::nft::NftEvents`, read by the `nft-events`
@@ -29,6 +32,7 @@ use super::metrics::{Metrics, label};
 use crate::firewall::foreign::{self, ForeignRule, Probe};
 use crate::firewall::{self, FirewallSpec};
 use crate::kernel::KernelError;
+use crate::kernel::nft::dump::{Ruleset, TableShape};
 use crate::kernel::nft::{self, Commit, Commits, NftEvents};
 use crate::lease::SubnetKey;
 use crate::owned;
@@ -75,8 +79,9 @@ const TABLE: &str = "nftables table inet podnet";
 /// nftables' family number for `inet` tables.
 const NFPROTO_INET: u8 = 1;
 
-/// Splits a listing into the table without the guard's elements, and the elements sorted
-/// (nft orders and wraps them its own way).
+/// Splits an `nft -s list` listing into the table without the guard's elements, and the
+/// elements sorted (nft orders and wraps them its own way): for comparing listings in tests
+/// and tools (the daemon compares dumped objects, not text).
 pub fn normalize(listing: &str) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut elems = Vec::new();
@@ -210,34 +215,29 @@ impl State {
         s.last_error = Some(format!("{what}: {e}"));
     }
 
-    /// The table as it should be, normalized (`None`: no table at all).
-    fn wanted(&self) -> Option<(String, Vec<String>)> {
+    /// The table as it should be (`None`: no table at all): the objects the transaction that
+    /// creates it would send, read back by the parser the kernel's dump goes through.
+    fn wanted(&self) -> Result<Option<TableShape>, KernelError> {
         if self.spec.is_empty() {
-            return None;
+            return Ok(None);
         }
-        // Peers' endpoints are elements of the tunnel guard's set only; without a guard
-        // (host-gw) the table has no set and nothing to compare them with.
-        let mut elems: Vec<String> = match self.spec.guard {
-            Some(_) => self.endpoints.keys().map(|p| p.to_string()).collect(),
-            None => Vec::new(),
-        };
-        elems.sort();
-        Some((normalize(&self.spec.render_table(&[])).0, elems))
+        let t = self.spec.table_batch(&self.peer_list(), false);
+        Ok(Ruleset::from_datagram(&t.bytes)?.shape(NFPROTO_INET, owned::NFT_TABLE))
     }
 
-    /// The table as listed, normalized; `None` when there is none (asked over netlink first:
-    /// a new node's start-up runs no `nft`).
-    fn listing(&self) -> Result<Option<(String, Vec<String>)>, KernelError> {
+    /// The table as the kernel has it; `None` when there is none (one request when it is
+    /// missing, a new node's start-up; a few dumps when it exists).
+    fn listing(&self) -> Result<Option<TableShape>, KernelError> {
         if !self.socket.table_exists(NFPROTO_INET, owned::NFT_TABLE)? {
             return Ok(None);
         }
-        let listed = nft::list_table(owned::NFT_FAMILY, owned::NFT_TABLE)?;
-        Ok(listed.map(|l| normalize(&l)))
+        let table = self.socket.table(NFPROTO_INET, owned::NFT_TABLE)?;
+        Ok(table.and_then(|rs| rs.shape(NFPROTO_INET, owned::NFT_TABLE)))
     }
 
-    /// Whether the table is as it should be (one `nft list` when it exists).
+    /// Whether the table is as it should be.
     fn as_wanted(&self) -> Result<bool, KernelError> {
-        Ok(self.listing()? == self.wanted())
+        Ok(self.listing()? == self.wanted()?)
     }
 
     /// Commits one of this thread's own transactions (through its socket, so its notification
@@ -261,7 +261,7 @@ impl State {
         let peers = self.peer_list();
         let generation = self.socket.generation().ok();
         let have = self.listing()?;
-        let done = if have == self.wanted() {
+        let done = if have == self.wanted()? {
             self.generation = generation;
             Ensured::AsWanted
         } else if have.is_none() {
@@ -406,13 +406,13 @@ impl State {
     fn find_foreign(&mut self) {
         self.foreign_dirty = false;
         self.foreign_at = Instant::now() + self.resync;
-        let ruleset = match nft::ruleset_json() {
+        let ruleset = match self.socket.ruleset() {
             Ok(r) => r,
             Err(e) => return self.fail("read the nftables ruleset", e),
         };
         let mut found: Vec<ForeignRule> = Vec::new();
         for p in &self.probes {
-            for r in foreign::find(&ruleset, p, owned::NFT_FAMILY, owned::NFT_TABLE) {
+            for r in foreign::find(&ruleset, p, NFPROTO_INET, owned::NFT_TABLE) {
                 if !found.contains(&r) {
                     found.push(r);
                 }
@@ -438,7 +438,7 @@ impl State {
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         // The first look for foreign rules runs here rather than before start-up returns: it
-        // costs an nft round trip that start-up does not need to wait for.
+        // costs a dump of the whole ruleset that start-up does not need to wait for.
         self.find_foreign();
         let mut tick = Instant::now() + self.resync;
         loop {
@@ -595,6 +595,122 @@ impl Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::{Guard, Nets};
+    use crate::kernel::nft::dump;
+
+    /// The kernel's dump of a namespace where podnetd's transaction for `spec()` with two peers
+    /// was committed (and other software's tables).
+    fn dumped() -> Ruleset {
+        let hex = include_str!("../kernel/nft/dump/testdata/ruleset.hex");
+        let msgs: Vec<Vec<u8>> = hex
+            .lines()
+            .map(|l| {
+                (0..l.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                    .collect()
+            })
+            .collect();
+        dump::parse_messages(&msgs).unwrap()
+    }
+
+    fn spec() -> FirewallSpec {
+        FirewallSpec {
+            v4: Some(Nets {
+                network: "10.244.0.0/16".parse().unwrap(),
+                pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
+            v6: None,
+            masquerade: true,
+            fully_random: true,
+            forward: true,
+            guard: Some(Guard { port: 8472 }),
+        }
+    }
+
+    fn wanted(spec: &FirewallSpec, peers: &[&str]) -> Option<TableShape> {
+        let peers: Vec<IpAddr> = peers.iter().map(|p| p.parse().unwrap()).collect();
+        let t = spec.table_batch(&peers, false);
+        Ruleset::from_datagram(&t.bytes)
+            .unwrap()
+            .shape(NFPROTO_INET, owned::NFT_TABLE)
+    }
+
+    #[test]
+    fn the_table_as_the_kernel_holds_it_has_the_shape_of_its_transaction() {
+        let have = dumped().shape(NFPROTO_INET, owned::NFT_TABLE);
+        assert!(have.is_some());
+        assert_eq!(have, wanted(&spec(), &["198.18.0.13", "198.18.0.12"]));
+        // Another peer set, another option, another network: another table.
+        assert_ne!(have, wanted(&spec(), &["198.18.0.12"]));
+        let plain = FirewallSpec {
+            fully_random: false,
+            ..spec()
+        };
+        assert_ne!(have, wanted(&plain, &["198.18.0.12", "198.18.0.13"]));
+        let mut other = spec();
+        other.v4.as_mut().unwrap().network = "10.244.0.0/17".parse().unwrap();
+        assert_ne!(have, wanted(&other, &["198.18.0.12", "198.18.0.13"]));
+    }
+
+    #[test]
+    fn counters_do_not_change_the_shape_a_hand_made_change_does() {
+        let base = dumped();
+        let want = base.shape(NFPROTO_INET, owned::NFT_TABLE);
+        let changed = |f: &dyn Fn(&mut Ruleset)| {
+            let mut rs = base.clone();
+            f(&mut rs);
+            rs.shape(NFPROTO_INET, owned::NFT_TABLE)
+        };
+        let podnets = |r: &dump::Rule| r.table == owned::NFT_TABLE;
+        assert_eq!(
+            changed(&|rs| {
+                for r in rs.rules.iter_mut().filter(|r| podnets(r)) {
+                    for e in &mut r.exprs {
+                        if let dump::Expr::Counter { packets, bytes } = e {
+                            (*packets, *bytes) = (7, 700);
+                        }
+                    }
+                }
+            }),
+            want
+        );
+        // A rule gone, a priority changed, a peer removed, a verdict changed: not as wanted.
+        let forward = |r: &dump::Rule| podnets(r) && r.chain == "forward";
+        let gone = changed(&|rs| {
+            let at = rs.rules.iter().position(forward).unwrap();
+            rs.rules.remove(at);
+        });
+        assert_ne!(gone, want);
+        let priority = changed(&|rs| {
+            let c = rs
+                .chains
+                .iter_mut()
+                .find(|c| c.table == owned::NFT_TABLE)
+                .unwrap();
+            c.base.as_mut().unwrap().priority += 1;
+        });
+        assert_ne!(priority, want);
+        let peer = changed(&|rs| {
+            let s = rs
+                .sets
+                .iter_mut()
+                .find(|s| s.name == "tunnel-peers")
+                .unwrap();
+            s.elements.pop();
+        });
+        assert_ne!(peer, want);
+        let verdict = changed(&|rs| {
+            let r = rs.rules.iter_mut().find(|r| forward(r)).unwrap();
+            *r.exprs.last_mut().unwrap() = dump::Expr::Immediate {
+                dreg: 0,
+                data: dump::Data::Verdict(dump::VERDICT_DROP, None),
+            };
+        });
+        assert_ne!(verdict, want);
+        // Other tables' objects are not the table's.
+        assert_eq!(changed(&|rs| rs.rules.retain(|r| podnets(r))), want);
+    }
 
     #[test]
     fn normalize_ignores_element_order_and_wrapping() {

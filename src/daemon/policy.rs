@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::cni::records::PodRecord;
 use crate::kernel::{KernelError, nft};
-use crate::owned::{NFT_FAMILY, NFT_POLICY_TABLE};
+use crate::owned::NFT_POLICY_TABLE;
 use crate::policy::compile::{self, Compiled};
 use crate::policy::eval;
 use crate::policy::manifest::{self, Object};
@@ -324,7 +324,9 @@ impl Engine {
 
     /// Puts the table back if it is gone (someone deleted it, or `podnetctl teardown`).
     fn check(&mut self) {
-        if matches!(nft::table_exists(NFT_FAMILY, NFT_POLICY_TABLE), Ok(false)) {
+        let exists = nft::NftSocket::open()
+            .and_then(|s| s.table_exists(nft::NFPROTO_INET, NFT_POLICY_TABLE));
+        if matches!(exists, Ok(false)) {
             tracing::warn!("podnet's network policy table was removed; restoring it");
             self.applied = None;
             if let Err(e) = self.program() {
@@ -333,12 +335,20 @@ impl Engine {
         }
     }
 
+    /// The rules' counters summed by what their comments name (over netlink: no `nft`).
     fn counters(&self) -> Counters {
-        let listing = nft::list_table_json(NFT_FAMILY, NFT_POLICY_TABLE);
-        match listing {
-            Ok(Some(v)) => render::counters(&v),
-            _ => Counters::new(),
+        let rules = nft::NftSocket::open()
+            .and_then(|s| s.rules(nft::NFPROTO_INET, NFT_POLICY_TABLE))
+            .unwrap_or_default();
+        let mut out = Counters::new();
+        for (comment, (packets, bytes)) in nft::dump::counters_by_comment(&rules) {
+            if let Some(key) = render::counter_key(&comment) {
+                let e = out.entry(key).or_default();
+                e.0 += packets;
+                e.1 += bytes;
+            }
         }
+        out
     }
 
     fn explain(&self, key: &Key) -> PolicyExplain {

@@ -4,8 +4,11 @@
 //!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
 //!   call), podnetd its own table (`NftSocket`, one socket kept open, whose port id the
 //!   notifications of its transactions carry), and `delete_table` (teardown) deletes so.
-//! - through the `nft` tool: listings read back as text or JSON (drift checks, `doctor`, tests),
-//!   and scripts applied as one transaction (`apply`, still the policy engine's way).
+//! - read over nfnetlink too (`dump`, on an `NftSocket`): tables, chains, sets with their
+//!   elements and rules with their expressions as typed objects, for the daemon's drift check,
+//!   its search for foreign masquerade rules and the policy counters.
+//! - through the `nft` tool: the ruleset as JSON for `doctor`, and scripts applied as one
+//!   transaction (`apply`, still the policy engine's way).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -13,6 +16,7 @@ use std::process::{Command, Stdio};
 use super::KernelError;
 
 mod batch;
+pub mod dump;
 mod watch;
 
 pub use batch::{
@@ -158,6 +162,45 @@ impl NftSocket {
                 }
             }
         }
+    }
+
+    /// Every table of every family with its chains, sets (and their elements) and rules, all
+    /// of one generation (see `dump`).
+    pub fn ruleset(&self) -> Result<dump::Ruleset, KernelError> {
+        dump::parse_messages(&self.dump_messages(dump::Scope::All)?)
+    }
+
+    /// One table with its chains, sets and rules (of one generation); `None` if there is none.
+    pub fn table(&self, family: u8, table: &str) -> Result<Option<dump::Ruleset>, KernelError> {
+        let msgs = self.dump_messages(dump::Scope::Table(family, table))?;
+        let rs = dump::parse_messages(&msgs)?.only_table(family, table);
+        Ok((!rs.tables.is_empty()).then_some(rs))
+    }
+
+    /// One table's rules alone (one dump: no sets, no elements), e.g. for their counters;
+    /// empty when there is no such table.
+    pub fn rules(&self, family: u8, table: &str) -> Result<Vec<dump::Rule>, KernelError> {
+        self.drain();
+        for _ in 0..8 {
+            match dump::dump_on(&self.socket, dump::GETRULE, family, &[(1, table)]) {
+                Ok(Some(msgs)) => {
+                    let rs = dump::parse_messages(&msgs)?.only_rules_of(family, table);
+                    return Ok(rs);
+                }
+                Ok(None) => continue,
+                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(KernelError::Other(format!(
+            "read nftables table {table}: it changed during each of 8 reads"
+        )))
+    }
+
+    /// The dumps' answers as they came (whole messages): what `ruleset` and `table` parse.
+    pub fn dump_messages(&self, scope: dump::Scope<'_>) -> Result<Vec<Vec<u8>>, KernelError> {
+        self.drain();
+        dump::read_messages(&self.socket, scope, || watch::generation_on(&self.socket))
     }
 
     /// Drops whatever an earlier exchange left (an answer that came after a timeout).
@@ -362,37 +405,8 @@ pub fn apply(script: &str) -> Result<(), KernelError> {
     nft(&["-f", "-"], Some(script)).map(|_| ())
 }
 
-/// A table without counters or handles (stable between calls); `None` if it does not exist.
-pub fn list_table(family: &str, table: &str) -> Result<Option<String>, KernelError> {
-    match nft(&["-s", "list", "table", family, table], None) {
-        Ok(s) => Ok(Some(s)),
-        Err(KernelError::Other(m)) if m.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A table with its counters, as nft's JSON; `None` if it does not exist.
-pub fn list_table_json(
-    family: &str,
-    table: &str,
-) -> Result<Option<serde_json::Value>, KernelError> {
-    match nft(&["-j", "list", "table", family, table], None) {
-        Ok(s) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|e| KernelError::decode("nft -j list table", e.to_string())),
-        Err(KernelError::Other(m)) if m.contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether a table exists (cheap: names only).
-pub fn table_exists(family: &str, table: &str) -> Result<bool, KernelError> {
-    let out = nft(&["list", "tables", family], None)?;
-    let want = format!("table {family} {table}");
-    Ok(out.lines().any(|l| l.trim() == want))
-}
-
-/// The whole ruleset as nft's JSON.
+/// The whole ruleset as nft's JSON (`podnetctl doctor`; the daemon reads it over netlink,
+/// `NftSocket::ruleset`).
 pub fn ruleset_json() -> Result<serde_json::Value, KernelError> {
     let s = nft(&["-j", "list", "ruleset"], None)?;
     if s.trim().is_empty() {

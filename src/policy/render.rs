@@ -384,7 +384,7 @@ pub fn counters(listing: &serde_json::Value) -> BTreeMap<(String, String, String
 }
 
 /// (policy, direction, verdict) from a rule's comment.
-fn counter_key(comment: &str) -> Option<(String, String, String)> {
+pub fn counter_key(comment: &str) -> Option<(String, String, String)> {
     if let Some((dir, by)) = comment.split_once(" isolated by ") {
         return Some((by.to_string(), dir.to_string(), "dropped".into()));
     }

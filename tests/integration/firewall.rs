@@ -581,3 +581,254 @@ fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
         ""
     );
 }
+
+/// Runs an nft script in a namespace.
+fn nft_script(ns: &podnet::kernel::netns::NetNs, script: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command("nft")
+        .unwrap()
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Other software's tables, as the dump reader and the foreign-rule walk meet them: Docker's
+/// masquerade, kube-proxy's marked-only masquerade behind a jump, a goto into a chain that
+/// SNATs what a named interval set holds, a rule reading what the walk does not model, an
+/// anonymous set, and a counted, commented rule that saw packets.
+pub const FOREIGN_SCRIPT: &str = r#"
+table ip nat {
+    chain POSTROUTING {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 10.244.3.0/24 oifname != "docker0" counter masquerade
+    }
+}
+table ip kube {
+    chain KUBE-POSTROUTING {
+        meta mark & 0x00004000 != 0x00004000 return
+        masquerade fully-random
+    }
+    chain POSTROUTING {
+        type nat hook postrouting priority srcnat + 1; policy accept;
+        ip saddr 10.244.3.0/24 ip daddr != 10.244.0.0/16 oifname != "docker0" masquerade
+        jump KUBE-POSTROUTING
+    }
+}
+table inet custom {
+    set pods {
+        type ipv4_addr
+        flags interval
+        elements = { 10.244.0.0/16 }
+    }
+    chain CUSTOM {
+        ip saddr @pods snat ip to 198.18.0.11
+    }
+    chain POSTROUTING {
+        type nat hook postrouting priority 110; policy accept;
+        meta l4proto tcp masquerade
+        ip daddr { 10.96.0.0/12, 192.0.2.0/24 } masquerade
+        oifname "flann*" goto CUSTOM
+    }
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto icmp counter comment "x/allow-b egress rule 0"
+        meta l4proto icmp counter comment "x/allow-b egress rule 0"
+    }
+}
+"#;
+
+/// The whole ruleset read over nfnetlink is what `nft -j` lists: every table, chain (hook,
+/// priority, policy), named set, rule (handle, comment, counter), in one generation; podnetd's
+/// table has the shape of the transaction that wrote it, and keeps it only while unchanged.
+/// With `PODNET_WRITE_FIXTURES=1` the dump's messages are written as the unit tests' fixture.
+#[test]
+fn the_ruleset_read_over_netlink_is_what_nft_lists() {
+    use podnet::kernel::nft::dump::{Ruleset, Scope};
+    let scratch = crate::support::ScratchNs::new();
+    let ns = &scratch.ns;
+    let spec = FirewallSpec {
+        v4: Some(Nets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+        }),
+        v6: None,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    };
+    let peers: Vec<std::net::IpAddr> = vec![
+        "198.18.0.12".parse().unwrap(),
+        "198.18.0.13".parse().unwrap(),
+    ];
+    let socket = ns.run(nft::NftSocket::open).unwrap().unwrap();
+    socket.commit(&spec.table_batch(&peers, false)).unwrap();
+    nft_script(ns, FOREIGN_SCRIPT);
+    let ping = ns
+        .command("sh")
+        .unwrap()
+        .args(["-c", "ip link set lo up && ping -c 3 -i 0.2 -W 1 127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{ping:?}");
+
+    let msgs = socket.dump_messages(Scope::All).unwrap();
+    let dumped = nft::dump::parse_messages(&msgs).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&ok(ns
+        .command("nft")
+        .unwrap()
+        .args(["-j", "list", "ruleset"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    if std::env::var_os("PODNET_WRITE_FIXTURES").is_some() {
+        let hex: String = msgs
+            .iter()
+            .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+            .collect();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/kernel/nft/dump/testdata/ruleset.hex"
+        );
+        std::fs::write(path, hex).unwrap();
+    }
+    assert_same_as_listed(&dumped, &listed);
+
+    // podnetd's table: the shape of its transaction; not once a rule is gone.
+    let family = nft::NFPROTO_INET;
+    let wanted = Ruleset::from_datagram(&spec.table_batch(&peers, false).bytes)
+        .unwrap()
+        .shape(family, "podnet");
+    let have = socket.table(family, "podnet").unwrap().unwrap();
+    assert_eq!(have.shape(family, "podnet"), wanted);
+    assert!(socket.table(nft::NFPROTO_IPV4, "podnet").unwrap().is_none());
+    let handle = have
+        .rules_of(family, "podnet", "forward")
+        .next()
+        .unwrap()
+        .handle;
+    nft_script(
+        ns,
+        &format!("delete rule inet podnet forward handle {handle}\n"),
+    );
+    let have = socket.table(family, "podnet").unwrap().unwrap();
+    assert_ne!(have.shape(family, "podnet"), wanted);
+
+    // The policy engine's counters: summed by comment, as `nft -j` counts them.
+    let rules = socket.rules(family, "custom").unwrap();
+    let sums = nft::dump::counters_by_comment(&rules);
+    let (packets, bytes) = sums["x/allow-b egress rule 0"];
+    assert!(packets >= 12 && bytes > 0, "{sums:?}");
+    assert!(socket.rules(family, "missing").unwrap().is_empty());
+}
+
+/// Asserts that every chain, named set and rule `nft -j` lists is in the dump with the same
+/// facts, and nothing more.
+fn assert_same_as_listed(dumped: &nft::dump::Ruleset, listed: &serde_json::Value) {
+    let family = |name: &str| nft::family_code(name).unwrap();
+    let items = listed["nftables"].as_array().unwrap();
+    let (mut chains, mut sets, mut rules, mut tables) = (0, 0, 0, 0);
+    for item in items {
+        if let Some(t) = item.get("table") {
+            tables += 1;
+            let f = family(t["family"].as_str().unwrap());
+            assert!(
+                dumped
+                    .tables
+                    .iter()
+                    .any(|d| d.family == f && d.name == t["name"]),
+                "{t}"
+            );
+        }
+        if let Some(c) = item.get("chain") {
+            chains += 1;
+            let f = family(c["family"].as_str().unwrap());
+            let d = dumped
+                .chain(f, c["table"].as_str().unwrap(), c["name"].as_str().unwrap())
+                .unwrap_or_else(|| panic!("{c} not dumped"));
+            assert_eq!(d.handle, c["handle"].as_u64().unwrap(), "{c}");
+            match &d.base {
+                Some(b) => {
+                    assert_eq!(b.kind, c["type"].as_str().unwrap(), "{c}");
+                    assert_eq!(i64::from(b.priority), c["prio"].as_i64().unwrap(), "{c}");
+                    let hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+                    assert_eq!(hooks[b.hook as usize], c["hook"].as_str().unwrap(), "{c}");
+                    let policy = if b.policy == 1 { "accept" } else { "drop" };
+                    assert_eq!(policy, c["policy"].as_str().unwrap(), "{c}");
+                }
+                None => assert!(c.get("hook").is_none(), "{c}"),
+            }
+        }
+        if let Some(s) = item.get("set") {
+            sets += 1;
+            let f = family(s["family"].as_str().unwrap());
+            let d = dumped
+                .set(
+                    f,
+                    s["table"].as_str().unwrap(),
+                    s["name"].as_str().unwrap(),
+                    None,
+                )
+                .unwrap_or_else(|| panic!("{s} not dumped"));
+            let n = s
+                .get("elem")
+                .and_then(|e| e.as_array())
+                .map_or(0, |e| e.len());
+            let interval = d.flags & nft::dump::SET_INTERVAL != 0;
+            assert!(
+                if interval {
+                    d.elements.len() >= n
+                } else {
+                    d.elements.len() == n
+                },
+                "{s}: {d:?}"
+            );
+        }
+        if let Some(r) = item.get("rule") {
+            rules += 1;
+            let f = family(r["family"].as_str().unwrap());
+            let d = dumped
+                .rules
+                .iter()
+                .find(|d| {
+                    d.family == f
+                        && d.handle == r["handle"].as_u64().unwrap()
+                        && d.table == r["table"]
+                        && d.chain == r["chain"]
+                })
+                .unwrap_or_else(|| panic!("{r} not dumped"));
+            assert_eq!(d.comment().as_deref(), r["comment"].as_str(), "{r}");
+            let counter = r["expr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| e.get("counter"))
+                .map(|c| (c["packets"].as_u64().unwrap(), c["bytes"].as_u64().unwrap()));
+            assert_eq!(d.counter(), counter, "{r}");
+        }
+    }
+    assert_eq!(dumped.tables.len(), tables);
+    assert_eq!(dumped.chains.len(), chains);
+    assert_eq!(dumped.rules.len(), rules);
+    let named = dumped
+        .sets
+        .iter()
+        .filter(|s| s.flags & nft::dump::SET_ANONYMOUS == 0)
+        .count();
+    assert_eq!(named, sets);
+}
