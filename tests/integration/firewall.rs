@@ -832,3 +832,141 @@ fn assert_same_as_listed(dumped: &nft::dump::Ruleset, listed: &serde_json::Value
         .count();
     assert_eq!(named, sets);
 }
+
+/// A directory removed when dropped.
+struct TrapDir(std::path::PathBuf);
+
+impl TrapDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TrapDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A directory for podnetd's `PATH` whose `nft` only records that it ran (and fails), beside
+/// the one other program podnetd may start (`ethtool`).
+fn nft_trap() -> (TrapDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TrapDir(std::env::temp_dir().join(format!(
+        "podnet-nft-trap-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )));
+    std::fs::create_dir(dir.path()).unwrap();
+    let ran = dir.path().join("nft-ran");
+    let trap = dir.path().join("nft");
+    std::fs::write(
+        &trap,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&trap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir_ in ["/usr/sbin", "/sbin", "/usr/bin"] {
+        let ethtool = std::path::Path::new(dir_).join("ethtool");
+        if ethtool.exists() {
+            std::os::unix::fs::symlink(&ethtool, dir.path().join("ethtool")).unwrap();
+            break;
+        }
+    }
+    (dir, ran)
+}
+
+/// podnetd reads nftables over netlink only: with an `nft` in its `PATH` that records every
+/// run, it creates its table, finds it as wanted after a restart (and leaves it: the same rule
+/// handles), restores it when a chain is flushed or the table deleted by hand, and reports
+/// Docker's masquerade rule — and `nft` never ran.
+#[test]
+fn podnetd_runs_no_nft_to_read_its_table_or_find_foreign_rules() {
+    let (trap, ran) = nft_trap();
+    let path = trap.path().display().to_string();
+    let mut c = Cluster::small("fwx", 2);
+    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let args = ["--ip-masq", "--iptables-resync=1"];
+    let start = |c: &mut Cluster, node: &str| {
+        let argv = c.podnetd_args(node, &args);
+        c.lab
+            .spawn(node, &argv, &[("PATH".into(), path.clone())])
+            .unwrap();
+    };
+    start(&mut c, "node1");
+    start(&mut c, "node2");
+    let subnet1 = c.wait_ready("node1").subnet.unwrap().trunc();
+    c.wait_ready("node2");
+    let golden = FirewallSpec {
+        v4: Some(Nets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: subnet1,
+        }),
+        v6: None,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    }
+    .render_table(&["198.18.0.12".parse().unwrap()]);
+    let listing = |c: &Cluster, flags: &str| {
+        let out = c
+            .lab
+            .exec("node1", &["nft", flags, "list", "table", "inet", "podnet"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    poll("node2 in the tunnel guard", Duration::from_secs(10), || {
+        (listing(&c, "-s") == golden).then_some(())
+    });
+
+    // A restart finds the table as wanted and leaves it: the rules keep their handles.
+    let handles = listing(&c, "-a");
+    let rec = c.podnetd("node1");
+    c.lab.stop(rec.id.pid).unwrap();
+    start(&mut c, "node1");
+    c.wait_ready("node1");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        listing(&c, "-a"),
+        handles,
+        "the table was replaced at restart"
+    );
+
+    // Changed by hand: restored.
+    for cmd in [
+        "nft flush chain inet podnet postrouting",
+        "nft delete table inet podnet",
+    ] {
+        let argv: Vec<&str> = cmd.split(' ').collect();
+        ok(c.lab.exec("node1", &argv).unwrap());
+        poll(cmd, Duration::from_secs(5), || {
+            (listing(&c, "-s") == golden).then_some(())
+        });
+    }
+    // Docker's rule: reported.
+    docker_rule(&c, "node1", &subnet1.to_string());
+    let log = c.wait_log(
+        &c.podnetd("node1"),
+        "a masquerade rule outside podnet rewrites pod-to-pod traffic",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("table ip nat chain POSTROUTING handle")
+            && log.contains(&format!("ip saddr == {subnet1}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("podnet's nftables rules were changed or removed; restored them"),
+        "{log}"
+    );
+    let runs = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert_eq!(runs, "", "podnetd ran nft");
+    // The trap works: it records what runs it.
+    let out = std::process::Command::new(trap.path().join("nft"))
+        .arg("probe")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "probe\n");
+}
