@@ -583,9 +583,12 @@ fn startup(runs: usize) -> Vec<(String, common::Summary, common::Summary)> {
 /// One apply of podnetd's table, the way it was (`nft -f` of its text) and the way it is (the
 /// same table as one nfnetlink transaction on a socket kept open), interleaved, in a lab node's
 /// namespace: the table created where there is none (start-up), replaced whole (a changed or
-/// damaged table), and one tunnel-guard element added and removed (a peer coming and going).
-/// Seconds per call as [way][create, replace, guard element].
-fn firewall_apply(rounds: usize) -> [[Vec<f64>; 3]; 2] {
+/// damaged table), and one tunnel-guard element added and removed (a peer coming and going);
+/// and the reads: the table compared with what it should be (`nft -s list` and text against a
+/// dump and objects against the transaction's), the whole ruleset read to look for foreign
+/// masquerade rules (`nft -j list ruleset` parsed against a dump).
+/// Seconds per call as [way][create, replace, guard element, check table, read ruleset].
+fn firewall_apply(rounds: usize) -> [[Vec<f64>; 5]; 2] {
     use podnet::firewall::{FirewallSpec, Guard, Nets, guard_add, guard_remove};
     use podnet::kernel::nft;
     use std::net::IpAddr;
@@ -618,13 +621,43 @@ fn firewall_apply(rounds: usize) -> [[Vec<f64>; 3]; 2] {
         f();
         t.elapsed().as_secs_f64()
     };
+    let nft_out = |args: &[&str]| {
+        let out = std::process::Command::new("nft")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The check as it was: listing and rendering normalized, compared.
+    let check_text = || {
+        use podnet::daemon::firewall::normalize;
+        let have = normalize(&nft_out(&["-s", "list", "table", "inet", "podnet"]));
+        assert_eq!(have, normalize(&spec.render_table(&peers)));
+    };
+    let read_json = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&nft_out(&["-j", "list", "ruleset"])).unwrap();
+        assert!(v["nftables"].as_array().unwrap().len() > 10);
+    };
     let ns = c.lab.netns("node1").unwrap();
     ns.run(|| {
         let socket = nft::NftSocket::open().unwrap();
+        // The check as it is: dumped objects against the transaction's.
+        let check_dump = || {
+            use nft::dump::Ruleset;
+            let family = nft::NFPROTO_INET;
+            let have = socket.table(family, "podnet").unwrap().unwrap();
+            let want = Ruleset::from_datagram(&spec.table_batch(&peers, false).bytes).unwrap();
+            assert_eq!(have.shape(family, "podnet"), want.shape(family, "podnet"));
+        };
+        let read_dump = || {
+            assert!(socket.ruleset().unwrap().rules.len() > 5);
+        };
         let gone = || {
             let _ = nft::delete_table("inet", "podnet");
         };
-        let mut t: [[Vec<f64>; 3]; 2] = Default::default();
+        let mut t: [[Vec<f64>; 5]; 2] = Default::default();
         for _ in 0..rounds {
             gone();
             t[0][0].push(timed(&|| nft::apply(&text).unwrap()));
@@ -644,17 +677,28 @@ fn firewall_apply(rounds: usize) -> [[Vec<f64>; 3]; 2] {
                     socket.commit(&del).unwrap();
                 }) / 2.0,
             );
+            t[0][3].push(timed(&check_text));
+            t[1][3].push(timed(&check_dump));
+            t[0][4].push(timed(&read_json));
+            t[1][4].push(timed(&read_dump));
         }
         t
     })
     .unwrap()
 }
 
-fn print_firewall(t: [[Vec<f64>; 3]; 2]) {
+fn print_firewall(t: [[Vec<f64>; 5]; 2]) {
     println!(
         "\npodnetd's table (100 guard peers), `nft -f` against nfnetlink, interleaved, ms median (min–max):"
     );
-    for (i, step) in ["create", "replace", "guard element"].iter().enumerate() {
+    let steps = [
+        "create",
+        "replace",
+        "guard element",
+        "check table",
+        "read ruleset",
+    ];
+    for (i, step) in steps.iter().enumerate() {
         let (a, b) = (summarize(&t[0][i]), summarize(&t[1][i]));
         println!(
             "  {step:<14} nft {}   netlink {}   {:.1}x",

@@ -181,20 +181,7 @@ impl NftSocket {
     /// empty when there is no such table.
     pub fn rules(&self, family: u8, table: &str) -> Result<Vec<dump::Rule>, KernelError> {
         self.drain();
-        for _ in 0..8 {
-            match dump::dump_on(&self.socket, dump::GETRULE, family, &[(1, table)]) {
-                Ok(Some(msgs)) => {
-                    let rs = dump::parse_messages(&msgs)?.only_rules_of(family, table);
-                    return Ok(rs);
-                }
-                Ok(None) => continue,
-                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(KernelError::Other(format!(
-            "read nftables table {table}: it changed during each of 8 reads"
-        )))
+        dump::rules_on(&self.socket, family, table)
     }
 
     /// The dumps' answers as they came (whole messages): what `ruleset` and `table` parse.

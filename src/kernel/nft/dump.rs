@@ -32,8 +32,6 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
-/// `NFT_MSG_GETRULE`, for `NftSocket::rules`.
-pub(super) const GETRULE: u16 = NFT_MSG_GETRULE;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -800,6 +798,22 @@ pub(super) fn dump_on(
     }
 }
 
+/// One table's rules (one dump, narrowed to the table by the kernel); none when the table
+/// does not exist.
+pub(super) fn rules_on(s: &Socket, family: u8, table: &str) -> Result<Vec<Rule>, KernelError> {
+    for _ in 0..DUMP_TRIES {
+        match dump_on(s, NFT_MSG_GETRULE, family, &[(NFTA_RULE_TABLE, table)]) {
+            Ok(Some(msgs)) => return Ok(parse_messages(&msgs)?.only_rules_of(family, table)),
+            Ok(None) => continue,
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(KernelError::Other(format!(
+        "read nftables table {table}: it changed during each of {DUMP_TRIES} reads"
+    )))
+}
+
 /// The objects of whole messages.
 pub fn parse_messages(msgs: &[Vec<u8>]) -> Result<Ruleset, KernelError> {
     let mut parts = Vec::with_capacity(msgs.len());
@@ -854,8 +868,8 @@ fn read_once(s: &Socket, scope: Scope<'_>) -> Result<Option<Vec<Vec<u8>>>, Kerne
         NFT_MSG_GETSET,
         NFT_MSG_GETRULE,
     ] {
-        // NFTA_SET_TABLE and NFTA_RULE_TABLE are both 1; tables and chains are not narrowed
-        // by the kernel, so everything is filtered below as well.
+        // The kernel narrows set and rule dumps to a table (NFTA_SET_TABLE and NFTA_RULE_TABLE
+        // are both 1), not table and chain dumps: the caller keeps only the table's objects.
         let narrow = if matches!(kind, NFT_MSG_GETSET | NFT_MSG_GETRULE) {
             &filter[..]
         } else {
