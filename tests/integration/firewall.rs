@@ -508,6 +508,14 @@ fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
         socket.commit(&spec.table_batch(&peers, true)).unwrap();
         let want = normalize(&spec.render_table(&peers));
         assert_eq!(podnet_listing(ns), want, "{spec:?}");
+        // Read back over netlink: the objects of the transaction (what the daemon's check
+        // compares), for every shape of the table.
+        let family = nft::NFPROTO_INET;
+        let sent = nft::dump::Ruleset::from_datagram(&spec.table_batch(&peers, false).bytes)
+            .unwrap()
+            .shape(family, "podnet");
+        let dumped = socket.table(family, "podnet").unwrap().unwrap();
+        assert_eq!(dumped.shape(family, "podnet"), sent, "{spec:?}");
     }
     // The guard, one element at a time; deleting one that is not there fails and says what.
     let newcomer: IpAddr = "198.18.0.14".parse().unwrap();
