@@ -305,11 +305,33 @@ fn family_name(f: u8) -> &'static str {
     }
 }
 
-fn walk(rs: &Ruleset, family: u8, table: &str, chain: &str, p: &Probe, depth: usize) -> Outcome {
-    if depth > 16 {
+/// How many rules one walk from a base chain visits at most: jumps can make the walk
+/// exponential in the depth on a ruleset built for it; what is past the budget is not
+/// reported (like a rule not understood).
+const WALK_BUDGET: usize = 100_000;
+
+/// Where a walk is: its table and how deep in jumps.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    family: u8,
+    table: &'a str,
+    depth: usize,
+}
+
+fn walk(rs: &Ruleset, at: &At<'_>, chain: &str, p: &Probe, budget: &mut usize) -> Outcome {
+    let (family, table) = (at.family, at.table);
+    if at.depth > 16 {
         return Outcome::Continue;
     }
+    let deeper = At {
+        depth: at.depth + 1,
+        ..*at
+    };
     'rules: for rule in rs.rules_of(family, table, chain) {
+        if *budget == 0 {
+            return Outcome::Continue;
+        }
+        *budget -= 1;
         let mut regs = Regs::new();
         for e in &rule.exprs {
             let (code, target) = match step(rs, rule, e, &mut regs, p) {
@@ -329,11 +351,11 @@ fn walk(rs: &Ruleset, family: u8, table: &str, chain: &str, p: &Probe, depth: us
             match (code, target) {
                 (dump::VERDICT_ACCEPT | dump::VERDICT_DROP, _) => return Outcome::Stop,
                 (dump::VERDICT_RETURN, _) => return Outcome::Continue,
-                (dump::VERDICT_JUMP, Some(t)) => match walk(rs, family, table, &t, p, depth + 1) {
+                (dump::VERDICT_JUMP, Some(t)) => match walk(rs, &deeper, &t, p, budget) {
                     Outcome::Continue => continue 'rules,
                     other => return other,
                 },
-                (dump::VERDICT_GOTO, Some(t)) => return walk(rs, family, table, &t, p, depth + 1),
+                (dump::VERDICT_GOTO, Some(t)) => return walk(rs, &deeper, &t, p, budget),
                 (dump::VERDICT_CONTINUE, _) => continue,
                 _ => continue 'rules,
             }
@@ -359,7 +381,12 @@ pub fn find(ruleset: &Ruleset, probe: &Probe, own_family: u8, own_table: &str) -
         {
             continue;
         }
-        if let Outcome::Rewrites(r) = walk(ruleset, c.family, &c.table, &c.name, probe, 0) {
+        let at = At {
+            family: c.family,
+            table: &c.table,
+            depth: 0,
+        };
+        if let Outcome::Rewrites(r) = walk(ruleset, &at, &c.name, probe, &mut { WALK_BUDGET }) {
             found.push(r);
         }
     }
@@ -736,5 +763,18 @@ mod tests {
         // A comparison of a register nothing loaded: unknown.
         let empty = rs(vec![cmp(vec![0, 0, 0, 0]), Expr::Masq { flags: 0 }]);
         assert!(find(&empty, &probe(), NFPROTO_INET, "podnet").is_empty());
+        // A chain of ten rules that each jump to it again: 10^16 paths, walked within the
+        // budget (without it this test does not end).
+        let jump = Expr::Immediate {
+            dreg: dump::REG_VERDICT,
+            data: Data::Verdict(dump::VERDICT_JUMP, Some("c".into())),
+        };
+        let mut fan = rs(vec![jump.clone()]);
+        for _ in 0..9 {
+            fan.rules.push(rule(vec![jump.clone()]));
+        }
+        fan.rules.push(rule(vec![Expr::Masq { flags: 0 }]));
+        let found = find(&fan, &probe(), NFPROTO_INET, "podnet");
+        assert!(found.len() <= 1, "{found:?}");
     }
 }
