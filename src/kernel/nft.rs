@@ -2,10 +2,11 @@
 //! - over nfnetlink from the process itself: a `Batch` built in `batch` is one atomic
 //!   transaction, sent in one datagram on a `NETLINK_NETFILTER` socket; no program is started.
 //!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
-//!   call), podnetd its own table (`NftSocket`, one socket kept open, whose port id the
-//!   notifications of its transactions carry), and `delete_table` (teardown) deletes so.
+//!   call), podnetd its own table and the policy table (`NftSocket`, one socket kept open per
+//!   owner thread, whose port id the notifications of its transactions carry), and
+//!   `delete_table` (teardown) deletes so.
 //! - through the `nft` tool: listings read back as text or JSON (drift checks, `doctor`, tests),
-//!   and scripts applied as one transaction (`apply`, still the policy engine's way).
+//!   and scripts applied as one transaction (`apply`: the oracle of tests and benchmarks).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
