@@ -407,3 +407,46 @@ fn long_element_lists_are_cut_between_ranges() {
             .all(|o| o == "add ranges of set s (table inet t)")
     );
 }
+
+/// Named interval sets: each prefix its own range, neighbours kept apart (an end and the next
+/// start on the same address), sorted; the zero end only into an empty set and only when no
+/// range starts at zero; no end after the family's last address.
+#[test]
+fn named_set_ranges_keep_each_prefix_apart() {
+    let p = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    let show = |prefixes: &[IpNet], first: bool| -> Vec<String> {
+        ranges(prefixes, first)
+            .iter()
+            .map(|e| {
+                let ip = match e.key.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(&e.key[..]).unwrap()),
+                    _ => IpAddr::from(<[u8; 16]>::try_from(&e.key[..]).unwrap()),
+                };
+                format!("{ip}{}", if e.end { " end" } else { "" })
+            })
+            .collect()
+    };
+    assert_eq!(
+        show(&p(&["10.244.2.3/32", "10.244.2.2/32"]), true),
+        [
+            "0.0.0.0 end",
+            "10.244.2.2",
+            "10.244.2.3 end",
+            "10.244.2.3",
+            "10.244.2.4 end"
+        ]
+    );
+    assert_eq!(
+        show(&p(&["10.244.2.2/32"]), false),
+        ["10.244.2.2", "10.244.2.3 end"]
+    );
+    assert_eq!(
+        show(&p(&["0.0.0.0/8", "255.255.255.255/32"]), true),
+        ["0.0.0.0", "1.0.0.0 end", "255.255.255.255"]
+    );
+    assert_eq!(
+        show(&p(&["fd10:244::1/128", "ffff::/16"]), true),
+        [":: end", "fd10:244::1", "fd10:244::2 end", "ffff::"]
+    );
+    assert!(show(&[], true).is_empty());
+}
