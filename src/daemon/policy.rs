@@ -8,8 +8,9 @@
 //! kernel as one nfnetlink transaction (`policy::render::update_batch`), on a socket the
 //! thread keeps open — a new pod is a map or set element, not a new ruleset. A transaction
 //! that fails (someone changed the table) changes nothing and is followed by a full rewrite
-//! (`render::full_batch`, the table deleted and made anew in one transaction). Locality is decided by address: a pod whose address is in this node's pod
-//! subnet is local, whatever the source says.
+//! (`render::full_batch`, the table deleted and made anew in one transaction). Locality is
+//! decided by address: a pod whose address is in this node's pod subnet is local, whatever the
+//! source says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
