@@ -11,6 +11,13 @@
 //! - the data path: one TCP stream and the round trip between two real pods, the server isolated
 //!   by a policy that lets the client in, with the 200 policies in force and with none, rounds
 //!   interleaved in one run.
+//!
+//! `BENCH_PARTS=apply` (not run by default; `BENCH_PARTS=apply,cluster` for both): the engine's
+//! transactions for the same 1 000 pods and 200 policies as node1 compiles them, `nft -f` of
+//! their text (the way before) against the nfnetlink transaction on a kept socket (the way
+//! now), interleaved, in a lab node's namespace: the first programming (the empty start-up
+//! table to all of it, `update`), the whole table replaced (`full`, the fallback) and one pod
+//! event (a new pod under a policy: set and map elements; mean of its add and its removal).
 
 mod common;
 
@@ -106,8 +113,135 @@ fn in_map(c: &Cluster, ip: Ipv4Addr) -> bool {
     out.contains(&format!("{ip} :"))
 }
 
+/// node1's rulesets for the scale manifests: none yet (start-up), all of it, and all of it
+/// with one more local pod under pol0 (`app: a0` in ns0).
+fn apply_rulesets() -> [podnet::policy::render::Ruleset; 3] {
+    use podnet::policy::{compile::compile, manifest, model::Cluster as Model, render};
+    let subnets = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(10, 244, 4, 0)];
+    let local: ipnet::IpNet = "10.244.0.0/22".parse().unwrap();
+    let opts = render::Options {
+        bridge: "cni0".into(),
+        ipv4: true,
+        ipv6: false,
+        log_group: None,
+    };
+    // As the daemon decides locality: by address.
+    let compiled = |text: &str| {
+        let mut m = Model::new();
+        let (_, errors) = manifest::load_into(&mut m, text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let pods: Vec<_> = m.pods().cloned().collect();
+        for mut p in pods {
+            if p.ips.iter().any(|ip| local.contains(ip)) {
+                p.node = Some("node1".into());
+                m.upsert_pod(p);
+            }
+        }
+        render::ruleset(&compile(&m, "node1"), &opts)
+    };
+    let all = manifests(subnets);
+    let one_more = format!(
+        "{all}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: new, namespace: ns0, labels: {{app: a0, tier: t1}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\nstatus: {{podIPs: [{{ip: 10.244.3.250}}]}}\n"
+    );
+    [compiled(""), compiled(&all), compiled(&one_more)]
+}
+
+/// Seconds per call as [way][first programming, full replace, pod event], `nft -f` then
+/// netlink, interleaved round by round.
+fn apply_bench(rounds: usize) -> [[Vec<f64>; 3]; 2] {
+    use podnet::kernel::nft;
+    use podnet::policy::render::{self, Options};
+    let [empty, all, more] = apply_rulesets();
+    let c = Cluster::up(&LabSpec::new(unique("bpolap"), 1), binaries()).unwrap();
+    let opts = Options {
+        bridge: "cni0".into(),
+        ipv4: true,
+        ipv6: false,
+        log_group: None,
+    };
+    let text = [
+        render::full(&empty, &opts),
+        render::update(&empty, &all),
+        render::full(&all, &opts),
+        render::update(&all, &more),
+        render::update(&more, &all),
+    ];
+    let batch = [
+        render::full_batch(&empty, &opts),
+        render::update_batch(&empty, &all),
+        render::full_batch(&all, &opts),
+        render::update_batch(&all, &more),
+        render::update_batch(&more, &all),
+    ];
+    eprintln!(
+        "apply: {} sets, {} chains, {} map elements; the update to one more pod: {} messages",
+        all.sets.len(),
+        all.chains.len(),
+        all.maps.values().map(|m| m.len()).sum::<usize>(),
+        batch[3].ops.len()
+    );
+    let timed = |f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let ns = c.lab.netns("node1").unwrap();
+    ns.run(|| {
+        let socket = nft::NftSocket::open().unwrap();
+        let mut t: [[Vec<f64>; 3]; 2] = Default::default();
+        for _ in 0..rounds {
+            nft::apply(&text[0]).unwrap();
+            t[0][0].push(timed(&|| nft::apply(&text[1]).unwrap()));
+            t[0][1].push(timed(&|| nft::apply(&text[2]).unwrap()));
+            t[0][2].push(
+                timed(&|| {
+                    nft::apply(&text[3]).unwrap();
+                    nft::apply(&text[4]).unwrap();
+                }) / 2.0,
+            );
+            socket.commit(&batch[0]).unwrap();
+            t[1][0].push(timed(&|| socket.commit(&batch[1]).unwrap()));
+            t[1][1].push(timed(&|| socket.commit(&batch[2]).unwrap()));
+            t[1][2].push(
+                timed(&|| {
+                    socket.commit(&batch[3]).unwrap();
+                    socket.commit(&batch[4]).unwrap();
+                }) / 2.0,
+            );
+        }
+        t
+    })
+    .unwrap()
+}
+
+fn print_apply(t: [[Vec<f64>; 3]; 2]) {
+    println!(
+        "\nThe policy engine's transactions ({PODS} pods, {POLICIES} policies, node1's table), `nft -f` against nfnetlink, interleaved, ms median (min–max):"
+    );
+    let steps = ["first programming", "full replace", "one pod event"];
+    for (i, step) in steps.iter().enumerate() {
+        let (a, b) = (summarize(&t[0][i]), summarize(&t[1][i]));
+        println!(
+            "  {step:<18} nft {}   netlink {}   {:.1}x",
+            ms(a),
+            ms(b),
+            a.median / b.median
+        );
+    }
+}
+
 fn main() {
     require_root();
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "cluster".into());
+    if parts.contains("apply") {
+        print_apply(apply_bench(runs(20)));
+    }
+    if parts.contains("cluster") {
+        cluster_bench();
+    }
+}
+
+fn cluster_bench() {
     let runs = runs(5);
     let seconds: u32 = std::env::var("BENCH_SECONDS")
         .ok()

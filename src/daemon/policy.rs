@@ -5,10 +5,12 @@
 //! pod records from the CNI plugin. The thread takes every message waiting, rebuilds the model
 //! (converting each object; an invalid one is refused alone, with an error naming it and the
 //! field), compiles what this node enforces, renders it, and applies the difference to the
-//! kernel as one transaction (`policy::render::update`) — a new pod is a map or set element,
-//! not a new ruleset. A transaction that fails (someone changed the table) is followed by a
-//! full rewrite. Locality is decided by address: a pod whose address is in this node's pod
-//! subnet is local, whatever the source says.
+//! kernel as one nfnetlink transaction (`policy::render::update_batch`), on a socket the
+//! thread keeps open — a new pod is a map or set element, not a new ruleset. A transaction
+//! that fails (someone changed the table) changes nothing and is followed by a full rewrite
+//! (`render::full_batch`, the table deleted and made anew in one transaction). Locality is
+//! decided by address: a pod whose address is in this node's pod subnet is local, whatever the
+//! source says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -110,6 +112,8 @@ struct Engine {
     compiled: Compiled,
     /// What the kernel holds, as far as we know (`None`: write it whole next time).
     applied: Option<Ruleset>,
+    /// The socket every transaction goes through, opened in podnetd's namespace.
+    socket: nft::NftSocket,
     info: Arc<Mutex<PolicyInfo>>,
     logged_errors: BTreeSet<String>,
 }
@@ -134,6 +138,7 @@ impl PolicyEngine {
             cluster: Cluster::new(),
             compiled: Compiled::default(),
             applied: None,
+            socket: nft::NftSocket::open()?,
             info: info.clone(),
             logged_errors: BTreeSet::new(),
         };
@@ -292,19 +297,20 @@ impl Engine {
     fn program(&mut self) -> Result<(), KernelError> {
         let start = Instant::now();
         let want = render::ruleset(&self.compiled, &self.opts);
+        let whole = |opts: &Options| render::full_batch(&want, opts);
         let result = match &self.applied {
             Some(have) => {
-                let script = render::update(have, &want);
-                if script.is_empty() {
+                let update = render::update_batch(have, &want);
+                if update.ops.is_empty() {
                     return Ok(());
                 }
-                nft::apply(&script).or_else(|e| {
+                self.socket.commit(&update).or_else(|e| {
                     tracing::warn!("network policy update failed ({e}); rewriting the table");
                     self.info.lock().expect("policy info lock").failures += 1;
-                    nft::apply(&render::full(&want, &self.opts))
+                    self.socket.commit(&whole(&self.opts))
                 })
             }
-            None => nft::apply(&render::full(&want, &self.opts)),
+            None => self.socket.commit(&whole(&self.opts)),
         };
         match result {
             Ok(()) => {

@@ -2,13 +2,14 @@
 //! - over nfnetlink from the process itself: a `Batch` built in `batch` is one atomic
 //!   transaction, sent in one datagram on a `NETLINK_NETFILTER` socket; no program is started.
 //!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
-//!   call), podnetd its own table (`NftSocket`, one socket kept open, whose port id the
-//!   notifications of its transactions carry), and `delete_table` (teardown) deletes so.
+//!   call), podnetd its own table and the policy table (`NftSocket`, one socket kept open per
+//!   owner thread, whose port id the notifications of its transactions carry), and
+//!   `delete_table` (teardown) deletes so.
 //! - read over nfnetlink too (`dump`, on an `NftSocket`): tables, chains, sets with their
 //!   elements and rules with their expressions as typed objects, for the daemon's drift check,
 //!   its search for foreign masquerade rules and the policy counters.
 //! - through the `nft` tool: the ruleset as JSON for `doctor`, and scripts applied as one
-//!   transaction (`apply`, still the policy engine's way).
+//!   transaction (`apply`: the oracle of tests and benchmarks).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -20,9 +21,10 @@ pub mod dump;
 mod watch;
 
 pub use batch::{
-    Base, BaseChain, Batch, CmpOp, Expr, Hook, IPPROTO_UDP, META_L4PROTO, META_MARK, META_NFPROTO,
-    NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, TYPE_IPV6_ADDR,
-    Transaction, Verdict, interval_elements,
+    Base, BaseChain, Batch, CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, Hook,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_INET,
+    NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, TYPE_IPV6_ADDR, Transaction,
+    Verdict, interval_elements,
 };
 pub use watch::{Commit, Commits, NftEvents, generation};
 

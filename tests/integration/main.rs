@@ -17,6 +17,7 @@ mod outage;
 mod packaging;
 mod pods;
 mod policy;
+mod policy_nft;
 mod support;
 mod udp;
 mod wireguard;

@@ -29,9 +29,11 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 
@@ -63,6 +65,8 @@ const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_USERDATA: u16 = 13;
@@ -72,10 +76,12 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
 const NFTA_CMP_SREG: u16 = 1;
@@ -94,17 +100,25 @@ const NFTA_BITWISE_OP: u16 = 6;
 const NFT_BITWISE_BOOL: u32 = 0;
 const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
 const NFTA_LOOKUP_SET_ID: u16 = 4;
 const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_MASQ_FLAGS: u16 = 1;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_LOG_GROUP: u16 = 1;
+const NFTA_LOG_PREFIX: u16 = 2;
 
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_MAP: u32 = 0x8;
+/// `NFT_DATA_VERDICT`: a map's data type when its values are verdicts.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const NFT_LOOKUP_F_INV: u32 = 0x1;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
@@ -112,10 +126,18 @@ const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 pub const TYPE_IPV4_ADDR: u32 = 7;
 /// nft's `ipv6_addr` data type.
 pub const TYPE_IPV6_ADDR: u32 = 8;
+/// `IPPROTO_TCP`, for `meta l4proto`.
+pub const IPPROTO_TCP: u8 = 6;
 /// `IPPROTO_UDP`, for `meta l4proto`.
 pub const IPPROTO_UDP: u8 = 17;
+/// `IPPROTO_SCTP`, for `meta l4proto`.
+pub const IPPROTO_SCTP: u8 = 132;
 /// `NFTNL_UDATA_SET_KEYBYTEORDER` with `BYTEORDER_BIG_ENDIAN`, as nft tags address sets.
 const SET_UDATA_BIG_ENDIAN_KEY: [u8; 6] = [0, 4, 2, 0, 0, 0];
+/// A verdict map's user data as nft 1.0.6 writes it: the key's byte order (big endian),
+/// the data's (`NFTNL_UDATA_SET_DATABYTEORDER`, invalid: a verdict has none) and
+/// `NFTNL_UDATA_SET_DATA_INTERVAL` false.
+const MAP_UDATA_VERDICT: [u8; 18] = [0, 4, 2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
 /// `NFTNL_UDATA_RULE_COMMENT`.
 const RULE_UDATA_COMMENT: u8 = 0;
 /// Anonymous sets are named by the kernel from this pattern.
@@ -158,26 +180,46 @@ impl SetRef {
     }
 }
 
+/// `enum nft_cmp_ops`: how a comparison tests register 1 against its data (bytes compared in
+/// order, so big-endian values such as ports compare as numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
     Eq = 0,
     Neq = 1,
+    Lt = 2,
+    Lte = 3,
+    Gt = 4,
+    Gte = 5,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a rule (or a verdict map's element) decides. `Jump` comes back to the rule after it
+/// when the chain it names returns; `Goto` does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
     Drop,
     Return,
+    Jump(String),
+    Goto(String),
 }
 
 impl Verdict {
-    fn code(self) -> u32 {
+    fn code(&self) -> u32 {
         match self {
             Verdict::Drop => 0,
             Verdict::Accept => 1,
-            // NFT_RETURN = -5
+            // NFT_JUMP = -3, NFT_GOTO = -4, NFT_RETURN = -5
+            Verdict::Jump(_) => (-3i32) as u32,
+            Verdict::Goto(_) => (-4i32) as u32,
             Verdict::Return => (-5i32) as u32,
+        }
+    }
+
+    /// The chain a jump or goto names.
+    fn chain(&self) -> Option<&str> {
+        match self {
+            Verdict::Jump(c) | Verdict::Goto(c) => Some(c),
+            _ => None,
         }
     }
 }
@@ -213,7 +255,16 @@ pub enum Expr {
         set: SetRef,
         invert: bool,
     },
+    /// Register 1 looked up in a verdict map, the element's verdict taken (`vmap @map`).
+    Vmap(SetRef),
+    /// A conntrack key (`NFT_CT_*`) into register 1.
+    Ct(u32),
     Counter,
+    /// NFLOG to `group`, with an optional prefix.
+    Log {
+        prefix: Option<String>,
+        group: u16,
+    },
     Masquerade {
         fully_random: bool,
     },
@@ -226,6 +277,18 @@ pub const META_NFPROTO: u32 = 15;
 pub const META_L4PROTO: u32 = 16;
 /// `NFT_META_MARK`.
 pub const META_MARK: u32 = 3;
+/// `NFT_META_IIFNAME`: the input interface's name.
+pub const META_IIFNAME: u32 = 6;
+/// `NFT_META_OIFNAME`: the output interface's name.
+pub const META_OIFNAME: u32 = 7;
+/// `NFT_CT_STATE`.
+pub const CT_STATE: u32 = 0;
+/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED)`, a bit of `ct state` (host byte order).
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+/// `NF_CT_STATE_BIT(IP_CT_RELATED)`.
+pub const CT_STATE_RELATED: u32 = 1 << 2;
+/// `IFNAMSIZ`: interface names are compared as this many bytes, NUL-padded.
+const IFNAMSIZ: usize = 16;
 
 impl Expr {
     /// `meta nfproto ipv4`, which nft puts before the first IPv4 match of a rule in an `inet`
@@ -314,6 +377,38 @@ impl Expr {
             IpAddr::V6(m) => m.octets().to_vec(),
         };
         vec![full, Expr::Mask(mask), Expr::Cmp(op, bytes)]
+    }
+
+    /// The transport header's destination port in `first..=last`, as nft 1.0.6 writes
+    /// `th dport 81-82`: two comparisons, never a `range` expression.
+    pub fn dport_range(first: u16, last: u16) -> [Expr; 3] {
+        [
+            Expr::Payload {
+                base: Base::Transport,
+                offset: 2,
+                len: 2,
+            },
+            Expr::Cmp(CmpOp::Gte, first.to_be_bytes().to_vec()),
+            Expr::Cmp(CmpOp::Lte, last.to_be_bytes().to_vec()),
+        ]
+    }
+
+    /// `iifname "name"` (`input`) or `oifname "name"`: the name NUL-padded to `IFNAMSIZ`
+    /// (a longer name is cut, as the kernel would never match it anyway).
+    pub fn ifname(input: bool, name: &str) -> [Expr; 2] {
+        let mut data: Vec<u8> = name.bytes().take(IFNAMSIZ - 1).collect();
+        data.resize(IFNAMSIZ, 0);
+        let key = if input { META_IIFNAME } else { META_OIFNAME };
+        [Expr::Meta(key), Expr::Cmp(CmpOp::Eq, data)]
+    }
+
+    /// `ct state` with any of `bits` (`CT_STATE_*`, e.g. `established,related`).
+    pub fn ct_state_any(bits: u32) -> [Expr; 3] {
+        [
+            Expr::Ct(CT_STATE),
+            Expr::Mask(bits.to_ne_bytes().to_vec()),
+            Expr::Cmp(CmpOp::Neq, vec![0; 4]),
+        ]
     }
 
     /// `meta mark & bits == bits` (the mark is in host byte order).
@@ -510,22 +605,66 @@ impl Batch {
 
     /// Creates a named set, or leaves it as it is (elements kept).
     pub fn add_set(&mut self, spec: &SetSpec) -> SetRef {
+        self.new_set(spec, 0, "add set")
+    }
+
+    /// Creates a named set of address ranges (`flags interval`), or leaves it as it is. Its
+    /// elements are written with `add_ranges`.
+    pub fn add_interval_set(&mut self, spec: &SetSpec) -> SetRef {
+        self.new_set(spec, NFT_SET_INTERVAL, "add interval set")
+    }
+
+    /// Creates a named verdict map (`type ipv4_addr : verdict`), or leaves it as it is. Its
+    /// elements are written with `add_verdicts`.
+    pub fn add_verdict_map(&mut self, spec: &SetSpec) -> SetRef {
+        self.new_set(spec, NFT_SET_MAP, "add verdict map")
+    }
+
+    /// `NFT_MSG_NEWSET` for a named set, in nft 1.0.6's attribute order.
+    fn new_set(&mut self, spec: &SetSpec, flags: u32, what: &str) -> SetRef {
         let id = self.set_id();
         let t = self.table.clone();
-        let what = format!("add set {}", spec.name);
+        let what = format!("{what} {}", spec.name);
+        let map = flags & NFT_SET_MAP != 0;
         self.msg(NFT_MSG_NEWSET, NLM_F_CREATE, what, |a| {
             a.str(NFTA_SET_TABLE, &t);
             a.str(NFTA_SET_NAME, spec.name);
-            a.be32(NFTA_SET_FLAGS, 0);
+            a.be32(NFTA_SET_FLAGS, flags);
             a.be32(NFTA_SET_KEY_TYPE, spec.key_type);
             a.be32(NFTA_SET_KEY_LEN, spec.key_len);
+            if map {
+                a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+                a.be32(NFTA_SET_DATA_LEN, 0);
+            }
             a.be32(NFTA_SET_ID, id);
-            a.put(NFTA_SET_USERDATA, &SET_UDATA_BIG_ENDIAN_KEY);
+            if map {
+                a.put(NFTA_SET_USERDATA, &MAP_UDATA_VERDICT);
+            } else {
+                a.put(NFTA_SET_USERDATA, &SET_UDATA_BIG_ENDIAN_KEY);
+            }
         });
         SetRef {
             name: spec.name.to_string(),
             id: Some(id),
         }
+    }
+
+    /// Deletes a named set or map (an error, EBUSY, while a rule still refers to it).
+    pub fn delete_set(&mut self, name: &str) {
+        let t = self.table.clone();
+        self.msg(NFT_MSG_DELSET, 0, format!("delete set {name}"), |a| {
+            a.str(NFTA_SET_TABLE, &t);
+            a.str(NFTA_SET_NAME, name);
+        });
+    }
+
+    /// Deletes a chain without rules (an error, EBUSY, while anything jumps to it).
+    pub fn delete_chain(&mut self, chain: &str) {
+        let t = self.table.clone();
+        self.msg(NFT_MSG_DELCHAIN, 0, format!("delete chain {chain}"), |a| {
+            a.str(NFTA_CHAIN_TABLE, &t);
+            a.str(NFTA_CHAIN_NAME, chain);
+        });
     }
 
     /// A constant anonymous set of prefixes of one family (what nft makes of `{ 10.0.0.0/8,
@@ -563,34 +702,50 @@ impl Batch {
             name: ANONYMOUS_SET_NAME.to_string(),
             id: Some(id),
         };
-        let keys: Vec<(Vec<u8>, u32)> = elements
-            .iter()
-            .map(|(ip, end)| {
-                let flags = if *end { NFT_SET_ELEM_INTERVAL_END } else { 0 };
-                let key = match ip {
-                    IpAddr::V4(a) => a.octets().to_vec(),
-                    IpAddr::V6(a) => a.octets().to_vec(),
-                };
-                (key, flags)
-            })
+        let elems: Vec<Element> = elements
+            .into_iter()
+            .map(|(ip, end)| Element::bound(ip, end))
             .collect();
         self.elements(
             NFT_MSG_NEWSETELEM,
             NLM_F_CREATE,
             "add elements",
             &set,
-            &keys,
+            &elems,
         );
         set
     }
 
-    fn elements(
+    /// Element messages: as many as it takes for each element list to fit its attribute
+    /// (lengths are 16 bits), cut only before a range's start so a range stays in one
+    /// message. nft numbers the elements of a list 1, 2, 3…; so does this.
+    fn elements(&mut self, kind: u16, flags: u16, what: &str, set: &SetRef, elems: &[Element]) {
+        /// Room for the list in one attribute, with margin for the largest element.
+        const LIST_ROOM: usize = 60_000;
+        let mut rest = elems;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let mut cut = rest.len();
+            for (i, e) in rest.iter().enumerate() {
+                if size > LIST_ROOM && !e.end {
+                    cut = i;
+                    break;
+                }
+                size += e.size();
+            }
+            let (chunk, after) = rest.split_at(cut);
+            self.element_message(kind, flags, what, set, chunk);
+            rest = after;
+        }
+    }
+
+    fn element_message(
         &mut self,
         kind: u16,
         flags: u16,
         what: &str,
         set: &SetRef,
-        keys: &[(Vec<u8>, u32)],
+        elems: &[Element],
     ) {
         let t = self.table.clone();
         let what = format!("{what} of set {}", set.name);
@@ -601,13 +756,8 @@ impl Batch {
                 a.be32(NFTA_SET_ELEM_LIST_SET_ID, id);
             }
             a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-                for (key, flags) in keys {
-                    l.nest(NFTA_LIST_ELEM, |e| {
-                        if *flags != 0 {
-                            e.be32(NFTA_SET_ELEM_FLAGS, *flags);
-                        }
-                        e.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, key));
-                    });
+                for (i, e) in elems.iter().enumerate() {
+                    l.nest((i % 0x7fff) as u16 + 1, |x| e.write(x));
                 }
             });
         });
@@ -615,14 +765,60 @@ impl Batch {
 
     /// Adds keys (network byte order) to a set; keys already there are fine.
     pub fn add_elements(&mut self, set: &SetRef, keys: &[&[u8]]) {
-        let keys: Vec<(Vec<u8>, u32)> = keys.iter().map(|k| (k.to_vec(), 0)).collect();
-        self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add elements", set, &keys);
+        let elems: Vec<Element> = keys.iter().map(|k| Element::key(k)).collect();
+        self.elements(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            "add elements",
+            set,
+            &elems,
+        );
     }
 
-    /// Removes keys from a set (an error, ENOENT, if one is not there).
+    /// Removes keys from a set or map (an error, ENOENT, if one is not there).
     pub fn delete_elements(&mut self, set: &SetRef, keys: &[&[u8]]) {
-        let keys: Vec<(Vec<u8>, u32)> = keys.iter().map(|k| (k.to_vec(), 0)).collect();
-        self.elements(NFT_MSG_DELSETELEM, 0, "delete elements", set, &keys);
+        let elems: Vec<Element> = keys.iter().map(|k| Element::key(k)).collect();
+        self.elements(NFT_MSG_DELSETELEM, 0, "delete elements", set, &elems);
+    }
+
+    /// Adds prefixes of one family to an interval set, as nft 1.0.6 does for `add element`:
+    /// each prefix its own range (start, and the address after it flagged as an end; none
+    /// after the family's last address), neighbours not merged, so each can be deleted alone
+    /// later. `first` (the set had no element yet) adds the end at the family's zero address
+    /// that nft writes before the first range, unless a range starts there. The prefixes
+    /// must not overlap each other or the set's (the kernel refuses that, EEXIST).
+    pub fn add_ranges(&mut self, set: &SetRef, prefixes: &[IpNet], first: bool) {
+        let elems = ranges(prefixes, first);
+        if !elems.is_empty() {
+            self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add ranges", set, &elems);
+        }
+    }
+
+    /// Removes prefixes that `add_ranges` added (both ends of each).
+    pub fn delete_ranges(&mut self, set: &SetRef, prefixes: &[IpNet]) {
+        let elems = ranges(prefixes, false);
+        if !elems.is_empty() {
+            self.elements(NFT_MSG_DELSETELEM, 0, "delete ranges", set, &elems);
+        }
+    }
+
+    /// Adds `key → verdict` elements (keys in network byte order) to a verdict map; a key
+    /// already there with another verdict is an error (EEXIST): delete it first.
+    pub fn add_verdicts(&mut self, map: &SetRef, elements: &[(&[u8], Verdict)]) {
+        let elems: Vec<Element> = elements
+            .iter()
+            .map(|(k, v)| Element {
+                verdict: Some(v.clone()),
+                ..Element::key(k)
+            })
+            .collect();
+        self.elements(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            "add elements",
+            map,
+            &elems,
+        );
     }
 
     /// Appends a rule to a chain, with an optional comment.
@@ -703,8 +899,10 @@ fn expr(x: &mut Attrs, e: &Expr) {
         Expr::Cmp(..) => "cmp",
         Expr::Payload { .. } => "payload",
         Expr::Bitwise { .. } | Expr::Mask(_) => "bitwise",
-        Expr::Lookup { .. } => "lookup",
+        Expr::Lookup { .. } | Expr::Vmap(_) => "lookup",
+        Expr::Ct(_) => "ct",
         Expr::Counter => "counter",
+        Expr::Log { .. } => "log",
         Expr::Masquerade { .. } => "masq",
         Expr::Verdict(_) => "immediate",
     };
@@ -751,8 +949,26 @@ fn expr(x: &mut Attrs, e: &Expr) {
                 d.be32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
             }
         }
+        Expr::Vmap(set) => {
+            d.be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            d.be32(NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+            d.str(NFTA_LOOKUP_SET, &set.name);
+            if let Some(id) = set.id {
+                d.be32(NFTA_LOOKUP_SET_ID, id);
+            }
+        }
+        Expr::Ct(key) => {
+            d.be32(NFTA_CT_KEY, *key);
+            d.be32(NFTA_CT_DREG, NFT_REG_1);
+        }
         // A new counter starts at zero.
         Expr::Counter => {}
+        Expr::Log { prefix, group } => {
+            if let Some(p) = prefix {
+                d.str(NFTA_LOG_PREFIX, p);
+            }
+            d.put(NFTA_LOG_GROUP, &group.to_be_bytes());
+        }
         Expr::Masquerade { fully_random } => {
             if *fully_random {
                 d.be32(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY);
@@ -760,9 +976,17 @@ fn expr(x: &mut Attrs, e: &Expr) {
         }
         Expr::Verdict(v) => {
             d.be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-            d.nest(NFTA_IMMEDIATE_DATA, |data| {
-                data.nest(NFTA_DATA_VERDICT, |vd| vd.be32(NFTA_VERDICT_CODE, v.code()));
-            });
+            d.nest(NFTA_IMMEDIATE_DATA, |data| verdict(data, v));
+        }
+    });
+}
+
+/// `NFTA_DATA_VERDICT`: the code, and the chain of a jump or goto.
+fn verdict(data: &mut Attrs, v: &Verdict) {
+    data.nest(NFTA_DATA_VERDICT, |vd| {
+        vd.be32(NFTA_VERDICT_CODE, v.code());
+        if let Some(chain) = v.chain() {
+            vd.str(NFTA_VERDICT_CHAIN, chain);
         }
     });
 }
@@ -775,6 +999,86 @@ fn comment_udata(c: &str) -> Vec<u8> {
     let mut v = vec![RULE_UDATA_COMMENT, text.len() as u8];
     v.extend_from_slice(&text);
     v
+}
+
+/// One set element: its key, flags (`NFT_SET_ELEM_INTERVAL_END`) and, in a verdict map,
+/// its verdict.
+struct Element {
+    key: Vec<u8>,
+    end: bool,
+    verdict: Option<Verdict>,
+}
+
+impl Element {
+    fn key(key: &[u8]) -> Element {
+        Element {
+            key: key.to_vec(),
+            end: false,
+            verdict: None,
+        }
+    }
+
+    /// A range's start, or (`end`) the first address after it.
+    fn bound(ip: IpAddr, end: bool) -> Element {
+        let key = match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        Element {
+            key,
+            end,
+            verdict: None,
+        }
+    }
+
+    /// About what `write` takes (for cutting lists).
+    fn size(&self) -> usize {
+        28 + self.key.len()
+            + self
+                .verdict
+                .as_ref()
+                .and_then(|v| v.chain())
+                .map_or(0, |c| 20 + c.len())
+    }
+
+    fn write(&self, e: &mut Attrs) {
+        if self.end {
+            e.be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+        }
+        e.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &self.key));
+        if let Some(v) = &self.verdict {
+            e.nest(NFTA_SET_ELEM_DATA, |d| verdict(d, v));
+        }
+    }
+}
+
+/// A named interval set's elements for `prefixes` (see `Batch::add_ranges`), in address order.
+fn ranges(prefixes: &[IpNet], first: bool) -> Vec<Element> {
+    let mut sorted: Vec<IpNet> = prefixes.iter().map(|p| p.trunc()).collect();
+    sorted.sort_unstable_by_key(|p| (p.network(), p.prefix_len()));
+    let mut out = Vec::with_capacity(sorted.len() * 2 + 1);
+    let zero = |p: &IpNet| match p {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    if let Some(p) = sorted.first().filter(|p| first && p.network() != zero(p)) {
+        out.push(Element::bound(zero(p), true));
+    }
+    for p in &sorted {
+        out.push(Element::bound(p.network(), false));
+        if let Some(after) = successor(p.broadcast()) {
+            out.push(Element::bound(after, true));
+        }
+    }
+    out
+}
+
+/// The address after `ip`, if there is one.
+fn successor(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).checked_add(1).map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(a) => u128::from(a).checked_add(1).map(|n| IpAddr::V6(n.into())),
+    }
 }
 
 /// The elements nft writes for an interval set of prefixes: the ranges sorted and merged where

@@ -70,10 +70,9 @@ fn pod_masq() -> Transaction {
 /// add element inet podnet-cni masq-pods { 10.244.1.5 }
 /// ```
 ///
-/// (captured with `strace -e write=3`), but for two differences: nft numbers the elements of a
-/// list 1, 2, 3…, podnet gives them all type `NFTA_LIST_ELEM` (the kernel ignores the type),
-/// and podnet asks for an acknowledgement of the last message. The anonymous set (seq 5) is
-/// compared apart: nft adds its own expression metadata to the set's user data.
+/// (captured with `strace -e write=3`), but for one difference: podnet asks for an
+/// acknowledgement of the last message. The anonymous set (seq 5) is compared apart: nft adds
+/// its own expression metadata to the set's user data.
 const NFT_SENDS: [&str; 7] = [
     // seq 1
     "2c000000000a01000100000000000000010000000f000100706f646e65742d636e6900000800020000000000",
@@ -95,8 +94,8 @@ const NFT_SENDS: [&str; 7] = [
     // seq 6
     concat!(
         "a40000000c0a01040600000000000000010000000f000100706f646e65742d636e6900000c0002005f5f736574256400",
-        "08000400000000026c0003801800018008000300000000010c0001800800010000000000100001800c00018008000100",
-        "0af400001800018008000300000000010c000180080001000af50000100001800c00018008000100e000000018000180",
+        "08000400000000026c0003801800018008000300000000010c0001800800010000000000100002800c00018008000100",
+        "0af400001800038008000300000000010c000180080001000af50000100004800c00018008000100e000000018000580",
         "08000300000000010c00018008000100f0000000",
     ),
     // seq 7
@@ -351,4 +350,103 @@ fn ipv6_intervals_merge_and_reach_the_last_address() {
         bytes.windows(8).any(|w| w == [8, 0, 4, 0, 0, 0, 0, 8]),
         "key type ipv6_addr (8)"
     );
+}
+
+/// A big set's elements go in as many messages as their 16-bit list lengths need, each
+/// range (start and end) in one message, and nothing lost.
+#[test]
+fn long_element_lists_are_cut_between_ranges() {
+    let prefixes: Vec<IpNet> = (0..5000u32)
+        .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 + 2 * i), 32).unwrap()))
+        .collect();
+    let mut b = Batch::new(NFPROTO_INET, "t");
+    b.add_ranges(&SetRef::named("s"), &prefixes, true);
+    let t = b.finish();
+    let msgs = split(&t.bytes);
+    let elems = &msgs[1..msgs.len() - 1];
+    assert!(elems.len() > 1, "one message cannot hold 10 001 elements");
+    let mut count = 0;
+    for (i, m) in elems.iter().enumerate() {
+        // The list attribute follows the table and set names: find it by type.
+        let mut at = 20;
+        let list = loop {
+            let len = u16::from_ne_bytes([m[at], m[at + 1]]) as usize;
+            let kind = u16::from_ne_bytes([m[at + 2], m[at + 3]]) & 0x7fff;
+            if kind == NFTA_SET_ELEM_LIST_ELEMENTS {
+                break &m[at + 4..at + len];
+            }
+            at += len.next_multiple_of(4);
+        };
+        assert_eq!(
+            list.len() + 4,
+            u16::from_ne_bytes([m[at], m[at + 1]]) as usize
+        );
+        let mut n = 0;
+        let mut last_is_end = false;
+        let mut e = 0;
+        while e < list.len() {
+            let len = u16::from_ne_bytes([list[e], list[e + 1]]) as usize;
+            last_is_end = list[e + 4..e + len]
+                .windows(8)
+                .any(|w| w == [8, 0, 3, 0, 0, 0, 0, 1]);
+            n += 1;
+            e += len.next_multiple_of(4);
+        }
+        assert!(last_is_end, "message {i} ends with a range's end");
+        count += n;
+    }
+    assert_eq!(
+        count,
+        1 + 2 * 5000,
+        "the zero end, then a start and an end each"
+    );
+    assert_eq!(t.ops.len(), elems.len());
+    assert!(
+        t.ops
+            .iter()
+            .all(|o| o == "add ranges of set s (table inet t)")
+    );
+}
+
+/// Named interval sets: each prefix its own range, neighbours kept apart (an end and the next
+/// start on the same address), sorted; the zero end only into an empty set and only when no
+/// range starts at zero; no end after the family's last address.
+#[test]
+fn named_set_ranges_keep_each_prefix_apart() {
+    let p = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    let show = |prefixes: &[IpNet], first: bool| -> Vec<String> {
+        ranges(prefixes, first)
+            .iter()
+            .map(|e| {
+                let ip = match e.key.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(&e.key[..]).unwrap()),
+                    _ => IpAddr::from(<[u8; 16]>::try_from(&e.key[..]).unwrap()),
+                };
+                format!("{ip}{}", if e.end { " end" } else { "" })
+            })
+            .collect()
+    };
+    assert_eq!(
+        show(&p(&["10.244.2.3/32", "10.244.2.2/32"]), true),
+        [
+            "0.0.0.0 end",
+            "10.244.2.2",
+            "10.244.2.3 end",
+            "10.244.2.3",
+            "10.244.2.4 end"
+        ]
+    );
+    assert_eq!(
+        show(&p(&["10.244.2.2/32"]), false),
+        ["10.244.2.2", "10.244.2.3 end"]
+    );
+    assert_eq!(
+        show(&p(&["0.0.0.0/8", "255.255.255.255/32"]), true),
+        ["0.0.0.0", "1.0.0.0 end", "255.255.255.255"]
+    );
+    assert_eq!(
+        show(&p(&["fd10:244::1/128", "ffff::/16"]), true),
+        [":: end", "fd10:244::1", "fd10:244::2 end", "ffff::"]
+    );
+    assert!(show(&[], true).is_empty());
 }
