@@ -724,12 +724,15 @@ fn print_idle(rows: Vec<idle::IdleRow>, repairs: Vec<idle::RepairRow>) {
     println!(
         "\nIdle, side by side in one lab, {secs} s after programming (CPU: user + system, threads and children)\n"
     );
-    println!("| backend | peers | podnetd | idle CPU, % of a core | RSS MB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| backend | peers | podnetd | idle CPU, % of a core | RSS MB | of it file-backed MB | anonymous MB | heap in use MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let heap = r.heap.map_or("–".to_string(), |h| format!("{h:.2}"));
         println!(
-            "| {} | {} | {} | {:.3} | {:.1} |",
-            r.backend, r.n, r.name, r.cpu_percent, r.rss
+            "| {} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {heap} |",
+            r.backend, r.n, r.name, r.cpu_percent, r.rss, r.rss_file, r.rss_anon
         );
     }
     println!(
