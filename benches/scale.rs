@@ -12,7 +12,8 @@
 //! `firewall`, not run by default: one apply of podnetd's nftables table through `nft -f` against
 //! nfnetlink, interleaved, `BENCH_RUNS` rounds, 50 by default), `BENCH_IDLE_BACKENDS=host-gw,vxlan`
 //! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
-//! (interleaved) and to `idle`.
+//! (interleaved) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
+//! out the polling contender and `BENCH_IDLE_REPAIRS=0` the repairs (memory and CPU only).
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
 //! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
