@@ -357,3 +357,59 @@ pub fn on_link(nl: &mut Netlink, ext: &ExternalInterface, ip: IpAddr) -> Result<
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Keepalive, LeaseAttrs};
+
+    fn peer(key: &str) -> Lease {
+        Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: "198.18.0.12".parse().unwrap(),
+                public_ipv6: Some("2001:2::12".parse().unwrap()),
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            keepalive: Keepalive::Etcd(1),
+            revision: 1,
+            created: 1,
+        }
+    }
+
+    fn one_route(subnet: IpNet, _: Option<IpAddr>) -> Result<(PeerPath, PeerObjects), String> {
+        Ok((
+            PeerPath::Direct,
+            PeerObjects {
+                routes: vec![Route::unicast(subnet, 86)],
+                ..Default::default()
+            },
+        ))
+    }
+
+    /// A plan lives as long as its peer: its lists hold no spare room (an empty `Vec` extended
+    /// by one makes room for four, 304 bytes for one 76-byte route), with one family or two.
+    #[test]
+    fn plans_are_allocated_at_their_size() {
+        let one = Families {
+            v4: true,
+            v6: false,
+        };
+        let p = one.plan_peer(&peer("10.244.7.0-24"), one_route);
+        assert_eq!(p.path, PeerPath::Direct);
+        assert_eq!(
+            (p.objects.routes.len(), p.objects.routes.capacity()),
+            (1, 1)
+        );
+        let both = Families { v4: true, v6: true };
+        let mut p = both.plan_peer(&peer("10.244.7.0-24&fd10:244:0:7::-64"), one_route);
+        p.objects.shrink_to_fit();
+        assert_eq!(
+            (p.objects.routes.len(), p.objects.routes.capacity()),
+            (2, 2)
+        );
+        assert_eq!(p.objects.neighbours.capacity(), 0);
+    }
+}
