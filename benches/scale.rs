@@ -12,7 +12,8 @@
 //! `firewall`, not run by default: one apply of podnetd's nftables table through `nft -f` against
 //! nfnetlink, interleaved, `BENCH_RUNS` rounds, 50 by default), `BENCH_IDLE_BACKENDS=host-gw,vxlan`
 //! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
-//! (interleaved) and to `idle`.
+//! (interleaved) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
+//! out the polling contender and `BENCH_IDLE_REPAIRS=0` the repairs (memory and CPU only).
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
 //! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
@@ -768,12 +769,15 @@ fn print_idle(rows: Vec<idle::IdleRow>, repairs: Vec<idle::RepairRow>) {
     println!(
         "\nIdle, side by side in one lab, {secs} s after programming (CPU: user + system, threads and children)\n"
     );
-    println!("| backend | peers | podnetd | idle CPU, % of a core | RSS MB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| backend | peers | podnetd | idle CPU, % of a core | RSS MB | of it file-backed MB | anonymous MB | heap in use MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let heap = r.heap.map_or("–".to_string(), |h| format!("{h:.2}"));
         println!(
-            "| {} | {} | {} | {:.3} | {:.1} |",
-            r.backend, r.n, r.name, r.cpu_percent, r.rss
+            "| {} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} | {heap} |",
+            r.backend, r.n, r.name, r.cpu_percent, r.rss, r.rss_file, r.rss_anon
         );
     }
     println!(

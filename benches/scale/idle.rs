@@ -30,30 +30,40 @@ use super::{Source, now, public, rss_mb, subnet, wait_log};
 
 /// A podnetd to compare.
 pub struct Contender {
-    pub name: &'static str,
+    pub name: String,
     pub binary: PathBuf,
     pub args: Vec<&'static str>,
 }
 
-/// This build as shipped, this build polling, and an earlier build when given.
+/// This build as shipped, this build polling (unless `BENCH_IDLE_POLLING=0`), and the
+/// earlier builds given (`BENCH_BASELINE_PODNETD=path[,path...]`: the first is `before`, the
+/// others are named by their file).
 pub fn contenders() -> Vec<Contender> {
     let this = binaries().podnetd;
-    let mut v = vec![
-        Contender {
-            name: "podnetd",
-            binary: this.clone(),
-            args: vec![],
-        },
-        Contender {
-            name: "polling",
+    let mut v = vec![Contender {
+        name: "podnetd".into(),
+        binary: this.clone(),
+        args: vec![],
+    }];
+    if std::env::var("BENCH_IDLE_POLLING").as_deref() != Ok("0") {
+        v.push(Contender {
+            name: "polling".into(),
             binary: this,
             args: vec!["--kernel-events=false", "--resync-period=10s"],
-        },
-    ];
-    if let Some(b) = std::env::var_os("BENCH_BASELINE_PODNETD") {
+        });
+    }
+    let baselines = std::env::var("BENCH_BASELINE_PODNETD").unwrap_or_default();
+    for (i, b) in baselines.split(',').filter(|b| !b.is_empty()).enumerate() {
+        let path = PathBuf::from(b);
+        let name = match i {
+            0 => "before".to_string(),
+            _ => path
+                .file_name()
+                .map_or(b.into(), |f| f.to_string_lossy().into()),
+        };
         v.push(Contender {
-            name: "before",
-            binary: b.into(),
+            name,
+            binary: path,
             args: vec![],
         });
     }
@@ -63,9 +73,15 @@ pub fn contenders() -> Vec<Contender> {
 pub struct IdleRow {
     pub backend: &'static str,
     pub n: usize,
-    pub name: &'static str,
+    pub name: String,
     pub cpu_percent: f64,
     pub rss: f64,
+    /// Of the RSS: pages mapped from files (the binary's code and data, libc) and anonymous
+    /// ones (heap, stacks), MB.
+    pub rss_file: f64,
+    pub rss_anon: f64,
+    /// The heap in use as podnetd's allocator counts it (`podnet_heap_bytes`), MB.
+    pub heap: Option<f64>,
 }
 
 pub struct RepairRow {
@@ -130,19 +146,48 @@ pub fn run(backend: &'static str, n: usize) -> (Vec<IdleRow>, Vec<RepairRow>) {
         .iter()
         .zip(&pids)
         .zip(before)
-        .map(|((k, (pid, _)), cpu0)| IdleRow {
+        .enumerate()
+        .map(|(i, ((k, (pid, _)), cpu0))| IdleRow {
             backend,
             n,
-            name: k.name,
+            name: k.name.clone(),
             cpu_percent: (cpu_seconds(*pid) - cpu0) / wall * 100.0,
             rss: rss_mb(*pid),
+            rss_file: status_mb(*pid, "RssFile:"),
+            rss_anon: status_mb(*pid, "RssAnon:"),
+            heap: heap_mb(&c, &format!("node{}", i + 1)),
         })
         .collect();
-    let repairs = repairs(&c, backend, n, cs.len() - 1, &pids[0].1);
+    // `BENCH_IDLE_REPAIRS=0`: memory and CPU only.
+    let repairs = if std::env::var("BENCH_IDLE_REPAIRS").as_deref() == Ok("0") {
+        Vec::new()
+    } else {
+        repairs(&c, backend, n, cs.len() - 1, &pids[0].1)
+    };
     for (pid, _) in pids {
         c.lab.stop(pid).unwrap();
     }
     (rows, repairs)
+}
+
+/// A `kB` line of `/proc/PID/status`, in MB.
+fn status_mb(pid: u32, key: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `podnet_heap_bytes{state="in_use"}` from a node's podnetd, in MB (none from a build
+/// without the metric).
+fn heap_mb(c: &Cluster, node: &str) -> Option<f64> {
+    let sock = c.socket_path(node).ok()?;
+    let (_, text) = podnet::httpget::unix(&sock, "/metrics").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("podnet_heap_bytes") && l.contains("in_use"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|b| b / 1e6)
 }
 
 /// The kernel's notifications on a node, timestamped as they arrive.

@@ -132,7 +132,30 @@ struct Desired {
 }
 
 impl Desired {
-    fn insert(&mut self, key: SubnetKey, plan: PeerPlan) {
+    /// The desired state of a full pass, built at once: a `BTreeMap` collected from sorted
+    /// entries fills its nodes, where inserting in key order one by one leaves them half empty.
+    fn from_plans(plans: Vec<(SubnetKey, PeerPlan)>) -> Desired {
+        let mut d = Desired::default();
+        for (key, plan) in &plans {
+            d.digest.add(&plan.objects);
+            if let Some(n) = key.v6 {
+                d.v6.insert(n.network(), *key);
+            }
+        }
+        d.plans = plans
+            .into_iter()
+            .map(|(k, mut p)| {
+                p.objects.shrink_to_fit();
+                (k, p)
+            })
+            .collect();
+        d
+    }
+
+    /// Invariant: a stored plan has no spare capacity (`PeerObjects::shrink_to_fit`); it lives
+    /// as long as its peer.
+    fn insert(&mut self, key: SubnetKey, mut plan: PeerPlan) {
+        plan.objects.shrink_to_fit();
         self.digest.add(&plan.objects);
         if let Some(n) = key.v6 {
             self.v6.insert(n.network(), key);
@@ -502,12 +525,14 @@ impl Reconciler {
         self.desired.clear();
         self.other_backend = 0;
         let leases = std::mem::take(&mut self.leases);
+        let mut plans = Vec::with_capacity(leases.len());
         for p in leases.values() {
             match self.plan(p) {
-                Some(plan) => self.desired.insert(p.key, plan),
+                Some(plan) => plans.push((p.key, plan)),
                 None => self.other_backend += 1,
             }
         }
+        self.desired = Desired::from_plans(plans);
         self.leases = leases;
         let reachable: Vec<&Lease> = self
             .desired

@@ -52,10 +52,13 @@ pub struct FirewallStats {
 }
 
 /// The tunnel endpoints of a peer with these public addresses: one per family the network has.
-fn endpoints_of(spec: &FirewallSpec, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+/// A peer's tunnel endpoints, at most one per family, kept inline (no allocation per peer).
+type Endpoints = [Option<IpAddr>; 2];
+
+fn endpoints_of(spec: &FirewallSpec, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Endpoints {
     let v4 = (spec.v4.is_some() || spec.v6.is_none()).then_some(IpAddr::V4(ip));
     let v6 = ip6.filter(|_| spec.v6.is_some()).map(IpAddr::V6);
-    v4.into_iter().chain(v6).collect()
+    [v4, v6]
 }
 
 enum Cmd {
@@ -132,8 +135,8 @@ struct State {
     spec: FirewallSpec,
     probes: Vec<Probe>,
     /// Each peer's tunnel endpoints (one per family the network has); the guard admits their
-    /// union.
-    peers: BTreeMap<SubnetKey, Vec<IpAddr>>,
+    /// union. Empty without a guard (nothing in the table depends on them).
+    peers: BTreeMap<SubnetKey, Endpoints>,
     /// How many peers use each endpoint (two leases may share one during a move).
     endpoints: BTreeMap<IpAddr, usize>,
     stats: Arc<Mutex<FirewallStats>>,
@@ -178,14 +181,19 @@ impl State {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
+            // Without a guard (host-gw) peers' endpoints are nowhere in the table: none kept.
+            Cmd::Put(..) | Cmd::Remove(_) if self.spec.guard.is_none() => {}
             Cmd::Put(key, ip, ip6) => {
                 let new = endpoints_of(&self.spec, ip, ip6);
-                match self.peers.insert(key, new.clone()) {
+                match self.peers.insert(key, new) {
                     Some(old) if old == new => {}
                     old => {
                         // The new endpoints are let in before the old ones go.
-                        new.iter().for_each(|ip| self.endpoint_in(*ip));
+                        new.into_iter()
+                            .flatten()
+                            .for_each(|ip| self.endpoint_in(ip));
                         old.into_iter()
+                            .flatten()
                             .flatten()
                             .for_each(|ip| self.endpoint_out(ip));
                     }
@@ -193,7 +201,9 @@ impl State {
             }
             Cmd::Remove(key) => {
                 if let Some(old) = self.peers.remove(&key) {
-                    old.into_iter().for_each(|ip| self.endpoint_out(ip));
+                    old.into_iter()
+                        .flatten()
+                        .for_each(|ip| self.endpoint_out(ip));
                 }
             }
             Cmd::Check(reply) => {
@@ -532,13 +542,28 @@ impl Firewall {
             foreign_dirty: false,
             foreign_at: Instant::now(),
         };
-        for (key, ip, ip6) in peers {
-            let ips = endpoints_of(&st.spec, *ip, *ip6);
-            for ip in &ips {
-                *st.endpoints.entry(*ip).or_default() += 1;
+        // Collected, not inserted one by one: a map built at once has full nodes.
+        let guarded = if st.spec.guard.is_some() { peers } else { &[] };
+        st.peers = guarded
+            .iter()
+            .map(|(key, ip, ip6)| (*key, endpoints_of(&st.spec, *ip, *ip6)))
+            .collect();
+        let mut endpoints: Vec<(IpAddr, usize)> = st
+            .peers
+            .values()
+            .flatten()
+            .flatten()
+            .map(|ip| (*ip, 1))
+            .collect();
+        endpoints.sort_unstable();
+        endpoints.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
             }
-            st.peers.insert(*key, ips);
-        }
+            same
+        });
+        st.endpoints = endpoints.into_iter().collect();
         let (tx, rx) = mpsc::channel();
         // Listening before the table is made: a change right after is not missed.
         if kernel_events {

@@ -5,11 +5,18 @@
 //! pages back.
 
 /// Call before any thread is started.
+///
+/// Also fixes the size from which an allocation gets its own mapping at glibc's default,
+/// 128 KiB. Left alone, glibc raises it each time such a block is freed (up to 32 MiB): after
+/// the first netlink dump, the next big buffers (dumps, a full pass's list of changes) come
+/// from the heap, between the peers' long-lived data, and their pages stay resident after
+/// they are freed (`malloc_trim` can hand back only whole free pages).
 pub fn limit_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

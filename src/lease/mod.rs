@@ -556,6 +556,7 @@ impl PeerSet {
             None => {
                 let mut index = validate::Index::default();
                 self.all.values().for_each(|l| index.insert(l));
+                index.compact();
                 (self.all.clone(), BTreeMap::new(), index)
             }
             Some(c) => {

@@ -286,6 +286,7 @@ impl Checker {
                 Err(why) => sel.refused.push((l, why)),
             }
         }
+        sel.index.compact();
         sel
     }
 }
@@ -310,6 +311,18 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds the maps from their sorted entries, which fills every node: built one insert
+    /// at a time (as `select` does, in age order) they keep a third or more of their room
+    /// empty, for as long as the peers live.
+    pub fn compact(&mut self) {
+        fn dense<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+            *m = std::mem::take(m).into_iter().collect();
+        }
+        dense(&mut self.taken.v4);
+        dense(&mut self.taken.v6);
+        dense(&mut self.claimed);
     }
 
     pub fn insert(&mut self, l: &Lease) {

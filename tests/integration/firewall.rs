@@ -978,3 +978,58 @@ fn podnetd_runs_no_nft_to_read_its_table_or_find_foreign_rules() {
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "probe\n");
 }
+
+/// A tunnel guard of more peers than one element list can carry (its attribute length is 16
+/// bits: 4 096 IPv4 keys overflow it): created and replaced whole, every address is in the
+/// kernel's sets. Before the keys were split across messages, the kernel read a truncated
+/// list and garbage and refused the transaction (ENOENT: podnetd with 5 001 vxlan peers did
+/// not start).
+#[test]
+fn a_tunnel_guard_of_5001_peers_is_in_the_kernel_whole() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let scratch = crate::support::ScratchNs::new();
+    let ns = &scratch.ns;
+    let spec = FirewallSpec {
+        v4: Some(Nets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+        }),
+        v6: Some(Nets {
+            network: "fd10:244::/56".parse().unwrap(),
+            pod_subnet: "fd10:244:0:3::/64".parse().unwrap(),
+        }),
+        masquerade: true,
+        fully_random: false,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
+    };
+    let v4 = (0..5001u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)));
+    let v6 = (0..2100u128).map(|i| IpAddr::V6(Ipv6Addr::from(0x2001_0002_u128 << 96 | i)));
+    let peers: Vec<IpAddr> = v4.chain(v6).collect();
+    let socket = ns.run(|| nft::NftSocket::open().unwrap()).unwrap();
+    let count = |set: &str| {
+        let out = ns
+            .command("nft")
+            .unwrap()
+            .args(["-j", "list", "set", "inet", "podnet", set])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o["set"]["elem"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    for replace in [false, true] {
+        socket.commit(&spec.table_batch(&peers, replace)).unwrap();
+        assert_eq!(count("tunnel-peers"), 5001, "replace={replace}");
+        assert_eq!(count("tunnel-peers-v6"), 2100, "replace={replace}");
+    }
+}

@@ -764,6 +764,7 @@ impl Batch {
     }
 
     /// Adds keys (network byte order) to a set; keys already there are fine.
+    /// Long lists go in several messages (see `elements`).
     pub fn add_elements(&mut self, set: &SetRef, keys: &[&[u8]]) {
         let elems: Vec<Element> = keys.iter().map(|k| Element::key(k)).collect();
         self.elements(

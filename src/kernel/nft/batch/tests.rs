@@ -450,3 +450,55 @@ fn named_set_ranges_keep_each_prefix_apart() {
     );
     assert!(show(&[], true).is_empty());
 }
+
+/// Walks the attributes of a message (after the netlink and nfgen headers) and returns the
+/// lengths of the element lists (NFTA_SET_ELEM_LIST_ELEMENTS, 3); every length must add up to
+/// the message, as the kernel reads it.
+fn element_lists(msg: &[u8]) -> Vec<usize> {
+    let mut at = 16 + 4;
+    let mut lists = Vec::new();
+    while at < msg.len() {
+        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]) & !NLA_F_NESTED;
+        assert!(
+            len >= 4 && at + len <= msg.len(),
+            "attribute at {at} overruns"
+        );
+        if kind == 3 {
+            lists.push(len);
+        }
+        at += len.next_multiple_of(4);
+    }
+    assert_eq!(at, msg.len(), "the attributes fill the message");
+    lists
+}
+
+/// A tunnel guard of 5 001 peers: one element list would need 80 016 bytes, more than an
+/// attribute's 16-bit length says; the keys go in messages the kernel can read whole.
+#[test]
+fn long_element_lists_are_split_into_messages_of_readable_length() {
+    let keys: Vec<[u8; 4]> = (0..5001u32)
+        .map(|i| (0xc612_0000 + i).to_be_bytes())
+        .collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    for delete in [false, true] {
+        let mut b = Batch::new(NFPROTO_INET, "podnet");
+        if delete {
+            b.delete_elements(&SetRef::named("tunnel-peers"), &keys);
+        } else {
+            b.add_elements(&SetRef::named("tunnel-peers"), &keys);
+        }
+        let t = b.finish();
+        let msgs = split(&t.bytes);
+        // Batch begin and end around more than one message.
+        assert!(msgs.len() > 2 + 1, "{} messages", msgs.len());
+        let mut elements = 0;
+        for m in &msgs[1..msgs.len() - 1] {
+            let lists = element_lists(m);
+            assert_eq!(lists.len(), 1);
+            elements += (lists[0] - 4) / 16;
+        }
+        assert_eq!(elements, 5001, "every key sent once");
+        assert_eq!(t.ops.len(), msgs.len() - 2);
+    }
+}
