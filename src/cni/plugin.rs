@@ -296,10 +296,14 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
     let side = veth::PodSide {
         ifname: &args.ifname,
+        index: pair.pod_index,
         addrs: &addrs,
         routes: &kernel_routes,
     };
-    veth::configure_pod(&mut pod, &side)?;
+    // The host end's mark was sent without waiting; its answer is collected after the pod's.
+    let pod_done = veth::configure_pod(&mut pod, &side);
+    pair.finish(&mut host, &spec)?;
+    pod_done?;
     masquerade(&layout, &ips, undo)?;
 
     let interfaces = vec![
