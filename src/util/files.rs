@@ -148,10 +148,13 @@ impl Lock {
         }
     }
 
+    /// Writes the PID in place, padded to a fixed width, so the file never shrinks: no
+    /// truncation, which on ext4 costs a journal transaction and, for a file truncated to zero
+    /// and written again, a flush when it is closed (`auto_da_alloc`).
     fn record_holder(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = std::io::Seek::rewind(&mut self.file);
-        let _ = writeln!(self.file, "{}", std::process::id());
+        use std::os::unix::fs::FileExt;
+        let pid = format!("{:>10}\n", std::process::id());
+        let _ = self.file.write_all_at(pid.as_bytes(), 0);
     }
 
     pub fn path(&self) -> &Path {
