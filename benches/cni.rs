@@ -226,7 +226,7 @@ fn main() {
     if let Ok(out) = std::env::var("BENCH_STRACE") {
         strace_one(&b, &dir, &ns[0].0, &out);
     }
-    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam-podnet/cbr0"))
+    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam/cbr0"))
         .map(|d| d.count())
         .unwrap_or(0);
     let masq = if plugin_masq {
