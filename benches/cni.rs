@@ -5,6 +5,8 @@
 //!   sudo cargo bench --bench cni            (BENCH_RUNS=3, BENCH_PODS=200 by default)
 //!   sudo BENCH_IPMASQ=plugin cargo bench --bench cni
 //!   BENCH_STRACE=/tmp/cni   one more ADD and DEL of podnet's under strace, after the runs
+//!   BENCH_KERNEL=1          after the runs, 24 ADDs of each, 8 at once, under `perf trace -s`:
+//!                           the time each spends inside netlink requests (the kernel's share)
 //!
 //! By default the daemon masquerades (`--ip-masq`, as kube-flannel.yml runs it) and neither
 //! plugin adds rules. `BENCH_IPMASQ=plugin` is flannel's default instead: the daemon does not,
@@ -56,8 +58,6 @@ impl Bench {
     }
 }
 
-/// Profiling aid: one more podnet ADD and DEL under `strace -f -ttt -T`, written to
-/// `<out>.ADD` and `<out>.DEL`.
 /// The masquerade step alone, the way the plugin took it before (`nft -f` of its script) and
 /// now (the same transaction over nfnetlink, the socket's release left to a grandchild), interleaved, in node1's namespace: adding a pod
 /// (with the table, set, chain and rule declared again) and removing it. Seconds per call as
@@ -90,6 +90,8 @@ fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
     .unwrap()
 }
 
+/// Profiling aid: one more podnet ADD and DEL under `strace -f -ttt -T`, written to
+/// `<out>.ADD` and `<out>.DEL`.
 fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
     use std::os::unix::fs::PermissionsExt;
     let wrapper = dir.join("strace-plugin.sh");
@@ -110,6 +112,101 @@ fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
     }
     eprintln!("strace of one ADD and one DEL: {out}.ADD, {out}.DEL");
 }
+
+/// Writes an executable `sh` script.
+fn script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Milliseconds a `perf trace -s` summary spent in the system calls `keep` picks, over every
+/// thread and process in it (the reference's bridge and the host-local it starts).
+fn traced_ms(summary: &str, keep: &dyn Fn(&str) -> bool) -> f64 {
+    summary
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // syscall  calls  errors  total  min  avg  max  stddev
+            (f.len() == 8 && f[1].parse::<u64>().is_ok() && keep(f[0]))
+                .then(|| f[3].parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The kernel's share with 8 at once: batches of 8 ADDs of each system, every call under
+/// `perf trace -s`, and per call the time inside netlink requests (`sendto`/`recvfrom`, and
+/// `sendmsg`/`recvmsg` for the reference): the kernel's work under RTNL and the wait for RTNL
+/// while another holds it. Returns [system] -> (netlink ms, all system calls ms) per call.
+fn kernel_share(b: &Bench, dir: &Path, pods: &[(String, String)]) -> Vec<Vec<(f64, f64)>> {
+    let out = dir.join("trace");
+    std::fs::create_dir_all(&out).unwrap();
+    let wrap = |name: &str, prog: &str| {
+        let path = dir.join(name);
+        let text = format!(
+            "#!/bin/sh\nexec perf trace -s -o {}/$CNI_CONTAINERID.txt {prog} \"$@\"\n",
+            out.display()
+        );
+        script(&path, &text);
+        path.display().to_string()
+    };
+    let wrapped = [
+        wrap("trace-podnet.sh", &binaries().plugin.display().to_string()),
+        wrap("trace-bridge.sh", "/usr/lib/cni/bridge"),
+    ];
+    let confs = [&b.podnet_conf, &b.ref_conf];
+    let netlink = ["sendto", "recvfrom", "sendmsg", "recvmsg"];
+    let mut share = vec![Vec::new(), Vec::new()];
+    for (ci, batch) in pods.chunks(8).enumerate() {
+        for s in 0..2 {
+            let ids: Vec<String> = (0..batch.len()).map(|j| format!("k{s}-{ci}-{j}")).collect();
+            std::thread::scope(|sc| {
+                for (j, (p, r)) in batch.iter().enumerate() {
+                    let netns = if s == 0 { p } else { r };
+                    let (id, prog, conf) = (&ids[j], &wrapped[s], confs[s]);
+                    sc.spawn(move || {
+                        let env = attach_env("ADD", id, netns, "eth0");
+                        let o = b.c.lab.cni("node1", prog, &env, conf).unwrap();
+                        assert!(o.status.success(), "traced ADD {id}: {o:?}");
+                    });
+                }
+            });
+            for (j, (p, r)) in batch.iter().enumerate() {
+                let sys = if s == 0 {
+                    System::Podnet
+                } else {
+                    System::Reference
+                };
+                b.call(sys, "DEL", &ids[j], if s == 0 { p } else { r });
+                let text = std::fs::read_to_string(out.join(format!("{}.txt", ids[j]))).unwrap();
+                let waits = |c: &str| WAITING.contains(&c);
+                share[s].push((
+                    traced_ms(&text, &|c| netlink.contains(&c)),
+                    traced_ms(&text, &|c| !waits(c)),
+                ));
+            }
+        }
+    }
+    share
+}
+
+/// System calls that wait (for a lock, a child, a timer, another thread) rather than work:
+/// not counted as the kernel's work. A Go program's threads spend most of their time in these.
+const WAITING: [&str; 12] = [
+    "futex",
+    "epoll_pwait",
+    "epoll_wait",
+    "nanosleep",
+    "clock_nanosleep",
+    "wait4",
+    "waitid",
+    "poll",
+    "ppoll",
+    "pselect6",
+    "rt_sigsuspend",
+    "sched_yield",
+];
 
 fn main() {
     require_root();
@@ -223,10 +320,11 @@ fn main() {
         eprintln!("run {}/{runs} done", run + 1);
     }
     let step = masq_step(&b, pods);
+    let share = std::env::var_os("BENCH_KERNEL").map(|_| kernel_share(&b, &dir, &ns[..24]));
     if let Ok(out) = std::env::var("BENCH_STRACE") {
         strace_one(&b, &dir, &ns[0].0, &out);
     }
-    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam-podnet/cbr0"))
+    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam/cbr0"))
         .map(|d| d.count())
         .unwrap_or(0);
     let masq = if plugin_masq {
@@ -268,6 +366,24 @@ fn main() {
             ms(new),
             old.median / new.median
         );
+    }
+    if let Some(share) = share {
+        println!(
+            "\nThe kernel's share, 8 ADDs at once, each under `perf trace -s` (which slows every \
+             system call; ms per call, median (min–max)):\n"
+        );
+        println!("| system | inside netlink requests | in all system calls but waits |");
+        println!("|---|---|---|");
+        for (s, name) in ["podnet", "reference"].iter().enumerate() {
+            // summarize/ms work in seconds.
+            let nl: Vec<f64> = share[s].iter().map(|x| x.0 / 1e3).collect();
+            let all: Vec<f64> = share[s].iter().map(|x| x.1 / 1e3).collect();
+            println!(
+                "| {name} | {} | {} |",
+                ms(summarize(&nl)),
+                ms(summarize(&all))
+            );
+        }
     }
     println!(
         "podnet IPAM files left after all DELs: {leftovers} (lock and last_reserved_ip.0 expected)"

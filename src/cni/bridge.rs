@@ -60,42 +60,8 @@ pub fn ensure(
             ),
         ));
     }
-    // Per family: the host namespace holds an IPv6 link-local address per pod, so a dump of
-    // every family grows with the pods on the node.
-    let mut addrs: Vec<IpNet> = Vec::new();
-    for v4 in [true, false] {
-        if gateways.iter().any(|g| g.addr().is_ipv4() == v4) {
-            addrs.extend(
-                nl.addrs_v(v4)
-                    .map_err(|e| kernel(format!("read addresses of {name}"), e))?
-                    .into_iter()
-                    .filter(|a| a.index == link.index)
-                    .map(|a| a.net),
-            );
-        }
-    }
     for gw in gateways {
-        let same_family: Vec<&IpNet> = addrs
-            .iter()
-            .filter(|a| a.addr().is_ipv4() == gw.addr().is_ipv4())
-            // IPv6 link-local addresses are the kernel's own.
-            .filter(|a| !matches!(a.addr(), std::net::IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80))
-            .collect();
-        if same_family.contains(&gw) {
-            continue;
-        }
-        if let Some(other) = same_family.iter().find(|a| !gw.contains(&a.addr())) {
-            return Err(CniError::new(
-                code::BRIDGE_CONFLICT,
-                format!("{name} already has the address {other}, outside this node's pod subnet {}", gw.trunc()),
-            )
-            .with_details(
-                "the node's subnet changed (a new lease) while pods still use the old one; drain the node, \
-                 delete the bridge (ip link delete cni0), and pods will be wired into the new subnet",
-            ));
-        }
-        nl.add_addr(link.index, *gw)
-            .map_err(|e| kernel(format!("add {gw} to {name}"), e))?;
+        ensure_gateway(nl, &link, gw)?;
     }
     if !link.up {
         nl.set_link(
@@ -108,4 +74,59 @@ pub fn ensure(
         .map_err(|e| kernel(format!("bring {name} up"), e))?;
     }
     Ok(link)
+}
+
+/// Puts the gateway on the bridge. The common case, a bridge that has it already, costs one
+/// request: adding it exclusively is answered `EEXIST`, and nothing is read. Only when the
+/// address was missing (the node's first pod, or someone removed it) are the bridge's other
+/// addresses read: one of the same family in another subnet means the node's subnet changed
+/// while pods still use the old one, and the address just added is taken back. (An ADD racing
+/// that one may see the address for the moment it is there and wire its pod; the node is
+/// refused pods from then on, with the reason, until it is drained.)
+fn ensure_gateway(nl: &mut Netlink, link: &Link, gw: &IpNet) -> Result<(), CniError> {
+    let name = &link.name;
+    let added = nl
+        .add_addr_new(link.index, *gw)
+        .map_err(|e| kernel(format!("add {gw} to {name}"), e))?;
+    if !added {
+        return Ok(());
+    }
+    let conflict = match conflicting_addr(nl, link, gw) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = nl.del_addr(link.index, *gw);
+            return Err(e);
+        }
+    };
+    let Some(other) = conflict else {
+        return Ok(());
+    };
+    let _ = nl.del_addr(link.index, *gw);
+    Err(CniError::new(
+        code::BRIDGE_CONFLICT,
+        format!(
+            "{name} already has the address {other}, outside this node's pod subnet {}",
+            gw.trunc()
+        ),
+    )
+    .with_details(
+        "the node's subnet changed (a new lease) while pods still use the old one; drain the node, \
+         delete the bridge (ip link delete cni0), and pods will be wired into the new subnet",
+    ))
+}
+
+/// An address of the bridge in `gw`'s family outside `gw`'s subnet (the kernel's IPv6
+/// link-local ones aside). Read per family: the host namespace holds an IPv6 link-local
+/// address per pod, so a dump of every family grows with the pods on the node.
+fn conflicting_addr(nl: &mut Netlink, link: &Link, gw: &IpNet) -> Result<Option<IpNet>, CniError> {
+    let addrs = nl
+        .addrs_v(gw.addr().is_ipv4())
+        .map_err(|e| kernel(format!("read addresses of {}", link.name), e))?;
+    Ok(addrs
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.net)
+        .filter(|a| a.addr().is_ipv4() == gw.addr().is_ipv4())
+        .filter(|a| !matches!(a.addr(), std::net::IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80))
+        .find(|a| !gw.contains(&a.addr())))
 }

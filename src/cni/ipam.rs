@@ -212,6 +212,27 @@ fn restrict(path: &Path, mode: u32) -> Result<(), CniError> {
         .map_err(|e| io_err(format!("chmod {mode:o} {}", path.display()), e))
 }
 
+/// Replaces a small file's content by writing over it, truncating only when the new content is
+/// shorter. host-local truncates to zero and writes (no fsync either); on ext4 that costs a
+/// journal transaction and, for a file truncated to zero and written again, a flush when it is
+/// closed (`auto_da_alloc`). Crash safety is no weaker: where host-local can leave the file
+/// empty, this leaves the old or the new address (a hint for where to resume, either way).
+fn write_in_place(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all_at(content, 0)?;
+    let len = content.len() as u64;
+    if f.metadata()?.len() > len {
+        f.set_len(len)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens and locks a network's allocation directory. The directory is root's alone (0700,
     /// the lock file 0600): allocations are not other users' business.
@@ -269,7 +290,7 @@ impl Store {
             return Err(io_err(format!("write {}", path.display()), e));
         }
         let last = self.dir.join(format!("{LAST_RESERVED}{range_id}"));
-        std::fs::write(&last, ip.to_string())
+        write_in_place(&last, ip.to_string().as_bytes())
             .map_err(|e| io_err(format!("write {}", last.display()), e))?;
         Ok(true)
     }
@@ -621,6 +642,23 @@ mod tests {
                 .code,
             7
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn last_reserved_is_written_in_place_with_host_locals_bytes() {
+        let d = tmp();
+        let s = Store::open(&d, "n").unwrap();
+        let r = Range::for_subnet("10.244.3.0/24".parse().unwrap(), None).unwrap();
+        let want = |ip: &str| s.allocate("c", "eth0", &r, 0, Some(ip.parse().unwrap()));
+        let last = d.join("n/last_reserved_ip.0");
+        want("10.244.3.200").unwrap();
+        assert_eq!(std::fs::read(&last).unwrap(), b"10.244.3.200");
+        // Shorter than what is there: no tail of the old address may remain.
+        want("10.244.3.9").unwrap();
+        assert_eq!(std::fs::read(&last).unwrap(), b"10.244.3.9");
+        want("10.244.3.10").unwrap();
+        assert_eq!(std::fs::read(&last).unwrap(), b"10.244.3.10");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

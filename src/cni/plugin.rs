@@ -15,7 +15,7 @@ use super::{bridge, records, veth};
 use crate::firewall;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::NetNs;
-use crate::kernel::{KernelError, nft};
+use crate::kernel::{KernelError, nft, process};
 use crate::subnet_env::SubnetEnv;
 
 /// Reads `subnet.env`; a missing file means the node agent is not ready yet (try again later).
@@ -296,10 +296,14 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     let mut pod = Netlink::open_in(&pod_ns).map_err(|e| kernel("open netlink in the pod", e))?;
     let side = veth::PodSide {
         ifname: &args.ifname,
+        index: pair.pod_index,
         addrs: &addrs,
         routes: &kernel_routes,
     };
-    veth::configure_pod(&mut pod, &side)?;
+    // The host end's mark was sent without waiting; its answer is collected after the pod's.
+    let pod_done = veth::configure_pod(&mut pod, &side);
+    pair.finish(&mut host, &spec)?;
+    pod_done?;
     masquerade(&layout, &ips, undo)?;
 
     let interfaces = vec![
@@ -781,25 +785,14 @@ pub fn version(stdin: &[u8]) -> String {
 }
 
 /// Starts a detached reaper for retired pairs (this same binary, in this namespace). It
-/// outlives the plugin, which returns to the runtime without waiting for the kernel.
+/// outlives the plugin, which returns to the runtime without waiting for the kernel, nor for
+/// the reaper's start (`process::spawn_detached`).
 fn spawn_reaper() {
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.env(REAP_ENV, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: setsid(2) is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setsid();
-            Ok(())
-        });
-    }
     // If it cannot start, GC or the next DEL's reaper deletes the retired pair.
-    let _ = cmd.spawn();
+    let _ = process::spawn_detached(&exe, (REAP_ENV, "1"));
 }
 
 /// Set in the reaper's environment.

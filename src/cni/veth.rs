@@ -89,10 +89,22 @@ fn kernel(what: String, e: crate::kernel::KernelError) -> CniError {
     CniError::new(code::KERNEL, what).with_details(e.to_string())
 }
 
-/// The two ends as created.
+/// The two ends as created. The host end's mark (alias, hairpin) is on its way: `finish`
+/// says whether it took, so the pod's side can be set up in the meantime.
 pub struct Pair {
     pub host: Link,
     pub pod_mac: Mac,
+    /// The pod end's index in the pod's namespace, when the kernel said it on creation.
+    pub pod_index: Option<u32>,
+    mark: u32,
+}
+
+impl Pair {
+    /// Waits for the host end's mark. On an error the pair is the caller's to delete.
+    pub fn finish(&self, host: &mut Netlink, spec: &VethSpec<'_>) -> Result<(), CniError> {
+        host.set_link_finish(self.host.index, self.mark)
+            .map_err(|e| mark_error(spec, e))
+    }
 }
 
 /// What the veth needs.
@@ -107,9 +119,11 @@ pub struct VethSpec<'a> {
 }
 
 /// Creates the pair in one request: the host end already on the bridge and up, the pod end
-/// directly in the pod's namespace, both with MACs we chose (so nothing has to be read back).
-/// The host end then gets its owner as alias. A link already holding the host end's name is
-/// replaced only when its alias names this same attachment.
+/// directly in the pod's namespace, both with MACs we chose, and the kernel's answer (an echo
+/// of the new link) naming both ends' indexes, so nothing has to be read back. The host end
+/// then gets its owner as alias, a request sent without waiting (`Pair::finish`). A link
+/// already holding the host end's name is replaced only when its alias names this same
+/// attachment.
 pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result<Pair, CniError> {
     let host_mac = Mac::random();
     let pod_mac = Mac::random();
@@ -125,43 +139,55 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
         master: Some(spec.bridge),
         up: true,
     };
-    let mut made = host.add_link(&new);
+    let mut made = host.add_link_echo(&new);
     if matches!(&made, Err(e) if e.is_exists())
         && let Some(stale) = stale_host_end(host, spec)?
     {
         host.del_link(stale.index)
             .map_err(|e| kernel(format!("remove stale {}", spec.host_name), e))?;
-        made = host.add_link(&new);
+        made = host.add_link_echo(&new);
     }
-    if let Err(e) = made {
-        if e.is_exists() {
-            return Err(CniError::new(
-                code::INTERFACE_EXISTS,
-                format!(
-                    "the pod's network namespace already has an interface named {}",
-                    spec.ifname
-                ),
-            ));
+    let echoed = match made {
+        Ok(echoed) => echoed,
+        Err(e) => return Err(create_error(spec, e)),
+    };
+    let link = match echoed {
+        Some(link) => link,
+        None => host
+            .require_link(spec.host_name)
+            .map_err(|e| kernel(format!("look up {}", spec.host_name), e))?,
+    };
+    let pod_index = link.parent;
+    let mark = match host.set_link_start(link.index, &mark_change(spec)) {
+        Ok(seq) => seq,
+        Err(e) => {
+            let _ = host.del_link(link.index);
+            return Err(mark_error(spec, e));
         }
-        return Err(kernel(
-            format!("create veth {}/{}", spec.host_name, spec.ifname),
-            e,
-        ));
-    }
-    let link = host
-        .require_link(spec.host_name)
-        .map_err(|e| kernel(format!("look up {}", spec.host_name), e))?;
-    if let Err(e) = mark(host, &link, spec) {
-        let _ = host.del_link(link.index);
-        return Err(e);
-    }
+    };
     Ok(Pair {
         host: Link {
             mac: Some(host_mac),
+            master: Some(spec.bridge),
             ..link
         },
         pod_mac,
+        pod_index,
+        mark,
     })
+}
+
+fn create_error(spec: &VethSpec<'_>, e: crate::kernel::KernelError) -> CniError {
+    if e.is_exists() {
+        return CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "the pod's network namespace already has an interface named {}",
+                spec.ifname
+            ),
+        );
+    }
+    kernel(format!("create veth {}/{}", spec.host_name, spec.ifname), e)
 }
 
 /// After EEXIST: the link holding the host end's name when it is a stale one of this same
@@ -192,24 +218,27 @@ fn stale_host_end(host: &mut Netlink, spec: &VethSpec<'_>) -> Result<Option<Link
     )))
 }
 
-/// Marks a new host end with its owner (and hairpin mode) in one request.
-fn mark(host: &mut Netlink, link: &Link, spec: &VethSpec<'_>) -> Result<(), CniError> {
-    let change = LinkChange {
+/// A new host end's mark: its owner as alias (and hairpin mode), one request.
+fn mark_change<'a>(spec: &VethSpec<'a>) -> LinkChange<'a> {
+    LinkChange {
         alias: Some(spec.owner),
         hairpin: spec.hairpin.then_some(true),
         ..Default::default()
-    };
-    host.set_link(link.index, &change).map_err(|e| {
-        kernel(
-            format!("set alias {} and hairpin on {}", spec.owner, spec.host_name),
-            e,
-        )
-    })
+    }
+}
+
+fn mark_error(spec: &VethSpec<'_>, e: crate::kernel::KernelError) -> CniError {
+    kernel(
+        format!("set alias {} and hairpin on {}", spec.owner, spec.host_name),
+        e,
+    )
 }
 
 /// What the pod end gets.
 pub struct PodSide<'a> {
     pub ifname: &'a str,
+    /// Its index, when known (`Pair::pod_index`); else it is looked up by name.
+    pub index: Option<u32>,
     pub addrs: &'a [IpNet],
     /// (destination, gateway)
     pub routes: &'a [(IpNet, IpAddr)],
@@ -217,22 +246,26 @@ pub struct PodSide<'a> {
 
 /// Inside the pod: loopback up, addresses, the interface up, routes — in one pipelined batch.
 pub fn configure_pod(pod: &mut Netlink, side: &PodSide<'_>) -> Result<(), CniError> {
-    let link = pod
-        .require_link(side.ifname)
-        .map_err(|e| kernel(format!("look up {} in the pod", side.ifname), e))?;
+    let index = match side.index {
+        Some(i) => i,
+        None => {
+            pod.require_link(side.ifname)
+                .map_err(|e| kernel(format!("look up {} in the pod", side.ifname), e))?
+                .index
+        }
+    };
     // Loopback is ifindex 1 in every namespace.
     let mut changes = vec![Change::LinkUp(LOOPBACK_INDEX)];
-    changes.extend(side.addrs.iter().map(|a| {
-        Change::AddAddr(Addr {
-            index: link.index,
-            net: *a,
-        })
-    }));
-    changes.push(Change::LinkUp(link.index));
+    changes.extend(
+        side.addrs
+            .iter()
+            .map(|a| Change::AddAddr(Addr { index, net: *a })),
+    );
+    changes.push(Change::LinkUp(index));
     for (dst, gw) in side.routes {
         let mut r = Route::unicast(*dst, RTPROT_BOOT);
         r.gateway = Some(*gw);
-        r.oif = Some(link.index);
+        r.oif = Some(index);
         r.scope = SCOPE_UNIVERSE;
         changes.push(Change::ReplaceRoute(r));
     }

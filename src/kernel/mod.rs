@@ -9,6 +9,7 @@ pub mod inotify;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod process;
 pub mod sysctl;
 pub mod tun;
 pub mod udp;

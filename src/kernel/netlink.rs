@@ -12,11 +12,11 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_MULTIPART,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_ECHO, NLM_F_EXCL, NLM_F_MULTIPART,
     NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
@@ -346,8 +346,12 @@ pub struct Netlink {
 impl Netlink {
     /// A socket in the calling thread's namespace.
     pub fn open() -> Result<Netlink, KernelError> {
-        let mut socket =
+        let socket =
             Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open netlink socket", e))?;
+        Netlink::with_socket(socket)
+    }
+
+    fn with_socket(mut socket: Socket) -> Result<Netlink, KernelError> {
         let port = socket
             .bind_auto()
             .map_err(|e| KernelError::io("bind netlink socket", e))?
@@ -372,9 +376,17 @@ impl Netlink {
         self.port
     }
 
-    /// A socket bound to another namespace; the calling thread never leaves its own.
+    /// A socket bound to another namespace (`NetNs::socket_in`: the calling thread is back in
+    /// its own before this returns).
     pub fn open_in(ns: &NetNs) -> Result<Netlink, KernelError> {
-        ns.run(Netlink::open)?
+        let fd = ns.socket_in(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM,
+            NETLINK_ROUTE as libc::c_int,
+        )?;
+        // SAFETY: a fresh netlink socket, owned by nothing else from here on.
+        let socket = unsafe { Socket::from_raw_fd(fd.into_raw_fd()) };
+        Netlink::with_socket(socket)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -420,10 +432,26 @@ impl Netlink {
 
     /// Sends one request and waits for its acknowledgement.
     fn exec(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), KernelError> {
+        let seq = self.submit(op, msg, flags)?;
+        self.wait_ack(op, seq)
+    }
+
+    /// Sends one request asking for an acknowledgement, and returns its sequence number.
+    fn submit(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<u32, KernelError> {
         let seq = self.next_seq();
         let mut data = Vec::with_capacity(256);
         Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, &mut data);
         self.send_buf(op, &data)?;
+        Ok(seq)
+    }
+
+    /// Waits for the acknowledgement of request `seq` (replies to others are skipped).
+    fn wait_ack(&mut self, op: &str, seq: u32) -> Result<(), KernelError> {
         loop {
             for m in self.recv_messages(op)? {
                 if m.header.sequence_number != seq {
@@ -445,9 +473,19 @@ impl Netlink {
         op: &str,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        self.query_flags(op, msg, 0)
+    }
+
+    /// `query` with more request flags (`NLM_F_ECHO`: a change answered with the object made).
+    fn query_flags(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
         let seq = self.next_seq();
         let mut data = Vec::with_capacity(256);
-        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK, seq, &mut data);
+        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, &mut data);
         self.send_buf(op, &data)?;
         let mut replies = Vec::new();
         loop {
@@ -746,131 +784,176 @@ impl Netlink {
 
     /// Creates a link (fails with EEXIST if the name is taken).
     pub fn add_link(&mut self, spec: &NewLink<'_>) -> Result<(), KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes
-            .push(LinkAttribute::IfName(spec.name.to_string()));
-        if let Some(mtu) = spec.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = spec.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
-        if let Some(master) = spec.master {
-            msg.attributes.push(LinkAttribute::Controller(master));
-        }
-        if spec.up {
-            msg.header.flags = LinkFlags::Up;
-            msg.header.change_mask = LinkFlags::Up;
-        }
-        let info = match &spec.kind {
-            NewLinkKind::Bridge => vec![LinkInfo::Kind(InfoKind::Bridge)],
-            NewLinkKind::Veth {
-                peer,
-                peer_ns,
-                peer_mac,
-            } => {
-                let mut peer_msg = LinkMessage::default();
-                peer_msg
-                    .attributes
-                    .push(LinkAttribute::IfName(peer.to_string()));
-                if let Some(mac) = peer_mac {
-                    peer_msg
-                        .attributes
-                        .push(LinkAttribute::Address(mac.0.to_vec()));
-                }
-                if let Some(mtu) = spec.mtu {
-                    peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
-                }
-                if let Some(ns) = peer_ns {
-                    peer_msg
-                        .attributes
-                        .push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
-                }
-                vec![
-                    LinkInfo::Kind(InfoKind::Veth),
-                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-                ]
-            }
-            NewLinkKind::Vxlan(v) => {
-                let mut data = vec![InfoVxlan::Id(v.vni), InfoVxlan::Learning(v.learning)];
-                if v.port != 0 {
-                    data.push(InfoVxlan::Port(v.port));
-                }
-                match v.local {
-                    Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
-                    Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
-                    None => {}
-                }
-                if let Some(dev) = v.dev {
-                    data.push(InfoVxlan::Link(dev));
-                }
-                if v.gbp {
-                    data.push(InfoVxlan::Gbp);
-                }
-                vec![
-                    LinkInfo::Kind(InfoKind::Vxlan),
-                    LinkInfo::Data(InfoData::Vxlan(data)),
-                ]
-            }
-            NewLinkKind::Wireguard => vec![LinkInfo::Kind(InfoKind::Wireguard)],
-        };
-        msg.attributes.push(LinkAttribute::LinkInfo(info));
         self.exec(
             &format!("create link {}", spec.name),
-            RouteNetlinkMessage::NewLink(msg),
+            RouteNetlinkMessage::NewLink(new_link_message(spec)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
+    /// Creates a link and returns it as the kernel announced it on creation (`NLM_F_ECHO`):
+    /// its index, and for a veth the peer's index in the peer's namespace (`parent`), with no
+    /// lookup afterwards. The announcement comes before the link joins its master, so `master`
+    /// is not in it. `None` from a kernel that does not echo (before 6.1).
+    pub fn add_link_echo(&mut self, spec: &NewLink<'_>) -> Result<Option<Link>, KernelError> {
+        let replies = self.query_flags(
+            &format!("create link {}", spec.name),
+            RouteNetlinkMessage::NewLink(new_link_message(spec)),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        )?;
+        Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)).filter(|l| l.name == spec.name),
+            _ => None,
+        }))
+    }
+
     /// Changes attributes of a link.
     pub fn set_link(&mut self, index: u32, change: &LinkChange<'_>) -> Result<(), KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        if let Some(up) = change.up {
-            msg.header.change_mask = LinkFlags::Up;
-            msg.header.flags = if up {
-                LinkFlags::Up
-            } else {
-                LinkFlags::empty()
-            };
-        }
-        if let Some(mtu) = change.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(master) = change.master {
-            msg.attributes.push(LinkAttribute::Controller(master));
-        }
-        if let Some(name) = change.name {
-            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        }
-        if let Some(mac) = change.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
-        if let Some(ns) = change.netns {
-            msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
-        }
-        if let Some(g) = change.group {
-            msg.attributes.push(LinkAttribute::Group(g));
-        }
-        if let Some(alias) = change.alias {
-            msg.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
-        }
-        if let Some(hairpin) = change.hairpin {
-            msg.attributes.push(LinkAttribute::LinkInfo(vec![
-                LinkInfo::PortKind(InfoPortKind::Bridge),
-                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                    hairpin,
-                )])),
-            ]));
-        }
-        self.exec(
+        let seq = self.set_link_start(index, change)?;
+        self.set_link_finish(index, seq)
+    }
+
+    /// Sends a link change without waiting for its answer, so that work on another socket
+    /// (another namespace) can go on meanwhile; `set_link_finish` collects the answer. No other
+    /// request may be made on this socket in between.
+    pub fn set_link_start(
+        &mut self,
+        index: u32,
+        change: &LinkChange<'_>,
+    ) -> Result<u32, KernelError> {
+        self.submit(
             &format!("change link #{index}"),
-            RouteNetlinkMessage::NewLink(msg),
+            RouteNetlinkMessage::NewLink(link_change_message(index, change)),
             0,
         )
     }
 
+    /// The answer to `set_link_start`'s request `seq`.
+    pub fn set_link_finish(&mut self, index: u32, seq: u32) -> Result<(), KernelError> {
+        self.wait_ack(&format!("change link #{index}"), seq)
+    }
+}
+
+/// The `RTM_NEWLINK` request that creates `spec`.
+fn new_link_message(spec: &NewLink<'_>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes
+        .push(LinkAttribute::IfName(spec.name.to_string()));
+    if let Some(mtu) = spec.mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.mac {
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    if let Some(master) = spec.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
+    if spec.up {
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+    }
+    let info = match &spec.kind {
+        NewLinkKind::Bridge => vec![LinkInfo::Kind(InfoKind::Bridge)],
+        NewLinkKind::Veth {
+            peer,
+            peer_ns,
+            peer_mac,
+        } => {
+            let mut peer_msg = LinkMessage::default();
+            peer_msg
+                .attributes
+                .push(LinkAttribute::IfName(peer.to_string()));
+            if let Some(mac) = peer_mac {
+                peer_msg
+                    .attributes
+                    .push(LinkAttribute::Address(mac.0.to_vec()));
+            }
+            if let Some(mtu) = spec.mtu {
+                peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+            if let Some(ns) = peer_ns {
+                peer_msg
+                    .attributes
+                    .push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+            }
+            vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]
+        }
+        NewLinkKind::Vxlan(v) => {
+            let mut data = vec![InfoVxlan::Id(v.vni), InfoVxlan::Learning(v.learning)];
+            if v.port != 0 {
+                data.push(InfoVxlan::Port(v.port));
+            }
+            match v.local {
+                Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+                Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+                None => {}
+            }
+            if let Some(dev) = v.dev {
+                data.push(InfoVxlan::Link(dev));
+            }
+            if v.gbp {
+                data.push(InfoVxlan::Gbp);
+            }
+            vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(data)),
+            ]
+        }
+        NewLinkKind::Wireguard => vec![LinkInfo::Kind(InfoKind::Wireguard)],
+    };
+    msg.attributes.push(LinkAttribute::LinkInfo(info));
+    msg
+}
+
+/// The `RTM_NEWLINK` request that applies `change` to link `index`.
+fn link_change_message(index: u32, change: &LinkChange<'_>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    if let Some(up) = change.up {
+        msg.header.change_mask = LinkFlags::Up;
+        msg.header.flags = if up {
+            LinkFlags::Up
+        } else {
+            LinkFlags::empty()
+        };
+    }
+    if let Some(mtu) = change.mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(master) = change.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
+    if let Some(name) = change.name {
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    }
+    if let Some(mac) = change.mac {
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    if let Some(ns) = change.netns {
+        msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+    }
+    if let Some(g) = change.group {
+        msg.attributes.push(LinkAttribute::Group(g));
+    }
+    if let Some(alias) = change.alias {
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+    }
+    if let Some(hairpin) = change.hairpin {
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                hairpin,
+            )])),
+        ]));
+    }
+    msg
+}
+
+impl Netlink {
     /// Deletes a link; a link that is already gone is not an error.
     pub fn del_link(&mut self, index: u32) -> Result<(), KernelError> {
         let mut msg = LinkMessage::default();
@@ -945,14 +1028,20 @@ impl Netlink {
 
     /// Adds an address; one that is already there is not an error.
     pub fn add_addr(&mut self, index: u32, net: IpNet) -> Result<(), KernelError> {
+        self.add_addr_new(index, net).map(|_| ())
+    }
+
+    /// Adds an address; `false` when it was there already (nothing changed).
+    pub fn add_addr_new(&mut self, index: u32, net: IpNet) -> Result<bool, KernelError> {
         let msg = addr_message(index, net);
         match self.exec(
             &format!("add address {net}"),
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
-            Err(e) if e.is_exists() => Ok(()),
-            r => r,
+            Ok(()) => Ok(true),
+            Err(e) if e.is_exists() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

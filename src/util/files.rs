@@ -73,6 +73,10 @@ fn holder_text(holder: &Option<u32>) -> String {
     }
 }
 
+/// First and longest pause between two tries of a lock with a timeout.
+const LOCK_POLL_FIRST: Duration = Duration::from_micros(50);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(2);
+
 /// An exclusive `flock` on a file, released when dropped. The holder writes its PID into the
 /// file, so a waiter that gives up can say who holds it.
 #[derive(Debug)]
@@ -97,7 +101,10 @@ impl Lock {
                 source,
             })?;
         let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
+        // flock has no timeout, so a bounded wait polls. The holders this waits for (IPAM
+        // allocations, a few hundred microseconds each) are short: short pauses, so that eight
+        // pod ADDs queued on one lock do not each oversleep its release by milliseconds.
+        let mut pause = LOCK_POLL_FIRST;
         loop {
             let flags = if timeout.is_some() {
                 libc::LOCK_EX | libc::LOCK_NB
@@ -113,7 +120,7 @@ impl Lock {
             match timeout {
                 Some(t) if busy && start.elapsed() < t => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
+                    pause = (pause * 2).min(LOCK_POLL_MAX);
                 }
                 Some(t) if busy => {
                     return Err(LockError::Timeout {
@@ -148,10 +155,13 @@ impl Lock {
         }
     }
 
+    /// Writes the PID in place, padded to a fixed width, so the file never shrinks: no
+    /// truncation, which on ext4 costs a journal transaction and, for a file truncated to zero
+    /// and written again, a flush when it is closed (`auto_da_alloc`).
     fn record_holder(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = std::io::Seek::rewind(&mut self.file);
-        let _ = writeln!(self.file, "{}", std::process::id());
+        use std::os::unix::fs::FileExt;
+        let pid = format!("{:>10}\n", std::process::id());
+        let _ = self.file.write_all_at(pid.as_bytes(), 0);
     }
 
     pub fn path(&self) -> &Path {

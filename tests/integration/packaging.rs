@@ -571,3 +571,45 @@ fn systemd_unit_and_environment_file() {
         );
     }
 }
+
+/// The ELF program header types of a binary (`PT_INTERP` = 3 names a dynamic loader).
+fn program_header_types(path: &str) -> Vec<u32> {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{path} is not an ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count)
+        .map(|i| {
+            let o = phoff + i * size;
+            u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// The plugin starts for every pod event: where the toolchain has glibc's static archives
+/// (build.rs says so), it is a static PIE that needs no dynamic loader, and it still works.
+/// podnetd stays dynamic (it resolves names).
+#[test]
+fn the_cni_plugin_needs_no_dynamic_loader_where_it_could_be_linked_statically() {
+    const PT_INTERP: u32 = 3;
+    let plugin = program_header_types(PODNET_CNI);
+    if env!("PODNET_CNI_STATIC") == "1" {
+        assert!(
+            !plugin.contains(&PT_INTERP),
+            "{PODNET_CNI} asks for a loader"
+        );
+    } else {
+        assert!(plugin.contains(&PT_INTERP), "build.rs said dynamic");
+    }
+    assert!(program_header_types(env!("CARGO_BIN_EXE_podnetd")).contains(&PT_INTERP));
+    let out = std::process::Command::new(PODNET_CNI)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["supportedVersions"][4], "1.1.0", "{v}");
+}

@@ -802,3 +802,44 @@ fn a_host_name_collision_never_touches_the_other_owners_link() {
     expected.sort();
     assert_eq!(left, expected);
 }
+
+/// The node's subnet changed (a new lease) while cni0 still carries the old gateway: ADD is
+/// refused with code 102 naming the old address, takes back the new gateway it had to add to
+/// find out, and leaves no link or allocation; cni0 keeps exactly its old address.
+#[test]
+fn a_bridge_with_another_subnets_gateway_is_refused_and_left_as_it_was() {
+    let mut c = cluster("cbrc", 1);
+    let pod = c.add_pod("node1", "a", "1.0.0");
+    let old_gw = c.wait_ready("node1").subnet.unwrap();
+    let cni0_v4 = |c: &Cluster| -> Vec<String> {
+        c.ip_json("node1", &["-4", "addr", "show", "dev", "cni0"])[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    };
+    assert_eq!(cni0_v4(&c), [old_gw.to_string()]);
+    let moved = if old_gw.addr().to_string() == "10.244.250.1" {
+        "10.244.251.1/24"
+    } else {
+        "10.244.250.1/24"
+    };
+    let env = c.lab.node_dir("node1").unwrap().join("moved.env");
+    std::fs::write(
+        &env,
+        format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={moved}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+    )
+    .unwrap();
+    let mut conf = c.cni_conf("node1", "1.0.0");
+    conf["subnetFile"] = json!(env);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "b").unwrap());
+    let add = Cluster::attach_env("ADD", "moved-ctr", &ns, "eth0");
+    let msg = format!("cni0 already has the address {old_gw}, outside this node's pod subnet");
+    // Twice: the first refusal must have taken its gateway back for the second to see the same.
+    for _ in 0..2 {
+        rejected(&c, &add, &conf.to_string(), 102, &msg);
+        assert_eq!(cni0_v4(&c), [old_gw.to_string()]);
+    }
+    assert!(ping(&c, "node1/a", old_gw.addr()), "{pod:?}");
+}
