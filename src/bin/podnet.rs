@@ -1,6 +1,8 @@
 //! The CNI plugin. It starts for every pod event, so it skips the Rust runtime's start-up
 //! (`#![no_main]`: no stack-guard probe, which reads `/proc/self/maps`, no signal-stack set-up);
-//! `std::process::exit` still flushes stdout.
+//! `std::process::exit` still flushes stdout. What that start-up did and the plugin needs is
+//! done here: SIGPIPE ignored (a runtime that closed our stdout gets EPIPE, not a killed
+//! plugin), and a panic ends the process with 101 as before instead of unwinding into C.
 #![no_main]
 
 #[unsafe(no_mangle)]
@@ -8,5 +10,7 @@ extern "C" fn main(
     _argc: std::ffi::c_int,
     _argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
-    std::process::exit(podnet::cni::main());
+    podnet::kernel::process::ignore_sigpipe();
+    let code = std::panic::catch_unwind(podnet::cni::main).unwrap_or(101);
+    std::process::exit(code);
 }

@@ -176,6 +176,9 @@ fn cmp(op: u32, have: &[u8], want: &[u8]) -> T {
 /// Whether a set holds a key: a range set (elements from a start to the next end, or from a
 /// key to its key end) or a plain one.
 fn contains(set: &Set, key: &[u8]) -> bool {
+    if set.elements.iter().any(|e| e.flags & dump::ELEM_CATCHALL != 0) {
+        return true;
+    }
     if set.flags & dump::SET_INTERVAL == 0 {
         return set.elements.iter().any(|e| e.key == key);
     }
@@ -776,5 +779,34 @@ mod tests {
         fan.rules.push(rule(vec![Expr::Masq { flags: 0 }]));
         let found = find(&fan, &probe(), NFPROTO_INET, "podnet");
         assert!(found.len() <= 1, "{found:?}");
+    }
+
+    /// A set with a catch-all element holds every key, interval set or not.
+    #[test]
+    fn a_catch_all_element_holds_every_key() {
+        let elem = |key: Vec<u8>, flags| dump::Element {
+            key,
+            key_end: None,
+            flags,
+            data: None,
+        };
+        let mut set = Set {
+            family: NFPROTO_INET,
+            table: "t".into(),
+            name: "s".into(),
+            flags: 0,
+            key_type: 7,
+            key_len: 4,
+            data_type: None,
+            data_len: None,
+            userdata: None,
+            id: None,
+            elements: vec![elem(vec![10, 0, 0, 1], 0)],
+        };
+        assert!(!contains(&set, &[10, 0, 0, 2]));
+        set.elements.push(elem(Vec::new(), dump::ELEM_CATCHALL));
+        assert!(contains(&set, &[10, 0, 0, 2]));
+        set.flags = dump::SET_INTERVAL;
+        assert!(contains(&set, &[192, 0, 2, 1]));
     }
 }

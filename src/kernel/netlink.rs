@@ -1,7 +1,8 @@
 //! rtnetlink: links, addresses, routes, neighbours and FDB entries.
 //!
 //! A `Netlink` is a plain blocking socket bound to the namespace it was opened in
-//! (`Netlink::open_in` opens it from a throwaway thread inside another namespace). Messages are
+//! (`Netlink::open_in` opens it inside another namespace with `NetNs::socket_in`: the calling
+//! thread enters that namespace for the one `socket` call and comes back). Messages are
 //! built with `netlink-packet-route`; this file is the only one that knows its types, so a
 //! version bump touches nothing else.
 //!

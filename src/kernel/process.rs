@@ -66,3 +66,13 @@ pub fn spawn_detached(program: &Path, env: (&str, &str)) -> Result<(), KernelErr
     }
     Ok(())
 }
+
+/// Ignores SIGPIPE, as the Rust runtime's start-up does (a program without it, `#![no_main]`,
+/// would be killed by a write to a pipe its reader closed, instead of getting EPIPE).
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler; it has no
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}

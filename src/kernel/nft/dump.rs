@@ -58,7 +58,6 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_SET_TABLE: u16 = 1;
@@ -122,6 +121,8 @@ pub const SET_INTERVAL: u32 = 0x4;
 pub const SET_MAP: u32 = 0x8;
 /// `NFT_SET_ELEM_INTERVAL_END`.
 pub const ELEM_INTERVAL_END: u32 = 0x1;
+/// `NFT_SET_ELEM_CATCHALL`: the element matches every key (it has none).
+pub const ELEM_CATCHALL: u32 = 0x2;
 /// `NFT_LOOKUP_F_INV`: the lookup matches when the key is not in the set.
 pub const LOOKUP_INVERT: u32 = 0x1;
 /// `NFT_NAT_SNAT`.
@@ -482,7 +483,9 @@ fn elements(a: &[u8]) -> Result<Elements, KernelError> {
             NFTA_SET_ELEM_LIST_SET => set = Some(string(v)),
             NFTA_SET_ELEM_LIST_SET_ID => set_id = Some(be32(v, "element list set id")?),
             NFTA_SET_ELEM_LIST_ELEMENTS => {
-                for (_, e) in attrs(v).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
+                // Any attribute type, as the kernel reads the list: its dumps number every
+                // element NFTA_LIST_ELEM, nft's transactions (and podnet's) 1, 2, 3, ...
+                for (_, e) in attrs(v) {
                     out.push(element(e)?);
                 }
             }
@@ -514,7 +517,12 @@ fn element(a: &[u8]) -> Result<Element, KernelError> {
             _ => {}
         }
     }
-    e.key = need(key, "element key")?;
+    // A catch-all element (`*`, Linux 5.13+) has no key: another program's set may hold one.
+    e.key = match key {
+        Some(key) => key,
+        None if e.flags & ELEM_CATCHALL != 0 => Vec::new(),
+        None => return Err(bad(format_args!("no element key"))),
+    };
     Ok(e)
 }
 
@@ -535,7 +543,8 @@ fn rule(family: u8, a: &[u8]) -> Result<Rule, KernelError> {
             NFTA_RULE_HANDLE => r.handle = be64(v, "rule handle")?,
             NFTA_RULE_USERDATA => r.userdata = Some(v.to_vec()),
             NFTA_RULE_EXPRESSIONS => {
-                for (_, e) in attrs(v).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
+                // Any attribute type, as the kernel reads the list.
+                for (_, e) in attrs(v) {
                     r.exprs.push(expr(e)?);
                 }
             }

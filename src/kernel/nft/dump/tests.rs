@@ -274,3 +274,34 @@ fn a_dump_request_names_what_it_narrows_to() {
         .collect();
     assert_eq!(attrs, [(1, "podnet".to_string()), (2, "s".to_string())]);
 }
+
+/// Every element of a list reads back, whatever the list's attribute types: podnet numbers
+/// them 1, 2, 3 as nft does, the kernel's dumps type each one NFTA_LIST_ELEM (the parser once
+/// kept only the latter, and read one key of a transaction's many).
+#[test]
+fn every_element_of_a_transactions_list_reads_back() {
+    let mut b = super::super::Batch::new(INET, "t");
+    b.add_table();
+    let set = b.add_set(&super::super::SetSpec {
+        name: "s",
+        key_type: 7,
+        key_len: 4,
+    });
+    let keys: [&[u8]; 3] = [&[198, 18, 0, 1], &[198, 18, 0, 2], &[198, 18, 0, 3]];
+    b.add_elements(&set, &keys);
+    let rs = Ruleset::from_datagram(&b.finish().bytes).unwrap();
+    let read: Vec<&[u8]> = rs.sets[0].elements.iter().map(|e| e.key.as_slice()).collect();
+    assert_eq!(read, keys);
+}
+
+/// A catch-all element (`*`: flags only, no key), as another program's set may hold, parses;
+/// an element with neither key nor catch-all flag is an error that names the key.
+#[test]
+fn a_catch_all_element_has_no_key() {
+    let catch_all = [8, 0, 3, 0, 0, 0, 0, 2];
+    let e = element(&catch_all).unwrap();
+    assert!(e.key.is_empty());
+    assert_eq!(e.flags, ELEM_CATCHALL);
+    let err = element(&[8, 0, 3, 0, 0, 0, 0, 0]).unwrap_err().to_string();
+    assert!(err.contains("element key"), "{err}");
+}
