@@ -176,7 +176,11 @@ fn cmp(op: u32, have: &[u8], want: &[u8]) -> T {
 /// Whether a set holds a key: a range set (elements from a start to the next end, or from a
 /// key to its key end) or a plain one.
 fn contains(set: &Set, key: &[u8]) -> bool {
-    if set.elements.iter().any(|e| e.flags & dump::ELEM_CATCHALL != 0) {
+    if set
+        .elements
+        .iter()
+        .any(|e| e.flags & dump::ELEM_CATCHALL != 0)
+    {
         return true;
     }
     if set.flags & dump::SET_INTERVAL == 0 {
@@ -321,16 +325,40 @@ struct At<'a> {
     depth: usize,
 }
 
-fn walk(rs: &Ruleset, at: &At<'_>, chain: &str, p: &Probe, budget: &mut usize) -> Outcome {
-    let (family, table) = (at.family, at.table);
-    if at.depth > 16 {
+/// The rules of each chain, indexed once per `find` (a walk enters chains many times).
+type ChainRules<'a> = HashMap<(u8, &'a str, &'a str), Vec<&'a Rule>>;
+
+fn chain_rules(rs: &Ruleset) -> ChainRules<'_> {
+    let mut idx: ChainRules<'_> = HashMap::new();
+    for r in &rs.rules {
+        idx.entry((r.family, r.table.as_str(), r.chain.as_str()))
+            .or_default()
+            .push(r);
+    }
+    idx
+}
+
+/// The rule set and its index, for a walk.
+struct Rules<'a> {
+    rs: &'a Ruleset,
+    chains: ChainRules<'a>,
+}
+
+fn walk(r: &Rules<'_>, at: &At<'_>, chain: &str, p: &Probe, budget: &mut usize) -> Outcome {
+    let (rs, family, table) = (r.rs, at.family, at.table);
+    // Entering a chain costs as much as a rule, so an empty chain jumped to again and again
+    // uses the budget up too.
+    if at.depth > 16 || *budget == 0 {
         return Outcome::Continue;
     }
+    *budget -= 1;
+    let no_rules = Vec::new();
+    let rules = r.chains.get(&(family, table, chain)).unwrap_or(&no_rules);
     let deeper = At {
         depth: at.depth + 1,
         ..*at
     };
-    'rules: for rule in rs.rules_of(family, table, chain) {
+    'rules: for &rule in rules {
         if *budget == 0 {
             return Outcome::Continue;
         }
@@ -354,11 +382,11 @@ fn walk(rs: &Ruleset, at: &At<'_>, chain: &str, p: &Probe, budget: &mut usize) -
             match (code, target) {
                 (dump::VERDICT_ACCEPT | dump::VERDICT_DROP, _) => return Outcome::Stop,
                 (dump::VERDICT_RETURN, _) => return Outcome::Continue,
-                (dump::VERDICT_JUMP, Some(t)) => match walk(rs, &deeper, &t, p, budget) {
+                (dump::VERDICT_JUMP, Some(t)) => match walk(r, &deeper, &t, p, budget) {
                     Outcome::Continue => continue 'rules,
                     other => return other,
                 },
-                (dump::VERDICT_GOTO, Some(t)) => return walk(rs, &deeper, &t, p, budget),
+                (dump::VERDICT_GOTO, Some(t)) => return walk(r, &deeper, &t, p, budget),
                 (dump::VERDICT_CONTINUE, _) => continue,
                 _ => continue 'rules,
             }
@@ -370,6 +398,10 @@ fn walk(rs: &Ruleset, at: &At<'_>, chain: &str, p: &Probe, budget: &mut usize) -
 /// Rules outside `(own_family, own_table)` that would masquerade or SNAT the probe.
 pub fn find(ruleset: &Ruleset, probe: &Probe, own_family: u8, own_table: &str) -> Vec<ForeignRule> {
     let mut found = Vec::new();
+    let rules = Rules {
+        rs: ruleset,
+        chains: chain_rules(ruleset),
+    };
     for c in &ruleset.chains {
         if (c.family == own_family && c.table == own_table)
             || !matches!(c.family, NFPROTO_IPV4 | NFPROTO_INET)
@@ -389,7 +421,7 @@ pub fn find(ruleset: &Ruleset, probe: &Probe, own_family: u8, own_table: &str) -
             table: &c.table,
             depth: 0,
         };
-        if let Outcome::Rewrites(r) = walk(ruleset, &at, &c.name, probe, &mut { WALK_BUDGET }) {
+        if let Outcome::Rewrites(r) = walk(&rules, &at, &c.name, probe, &mut { WALK_BUDGET }) {
             found.push(r);
         }
     }

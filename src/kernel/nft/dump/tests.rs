@@ -290,7 +290,11 @@ fn every_element_of_a_transactions_list_reads_back() {
     let keys: [&[u8]; 3] = [&[198, 18, 0, 1], &[198, 18, 0, 2], &[198, 18, 0, 3]];
     b.add_elements(&set, &keys);
     let rs = Ruleset::from_datagram(&b.finish().bytes).unwrap();
-    let read: Vec<&[u8]> = rs.sets[0].elements.iter().map(|e| e.key.as_slice()).collect();
+    let read: Vec<&[u8]> = rs.sets[0]
+        .elements
+        .iter()
+        .map(|e| e.key.as_slice())
+        .collect();
     assert_eq!(read, keys);
 }
 
