@@ -3,8 +3,10 @@
 //! `std::process::exit` still flushes stdout. What that start-up did and the plugin needs is
 //! done here: SIGPIPE ignored (a runtime that closed our stdout gets EPIPE, not a killed
 //! plugin), and a panic ends the process with 101 as before instead of unwinding into C.
-#![no_main]
+// The test harness brings its own `main`: the plugin's is for the program only.
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(
     _argc: std::ffi::c_int,
