@@ -590,31 +590,6 @@ fn the_daemons_table_over_netlink_lists_as_its_golden_text() {
     );
 }
 
-/// Runs an nft script in a namespace.
-fn nft_script(ns: &podnet::kernel::netns::NetNs, script: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command("nft")
-        .unwrap()
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Other software's tables, as the dump reader and the foreign-rule walk meet them: Docker's
 /// masquerade, kube-proxy's marked-only masquerade behind a jump, a goto into a chain that
 /// SNATs what a named interval set holds, a rule reading what the walk does not model, an
@@ -686,7 +661,7 @@ fn the_ruleset_read_over_netlink_is_what_nft_lists() {
     ];
     let socket = ns.run(nft::NftSocket::open).unwrap().unwrap();
     socket.commit(&spec.table_batch(&peers, false)).unwrap();
-    nft_script(ns, FOREIGN_SCRIPT);
+    crate::support::nft_f(ns, FOREIGN_SCRIPT);
     let ping = ns
         .command("sh")
         .unwrap()
@@ -730,7 +705,7 @@ fn the_ruleset_read_over_netlink_is_what_nft_lists() {
         .next()
         .unwrap()
         .handle;
-    nft_script(
+    crate::support::nft_f(
         ns,
         &format!("delete rule inet podnet forward handle {handle}\n"),
     );

@@ -5,9 +5,7 @@
 //! them. A transaction that fails changes nothing.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::Stdio;
 
 use podnet::kernel::netns::NetNs;
 use podnet::kernel::nft;
@@ -15,7 +13,7 @@ use podnet::policy::cases;
 use podnet::policy::compile::compile;
 use podnet::policy::render::{self, Options, Ruleset};
 
-use crate::support::ScratchNs;
+use crate::support::{ScratchNs, nft_f};
 
 fn opts() -> Options {
     Options {
@@ -24,31 +22,6 @@ fn opts() -> Options {
         ipv6: true,
         log_group: Some(3),
     }
-}
-
-/// `nft -f -` of `script` in `ns`.
-fn nft_f(ns: &NetNs, script: &str) {
-    let mut child = ns
-        .command("nft")
-        .unwrap()
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft -f: {}\n{script}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The policy table as `nft -j list` shows it, by object: `chain NAME` → its rules in order,

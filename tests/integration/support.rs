@@ -89,3 +89,29 @@ fn sweep_scratch() {
         }
     }
 }
+
+/// `nft -f -` of `script` in `ns`.
+pub fn nft_f(ns: &podnet::kernel::netns::NetNs, script: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command("nft")
+        .unwrap()
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

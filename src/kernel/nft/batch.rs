@@ -113,14 +113,14 @@ const NFTA_LOG_PREFIX: u16 = 2;
 
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
-const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
-const NFT_SET_INTERVAL: u32 = 0x4;
-const NFT_SET_MAP: u32 = 0x8;
+// The flags a dump reads back are defined once, where they are read.
+use super::dump::{
+    ELEM_INTERVAL_END as NFT_SET_ELEM_INTERVAL_END, LOOKUP_INVERT as NFT_LOOKUP_F_INV,
+    SET_ANONYMOUS as NFT_SET_ANONYMOUS, SET_INTERVAL as NFT_SET_INTERVAL, SET_MAP as NFT_SET_MAP,
+};
 /// `NFT_DATA_VERDICT`: a map's data type when its values are verdicts.
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-const NFT_LOOKUP_F_INV: u32 = 0x1;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 /// nft's `ipv4_addr` data type (what `nft list` shows for a set's `type`).
 pub const TYPE_IPV4_ADDR: u32 = 7;
