@@ -626,17 +626,7 @@ mod tests {
     /// The kernel's dump of a namespace where podnetd's transaction for `spec()` with two peers
     /// was committed (and other software's tables).
     fn dumped() -> Ruleset {
-        let hex = include_str!("../kernel/nft/dump/testdata/ruleset.hex");
-        let msgs: Vec<Vec<u8>> = hex
-            .lines()
-            .map(|l| {
-                (0..l.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                    .collect()
-            })
-            .collect();
-        dump::parse_messages(&msgs).unwrap()
+        dump::captured_ruleset()
     }
 
     fn spec() -> FirewallSpec {

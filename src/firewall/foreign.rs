@@ -618,17 +618,7 @@ mod tests {
     /// reading the protocol and one with an anonymous set (`inet custom`), and podnet's table:
     /// `FOREIGN_SCRIPT` in the integration tests, captured from the kernel.
     fn ruleset() -> Ruleset {
-        let hex = include_str!("../kernel/nft/dump/testdata/ruleset.hex");
-        let msgs: Vec<Vec<u8>> = hex
-            .lines()
-            .map(|l| {
-                (0..l.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                    .collect()
-            })
-            .collect();
-        dump::parse_messages(&msgs).unwrap()
+        dump::captured_ruleset()
     }
 
     fn probe() -> Probe {

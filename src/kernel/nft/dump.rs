@@ -1056,5 +1056,12 @@ pub fn counters_by_comment(rules: &[Rule]) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// The captured kernel dump the unit tests read (podnetd's table and other software's
+/// tables), parsed.
+#[cfg(test)]
+pub(crate) fn captured_ruleset() -> Ruleset {
+    parse_messages(&tests::messages(tests::RULESET)).expect("the captured dump parses")
+}
+
 #[cfg(test)]
 mod tests;

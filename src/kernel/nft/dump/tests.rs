@@ -17,7 +17,7 @@ pub(crate) fn messages(hex: &str) -> Vec<Vec<u8>> {
 }
 
 fn ruleset() -> Ruleset {
-    parse_messages(&messages(RULESET)).unwrap()
+    captured_ruleset()
 }
 
 const IP: u8 = 2;
