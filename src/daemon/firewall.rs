@@ -620,27 +620,13 @@ impl Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::{Guard, Nets};
+    use crate::firewall::tests::spec;
     use crate::kernel::nft::dump;
 
     /// The kernel's dump of a namespace where podnetd's transaction for `spec()` with two peers
     /// was committed (and other software's tables).
     fn dumped() -> Ruleset {
         dump::captured_ruleset()
-    }
-
-    fn spec() -> FirewallSpec {
-        FirewallSpec {
-            v4: Some(Nets {
-                network: "10.244.0.0/16".parse().unwrap(),
-                pod_subnet: "10.244.3.0/24".parse().unwrap(),
-            }),
-            v6: None,
-            masquerade: true,
-            fully_random: true,
-            forward: true,
-            guard: Some(Guard { port: 8472 }),
-        }
     }
 
     fn wanted(spec: &FirewallSpec, peers: &[&str]) -> Option<TableShape> {

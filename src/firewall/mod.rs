@@ -529,10 +529,11 @@ const MULTICAST: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4);
 const MULTICAST_V6: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec() -> FirewallSpec {
+    /// A vxlan node's spec with masquerade and the guard: the unit tests' usual table.
+    pub(crate) fn spec() -> FirewallSpec {
         FirewallSpec {
             v4: Some(Nets {
                 network: "10.244.0.0/16".parse().unwrap(),
