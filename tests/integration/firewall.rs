@@ -166,18 +166,8 @@ fn the_ruleset_is_golden_restored_and_replaced_on_config_change() {
     c.start("node2", &args);
     let subnet1 = c.wait_ready("node1").subnet.unwrap().trunc();
     c.wait_ready("node2");
-    let golden = FirewallSpec {
-        v4: Some(Nets {
-            network: "10.244.0.0/17".parse().unwrap(),
-            pod_subnet: subnet1,
-        }),
-        v6: None,
-        masquerade: true,
-        fully_random: true,
-        forward: true,
-        guard: Some(Guard { port: 8472 }),
-    }
-    .render_table(&["198.18.0.12".parse().unwrap()]);
+    let golden =
+        vxlan_node_spec("10.244.0.0/17", subnet1).render_table(&["198.18.0.12".parse().unwrap()]);
     // Empty while the table is missing.
     let listing = |c: &Cluster| {
         let out = c
@@ -644,17 +634,7 @@ fn the_ruleset_read_over_netlink_is_what_nft_lists() {
     use podnet::kernel::nft::dump::{Ruleset, Scope};
     let scratch = crate::support::ScratchNs::new();
     let ns = &scratch.ns;
-    let spec = FirewallSpec {
-        v4: Some(Nets {
-            network: "10.244.0.0/16".parse().unwrap(),
-            pod_subnet: "10.244.3.0/24".parse().unwrap(),
-        }),
-        v6: None,
-        masquerade: true,
-        fully_random: true,
-        forward: true,
-        guard: Some(Guard { port: 8472 }),
-    };
+    let spec = vxlan_node_spec("10.244.0.0/16", "10.244.3.0/24".parse().unwrap());
     let peers: Vec<std::net::IpAddr> = vec![
         "198.18.0.12".parse().unwrap(),
         "198.18.0.13".parse().unwrap(),
@@ -880,18 +860,8 @@ fn podnetd_runs_no_nft_to_read_its_table_or_find_foreign_rules() {
     start(&mut c, "node2");
     let subnet1 = c.wait_ready("node1").subnet.unwrap().trunc();
     c.wait_ready("node2");
-    let golden = FirewallSpec {
-        v4: Some(Nets {
-            network: "10.244.0.0/16".parse().unwrap(),
-            pod_subnet: subnet1,
-        }),
-        v6: None,
-        masquerade: true,
-        fully_random: true,
-        forward: true,
-        guard: Some(Guard { port: 8472 }),
-    }
-    .render_table(&["198.18.0.12".parse().unwrap()]);
+    let golden =
+        vxlan_node_spec("10.244.0.0/16", subnet1).render_table(&["198.18.0.12".parse().unwrap()]);
     let listing = |c: &Cluster, flags: &str| {
         let out = c
             .lab
@@ -1006,5 +976,21 @@ fn a_tunnel_guard_of_5001_peers_is_in_the_kernel_whole() {
         socket.commit(&spec.table_batch(&peers, replace)).unwrap();
         assert_eq!(count("tunnel-peers"), 5001, "replace={replace}");
         assert_eq!(count("tunnel-peers-v6"), 2100, "replace={replace}");
+    }
+}
+
+/// A vxlan node's table with `--ip-masq` and the tunnel guard (IPv4): what most tests here
+/// compare with.
+fn vxlan_node_spec(network: &str, pod_subnet: ipnet::Ipv4Net) -> FirewallSpec {
+    FirewallSpec {
+        v4: Some(Nets {
+            network: network.parse().unwrap(),
+            pod_subnet,
+        }),
+        v6: None,
+        masquerade: true,
+        fully_random: true,
+        forward: true,
+        guard: Some(Guard { port: 8472 }),
     }
 }
