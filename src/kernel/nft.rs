@@ -141,28 +141,12 @@ impl NftSocket {
     /// Whether a table exists: one request, no listing.
     pub fn table_exists(&self, family: u8, table: &str) -> Result<bool, KernelError> {
         const SEQ: u32 = u32::MAX - 1;
-        let op = format!("look for nftables table {table}");
         self.drain();
         let req = batch::get_table(family, table, SEQ);
-        self.socket
-            .send_to(&req, &SocketAddr::new(0, 0), 0)
-            .map_err(|e| KernelError::io(op.clone(), e))?;
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            buf.clear();
-            match self.socket.recv(&mut buf, 0) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(KernelError::io(op, e)),
-            }
-            for m in raw::messages(&buf).filter(|m| m.seq == SEQ) {
-                match ack(&m) {
-                    Some((libc::ENOENT, _)) => return Ok(false),
-                    Some((0, _)) => {}
-                    Some((errno, _)) => return Err(KernelError::netlink(op, errno)),
-                    None => return Ok(true),
-                }
-            }
+        let op = format!("look for nftables table {table}");
+        match ask(&self.socket, &req, SEQ, &op, |_| Some(true)) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            other => other,
         }
     }
 
@@ -329,6 +313,41 @@ fn ack(m: &raw::RawMessage<'_>) -> Option<(i32, Option<String>)> {
         None
     };
     Some((-code, text))
+}
+
+/// Sends one request and reads the answers that carry its sequence number until `visit`
+/// returns a value: an error answer ends the exchange as that error (`errno` names it), an
+/// ack (code 0) is passed over, every other message goes to `visit`.
+fn ask<R>(
+    s: &Socket,
+    req: &[u8],
+    seq: u32,
+    op: &str,
+    mut visit: impl FnMut(&raw::RawMessage<'_>) -> Option<R>,
+) -> Result<R, KernelError> {
+    s.send_to(req, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| KernelError::io(op.to_string(), e))?;
+    // The kernel fills a dump's datagrams up to 32 KiB at most: they fit whole.
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        buf.clear();
+        match s.recv(&mut buf, 0) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(KernelError::io(op.to_string(), e)),
+        }
+        for m in raw::messages(&buf).filter(|m| m.seq == seq) {
+            match ack(&m) {
+                Some((0, _)) => {}
+                Some((errno, _)) => return Err(KernelError::netlink(op.to_string(), errno)),
+                None => {
+                    if let Some(r) = visit(&m) {
+                        return Ok(r);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A send buffer for the whole datagram (the kernel refuses a datagram larger than it), and a

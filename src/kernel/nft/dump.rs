@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 
 use super::super::KernelError;
 use super::super::netlink::raw;
@@ -762,7 +762,6 @@ fn request(kind: u16, family: u8, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8> {
 const DUMP_SEQ: u32 = 0x7000_0000;
 /// How many times a ruleset is read again when it changed while being read.
 const DUMP_TRIES: usize = 8;
-const RECV_BUF: usize = 256 * 1024;
 
 /// One dump's answers as whole messages (header included); `Ok(None)` when the kernel marked
 /// the dump interrupted by a change.
@@ -773,38 +772,18 @@ pub(super) fn dump_on(
     attrs: &[(u16, &str)],
 ) -> Result<Option<Vec<Vec<u8>>>, KernelError> {
     let op = format!("dump nftables objects (message type {kind})");
-    let req = request(kind, family, DUMP_SEQ + u32::from(kind), attrs);
-    s.send_to(&req, &SocketAddr::new(0, 0), 0)
-        .map_err(|e| KernelError::io(op.clone(), e))?;
     let seq = DUMP_SEQ + u32::from(kind);
+    let req = request(kind, family, seq, attrs);
     let (mut out, mut interrupted) = (Vec::new(), false);
-    let mut buf = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        match s.recv(&mut buf, 0) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(KernelError::io(op, e)),
+    super::ask(s, &req, seq, &op, |m| {
+        interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+        if m.kind == raw::NLMSG_DONE {
+            return Some(!interrupted);
         }
-        for m in raw::messages(&buf).filter(|m| m.seq == seq) {
-            interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
-            match m.kind {
-                raw::NLMSG_DONE => return Ok((!interrupted).then_some(out)),
-                raw::NLMSG_ERROR => {
-                    let code = m
-                        .payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().expect("four bytes")));
-                    match code {
-                        Some(0) => {}
-                        Some(c) => return Err(KernelError::netlink(op, -c)),
-                        None => return Err(KernelError::decode(op, "short error message")),
-                    }
-                }
-                _ => out.push(m.bytes.to_vec()),
-            }
-        }
-    }
+        out.push(m.bytes.to_vec());
+        None
+    })
+    .map(|whole| whole.then_some(out))
 }
 
 /// One table's rules (one dump, narrowed to the table by the kernel); none when the table

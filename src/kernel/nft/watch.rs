@@ -11,7 +11,7 @@
 
 use std::os::fd::AsRawFd;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use crate::kernel::KernelError;
 use crate::kernel::netlink::raw;
@@ -156,32 +156,14 @@ pub(super) fn generation_on(s: &Socket) -> Result<u32, KernelError> {
     req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
     req[8..12].copy_from_slice(&GETGEN_SEQ.to_ne_bytes());
     // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, resource id 0.
-    s.send_to(&req, &SocketAddr::new(0, 0), 0)
-        .map_err(|e| KernelError::io("ask for the nftables generation", e))?;
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        match s.recv(&mut buf, 0) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(KernelError::io(op, e)),
-        }
-        for m in raw::messages(&buf).filter(|m| m.seq == GETGEN_SEQ) {
-            if m.kind == raw::NLMSG_ERROR {
-                let code = m
-                    .payload
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap()));
-                return Err(KernelError::netlink(op, -code.unwrap_or(-libc::EIO)));
-            }
-            if m.kind & 0xff == NFT_MSG_NEWGEN && m.payload.len() >= 4 {
-                let id = raw::attributes(&m.payload[4..])
-                    .find(|(k, _)| *k == NFTA_GEN_ID)
-                    .and_then(|(_, v)| be32(v));
-                return id.ok_or_else(|| KernelError::decode(op, "no generation in the answer"));
-            }
-        }
-    }
+    super::ask(s, &req, GETGEN_SEQ, op, |m| {
+        (m.kind & 0xff == NFT_MSG_NEWGEN && m.payload.len() >= 4).then(|| {
+            raw::attributes(&m.payload[4..])
+                .find(|(k, _)| *k == NFTA_GEN_ID)
+                .and_then(|(_, v)| be32(v))
+                .ok_or_else(|| KernelError::decode(op, "no generation in the answer"))
+        })
+    })?
 }
 
 #[cfg(test)]
