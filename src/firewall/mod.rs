@@ -677,15 +677,7 @@ pub(crate) mod tests {
     /// `strace -e trace=sendmsg -e write=3 nft -f testdata/NAME.nft` and kept one message a
     /// line: equal, but for the acknowledgement podnet asks for on the last message.
     fn assert_as_nft_sends(t: &nft::Transaction, captured: &str) {
-        let want: Vec<Vec<u8>> = captured
-            .lines()
-            .map(|l| {
-                (0..l.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                    .collect()
-            })
-            .collect();
+        let want = crate::kernel::nft::dump::hex_lines(captured);
         let mut have = split(&t.bytes);
         let last = have.len() - 2;
         have[last][6] &= !4; // NLM_F_ACK

@@ -1035,11 +1035,26 @@ pub fn counters_by_comment(rules: &[Rule]) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Netlink messages kept as hex, one a line (the tests' captures of what the kernel or nft
+/// sent).
+#[cfg(test)]
+pub(crate) fn hex_lines(hex: &str) -> Vec<Vec<u8>> {
+    hex.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).expect("hex"))
+                .collect()
+        })
+        .collect()
+}
+
 /// The captured kernel dump the unit tests read (podnetd's table and other software's
 /// tables), parsed.
 #[cfg(test)]
 pub(crate) fn captured_ruleset() -> Ruleset {
-    parse_messages(&tests::messages(tests::RULESET)).expect("the captured dump parses")
+    parse_messages(&hex_lines(tests::RULESET)).expect("the captured dump parses")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! FILE`, one message a line in `*.nft-1.0.6.hex`).
 
 use super::*;
+use crate::kernel::nft::dump::hex_lines;
 use crate::policy::compile::PortRange;
 
 fn ip(s: &str) -> IpAddr {
@@ -141,18 +142,6 @@ pub(super) fn after() -> Ruleset {
     m.insert(ip("10.244.1.2"), "in-2".into());
     m.insert(ip("10.244.1.4"), "in-2".into());
     rs
-}
-
-fn hex_lines(captured: &str) -> Vec<Vec<u8>> {
-    captured
-        .lines()
-        .map(|l| {
-            (0..l.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                .collect()
-        })
-        .collect()
 }
 
 /// The messages of a datagram, split at their lengths; the acknowledgement podnet asks for

@@ -4,18 +4,6 @@ use super::*;
 /// integration tests' `firewall` module), one message a line, as the kernel (6.18) sent it.
 pub(crate) const RULESET: &str = include_str!("testdata/ruleset.hex");
 
-pub(crate) fn messages(hex: &str) -> Vec<Vec<u8>> {
-    hex.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            (0..l.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).expect("hex"))
-                .collect()
-        })
-        .collect()
-}
-
 fn ruleset() -> Ruleset {
     captured_ruleset()
 }
@@ -233,7 +221,7 @@ fn a_transaction_reads_as_the_objects_it_makes() {
 
 #[test]
 fn broken_messages_are_errors_never_panics() {
-    let msgs = messages(RULESET);
+    let msgs = hex_lines(RULESET);
     for m in &msgs {
         for cut in 0..m.len() {
             let mut short = m[..cut].to_vec();
