@@ -13,6 +13,7 @@ packages=(
   util-linux procps ca-certificates  # setpriv, pgrep
   openssl                            # test PKI for etcd mutual TLS
   containerd runc busybox-static     # a real runtime (containerd's CRI) for the CNI plugin's tests
+  python3 python3-venv               # a private environment for the CRI API client (tests only)
 )
 
 sudo=""
@@ -33,10 +34,14 @@ else
   echo "setup: all Debian packages present"
 fi
 
-# Python stubs for containerd's CRI API, to drive it the way kubelet does (tests only).
-if ! python3 -c 'import cri_api.v1.api_pb2' 2>/dev/null; then
-  echo "setup: installing the CRI API client for python3"
-  python3 -m pip install --quiet --disable-pip-version-check container-runtime-interface-api==2.0.1
+# Python stubs for containerd's CRI API, to drive it the way kubelet does (tests only). Debian's
+# python3 refuses `pip install` into the system (PEP 668), so they go into a venv of their own;
+# tests/integration/cri.rs runs that venv's python3 (PODNET_CRI_PYTHON overrides it).
+venv=/opt/podnet-test/cri-venv
+if ! "$venv/bin/python3" -c 'import cri_api.v1.api_pb2' 2>/dev/null; then
+  echo "setup: installing the CRI API client for python3 in $venv"
+  $sudo python3 -m venv "$venv"
+  $sudo "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check container-runtime-interface-api==2.0.1
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }

@@ -133,6 +133,21 @@ impl Drop for CriLeftovers {
     }
 }
 
+/// The python3 that has the CRI API client: scripts/setup.sh installs it in a venv of its own
+/// (Debian's python3 refuses packages from pip), `PODNET_CRI_PYTHON` names another.
+fn cri_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PODNET_CRI_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from("/opt/podnet-test/cri-venv/bin/python3");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/setup.sh (or set PODNET_CRI_PYTHON)",
+        venv.display()
+    );
+    venv
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if dir.is_dir() {
@@ -242,7 +257,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/cri_pods.py");
     let logs = dir.join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let out = Command::new("python3")
+    let out = Command::new(cri_python())
         .arg(&script)
         .arg(&sock)
         .arg(IMAGE)
