@@ -581,6 +581,7 @@ fn vxlan_checksum(node: &Node) -> Check {
     }
     let local: Vec<IpAddr> = node.nl_addrs();
     let mut bad = Vec::new();
+    let mut fixes = Vec::new();
     for t in tunnels {
         let nat = t
             .vxlan
@@ -597,6 +598,7 @@ fn vxlan_checksum(node: &Node) -> Check {
                 "this kernel predates the 5.7 fix"
             };
             bad.push(format!("{} has tx-checksum-ip-generic on and {why}: VXLAN packets reach peers with bad UDP checksums", t.name));
+            fixes.push(format!("ethtool -K {} tx-checksum-ip-generic off", t.name));
         }
     }
     if bad.is_empty() {
@@ -611,9 +613,10 @@ fn vxlan_checksum(node: &Node) -> Check {
             "vxlan-checksum",
             Verdict::Fail,
             bad.join("; "),
-            Some(
-                "ethtool -K flannel.1 tx-checksum-ip-generic off (podnetd does this itself when it creates the device)",
-            ),
+            Some(&format!(
+                "{} (podnetd does this itself when it creates the device)",
+                fixes.join("; ")
+            )),
         )
     }
 }

@@ -26,6 +26,7 @@ use crate::backend::reconcile::{Drift, PassKind, PathCounts, Reconciler, Report}
 use crate::backend::{Backend, BackendError, PeerPath, Registration, TunnelReport};
 use crate::kernel::netlink::{KernelEvent, KernelEvents, Netlink};
 use crate::lease::{Lease, SubnetKey};
+use crate::util::backoff::Backoff;
 use crate::util::contest::Contested;
 
 /// Counters the daemon exposes (read by the metrics and status endpoints).
@@ -364,11 +365,11 @@ impl State {
 
 /// The `kernel-events` thread: notifications in, commands out, until the data plane goes.
 fn read_events(mut events: KernelEvents, tx: mpsc::Sender<Cmd>) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
     loop {
         let sent = match events.recv() {
             Ok(batch) => {
-                failures = 0;
+                backoff.reset();
                 let events_ok =
                     batch.events.is_empty() || tx.send(Cmd::Kernel(batch.events)).is_ok();
                 events_ok && (!batch.overflowed || tx.send(Cmd::EventsLost).is_ok())
@@ -376,9 +377,8 @@ fn read_events(mut events: KernelEvents, tx: mpsc::Sender<Cmd>) {
             Err(e) => {
                 // Not an overflow: something is wrong with the socket. Say so, wait, and have
                 // everything compared, without spinning.
-                failures += 1;
                 tracing::warn!("reading the kernel's notifications: {e}");
-                thread::sleep(Duration::from_millis(100 << failures.min(6)));
+                thread::sleep(backoff.next_delay());
                 tx.send(Cmd::EventsLost).is_ok()
             }
         };

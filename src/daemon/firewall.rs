@@ -36,6 +36,7 @@ use crate::kernel::nft::dump::{Ruleset, TableShape};
 use crate::kernel::nft::{self, Commit, Commits, NftEvents};
 use crate::lease::SubnetKey;
 use crate::owned;
+use crate::util::backoff::Backoff;
 use crate::util::contest::{self, Contest, Contested};
 
 #[derive(Debug, Clone, Default)]
@@ -490,17 +491,16 @@ fn is_podnets(family: u8, name: &str) -> bool {
 
 /// The `nft-events` thread: nftables' transactions in, commands out.
 fn read_commits(mut events: NftEvents, tx: mpsc::Sender<Cmd>) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
     loop {
         let commits = match events.recv() {
             Ok(c) => {
-                failures = 0;
+                backoff.reset();
                 c
             }
             Err(e) => {
-                failures += 1;
                 tracing::warn!("reading nftables notifications: {e}");
-                std::thread::sleep(Duration::from_millis(100 << failures.min(6)));
+                std::thread::sleep(backoff.next_delay());
                 Commits {
                     overflowed: true,
                     ..Default::default()

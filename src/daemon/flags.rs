@@ -100,7 +100,7 @@ pub struct Flags {
     pub healthz_port: u16,
 
     /// Local socket serving /status (for `podnetctl status`), /readyz and /metrics.
-    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    #[arg(long, default_value = crate::status::DEFAULT_SOCKET)]
     pub status_socket: PathBuf,
 
     /// Use the Kubernetes API instead of etcd: subnets from the Nodes' podCIDRs, this node's

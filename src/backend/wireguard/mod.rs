@@ -200,11 +200,6 @@ impl Wireguard {
             .as_mut()
             .ok_or_else(|| BackendError::Invalid("wireguard: no engine before prepare".into()))
     }
-
-    /// The engine in use (`kernel` or `userspace`), once chosen.
-    pub fn engine_name(&self) -> Option<&'static str> {
-        self.engine.as_ref().map(|e| e.name())
-    }
 }
 
 impl Backend for Wireguard {
