@@ -5,8 +5,11 @@
 use serde_json::{Map, Value};
 
 /// The value of `key` in `map`, matched case-insensitively, with `null` treated as absent (Go
-/// leaves the field unset for `null`). When several keys match, the exact spelling wins; among
-/// other spellings the last in the map's order does (Go keeps the last one it decodes).
+/// leaves the field unset for `null`). When several spellings of one key are present, the exact
+/// spelling wins, and among the others the last in the map's (alphabetical) order. Go differs
+/// here: it decodes every spelling in document order and keeps the last, which this map cannot
+/// see (serde_json without `preserve_order`). Only a document that spells one key twice is read
+/// differently, and none that flannel or a runtime writes does.
 pub fn get_ci<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     let found = match map.get(key) {
         Some(v) => Some(v),
