@@ -1,7 +1,9 @@
 //! wireguard: pod traffic between nodes encrypted with WireGuard, compatible with flannel's
 //! wireguard backend — the same config keys, the same lease (`BackendType` "wireguard",
-//! `BackendData` `{"PublicKey":"…","Port":51820}`), the same device name and the standard
-//! protocol on the wire — so a flannel wireguard cluster can move to podnet node by node.
+//! `BackendData` `{"PublicKey":"…","Port":51820}`; flanneld's `{"PublicKey":"…"}` without a
+//! port is read as flannel reads it: the peer listens on our `ListenPort`), the same device
+//! name and the standard protocol on the wire — so a flannel wireguard cluster can move to
+//! podnet node by node.
 //!
 //! Two engines behind one backend (`Engine`): the kernel's WireGuard, configured over generic
 //! netlink (`kernel`), and a userspace one (`userspace`: boringtun's Noise state machine in
@@ -18,8 +20,10 @@
 //!   subnet has the more specific route via the pod bridge);
 //! - per peer, nothing in the routing tables: a WireGuard peer with the lease's public key,
 //!   endpoint `<PublicIP>:<Port>` and allowed IPs = the lease's subnet (cryptokey routing: a
-//!   packet from a peer is accepted only with a source inside its subnet). Every `Mode` but
-//!   `ipv6` (refused) means this one IPv4 device while pod networks are IPv4 only.
+//!   packet from a peer is accepted only with a source inside its subnet); a lease without a
+//!   `Port` gets our `ListenPort` (`PeerSpec::of`, and the same in the lease checks' endpoint
+//!   identities). Every `Mode` but `ipv6` (refused) means this one IPv4 device while pod
+//!   networks are IPv4 only.
 //!
 //! Invariants: the device's peers are exactly the accepted wireguard leases — a full pass (at
 //! start, on every resync tick, and when the device is deleted) removes any other (flannel keeps
@@ -64,15 +68,16 @@ pub struct PeerSpec {
 }
 
 impl PeerSpec {
-    /// The peer a lease describes, or why it cannot be one.
-    pub fn of(l: &Lease) -> Result<PeerSpec, String> {
+    /// The peer a lease describes, or why it cannot be one. `listen_port` is this node's: where
+    /// a peer whose lease names no port (flanneld's form) listens, as flannel assumes.
+    pub fn of(l: &Lease, listen_port: u16) -> Result<PeerSpec, String> {
         let subnet = l.key.v4.ok_or("lease has no IPv4 subnet")?;
         let data = WireguardData::of(l)?.ok_or("not a wireguard lease")?;
         Ok(PeerSpec {
             lease: l.key,
             subnet,
             public_key: data.public_key,
-            endpoint: data.endpoint(l.attrs.public_ip),
+            endpoint: data.endpoint(l.attrs.public_ip, listen_port),
         })
     }
 }
@@ -222,7 +227,7 @@ impl Backend for Wireguard {
         self.engine = Some(engine);
         let data = WireguardData {
             public_key: self.keys.public,
-            port: self.opts.listen_port,
+            port: Some(self.opts.listen_port),
         };
         Ok(Registration {
             backend_type: "wireguard",
@@ -256,7 +261,7 @@ impl Backend for Wireguard {
     }
 
     fn plan_peer(&mut self, _nl: &mut Netlink, peer: &Lease) -> PeerPlan {
-        let path = match PeerSpec::of(peer) {
+        let path = match PeerSpec::of(peer, self.opts.listen_port) {
             Ok(_) => PeerPath::Tunnel,
             Err(why) => PeerPath::Skipped(why),
         };
@@ -267,7 +272,8 @@ impl Backend for Wireguard {
     }
 
     fn peer_up(&mut self, peer: &Lease) {
-        if let (Ok(spec), Ok(e)) = (PeerSpec::of(peer), self.engine()) {
+        let port = self.opts.listen_port;
+        if let (Ok(spec), Ok(e)) = (PeerSpec::of(peer, port), self.engine()) {
             e.put(spec);
         }
     }
@@ -279,7 +285,11 @@ impl Backend for Wireguard {
     }
 
     fn peers_reset(&mut self, peers: &[&Lease]) {
-        let specs = peers.iter().filter_map(|l| PeerSpec::of(l).ok()).collect();
+        let port = self.opts.listen_port;
+        let specs = peers
+            .iter()
+            .filter_map(|l| PeerSpec::of(l, port).ok())
+            .collect();
         if let Ok(e) = self.engine() {
             e.reset(specs);
         }
@@ -340,10 +350,22 @@ mod tests {
             revision: 1,
             created: 1,
         };
-        let spec = PeerSpec::of(&l).unwrap();
+        let spec = PeerSpec::of(&l, 51900).unwrap();
         assert_eq!(spec.endpoint.to_string(), "198.18.0.12:51820");
         assert_eq!(spec.subnet.to_string(), "10.244.2.0/24");
+        // flanneld's lease names no port: the peer is dialled on our ListenPort.
+        l.attrs.backend_data = Some(
+            RawValue::from_string(
+                r#"{"PublicKey":"HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="}"#.into(),
+            )
+            .unwrap(),
+        );
+        let spec = PeerSpec::of(&l, 51900).unwrap();
+        assert_eq!(spec.endpoint.to_string(), "198.18.0.12:51900");
         l.attrs.backend_type = "vxlan".into();
-        assert_eq!(PeerSpec::of(&l).unwrap_err(), "not a wireguard lease");
+        assert_eq!(
+            PeerSpec::of(&l, 51900).unwrap_err(),
+            "not a wireguard lease"
+        );
     }
 }
