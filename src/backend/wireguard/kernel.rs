@@ -94,12 +94,13 @@ impl KernelEngine {
     }
 }
 
-/// Whether the kernel's peer matches what we would configure.
+/// Whether the kernel's peer matches what we would configure (the PSK by value: after the
+/// config's `PSK` changes, a restarted podnetd must replace the one the kernel kept).
 fn in_sync(have: &PeerState, want: &PeerConfig) -> bool {
     have.endpoint == Some(std::net::SocketAddr::V4(want.endpoint))
         && have.allowed == want.allowed
         && have.keepalive == want.keepalive
-        && have.has_psk == want.psk.is_some()
+        && have.psk == want.psk
 }
 
 /// What turns the device's peers (`have`) into `want`: the keys to remove (peers no lease asks
@@ -260,7 +261,7 @@ mod tests {
             endpoint: Some(std::net::SocketAddr::V4(c.endpoint)),
             allowed: c.allowed.clone(),
             keepalive: c.keepalive,
-            has_psk: c.psk.is_some(),
+            psk: c.psk,
             ..Default::default()
         }
     }
@@ -290,6 +291,20 @@ mod tests {
             })
             .collect();
         assert_eq!(plan(&have, &with_psk).1.len(), 3);
+        // The PSK changed (config edited, podnetd restarted): the kernel still has the old
+        // one, so every peer is rewritten with the new value; once it has it, nothing.
+        let old_psk: Vec<PeerState> = with_psk
+            .iter()
+            .map(|c| PeerState {
+                psk: Some([6; 32]),
+                ..state(c)
+            })
+            .collect();
+        assert_eq!(plan(&old_psk, &with_psk).1, with_psk.to_vec());
+        let new_psk: Vec<PeerState> = with_psk.iter().map(state).collect();
+        assert_eq!(plan(&new_psk, &with_psk), (vec![], vec![]));
+        // A PSK removed from the config: cleared on the device.
+        assert_eq!(plan(&new_psk, &want).1.len(), 3);
         // No leases: every peer goes.
         assert_eq!(plan(&have, &[]).0.len(), 3);
     }
