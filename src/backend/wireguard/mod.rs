@@ -25,10 +25,13 @@
 //!   identities). Every `Mode` but `ipv6` (refused) means this one IPv4 device while pod
 //!   networks are IPv4 only.
 //!
-//! Invariants: the device's peers are exactly the accepted wireguard leases — a full pass (at
-//! start, on every resync tick, and when the device is deleted) removes any other (flannel keeps
-//! stale peers after a restart, k3s#5216), and a lease whose key or endpoint changes replaces
-//! its peer. The private key is the key file's (`key`); its public key is in our lease. Unlike
+//! Invariants: the device's peers are exactly the accepted wireguard leases — the full pass at
+//! start removes any other (flannel keeps stale peers after a restart, k3s#5216), a lease whose
+//! key or endpoint changes replaces its peer, and every later `ensure` (the reconciler's
+//! periodic check and its repair of a deleted device) puts back what the device lost: the
+//! kernel engine compares the device's peers, read back, with the wanted ones (the routes'
+//! digest cannot see peers); the userspace engine's peers live in podnetd and outlive its TUN
+//! device. The private key is the key file's (`key`); its public key is in our lease. Unlike
 //! flannel, podnetd leaves the device in place when it stops: the kernel engine keeps carrying
 //! traffic, and the userspace engine's device drops it — pod traffic never falls back to the
 //! default route in clear.
