@@ -170,6 +170,7 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
         assert_eq!(addrs[0]["prefixlen"], 32);
         let routes = c.ip_json(&p.node, &["route", "show", "10.244.0.0/16"]);
         assert_eq!(routes[0]["dev"], "flannel-wg", "{routes}");
+        assert_eq!(routes[0]["scope"], "link", "flannel's scope: {routes}");
         let lease = lease_value(&c, &p.node);
         assert_eq!(lease["BackendType"], "wireguard");
         assert_eq!(lease["BackendData"]["Port"], 51820);

@@ -16,8 +16,8 @@
 //! - device `flannel-wg` (kind `wireguard`, or a persistent multi-queue TUN for the userspace
 //!   engine), address `<lease IP>/32`, MTU = (`Backend.MTU` or the underlay's) − 80, as flannel;
 //!   listening on `ListenPort` (51820) with this node's private key;
-//! - one route for the whole cluster network `dev flannel-wg` (protocol boot; this node's own
-//!   subnet has the more specific route via the pod bridge);
+//! - one route for the whole cluster network `dev flannel-wg scope link` (protocol boot; scope
+//!   link as flannel's; this node's own subnet has the more specific route via the pod bridge);
 //! - per peer, nothing in the routing tables: a WireGuard peer with the lease's public key,
 //!   endpoint `<PublicIP>:<Port>` and allowed IPs = the lease's subnet (cryptokey routing: a
 //!   packet from a peer is accepted only with a source inside its subnet); a lease without a
@@ -52,7 +52,7 @@ use super::{
     Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::config::{WG_OVERHEAD, WgEngine, WgMode, WireguardOptions};
-use crate::kernel::netlink::{Netlink, RTPROT_BOOT, Route};
+use crate::kernel::netlink::{Netlink, RTPROT_BOOT, Route, SCOPE_LINK};
 use crate::kernel::sysctl;
 use crate::lease::wireguard::WireguardData;
 use crate::lease::{Lease, SubnetKey};
@@ -83,6 +83,15 @@ impl PeerSpec {
             endpoint: data.endpoint(l.attrs.public_ip, listen_port),
         })
     }
+}
+
+/// The route that sends the whole cluster network into the device: `<Network> dev flannel-wg
+/// scope link`, as flannel adds it (no gateway: WireGuard picks the peer by destination).
+pub fn network_route(network: Ipv4Net, index: u32) -> Route {
+    let mut r = Route::unicast(IpNet::V4(network), RTPROT_BOOT);
+    r.oif = Some(index);
+    r.scope = SCOPE_LINK;
+    r
 }
 
 /// A WireGuard implementation: the device and its peers.
@@ -256,9 +265,7 @@ impl Backend for Wireguard {
             // Our ICMP errors come out of the device from this node's own address.
             sysctl::set_conf(DEVICE, "accept_local", "1")?;
         }
-        let mut r = Route::unicast(IpNet::V4(self.network), RTPROT_BOOT);
-        r.oif = Some(index);
-        nl.replace_route(&r)?;
+        nl.replace_route(&network_route(self.network, index))?;
         self.index = Some(index);
         Ok(())
     }
@@ -370,5 +377,13 @@ mod tests {
             PeerSpec::of(&l, 51900).unwrap_err(),
             "not a wireguard lease"
         );
+    }
+
+    #[test]
+    fn the_network_route_is_flannels_scope_link_route_into_the_device() {
+        let r = network_route("10.244.0.0/16".parse().unwrap(), 7);
+        assert_eq!(r.dst.to_string(), "10.244.0.0/16");
+        assert_eq!((r.scope, r.oif, r.gateway), (SCOPE_LINK, Some(7), None));
+        assert_eq!(r.protocol, RTPROT_BOOT);
     }
 }
