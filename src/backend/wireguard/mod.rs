@@ -97,8 +97,9 @@ pub fn network_route(network: Ipv4Net, index: u32) -> Route {
 /// A WireGuard implementation: the device and its peers.
 pub trait Engine: Send {
     fn name(&self) -> &'static str;
-    /// Makes the device exist with our key and port (recreating it when gone); its index.
-    /// `own` is this node's address on the device, once there is a lease.
+    /// Makes the device exist with our key and port (recreating it when gone) and, once
+    /// `reset` has said which peers are wanted, with exactly those peers; its index. `own` is
+    /// this node's address on the device, once there is a lease.
     fn ensure(&mut self, nl: &mut Netlink, own: Option<Ipv4Addr>) -> Result<u32, BackendError>;
     /// A peer added or changed.
     fn put(&mut self, spec: PeerSpec);
