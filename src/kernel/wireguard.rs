@@ -50,7 +50,9 @@ pub struct PeerState {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub keepalive: u16,
-    pub has_psk: bool,
+    /// The pre-shared key (the kernel returns it to CAP_NET_ADMIN, which every WireGuard
+    /// command needs anyway); `None` for none (all zeros).
+    pub psk: Option<[u8; 32]>,
 }
 
 /// The device as the kernel reports it.
@@ -160,7 +162,7 @@ fn parse_peer(p: &WireguardPeer) -> PeerState {
     for a in &p.0 {
         match a {
             WireguardPeerAttribute::PublicKey(k) => s.public_key = *k,
-            WireguardPeerAttribute::PresharedKey(k) => s.has_psk = *k != [0; 32],
+            WireguardPeerAttribute::PresharedKey(k) => s.psk = Some(*k).filter(|k| *k != [0; 32]),
             WireguardPeerAttribute::Endpoint(e) => s.endpoint = Some(*e),
             WireguardPeerAttribute::PersistentKeepalive(k) => s.keepalive = *k,
             WireguardPeerAttribute::LastHandshake(t) => {
@@ -509,7 +511,10 @@ mod tests {
             cmd: WireguardCmd::GetDevice,
             attributes: vec![WireguardAttribute::Peers(vec![
                 peer_attrs(&more),
-                peer_attrs(&peer(13)),
+                peer_attrs(&PeerConfig {
+                    psk: Some([4; 32]),
+                    ..peer(13)
+                }),
             ])],
         };
         // Through the wire format and back, as the socket would read them.
@@ -532,8 +537,13 @@ mod tests {
             Some("198.18.0.12:51820".parse().unwrap())
         );
         assert_eq!(d.peers[0].keepalive, 25);
-        assert!(!d.peers[0].has_psk);
+        assert_eq!(d.peers[0].psk, None, "all zeros is no PSK");
         assert_eq!(d.peers[1].public_key, [13; 32]);
+        assert_eq!(
+            d.peers[1].psk,
+            Some([4; 32]),
+            "the PSK's value is read back"
+        );
         assert_eq!(d.peers[1].last_handshake, None);
     }
 }

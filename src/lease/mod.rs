@@ -447,6 +447,7 @@ impl PeerSet {
     pub fn checked(checker: validate::Checker) -> PeerSet {
         PeerSet {
             own: Some(checker.own),
+            index: validate::Index::new(checker.wg_port()),
             checker: Some(checker),
             ..PeerSet::default()
         }

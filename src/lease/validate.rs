@@ -15,10 +15,12 @@
 //! - it has an IPv6 subnet but no `PublicIPv6`;
 //! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC` in
 //!   `BackendData` for the IPv4 half and in `BackendV6Data` for the IPv6 half;
-//!   wireguard: a 32-byte base64 `PublicKey` that is not all zeros, a `Port` from 1 to 65535);
+//!   wireguard: a 32-byte base64 `PublicKey` that is not all zeros, and a `Port` from 0 to
+//!   65535 if there is one — flanneld writes none, 0 or none meaning this node's `ListenPort`);
 //! - it overlaps another valid lease, or reuses another's identity — a VtepMAC, a WireGuard
-//!   public key, or a WireGuard endpoint (public address and port): the older lease (by
-//!   creation) wins, so a newcomer cannot take over a subnet, a VTEP or a tunnel.
+//!   public key, or a WireGuard endpoint (public address and port, a missing port resolved to
+//!   this node's `ListenPort` as the backend dials it): the older lease (by creation) wins, so a
+//!   newcomer cannot take over a subnet, a VTEP or a tunnel.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddrV4};
@@ -27,7 +29,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::wireguard::WireguardData;
 use super::{Lease, SubnetKey};
-use crate::config::NetworkConfig;
+use crate::config::{BackendConfig, DEFAULT_WG_PORT, NetworkConfig};
 use crate::kernel::Mac;
 
 /// What a peer lease is checked against.
@@ -107,7 +109,7 @@ impl std::fmt::Display for Identity {
             Identity::WgKey(k) => {
                 let d = WireguardData {
                     public_key: *k,
-                    port: 0,
+                    port: None,
                 };
                 write!(f, "WireGuard public key {}", d.key_text())
             }
@@ -117,8 +119,8 @@ impl std::fmt::Display for Identity {
 }
 
 /// The identities a lease claims (none for a lease whose backend data does not parse: such a
-/// lease never passes `check`).
-fn identities(l: &Lease) -> Vec<Identity> {
+/// lease never passes `check`); `wg_port` is where a wireguard lease without a port is reached.
+fn identities(l: &Lease, wg_port: u16) -> Vec<Identity> {
     let mut ids = Vec::new();
     if let Ok(macs) = vtep(l) {
         ids.extend(macs.into_iter().map(Identity::VtepMac));
@@ -126,7 +128,9 @@ fn identities(l: &Lease) -> Vec<Identity> {
     }
     if let Ok(Some(wg)) = WireguardData::of(l) {
         ids.push(Identity::WgKey(wg.public_key));
-        ids.push(Identity::WgEndpoint(wg.endpoint(l.attrs.public_ip)));
+        ids.push(Identity::WgEndpoint(
+            wg.endpoint(l.attrs.public_ip, wg_port),
+        ));
     }
     ids
 }
@@ -141,6 +145,15 @@ struct FamilyView {
 }
 
 impl Checker {
+    /// This node's WireGuard `ListenPort` (flannel's default for other backends): where a peer
+    /// whose wireguard lease names no port is reached.
+    pub fn wg_port(&self) -> u16 {
+        match &self.cfg.backend {
+            BackendConfig::Wireguard(o) => o.listen_port,
+            _ => DEFAULT_WG_PORT,
+        }
+    }
+
     /// The config's side of `n`'s family, and this node's own subnet of that family.
     fn family(&self, n: IpNet) -> Result<FamilyView, String> {
         let missing = |family| format!("subnet {n}: {family} is not enabled");
@@ -267,7 +280,10 @@ impl Checker {
         leases: impl Iterator<Item = &'a Lease>,
         incumbent: impl Fn(&SubnetKey) -> bool,
     ) -> Selection<'a> {
-        let mut sel = Selection::default();
+        let mut sel = Selection {
+            index: Index::new(self.wg_port()),
+            ..Selection::default()
+        };
         let mut valid: Vec<&Lease> = Vec::new();
         for l in leases {
             match self.check(l) {
@@ -293,19 +309,35 @@ impl Checker {
 
 /// The accepted leases' subnets and identities (VtepMACs, WireGuard keys and endpoints):
 /// whether another lease collides with one costs a few lookups.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
     taken: Taken,
     claimed: BTreeMap<Identity, SubnetKey>,
+    /// This node's WireGuard `ListenPort`: the endpoint of a lease that names no port.
+    wg_port: u16,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index::new(DEFAULT_WG_PORT)
+    }
 }
 
 impl Index {
+    pub fn new(wg_port: u16) -> Index {
+        Index {
+            taken: Taken::default(),
+            claimed: BTreeMap::new(),
+            wg_port,
+        }
+    }
+
     /// Whether `l` fits beside the accepted leases (its own earlier version aside).
     pub fn admits(&self, l: &Lease) -> Result<(), String> {
         if let Some(older) = self.taken.overlapping(&l.key).filter(|k| *k != l.key) {
             return Err(format!("subnet {} overlaps the older lease {older}", l.key));
         }
-        for id in identities(l) {
+        for id in identities(l, self.wg_port) {
             if let Some(other) = self.claimed.get(&id).filter(|k| **k != l.key) {
                 return Err(format!("{id} is already the older lease {other}'s"));
             }
@@ -327,14 +359,14 @@ impl Index {
 
     pub fn insert(&mut self, l: &Lease) {
         self.taken.insert(l.key);
-        for id in identities(l) {
+        for id in identities(l, self.wg_port) {
             self.claimed.insert(id, l.key);
         }
     }
 
     pub fn remove(&mut self, l: &Lease) {
         self.taken.remove(&l.key);
-        for id in identities(l) {
+        for id in identities(l, self.wg_port) {
             if self.claimed.get(&id) == Some(&l.key) {
                 self.claimed.remove(&id);
             }
@@ -729,8 +761,9 @@ mod tests {
             5,
         );
         assert!(c.check(&bad).unwrap_err().contains("not a WireGuard key"));
-        let bad = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A, 0), 5);
-        assert!(c.check(&bad).unwrap_err().contains("Port 0"));
+        // Port 0 is flanneld's "no port" (this node's ListenPort), not an error.
+        let zero = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A, 0), 5);
+        assert_eq!(c.check(&zero), Ok(()));
         // A newer lease claiming a's key, from another address: refused.
         let thief = wg_lease("10.244.3.0-24", "198.18.0.13", &data(KEY_A, 51820), 9);
         // A newer lease claiming a's endpoint with its own key: refused too.
@@ -767,6 +800,55 @@ mod tests {
         index.remove(&a);
         index.insert(&rotated);
         assert_eq!(index.admits(&thief), Ok(()), "the old key is free again");
+    }
+
+    #[test]
+    fn a_flanneld_lease_without_a_port_is_reached_on_our_listen_port() {
+        // flanneld writes {"PublicKey":"…"} only: accepted, and its endpoint is
+        // <PublicIP>:<our ListenPort> when it comes to collisions.
+        let flanneld = |key: &str, port_field: &str| {
+            wg_lease(
+                key,
+                "198.18.0.12",
+                &format!(r#"{{"PublicKey":"{KEY_B}"{port_field}}}"#),
+                9,
+            )
+        };
+        let podnet = wg_lease(
+            "10.244.2.0-24",
+            "198.18.0.12",
+            &format!(r#"{{"PublicKey":"{KEY_A}","Port":51900}}"#),
+            5,
+        );
+        let ours = |port: u16| {
+            Checker {
+            cfg: NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","ListenPort":{port}}}}}"#
+            ))
+            .unwrap(),
+            ..checker()
+        }
+        };
+        for port_field in ["", r#","Port":0"#] {
+            let f = flanneld("10.244.3.0-24", port_field);
+            assert_eq!(ours(51900).check(&f), Ok(()), "{port_field:?}");
+            // We listen on 51900: the flanneld node is dialled at .12:51900, podnet's lease's
+            // endpoint: the newer one is refused.
+            let both = [podnet.clone(), f.clone()];
+            let sel = ours(51900).select(both.iter(), |_| false);
+            assert_eq!(sel.accepted.len(), 1);
+            assert_eq!(
+                sel.refused[0].1,
+                "WireGuard endpoint 198.18.0.12:51900 is already the older lease 10.244.2.0-24's"
+            );
+            // We listen on 51820: two endpoints, both accepted.
+            let sel = ours(51820).select(both.iter(), |_| false);
+            assert_eq!(sel.accepted.len(), 2, "{:?}", sel.refused);
+            // The index a PeerSet starts with resolves the same way.
+            let mut index = Index::new(51900);
+            index.insert(&podnet);
+            assert!(index.admits(&f).is_err());
+        }
     }
 
     #[test]

@@ -170,6 +170,7 @@ fn wireguard_three_nodes_two_segments_encrypted_and_forgeries_refused() {
         assert_eq!(addrs[0]["prefixlen"], 32);
         let routes = c.ip_json(&p.node, &["route", "show", "10.244.0.0/16"]);
         assert_eq!(routes[0]["dev"], "flannel-wg", "{routes}");
+        assert_eq!(routes[0]["scope"], "link", "flannel's scope: {routes}");
         let lease = lease_value(&c, &p.node);
         assert_eq!(lease["BackendType"], "wireguard");
         assert_eq!(lease["BackendData"]["Port"], 51820);
@@ -577,4 +578,148 @@ fn wireguard_restart_rotation_psk_mismatch_and_device_recovery() {
     poll("pods connected again", Duration::from_secs(15), || {
         ping(&c, &a.target(), b.ip).then_some(())
     });
+}
+
+/// What a test-owned WireGuard peer in the router's namespace saw: the first handshake
+/// message's type and source, and the first pod packet it decrypted.
+struct PeerSaw {
+    first: (u8, std::net::SocketAddr),
+    packet: Vec<u8>,
+}
+
+/// A WireGuard peer (boringtun, the test's key) listening on `at` until it decrypts a packet
+/// from `node_key`'s side, answering handshakes; `None` if none came within `within`.
+fn wireguard_peer(
+    ours: &KeyPair,
+    node_key: [u8; 32],
+    at: std::net::SocketAddrV4,
+    within: Duration,
+) -> Option<PeerSaw> {
+    use boringtun::noise::{Tunn, TunnResult};
+    let sock = std::net::UdpSocket::bind(at).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut tunn = Tunn::new(
+        ours.secret(),
+        boringtun::x25519::PublicKey::from(node_key),
+        None,
+        None,
+        7,
+        None,
+    );
+    let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let mut first = None;
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        first.get_or_insert((buf[0], from));
+        let mut r = tunn.decapsulate(Some(from.ip()), &buf[..n], &mut out);
+        loop {
+            match r {
+                TunnResult::WriteToNetwork(m) => {
+                    sock.send_to(m, from).unwrap();
+                    r = tunn.decapsulate(None, &[], &mut out);
+                }
+                TunnResult::WriteToTunnelV4(p, _) => {
+                    return Some(PeerSaw {
+                        first: first.expect("set above"),
+                        packet: p.to_vec(),
+                    });
+                }
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn wireguard_flanneld_lease_without_a_port_becomes_a_peer_on_our_listen_port() {
+    // A non-default ListenPort: a peer whose lease names no port is dialled on it (flannel's
+    // reading), not on 51820.
+    let config = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":51900}}"#;
+    let mut c = Cluster::small("bwf", 1);
+    let pods = boot(&mut c, config);
+    let pod = &pods[0];
+    assert_eq!(lease_value(&c, &pod.node)["BackendData"]["Port"], 51900);
+
+    // A flanneld node as flanneld writes its lease: BackendData with the public key only. Its
+    // tunnel is the test's, in the router's namespace.
+    let own = c.wait_ready(&pod.node).subnet.unwrap().trunc();
+    let third = if own.network().octets()[2] == 203 {
+        204
+    } else {
+        203
+    };
+    let subnet = format!("10.244.{third}.0-24");
+    let router = c.lab.plan().segments[0].router;
+    let flanneld = KeyPair::generate();
+    let key = b64(&flanneld.public);
+    let v = format!(
+        r#"{{"PublicIP":"{router}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}"}}}}"#
+    );
+    c.etcdctl(&["put", &format!("{PREFIX}/subnets/{subnet}"), &v]);
+    let endpoint = format!("{router}:51900");
+    poll(
+        "the flanneld lease to become a peer",
+        Duration::from_secs(20),
+        || {
+            let st = status(&c, &pod.node);
+            let p = st["peers"].as_array()?.first()?.clone();
+            (p["wireguard"]["publicKey"] == key.as_str()).then_some(p)
+        },
+    );
+    let st = status(&c, &pod.node);
+    assert!(
+        st["rejectedLeases"].as_array().is_none_or(|r| r.is_empty()),
+        "{st}"
+    );
+    assert_eq!(
+        st["peers"][0]["wireguard"]["endpoint"],
+        endpoint.as_str(),
+        "{st}"
+    );
+
+    // What podnet programs works: a pod's ping towards the flanneld node's subnet reaches the
+    // test's WireGuard peer on <PublicIP>:<our ListenPort>, through a real handshake.
+    let dst = format!("10.244.{third}.5");
+    let ping = c
+        .lab
+        .spawn(
+            &pod.target(),
+            &["ping".into(), "-i0.5".into(), "-w40".into(), dst.clone()],
+            &[],
+        )
+        .unwrap();
+    let node_key = podnet::config::parse_key32(&public_key(&c, &pod.node)).unwrap();
+    let at = std::net::SocketAddrV4::new(router, 51900);
+    let saw = c
+        .lab
+        .netns("router")
+        .unwrap()
+        .run(|| wireguard_peer(&flanneld, node_key, at, Duration::from_secs(30)))
+        .unwrap();
+    let _ = c.lab.stop(ping.id.pid);
+    let saw = saw.expect("no packet from podnet reached the flanneld peer's endpoint");
+    let node_ip = c.lab.plan().host(&pod.node).unwrap().ip();
+    assert_eq!(saw.first.0, 1, "a handshake initiation first");
+    assert_eq!(saw.first.1.to_string(), format!("{node_ip}:51900"));
+    let p = &saw.packet;
+    assert_eq!((p[0] >> 4, p[9]), (4, 1), "an ICMP packet: {p:02x?}");
+    assert_eq!(p[12..16], pod.ip.octets(), "from the pod");
+    assert_eq!(
+        Ipv4Addr::new(p[16], p[17], p[18], p[19]).to_string(),
+        dst,
+        "to the flanneld node's subnet"
+    );
+    poll(
+        "podnet to count the handshake",
+        Duration::from_secs(10),
+        || {
+            let st = status(&c, &pod.node);
+            (st["peers"][0]["wireguard"]["handshakes"].as_u64()? >= 1).then_some(())
+        },
+    );
 }

@@ -1,7 +1,9 @@
 //! wireguard: pod traffic between nodes encrypted with WireGuard, compatible with flannel's
 //! wireguard backend — the same config keys, the same lease (`BackendType` "wireguard",
-//! `BackendData` `{"PublicKey":"…","Port":51820}`), the same device name and the standard
-//! protocol on the wire — so a flannel wireguard cluster can move to podnet node by node.
+//! `BackendData` `{"PublicKey":"…","Port":51820}`; flanneld's `{"PublicKey":"…"}` without a
+//! port is read as flannel reads it: the peer listens on our `ListenPort`), the same device
+//! name and the standard protocol on the wire — so a flannel wireguard cluster can move to
+//! podnet node by node.
 //!
 //! Two engines behind one backend (`Engine`): the kernel's WireGuard, configured over generic
 //! netlink (`kernel`), and a userspace one (`userspace`: boringtun's Noise state machine in
@@ -14,17 +16,22 @@
 //! - device `flannel-wg` (kind `wireguard`, or a persistent multi-queue TUN for the userspace
 //!   engine), address `<lease IP>/32`, MTU = (`Backend.MTU` or the underlay's) − 80, as flannel;
 //!   listening on `ListenPort` (51820) with this node's private key;
-//! - one route for the whole cluster network `dev flannel-wg` (protocol boot; this node's own
-//!   subnet has the more specific route via the pod bridge);
+//! - one route for the whole cluster network `dev flannel-wg scope link` (protocol boot; scope
+//!   link as flannel's; this node's own subnet has the more specific route via the pod bridge);
 //! - per peer, nothing in the routing tables: a WireGuard peer with the lease's public key,
 //!   endpoint `<PublicIP>:<Port>` and allowed IPs = the lease's subnet (cryptokey routing: a
-//!   packet from a peer is accepted only with a source inside its subnet). Every `Mode` but
-//!   `ipv6` (refused) means this one IPv4 device while pod networks are IPv4 only.
+//!   packet from a peer is accepted only with a source inside its subnet); a lease without a
+//!   `Port` gets our `ListenPort` (`PeerSpec::of`, and the same in the lease checks' endpoint
+//!   identities). Every `Mode` but `ipv6` (refused) means this one IPv4 device while pod
+//!   networks are IPv4 only.
 //!
-//! Invariants: the device's peers are exactly the accepted wireguard leases — a full pass (at
-//! start, on every resync tick, and when the device is deleted) removes any other (flannel keeps
-//! stale peers after a restart, k3s#5216), and a lease whose key or endpoint changes replaces
-//! its peer. The private key is the key file's (`key`); its public key is in our lease. Unlike
+//! Invariants: the device's peers are exactly the accepted wireguard leases — the full pass at
+//! start removes any other (flannel keeps stale peers after a restart, k3s#5216), a lease whose
+//! key or endpoint changes replaces its peer, and every later `ensure` (the reconciler's
+//! periodic check and its repair of a deleted device) puts back what the device lost: the
+//! kernel engine compares the device's peers, read back, with the wanted ones (the routes'
+//! digest cannot see peers); the userspace engine's peers live in podnetd and outlive its TUN
+//! device. The private key is the key file's (`key`); its public key is in our lease. Unlike
 //! flannel, podnetd leaves the device in place when it stops: the kernel engine keeps carrying
 //! traffic, and the userspace engine's device drops it — pod traffic never falls back to the
 //! default route in clear.
@@ -45,7 +52,7 @@ use super::{
     Backend, BackendError, ExternalInterface, PeerObjects, PeerPath, PeerPlan, Registration,
 };
 use crate::config::{WG_OVERHEAD, WgEngine, WgMode, WireguardOptions};
-use crate::kernel::netlink::{Netlink, RTPROT_BOOT, Route};
+use crate::kernel::netlink::{Netlink, RTPROT_BOOT, Route, SCOPE_LINK};
 use crate::kernel::sysctl;
 use crate::lease::wireguard::WireguardData;
 use crate::lease::{Lease, SubnetKey};
@@ -64,24 +71,35 @@ pub struct PeerSpec {
 }
 
 impl PeerSpec {
-    /// The peer a lease describes, or why it cannot be one.
-    pub fn of(l: &Lease) -> Result<PeerSpec, String> {
+    /// The peer a lease describes, or why it cannot be one. `listen_port` is this node's: where
+    /// a peer whose lease names no port (flanneld's form) listens, as flannel assumes.
+    pub fn of(l: &Lease, listen_port: u16) -> Result<PeerSpec, String> {
         let subnet = l.key.v4.ok_or("lease has no IPv4 subnet")?;
         let data = WireguardData::of(l)?.ok_or("not a wireguard lease")?;
         Ok(PeerSpec {
             lease: l.key,
             subnet,
             public_key: data.public_key,
-            endpoint: data.endpoint(l.attrs.public_ip),
+            endpoint: data.endpoint(l.attrs.public_ip, listen_port),
         })
     }
+}
+
+/// The route that sends the whole cluster network into the device: `<Network> dev flannel-wg
+/// scope link`, as flannel adds it (no gateway: WireGuard picks the peer by destination).
+pub fn network_route(network: Ipv4Net, index: u32) -> Route {
+    let mut r = Route::unicast(IpNet::V4(network), RTPROT_BOOT);
+    r.oif = Some(index);
+    r.scope = SCOPE_LINK;
+    r
 }
 
 /// A WireGuard implementation: the device and its peers.
 pub trait Engine: Send {
     fn name(&self) -> &'static str;
-    /// Makes the device exist with our key and port (recreating it when gone); its index.
-    /// `own` is this node's address on the device, once there is a lease.
+    /// Makes the device exist with our key and port (recreating it when gone) and, once
+    /// `reset` has said which peers are wanted, with exactly those peers; its index. `own` is
+    /// this node's address on the device, once there is a lease.
     fn ensure(&mut self, nl: &mut Netlink, own: Option<Ipv4Addr>) -> Result<u32, BackendError>;
     /// A peer added or changed.
     fn put(&mut self, spec: PeerSpec);
@@ -222,7 +240,7 @@ impl Backend for Wireguard {
         self.engine = Some(engine);
         let data = WireguardData {
             public_key: self.keys.public,
-            port: self.opts.listen_port,
+            port: Some(self.opts.listen_port),
         };
         Ok(Registration {
             backend_type: "wireguard",
@@ -248,15 +266,13 @@ impl Backend for Wireguard {
             // Our ICMP errors come out of the device from this node's own address.
             sysctl::set_conf(DEVICE, "accept_local", "1")?;
         }
-        let mut r = Route::unicast(IpNet::V4(self.network), RTPROT_BOOT);
-        r.oif = Some(index);
-        nl.replace_route(&r)?;
+        nl.replace_route(&network_route(self.network, index))?;
         self.index = Some(index);
         Ok(())
     }
 
     fn plan_peer(&mut self, _nl: &mut Netlink, peer: &Lease) -> PeerPlan {
-        let path = match PeerSpec::of(peer) {
+        let path = match PeerSpec::of(peer, self.opts.listen_port) {
             Ok(_) => PeerPath::Tunnel,
             Err(why) => PeerPath::Skipped(why),
         };
@@ -267,7 +283,8 @@ impl Backend for Wireguard {
     }
 
     fn peer_up(&mut self, peer: &Lease) {
-        if let (Ok(spec), Ok(e)) = (PeerSpec::of(peer), self.engine()) {
+        let port = self.opts.listen_port;
+        if let (Ok(spec), Ok(e)) = (PeerSpec::of(peer, port), self.engine()) {
             e.put(spec);
         }
     }
@@ -279,7 +296,11 @@ impl Backend for Wireguard {
     }
 
     fn peers_reset(&mut self, peers: &[&Lease]) {
-        let specs = peers.iter().filter_map(|l| PeerSpec::of(l).ok()).collect();
+        let port = self.opts.listen_port;
+        let specs = peers
+            .iter()
+            .filter_map(|l| PeerSpec::of(l, port).ok())
+            .collect();
         if let Ok(e) = self.engine() {
             e.reset(specs);
         }
@@ -340,10 +361,30 @@ mod tests {
             revision: 1,
             created: 1,
         };
-        let spec = PeerSpec::of(&l).unwrap();
+        let spec = PeerSpec::of(&l, 51900).unwrap();
         assert_eq!(spec.endpoint.to_string(), "198.18.0.12:51820");
         assert_eq!(spec.subnet.to_string(), "10.244.2.0/24");
+        // flanneld's lease names no port: the peer is dialled on our ListenPort.
+        l.attrs.backend_data = Some(
+            RawValue::from_string(
+                r#"{"PublicKey":"HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="}"#.into(),
+            )
+            .unwrap(),
+        );
+        let spec = PeerSpec::of(&l, 51900).unwrap();
+        assert_eq!(spec.endpoint.to_string(), "198.18.0.12:51900");
         l.attrs.backend_type = "vxlan".into();
-        assert_eq!(PeerSpec::of(&l).unwrap_err(), "not a wireguard lease");
+        assert_eq!(
+            PeerSpec::of(&l, 51900).unwrap_err(),
+            "not a wireguard lease"
+        );
+    }
+
+    #[test]
+    fn the_network_route_is_flannels_scope_link_route_into_the_device() {
+        let r = network_route("10.244.0.0/16".parse().unwrap(), 7);
+        assert_eq!(r.dst.to_string(), "10.244.0.0/16");
+        assert_eq!((r.scope, r.oif, r.gateway), (SCOPE_LINK, Some(7), None));
+        assert_eq!(r.protocol, RTPROT_BOOT);
     }
 }

@@ -457,4 +457,38 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.route(Ipv4Addr::new(10, 244, 2, 1)).is_none());
     }
+
+    #[test]
+    fn a_new_endpoint_makes_a_new_tunnel_there() {
+        let mut f = Factory::new([1; 32], None, 0);
+        let mut t = Tunnels::default();
+        let a = f.peer(spec(2, [9; 32]));
+        t.insert(a.clone());
+        // The peer moved to another address (same key, same subnet): a fresh tunnel, whose
+        // handshakes and data go to the new endpoint, and the old address no longer finds it.
+        let mut moved = a.spec.clone();
+        moved.endpoint = SocketAddrV4::new([198, 18, 128, 2].into(), 51820);
+        let b = f.reuse_or_new(t.lease(&a.spec.lease), moved.clone());
+        assert!(!Arc::ptr_eq(&b, &a), "a new tunnel");
+        assert_ne!(b.index, a.index, "with a session index of its own");
+        assert_eq!(b.spec.endpoint, moved.endpoint);
+        t.insert(b.clone());
+        assert_eq!(t.len(), 1);
+        assert!(t.by_addr(Ipv4Addr::new(198, 18, 0, 2)).is_none());
+        assert!(Arc::ptr_eq(
+            t.by_addr(Ipv4Addr::new(198, 18, 128, 2)).unwrap(),
+            &b
+        ));
+        assert!(
+            t.session(a.index << 8).is_none(),
+            "the old sessions are gone"
+        );
+        assert!(Arc::ptr_eq(t.by_key(&[9; 32]).unwrap(), &b));
+        // Only the port changed (a lease rewritten with another Port): a new tunnel too.
+        let mut port = moved;
+        port.endpoint.set_port(51900);
+        let c = f.reuse_or_new(t.lease(&b.spec.lease), port);
+        assert!(!Arc::ptr_eq(&c, &b));
+        assert_eq!(c.spec.endpoint.to_string(), "198.18.128.2:51900");
+    }
 }

@@ -245,3 +245,50 @@ impl Engine for Userspace {
         t.peers().map(|p| p.stats()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(endpoint: &str) -> PeerSpec {
+        PeerSpec {
+            lease: SubnetKey::parse("10.244.2.0-24").unwrap(),
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            public_key: [9; 32],
+            endpoint: endpoint.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_peer_whose_endpoint_changes_gets_a_new_tunnel_and_an_unchanged_one_keeps_its_own() {
+        let keys = KeyPair::from_private([1; 32]);
+        let mut e = Userspace::new(
+            Ipv4Addr::new(198, 18, 0, 11),
+            51820,
+            1420,
+            &keys,
+            None,
+            0,
+            Arc::new(Stats::default()),
+        );
+        let lease = spec("198.18.0.12:51820").lease;
+        let tunnel = |e: &Userspace| e.tunnels.read().unwrap().lease(&lease).unwrap().clone();
+        e.put(spec("198.18.0.12:51820"));
+        let first = tunnel(&e);
+        // The same lease again (a renewal, a full pass): the tunnel and its sessions stay.
+        e.put(spec("198.18.0.12:51820"));
+        e.reset(vec![spec("198.18.0.12:51820")]);
+        assert!(Arc::ptr_eq(&tunnel(&e), &first));
+        // The peer moved: a new tunnel towards the new endpoint, in both update paths.
+        e.put(spec("198.18.128.12:51820"));
+        let moved = tunnel(&e);
+        assert!(!Arc::ptr_eq(&moved, &first));
+        assert_eq!(moved.spec.endpoint.to_string(), "198.18.128.12:51820");
+        e.reset(vec![spec("198.18.128.12:51900")]);
+        let again = tunnel(&e);
+        assert!(!Arc::ptr_eq(&again, &moved));
+        let stats = e.stats();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].endpoint.to_string(), "198.18.128.12:51900");
+    }
+}
