@@ -674,3 +674,121 @@ fn invalid_objects_are_refused_one_by_one_and_the_rest_applies() {
         "{d}"
     );
 }
+
+const DUAL_HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"host-gw"}}"#;
+
+/// A pod of the lab's `add_pod` (namespace `default`, name `NODE-NAME`) as a Pod manifest, with
+/// its labels and both addresses.
+fn labelled_pod(pod: &podnet::lab::cluster::Pod, labels: &str) -> String {
+    let (ip, ip6) = (pod.ip, pod.ip6.unwrap());
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}-{}, namespace: default, labels: {labels}}}\nspec: {{nodeName: {}, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}, podIPs: [{{ip: {ip}}}, {{ip: {ip6}}}]}}\n",
+        pod.node, pod.name, pod.node
+    )
+}
+
+/// Whether `from` connects to `to` over TCP (one attempt).
+fn connects(c: &Cluster, from: &str, to: SocketAddr) -> bool {
+    let ns = c.lab.netns(from).unwrap();
+    ns.run(|| probe(to, Protocol::Tcp)).unwrap()
+}
+
+/// IPv6 between two pods of one node, one of them isolated: with br_netfilter their packets
+/// cross the policy table's forward hook, neighbour discovery included, which conntrack never
+/// calls established. Each time with the neighbour caches flushed (so the first packet needs a
+/// solicitation and its advertisement), the allowed port connects and the other does not:
+/// first with the client isolated for egress (its solicitation would meet its chain), then
+/// with the server isolated both ways, admitting nothing out (its advertisement would).
+#[test]
+fn isolated_pods_on_one_node_resolve_each_other_over_ipv6() {
+    let mut c = Cluster::new(LabSpec::new(unique("npnd"), 1).ipv6(true));
+    c.put_config(DUAL_HOST_GW);
+    let dir = c.lab.workdir().join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pd = format!("--policy-dir={}", dir.display());
+    let cd = format!(
+        "--cni-data-dir={}",
+        c.lab.node_dir("node1").unwrap().join("flannel").display()
+    );
+    c.start("node1", &[&pd, &cd]);
+    c.wait_ready("node1");
+    let brnf = ok(c
+        .lab
+        .exec("node1", &["sysctl", "net.bridge.bridge-nf-call-ip6tables"])
+        .unwrap());
+    assert!(brnf.contains("= 1"), "{brnf}");
+    let client = c.add_pod("node1", "a", "1.0.0");
+    let server = c.add_pod("node1", "b", "1.0.0");
+    c.lab
+        .netns(&server.target())
+        .unwrap()
+        .run(|| {
+            for port in [80, 81] {
+                let l = TcpListener::bind(("::", port))?;
+                std::thread::spawn(move || l.incoming().for_each(drop));
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap()
+        .unwrap();
+    let to = |port| SocketAddr::new(IpAddr::V6(server.ip6.unwrap()), port);
+    let (cli, srv) = (client.target(), server.target());
+    let pods = [
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n".to_string(),
+        labelled_pod(&client, "{app: client}"),
+        labelled_pod(&server, "{app: server}"),
+    ]
+    .concat();
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}"
+        )
+    };
+    let client_egress = policy(
+        "client-egress",
+        "  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {app: server}}}], ports: [{port: 80}]}]\n",
+    );
+    let server_both = policy(
+        "server-in-only",
+        "  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]\n  egress: []\n",
+    );
+    let write = |text: &str| {
+        podnet::util::files::write_atomic(&dir.join("policies.yaml"), text.as_bytes(), None)
+            .unwrap()
+    };
+    for (name, p) in [
+        ("client-egress", client_egress),
+        ("server-in-only", server_both),
+    ] {
+        write(&pods);
+        poll(&format!("before {name}: port 81 open"), CONVERGE, || {
+            connects(&c, &cli, to(81)).then_some(())
+        });
+        write(&format!("{pods}{p}"));
+        poll(&format!("{name}: port 81 refused"), CONVERGE, || {
+            (!connects(&c, &cli, to(81))).then_some(())
+        });
+        for pod in [&cli, &srv] {
+            ok(c.lab
+                .exec(pod, &["ip", "-6", "neigh", "flush", "dev", "eth0"])
+                .unwrap());
+        }
+        let what = format!("{name}: {cli} -> {} after a neighbour flush", to(80));
+        let deadline = Instant::now() + CONVERGE;
+        while !connects(&c, &cli, to(80)) {
+            if Instant::now() > deadline {
+                let neigh = c.lab.exec(&cli, &["ip", "-6", "neigh"]).unwrap();
+                let table = c
+                    .lab
+                    .exec("node1", &["nft", "list", "table", "inet", "podnet-policy"])
+                    .unwrap();
+                panic!(
+                    "{what}: no connection\n{cli}'s neighbours:\n{}\nnode1's table:\n{}",
+                    String::from_utf8_lossy(&neigh.stdout),
+                    String::from_utf8_lossy(&table.stdout)
+                );
+            }
+        }
+        assert!(!connects(&c, &cli, to(81)), "{name}: port 81 stays refused");
+    }
+}
