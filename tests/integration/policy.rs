@@ -89,13 +89,8 @@ impl PolicyLab {
         for k in cases::pods() {
             lab.add_pod(&k);
         }
-        lab.sctp = lab
-            .c
-            .lab
-            .netns(&lab_pod(&cases::pods()[0]))
-            .unwrap()
-            .run(sctp_works)
-            .unwrap();
+        let ns = lab.c.lab.netns(&lab_pod(&cases::pods()[0])).unwrap();
+        lab.sctp = ns.run(sctp_works).unwrap().expect("an SCTP socket");
         lab
     }
 
@@ -296,7 +291,7 @@ fn probed(protocol: Protocol) -> std::collections::BTreeSet<u16> {
 }
 
 /// Servers on every port the cases probe, in the calling thread's namespace; they run
-/// (detached) until the test process ends.
+/// (detached) until the test process ends. SCTP ones only where the kernel has SCTP.
 fn serve() -> std::io::Result<()> {
     for port in probed(Protocol::Tcp) {
         let l = TcpListener::bind(("0.0.0.0", port))?;
@@ -315,17 +310,131 @@ fn serve() -> std::io::Result<()> {
             }
         });
     }
+    if sctp_works()? {
+        for port in probed(Protocol::Sctp) {
+            let l = sctp::listen(port)?;
+            std::thread::spawn(move || sctp::accept_forever(l));
+        }
+    }
     Ok(())
 }
 
-fn sctp_works() -> bool {
-    // SOCK_STREAM with IPPROTO_SCTP; this kernel may not have the protocol at all.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
-    if fd >= 0 {
-        unsafe { libc::close(fd) };
-        true
-    } else {
-        false
+/// Whether this kernel has SCTP: a socket of it opens, or fails with `EPROTONOSUPPORT` (no
+/// SCTP, as on a kernel without the module); any other failure is an error.
+fn sctp_works() -> std::io::Result<bool> {
+    match sctp::socket() {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// SCTP over libc (one-to-one style: `SOCK_STREAM`, `IPPROTO_SCTP`), which std lacks: an
+/// association is a connection, so a probe is a connect within the timeout.
+mod sctp {
+    use std::io;
+    use std::net::{IpAddr, SocketAddr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    pub fn socket() -> io::Result<OwnedFd> {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned from here.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just opened and owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in {
+        let IpAddr::V4(ip) = addr.ip() else {
+            panic!("the fixture is IPv4: {addr}")
+        };
+        // SAFETY: sockaddr_in is plain data; all zeroes is valid.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = addr.port().to_be();
+        sa.sin_addr.s_addr = u32::from(ip).to_be();
+        sa
+    }
+
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A listening socket on `0.0.0.0:port`.
+    pub fn listen(port: u16) -> io::Result<OwnedFd> {
+        let fd = socket()?;
+        let sa = sockaddr(SocketAddr::from(([0, 0, 0, 0], port)));
+        let len = std::mem::size_of_val(&sa) as libc::socklen_t;
+        // SAFETY: a valid sockaddr_in of `len` bytes and an open descriptor.
+        check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) })?;
+        // SAFETY: an open, bound descriptor.
+        check(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+        Ok(fd)
+    }
+
+    /// Accepts associations and closes them, until the socket fails.
+    pub fn accept_forever(l: OwnedFd) {
+        loop {
+            // SAFETY: a listening descriptor; the peer address is not asked for.
+            let fd =
+                unsafe { libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+            if fd < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            // SAFETY: an accepted descriptor, owned by no one else; dropping closes it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+
+    /// Whether an association to `addr` comes up within `timeout`.
+    pub fn connects(addr: SocketAddr, timeout: Duration) -> io::Result<bool> {
+        let fd = socket()?;
+        let raw = fd.as_raw_fd();
+        // SAFETY: fcntl on an open descriptor.
+        check(unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) })?;
+        let sa = sockaddr(addr);
+        let len = std::mem::size_of_val(&sa) as libc::socklen_t;
+        // SAFETY: a valid sockaddr_in of `len` bytes and an open descriptor.
+        if unsafe { libc::connect(raw, (&raw const sa).cast(), len) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Ok(false);
+        }
+        let mut p = libc::pollfd {
+            fd: raw,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = timeout.as_millis() as libc::c_int;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+            return Ok(false);
+        }
+        let mut err: libc::c_int = 0;
+        let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR into an int of `n` bytes.
+        check(unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &mut n,
+            )
+        })?;
+        Ok(err == 0)
     }
 }
 
@@ -357,7 +466,7 @@ fn probe(addr: SocketAddr, protocol: Protocol) -> bool {
             let mut buf = [0u8; 16];
             matches!(s.recv_from(&mut buf), Ok((5, from)) if from == addr)
         }
-        Protocol::Sctp => false,
+        Protocol::Sctp => sctp::connects(addr, PROBE_TIMEOUT).unwrap_or(false),
     }
 }
 
@@ -365,15 +474,22 @@ fn probe(addr: SocketAddr, protocol: Protocol) -> bool {
 fn upstream_truth_tables_hold_in_the_kernel() {
     let lab = PolicyLab::new("np", &[]);
     let started = Instant::now();
-    let mut played = 0;
+    let (mut played, mut skipped) = (0, Vec::new());
     for case in cases::all() {
         if case.needs_sctp() && !lab.sctp {
+            skipped.push(case.name);
             continue;
         }
         lab.play(&case);
         played += 1;
     }
     eprintln!("{played} cases in {:?}", started.elapsed());
+    if !lab.sctp {
+        eprintln!(
+            "SKIPPED: this kernel has no SCTP (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): EPROTONOSUPPORT); {} cases with SCTP probes not played: {skipped:?}",
+            skipped.len()
+        );
+    }
     assert!(played >= 40, "{played}");
 }
 
