@@ -315,7 +315,7 @@ fn every_doctor_check_fails_on_a_broken_node_and_passes_on_a_healthy_one() {
         &c,
         "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
         "br-netfilter",
-        "bridge-nf-call-iptables = 0",
+        "bridge-nf-call-iptables = 0: traffic between pods on one node skips kube-proxy and network policy",
         "sysctl -qw net.bridge.bridge-nf-call-iptables=1",
     );
 
