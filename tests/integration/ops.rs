@@ -447,11 +447,16 @@ fn the_demo_runs_and_cleans_up() {
         stdout.contains("drift     none: the kernel matches"),
         "{stdout}"
     );
-    assert!(!podnet::lab::state::state_path(&name).exists());
+    assert_lab_gone(&name);
+}
+
+/// The lab `name` left neither its state file nor a namespace behind.
+pub(crate) fn assert_lab_gone(name: &str) {
+    assert!(!podnet::lab::state::state_path(name).exists());
     let left: Vec<String> = podnet::kernel::netns::NetNs::list_named()
         .unwrap()
         .into_iter()
-        .filter(|n| n.contains(&name))
+        .filter(|n| n.contains(name))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

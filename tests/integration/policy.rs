@@ -908,3 +908,40 @@ fn isolated_pods_on_one_node_resolve_each_other_over_ipv6() {
         assert!(!connects(&c, &cli, to(81)), "{name}: port 81 stays refused");
     }
 }
+
+/// `podnetctl lab demo --policy`: the matrix before, then with node1/a isolated (only node1/b
+/// let in: the two node2 pods denied, everything else reaching), exit 0, nothing left behind.
+#[test]
+fn the_policy_demo_shows_isolation_and_cleans_up() {
+    let name = unique("npdemo");
+    let out = std::process::Command::new(PODNETCTL)
+        .args(["lab", "demo", "--nodes", "2", "--policy", "--name", &name])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("network policy: only node1/b may reach node1/a"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("12 of 12 pod pairs reach each other"),
+        "{stdout}"
+    );
+    // The last matrix (the demo prints it again until policy is enforced on both nodes).
+    let last = &stdout[stdout.rfind("from \\ to").unwrap()..];
+    assert!(
+        last.contains("10 of 12 pod pairs reach each other"),
+        "{stdout}"
+    );
+    let denied: Vec<&str> = last.lines().filter(|l| l.contains("denied")).collect();
+    assert_eq!(denied.len(), 2, "{stdout}");
+    assert!(
+        denied
+            .iter()
+            .all(|l| l.starts_with("node2/") && l.split_whitespace().nth(1) == Some("denied")),
+        "node2's pods denied into node1/a (the first column): {stdout}"
+    );
+    crate::ops::assert_lab_gone(&name);
+}
