@@ -541,6 +541,18 @@ fn reaches(c: &Cluster, from: &str, to: IpAddr, want: bool) {
     });
 }
 
+/// `from` reaches `to` on TCP 80 (`want`) on every probe for `how_long`.
+fn stays(c: &Cluster, from: &str, to: IpAddr, want: bool, how_long: Duration) {
+    let ns = c.lab.netns(from).unwrap();
+    let end = Instant::now() + how_long;
+    while Instant::now() < end {
+        let got = ns
+            .run(|| probe(SocketAddr::new(to, 80), Protocol::Tcp))
+            .unwrap();
+        assert_eq!(got, want, "{from} -> {to}:80");
+    }
+}
+
 fn manifest(kind: &str, ns: &str, name: &str, body: &str) -> serde_json::Value {
     let text = format!(
         "apiVersion: {}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {ns}\n{body}",
@@ -757,6 +769,52 @@ fn invalid_objects_are_refused_one_by_one_and_the_rest_applies() {
         assert!(errors.contains(want), "{want:?} in:\n{errors}");
     }
     assert_eq!(p.errors.len(), 5, "{errors}");
+    // Edits gone wrong: the API server would refuse them and keep the object as it was, and so
+    // does podnetd, reporting the error; x/a stays isolated.
+    let policy_errors = || {
+        let st = podnet::httpget::unix(&sock, "/status").unwrap().1;
+        podnet::status::Status::from_json(&st)
+            .unwrap()
+            .policy
+            .unwrap()
+            .errors
+            .join("\n")
+    };
+    let write = |text: &str| {
+        podnet::util::files::write_atomic(&dir.join("policies.yaml"), text.as_bytes(), None)
+            .unwrap()
+    };
+    // Each edit: its error (which names the object either way), then the error line that says
+    // the last valid version is kept.
+    let edits = [
+        (
+            "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n",
+            "networkpolicy x/deny-all: spec.ingress[0].from[0].ipBlock.cidr = 10.0.0.0/33",
+            "networkpolicy x/deny-all: spec.ingress[0].from[0].ipBlock.cidr = 10.0.0.0/33",
+        ),
+        (
+            "  podSelector: {}\n  ingress: [{ports: 80}]\n",
+            "networkpolicy x/deny-all: invalid type",
+            "networkpolicy x/deny-all: unreadable;",
+        ),
+    ];
+    for (spec, error, kept) in edits {
+        write(&bad("deny-all", spec));
+        poll(&format!("the error {error:?}"), CONVERGE, || {
+            policy_errors().contains(error).then_some(())
+        });
+        stays(&c, "node2/x-b", xa, false, Duration::from_secs(3));
+        let errors = policy_errors();
+        let said = errors
+            .lines()
+            .any(|l| l.contains(kept) && l.contains("its last valid version stays in force"));
+        assert!(said, "{kept:?}, kept, in:\n{errors}");
+    }
+    // Deleted, the object goes, its last valid version with it.
+    write("");
+    reaches(&c, "node2/x-b", xa, true);
+    podnet::util::files::write_atomic(&dir.join("policies.yaml"), text.as_bytes(), None).unwrap();
+    reaches(&c, "node2/x-b", xa, false);
     // doctor: nothing undoes policy, until someone turns connection tracking off for pods.
     let doctor = |c: &Cluster| -> serde_json::Value {
         let sock = sock.display().to_string();
