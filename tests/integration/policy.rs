@@ -477,7 +477,7 @@ fn upstream_truth_tables_hold_in_the_kernel() {
     let (mut played, mut skipped) = (0, Vec::new());
     for case in cases::all() {
         if case.needs_sctp() && !lab.sctp {
-            skipped.push(case.name);
+            skipped.push(format!("{}: {}", case.context, case.name));
             continue;
         }
         lab.play(&case);
