@@ -152,7 +152,7 @@ fn br_netfilter(node: &Node) -> Check {
                     "br-netfilter",
                     Verdict::Fail,
                     format!(
-                        "{key} = {v}: traffic between pods on one node skips kube-proxy, so Services and DNS fail"
+                        "{key} = {v}: traffic between pods on one node skips kube-proxy and network policy, so Services and DNS fail and policies do not isolate pods from pods of their node"
                     ),
                     Some(&format!(
                         "sysctl -w {key}=1, and persist it in /etc/sysctl.d/"
@@ -163,7 +163,7 @@ fn br_netfilter(node: &Node) -> Check {
                 return check(
                     "br-netfilter",
                     Verdict::Fail,
-                    "br_netfilter is not loaded: Services and DNS fail for pods talking to pods on the same node",
+                    "br_netfilter is not loaded: traffic between pods on one node skips kube-proxy and network policy, so Services and DNS fail and policies do not isolate pods from pods of their node",
                     Some(
                         "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf",
                     ),

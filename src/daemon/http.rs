@@ -222,10 +222,14 @@ fn policy_metrics(c: &super::policy::Counters) -> String {
     for (name, help, pick) in [
         (
             "packets",
-            "Packets network policy let through or dropped",
+            "Packets network policy let through (those opening a connection: the rest passes uncounted as established) or dropped",
             0,
         ),
-        ("bytes", "Bytes network policy let through or dropped", 1),
+        (
+            "bytes",
+            "Bytes network policy let through (of the packets opening a connection) or dropped",
+            1,
+        ),
     ] {
         s += &format!("# HELP podnet_policy_{name} {help}, by policy, direction and verdict.\n");
         s += &format!("# TYPE podnet_policy_{name} counter\n");

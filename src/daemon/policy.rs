@@ -4,13 +4,14 @@
 //! (replacing what it said before), single objects added, changed or deleted, and this node's
 //! pod records from the CNI plugin. The thread takes every message waiting, rebuilds the model
 //! (converting each object; an invalid one is refused alone, with an error naming it and the
-//! field), compiles what this node enforces, renders it, and applies the difference to the
-//! kernel as one nfnetlink transaction (`policy::render::update_batch`), on a socket the
-//! thread keeps open — a new pod is a map or set element, not a new ruleset. A transaction
-//! that fails (someone changed the table) changes nothing and is followed by a full rewrite
-//! (`render::full_batch`, the table deleted and made anew in one transaction). Locality is
-//! decided by address: a pod whose address is in this node's pod subnet is local, whatever the
-//! source says.
+//! field, and one that was valid before keeps that version in force, as the API server keeps an
+//! object whose update it refuses; `add_objects`), compiles what this node enforces, renders
+//! it, and applies the difference to the kernel as one nfnetlink transaction
+//! (`policy::render::update_batch`), on a socket the thread keeps open — a new pod is a map or
+//! set element, not a new ruleset. A transaction that fails (someone changed the table)
+//! changes nothing and is followed by a full rewrite (`render::full_batch`, the table deleted
+//! and made anew in one transaction). Locality is decided by address: a pod whose address is
+//! in this node's pod subnet is local, whatever the source says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -52,6 +53,17 @@ impl Kind {
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
     }
+
+    /// The kind the API calls `kind` (`NetworkPolicy`), if policy uses it.
+    pub fn of_api(kind: &str) -> Option<Kind> {
+        match kind {
+            "Namespace" => Some(Kind::Namespace),
+            "Pod" => Some(Kind::Pod),
+            "Node" => Some(Kind::Node),
+            "NetworkPolicy" => Some(Kind::NetworkPolicy),
+            _ => None,
+        }
+    }
 }
 
 /// Where an object is kept: source, kind, namespace, name.
@@ -73,15 +85,65 @@ fn slot(source: &'static str, o: &Object) -> Slot {
     )
 }
 
+/// Every object into `cluster`. One refused, or held by a source that could not read its new
+/// version (`unreadable`), has its last valid version (from `last`) put in instead when there
+/// is one, and its error says so. Returns what went in: the next call's `last`.
+fn add_objects(
+    objects: &BTreeMap<Slot, Object>,
+    unreadable: &BTreeSet<Slot>,
+    last: &BTreeMap<Slot, Object>,
+    cluster: &mut Cluster,
+    errors: &mut Vec<String>,
+) -> BTreeMap<Slot, Object> {
+    let mut accepted = BTreeMap::new();
+    let mut keep_last = |slot: &Slot, cluster: &mut Cluster| {
+        let Some(o) = last.get(slot) else {
+            return false;
+        };
+        // It went in before, so it goes in again.
+        let _ = manifest::add(cluster, o);
+        accepted.insert(slot.clone(), o.clone());
+        true
+    };
+    let mut taken = Vec::new();
+    for (slot, o) in objects {
+        match manifest::add(cluster, o) {
+            Ok(()) => taken.push((slot, o)),
+            Err(e) if keep_last(slot, cluster) => {
+                errors.push(format!("{e} (its last valid version stays in force)"));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    for slot in unreadable.iter().filter(|s| !objects.contains_key(*s)) {
+        if keep_last(slot, cluster) {
+            let (_, kind, ns, name) = slot;
+            let name = if ns.is_empty() {
+                name.clone()
+            } else {
+                format!("{ns}/{name}")
+            };
+            let kind = format!("{kind:?}").to_ascii_lowercase();
+            errors.push(format!(
+                "{kind} {name}: unreadable; its last valid version stays in force"
+            ));
+        }
+    }
+    accepted.extend(taken.into_iter().map(|(s, o)| (s.clone(), o.clone())));
+    accepted
+}
+
 /// What sources tell the engine.
 pub enum Msg {
     /// Everything `source` holds of these kinds now (what it said before of them is dropped),
-    /// and the errors it met reading them.
+    /// the errors it met reading them, and the objects it could not read (whose last valid
+    /// version stays in force).
     Replace {
         source: &'static str,
         kinds: Vec<Kind>,
         objects: Vec<Object>,
         errors: Vec<String>,
+        unreadable: Vec<(Kind, Key)>,
     },
     Upsert(&'static str, Object),
     Remove(&'static str, Kind, Key),
@@ -107,6 +169,13 @@ struct Engine {
     local: Vec<IpNet>,
     objects: BTreeMap<Slot, Object>,
     source_errors: BTreeMap<&'static str, Vec<String>>,
+    /// Objects a source holds but could not read (a document that does not parse).
+    unreadable: BTreeSet<Slot>,
+    /// The last version of each object the model took. An object whose new version is refused
+    /// (or unreadable) keeps this one in force, as the API server keeps an object whose
+    /// update it refuses: an edit gone wrong never lifts isolation. Holds only objects the
+    /// sources still hold.
+    accepted: BTreeMap<Slot, Object>,
     records: Vec<PodRecord>,
     cluster: Cluster,
     compiled: Compiled,
@@ -134,6 +203,8 @@ impl PolicyEngine {
             local,
             objects: BTreeMap::new(),
             source_errors: BTreeMap::new(),
+            unreadable: BTreeSet::new(),
+            accepted: BTreeMap::new(),
             records: Vec::new(),
             cluster: Cluster::new(),
             compiled: Compiled::default(),
@@ -209,13 +280,20 @@ impl Engine {
                 kinds,
                 objects,
                 errors,
+                unreadable,
             } => {
-                self.objects
-                    .retain(|(s, k, _, _), _| *s != source || !kinds.contains(k));
+                let theirs = |(s, k, _, _): &Slot| *s == source && kinds.contains(k);
+                self.objects.retain(|slot, _| !theirs(slot));
                 for o in objects {
                     self.objects.insert(slot(source, &o), o);
                 }
                 self.source_errors.insert(source, errors);
+                self.unreadable.retain(|slot| !theirs(slot));
+                self.unreadable.extend(
+                    unreadable
+                        .into_iter()
+                        .map(|(kind, k)| (source, kind, k.namespace, k.name)),
+                );
             }
             Msg::Upsert(source, o) => {
                 self.objects.insert(slot(source, &o), o);
@@ -245,11 +323,13 @@ impl Engine {
     fn rebuild(&mut self) {
         let mut cluster = Cluster::new();
         let mut errors: Vec<String> = self.source_errors.values().flatten().cloned().collect();
-        for o in self.objects.values() {
-            if let Err(e) = manifest::add(&mut cluster, o) {
-                errors.push(e.to_string());
-            }
-        }
+        self.accepted = add_objects(
+            &self.objects,
+            &self.unreadable,
+            &self.accepted,
+            &mut cluster,
+            &mut errors,
+        );
         for r in &self.records {
             let key = Key::new(&r.namespace, &r.name);
             let mut pod = cluster.pod(&key).cloned().unwrap_or_else(|| Pod {
@@ -399,5 +479,88 @@ impl Engine {
             }
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(text: &str) -> BTreeMap<Slot, Object> {
+        let m = manifest::parse(text);
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        m.objects
+            .into_iter()
+            .map(|o| (slot("manifests", &o), o))
+            .collect()
+    }
+
+    fn policy(spec: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-all, namespace: x}}\nspec:\n{spec}"
+        )
+    }
+
+    /// One round: the model's policies (with their ingress rule counts) and the errors.
+    fn round(
+        objs: &BTreeMap<Slot, Object>,
+        unreadable: &BTreeSet<Slot>,
+        last: &mut BTreeMap<Slot, Object>,
+    ) -> (Vec<(String, usize)>, Vec<String>) {
+        let (mut cluster, mut errors) = (Cluster::new(), Vec::new());
+        *last = add_objects(objs, unreadable, last, &mut cluster, &mut errors);
+        let policies = cluster
+            .policies()
+            .map(|p| (p.name.clone(), p.ingress.as_ref().map_or(0, Vec::len)))
+            .collect();
+        (policies, errors)
+    }
+
+    #[test]
+    fn an_edit_gone_wrong_keeps_the_last_valid_version_until_the_object_goes() {
+        let valid = objects(&policy("  podSelector: {}\n  ingress: []\n"));
+        let none = BTreeSet::new();
+        let mut last = BTreeMap::new();
+        // Refused with no valid version before: nothing in force.
+        let bad = objects(&policy(
+            "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n",
+        ));
+        let (p, e) = round(&bad, &none, &mut last);
+        assert!(p.is_empty(), "{p:?}");
+        assert!(
+            e[0].contains("10.0.0.0/33") && !e[0].contains("stays"),
+            "{e:?}"
+        );
+        // Valid, then edited with a bad CIDR: the valid version stays, the error says so.
+        assert_eq!(
+            round(&valid, &none, &mut last),
+            (vec![("deny-all".into(), 0)], vec![])
+        );
+        let (p, e) = round(&bad, &none, &mut last);
+        assert_eq!(p, [("deny-all".to_string(), 0)]);
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("networkpolicy x/deny-all: spec.ingress[0].from[0].ipBlock.cidr")
+                && e[0].ends_with("(its last valid version stays in force)"),
+            "{e:?}"
+        );
+        // Unreadable (its source could not parse it): still the valid version.
+        let unreadable: BTreeSet<Slot> = valid.keys().cloned().collect();
+        let (p, e) = round(&BTreeMap::new(), &unreadable, &mut last);
+        assert_eq!(p, [("deny-all".to_string(), 0)]);
+        assert_eq!(
+            e,
+            ["networkpolicy x/deny-all: unreadable; its last valid version stays in force"]
+        );
+        // A new valid version replaces it; deleted, it goes.
+        let edited = objects(&policy("  podSelector: {}\n  ingress: [{}]\n"));
+        assert_eq!(
+            round(&edited, &none, &mut last).0,
+            [("deny-all".to_string(), 1)]
+        );
+        assert_eq!(round(&BTreeMap::new(), &none, &mut last), (vec![], vec![]));
+        assert!(last.is_empty());
+        let (p, _) = round(&bad, &none, &mut last);
+        assert!(p.is_empty(), "deleted, its history went with it: {p:?}");
     }
 }

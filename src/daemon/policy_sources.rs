@@ -107,10 +107,17 @@ fn is_manifest(p: &Path) -> bool {
     )
 }
 
-/// Every object in the directory's manifests, and the errors, each naming its file.
-fn read_manifests(dir: &Path) -> (Vec<Object>, Vec<String>) {
-    let mut objects = Vec::new();
-    let mut errors = Vec::new();
+/// What the directory's manifests hold: the objects, the errors (each naming its file), and
+/// the objects named in a document that could not be read.
+#[derive(Default)]
+struct Read {
+    objects: Vec<Object>,
+    errors: Vec<String>,
+    unreadable: Vec<(Kind, Key)>,
+}
+
+fn read_manifests(dir: &Path) -> Read {
+    let mut r = Read::default();
     for (path, _, _) in fingerprint(dir)
         .into_iter()
         .filter(|(p, _, _)| is_manifest(p))
@@ -118,13 +125,20 @@ fn read_manifests(dir: &Path) -> (Vec<Object>, Vec<String>) {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let m = manifest::parse(&text);
-                objects.extend(m.objects);
-                errors.extend(m.errors.iter().map(|e| format!("{}: {e}", path.display())));
+                r.objects.extend(m.objects);
+                for e in &m.errors {
+                    r.errors.push(format!("{}: {e}", path.display()));
+                    let id = e.object.as_ref();
+                    if let Some((id, kind)) = id.and_then(|id| Some((id, Kind::of_api(&id.kind)?)))
+                    {
+                        r.unreadable.push((kind, Key::new(&id.namespace, &id.name)));
+                    }
+                }
             }
-            Err(e) => errors.push(format!("{}: {e}", path.display())),
+            Err(e) => r.errors.push(format!("{}: {e}", path.display())),
         }
     }
-    (objects, errors)
+    r
 }
 
 const ALL_KINDS: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Node, Kind::NetworkPolicy];
@@ -139,12 +153,13 @@ pub fn manifest_dir(dir: PathBuf, tx: Sender<Msg>) -> std::io::Result<()> {
             loop {
                 let now = fingerprint(&dir);
                 if seen.as_ref() != Some(&now) {
-                    let (objects, errors) = read_manifests(&dir);
+                    let read = read_manifests(&dir);
                     let msg = Msg::Replace {
                         source: "manifests",
                         kinds: ALL_KINDS.to_vec(),
-                        objects,
-                        errors,
+                        objects: read.objects,
+                        errors: read.errors,
+                        unreadable: read.unreadable,
                     };
                     if tx.send(msg).is_err() {
                         return;
@@ -235,6 +250,7 @@ fn follow<K>(
                     kinds: vec![kind],
                     objects,
                     errors: Vec::new(),
+                    unreadable: Vec::new(),
                 },
                 Update::Applied(o) => Msg::Upsert("kubernetes", o),
                 Update::Deleted(o) => Msg::Remove("kubernetes", kind, key_of(&o)),

@@ -22,9 +22,9 @@ mod watch;
 
 pub use batch::{
     Base, BaseChain, Batch, CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, Hook,
-    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, META_L4PROTO, META_MARK, META_NFPROTO, NFPROTO_INET,
-    NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, TYPE_IPV6_ADDR, Transaction,
-    Verdict, interval_elements,
+    IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, META_L4PROTO, META_MARK, META_NFPROTO,
+    NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6, SetRef, SetSpec, TYPE_IPV4_ADDR, TYPE_IPV6_ADDR,
+    Transaction, Verdict, interval_elements,
 };
 pub use watch::{Commit, Commits, NftEvents, generation};
 

@@ -36,6 +36,18 @@ pub struct ManifestError {
     /// The object when it could be told (`networkpolicy x/bad`), else `document`.
     pub what: String,
     pub message: String,
+    /// Which object could not be read, when it is a kind policy needs and has a name: a
+    /// source may keep that object's last readable version.
+    pub object: Option<ObjectId>,
+}
+
+/// An object's identity: its kind as the API names it (`NetworkPolicy`), namespace (empty for
+/// cluster-wide kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectId {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 /// What a manifest text held.
@@ -106,6 +118,7 @@ fn doc_error(place: &str, message: String) -> ManifestError {
         place: place.to_string(),
         what: "document".to_string(),
         message,
+        object: None,
     }
 }
 
@@ -156,6 +169,7 @@ fn take_object(v: Value, place: &str, out: &mut Manifest) {
     let api_version = str_field(&v, "apiVersion").unwrap_or_default().to_string();
     let kind = str_field(&v, "kind").unwrap_or_default().to_string();
     let what = describe(&v, &kind);
+    let meta = v.get("metadata").cloned();
     let typed = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => serde_json::from_value(v).map(|o| Object::Namespace(Box::new(o))),
         ("v1", "Pod") => serde_json::from_value(v).map(|o| Object::Pod(Box::new(o))),
@@ -186,6 +200,7 @@ fn take_object(v: Value, place: &str, out: &mut Manifest) {
             place: place.to_string(),
             what,
             message: e.to_string(),
+            object: identity(meta.as_ref(), &kind),
         }),
     }
 }
@@ -205,6 +220,16 @@ fn describe(v: &Value, kind: &str) -> String {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
+}
+
+/// The identity of an object from its metadata, when it has a name.
+fn identity(meta: Option<&Value>, kind: &str) -> Option<ObjectId> {
+    let meta = meta?;
+    Some(ObjectId {
+        kind: kind.to_string(),
+        namespace: str_field(meta, "namespace").unwrap_or_default().to_string(),
+        name: str_field(meta, "name")?.to_string(),
+    })
 }
 
 /// Any reason an object did not make it into the model.

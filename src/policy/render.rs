@@ -10,6 +10,7 @@
 //!     chain eg-<hash> { <allow rules> return; counter drop }
 //!     chain forward   { type filter hook forward priority filter - 5; policy accept;
 //!         ct state established,related accept
+//!         icmpv6 type 135-136 accept                  neighbour discovery, if IPv6
 //!         iifname "cni0" ip saddr vmap @egress-4      the source's egress, if isolated
 //!         oifname "cni0" ip daddr vmap @ingress-4 }   the destination's ingress, if isolated
 //! }
@@ -25,8 +26,18 @@
 //!
 //! Invariants:
 //! - Replies of allowed connections pass (`ct state established,related`) before any policy.
-//! - A pod no policy isolates costs one map lookup per packet (none for traffic that does not
-//!   enter or leave through the pods' bridge); its address is in no map.
+//! - IPv6 neighbour solicitations and advertisements (ICMPv6 135, 136) pass before any policy:
+//!   they are address resolution, which NetworkPolicy does not govern, and conntrack never
+//!   marks them established, so an isolated pod's chain would drop them and with them every
+//!   allowed IPv6 connection to a pod on the same bridge (which br_netfilter brings through
+//!   this hook). Router solicitations and advertisements and redirects (133, 134, 137) stay
+//!   under the policy: pods' router is their node, whose messages go through input and output,
+//!   never forward, so on this hook only a pod playing router would send them.
+//! - A pod no policy isolates costs one map lookup per packet it sends or receives through the
+//!   pods' bridge (its address is in no map; none for other traffic): a packet that is not a
+//!   reply looks its source up in the egress map if it came from the bridge and its
+//!   destination in the ingress map if it leaves through it, so between two pods of one node
+//!   it takes two lookups, one per end.
 //! - Chains are named by a hash of their rules' text, so a chain's content never changes: an
 //!   update adds chains, points map elements at them and deletes chains nothing points at any
 //!   more. Sets are named by their definition and change by elements (each CIDR its own
@@ -372,10 +383,19 @@ fn families(opts: &Options) -> impl Iterator<Item = (bool, &'static str)> {
         .map(|(v4, name, _)| (v4, name))
 }
 
-/// The forward hook: replies first, then the maps of the families in use.
+/// IPv6 neighbour solicitation and advertisement: the ICMPv6 types the base chain accepts
+/// before any policy (see the invariants above).
+const ND_TYPES: (u8, u8) = (135, 136);
+
+/// The forward hook: replies first, IPv6 neighbour discovery, then the maps of the families
+/// in use.
 fn base_chain(opts: &Options) -> Vec<String> {
     let br = &opts.bridge;
     let mut v = vec!["ct state established,related accept".to_string()];
+    if opts.ipv6 {
+        let (first, last) = ND_TYPES;
+        v.push(format!("icmpv6 type {first}-{last} accept"));
+    }
     for (v4, fam) in families(opts) {
         let eg = map_name(Direction::Egress, v4);
         v.push(format!("iifname \"{br}\" {fam} saddr vmap @{eg}"));
@@ -387,12 +407,18 @@ fn base_chain(opts: &Options) -> Vec<String> {
     v
 }
 
-/// `base_chain` as expressions: the source's egress map for packets from the bridge, the
-/// destination's ingress map for packets to it.
+/// `base_chain` as expressions: replies, neighbour discovery, the source's egress map for
+/// packets from the bridge, the destination's ingress map for packets to it.
 fn base_rules(opts: &Options, made: &BTreeMap<String, SetRef>) -> Vec<Vec<Expr>> {
     let est = nft::CT_STATE_ESTABLISHED | nft::CT_STATE_RELATED;
     let mut rules = vec![Expr::ct_state_any(est).to_vec()];
     rules[0].push(Expr::Verdict(Verdict::Accept));
+    if opts.ipv6 {
+        let (first, last) = ND_TYPES;
+        let mut nd = Expr::icmpv6_type_range(first, last);
+        nd.push(Expr::Verdict(Verdict::Accept));
+        rules.push(nd);
+    }
     for input in [true, false] {
         for (v4, _) in families(opts) {
             let direction = if input {

@@ -315,7 +315,7 @@ fn every_doctor_check_fails_on_a_broken_node_and_passes_on_a_healthy_one() {
         &c,
         "sysctl -qw net.bridge.bridge-nf-call-iptables=0",
         "br-netfilter",
-        "bridge-nf-call-iptables = 0",
+        "bridge-nf-call-iptables = 0: traffic between pods on one node skips kube-proxy and network policy",
         "sysctl -qw net.bridge.bridge-nf-call-iptables=1",
     );
 
@@ -447,11 +447,16 @@ fn the_demo_runs_and_cleans_up() {
         stdout.contains("drift     none: the kernel matches"),
         "{stdout}"
     );
-    assert!(!podnet::lab::state::state_path(&name).exists());
+    assert_lab_gone(&name);
+}
+
+/// The lab `name` left neither its state file nor a namespace behind.
+pub(crate) fn assert_lab_gone(name: &str) {
+    assert!(!podnet::lab::state::state_path(name).exists());
     let left: Vec<String> = podnet::kernel::netns::NetNs::list_named()
         .unwrap()
         .into_iter()
-        .filter(|n| n.contains(&name))
+        .filter(|n| n.contains(name))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -132,6 +132,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// `IPPROTO_SCTP`, for `meta l4proto`.
 pub const IPPROTO_SCTP: u8 = 132;
+/// `IPPROTO_ICMPV6`, for `meta l4proto`.
+pub const IPPROTO_ICMPV6: u8 = 58;
 /// `NFTNL_UDATA_SET_KEYBYTEORDER` with `BYTEORDER_BIG_ENDIAN`, as nft tags address sets.
 const SET_UDATA_BIG_ENDIAN_KEY: [u8; 6] = [0, 4, 2, 0, 0, 0];
 /// A verdict map's user data as nft 1.0.6 writes it: the key's byte order (big endian),
@@ -391,6 +393,21 @@ impl Expr {
             Expr::Cmp(CmpOp::Gte, first.to_be_bytes().to_vec()),
             Expr::Cmp(CmpOp::Lte, last.to_be_bytes().to_vec()),
         ]
+    }
+
+    /// `icmpv6 type first-last` in an `inet` table, as nft 1.0.6 writes it: IPv6, ICMPv6, the
+    /// type (the transport header's first byte) within two comparisons.
+    pub fn icmpv6_type_range(first: u8, last: u8) -> Vec<Expr> {
+        let mut v = Expr::nfproto(NFPROTO_IPV6).to_vec();
+        v.extend(Expr::l4proto(IPPROTO_ICMPV6));
+        v.push(Expr::Payload {
+            base: Base::Transport,
+            offset: 0,
+            len: 1,
+        });
+        v.push(Expr::Cmp(CmpOp::Gte, vec![first]));
+        v.push(Expr::Cmp(CmpOp::Lte, vec![last]));
+        v
     }
 
     /// `iifname "name"` (`input`) or `oifname "name"`: the name NUL-padded to `IFNAMSIZ`

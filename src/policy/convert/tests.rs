@@ -566,3 +566,25 @@ fn ipv6_blocks_and_family_mismatch() {
         matches!(&errors[0], LoadError::Invalid(e) if matches!(e.reason, Reason::ExceptOutsideCidr { .. }))
     );
 }
+
+#[test]
+fn an_unreadable_object_is_named_when_it_can_be() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: 80}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {labels: [a]}\n---\n{unclosed\n";
+    let m = manifest::parse(text);
+    assert!(m.objects.is_empty());
+    let ids: Vec<Option<manifest::ObjectId>> = m.errors.iter().map(|e| e.object.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            Some(manifest::ObjectId {
+                kind: "NetworkPolicy".into(),
+                namespace: "x".into(),
+                name: "deny-all".into(),
+            }),
+            None, // no name
+            None, // not even YAML
+        ],
+        "{:#?}",
+        m.errors
+    );
+}
