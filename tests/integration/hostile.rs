@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, PODNETCTL, PREFIX};
-use crate::ops::socket;
+use crate::ops::{get, parse_metrics, socket};
 use crate::support::{ok, poll};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -70,6 +70,57 @@ fn kernel_state(c: &Cluster, node: &str) -> String {
     )
 }
 
+/// Whether `node` has a route to `subnet` and an FDB entry for `mac` on flannel.1.
+fn programmed(c: &Cluster, node: &str, subnet: &str, mac: &str) -> (bool, bool) {
+    let route = c.ip_json(node, &["-4", "route", "show", subnet]);
+    let fdb = c
+        .lab
+        .exec(node, &["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .unwrap();
+    let has_route = route.as_array().is_some_and(|r| !r.is_empty());
+    (
+        has_route,
+        String::from_utf8_lossy(&fdb.stdout).contains(mac),
+    )
+}
+
+/// node1's `podnet_leases_rejected`.
+fn rejected_gauge(c: &Cluster) -> f64 {
+    let text = get(c, "node1", "/metrics").expect("/metrics answers").1;
+    parse_metrics(&text)["podnet_leases_rejected"]
+}
+
+/// A peer lease that node1 programmed is overwritten with bytes that are no lease: node1
+/// withdraws its route and FDB entry at once, and counts and shows the refusal.
+fn a_valid_lease_turned_to_garbage_is_withdrawn(c: &Cluster) {
+    let (key, subnet, mac) = ("10.244.210.0-24", "10.244.210.0/24", "02:66:00:00:00:10");
+    let before = refused(c, "node1").len();
+    put(c, key, &vxlan_value("198.18.0.77", mac));
+    poll("node1 to program the peer", Duration::from_secs(20), || {
+        (programmed(c, "node1", subnet, mac) == (true, true)).then_some(())
+    });
+    put(c, key, "{not json");
+    poll(
+        "node1 to withdraw the garbled peer",
+        Duration::from_secs(20),
+        || (programmed(c, "node1", subnet, mac) == (false, false)).then_some(()),
+    );
+    let seen = poll("the refusal in status", Duration::from_secs(10), || {
+        let r = refused(c, "node1");
+        (r.len() == before + 1).then_some(r)
+    });
+    let why = format!("lease {key}: value \"{{not json\" is not flannel's lease JSON");
+    assert!(
+        seen.iter().any(|r| r.starts_with(&why)),
+        "{why:?} not in {seen:?}"
+    );
+    assert_eq!(rejected_gauge(c), (before + 1) as f64);
+    c.etcdctl(&["del", &format!("{PREFIX}/subnets/{key}")]);
+    poll("the refusal to clear", Duration::from_secs(10), || {
+        (refused(c, "node1").len() == before).then_some(())
+    });
+}
+
 #[test]
 fn forged_leases_are_refused_and_pods_keep_talking() {
     let mut c = Cluster::small("hl", 2);
@@ -77,7 +128,7 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
     let mut recs = Vec::new();
     for n in ["node1", "node2"] {
         let sock = format!("--status-socket={}", socket(&c, n));
-        recs.push(c.start(n, &[&sock]));
+        recs.push(c.start(n, &[&sock, "--healthz-port=9099"]));
     }
     let s1 = c.wait_ready("node1").subnet.unwrap().trunc();
     let s2 = c.wait_ready("node2").subnet.unwrap().trunc();
@@ -129,7 +180,8 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         "10.244.207.0-24",
         r#"{"PublicIP":"198.18.0.66","BackendType":"vxlan"}"#,
     );
-    let want = forged.len() + 1;
+    // Both bytes that are no lease and a lease without BackendData are refused and shown.
+    let want = forged.len() + 2;
     let seen = poll(
         "node1 to refuse the forgeries",
         Duration::from_secs(10),
@@ -151,6 +203,7 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         "public address 127.0.0.1 cannot be a node's",
         "VtepMAC ff:ff:ff:ff:ff:ff is not a unicast address",
         "lease 10.244.207.0-24: vxlan lease without BackendData",
+        "lease 10.244.206.0-24: value \"{not json\" is not flannel's lease JSON",
     ] {
         assert!(text.contains(why), "{why:?} not in\n{text}");
     }
@@ -197,6 +250,23 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
     // reaches it too; then traffic flows again.
     poll(
         "pods to reach each other after the repair",
+        Duration::from_secs(10),
+        || ping(&c, &a.target(), b.ip).then_some(()),
+    );
+
+    a_valid_lease_turned_to_garbage_is_withdrawn(&c);
+    // Someone overwrites node2's own key with bytes that are no lease: node2 writes it back.
+    put(&c, &key2, "{not json");
+    poll(
+        "node2 to restore its garbled lease",
+        Duration::from_secs(20),
+        || {
+            let now = c.leases().into_iter().find(|(k, _)| *k == key2)?.1;
+            (now == original).then_some(())
+        },
+    );
+    poll(
+        "pods to reach each other after the second repair",
         Duration::from_secs(10),
         || ping(&c, &a.target(), b.ip).then_some(()),
     );

@@ -11,7 +11,7 @@ use crate::support::{ok, poll, unique};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
-fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
     let addr: SocketAddr = format!("{}:9099", c.lab.plan().host(node).unwrap().ip())
         .parse()
         .unwrap();
@@ -23,7 +23,7 @@ fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Prometheus text → sample name with labels → value. Fails on anything malformed.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
+pub(crate) fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
