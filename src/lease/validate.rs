@@ -12,6 +12,8 @@
 //!   a `0.0.0.0-1` lease would otherwise replace the default route;
 //! - its public address is unspecified, loopback, multicast, link-local, broadcast, or one of
 //!   this node's own;
+//! - it claims this node's own VtepMAC, WireGuard public key or endpoint (the node's own lease
+//!   is no peer, so the index of accepted leases does not hold them);
 //! - it has an IPv6 subnet but no `PublicIPv6`;
 //! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC` in
 //!   `BackendData` for the IPv4 half and in `BackendV6Data` for the IPv6 half;
@@ -40,6 +42,14 @@ pub struct Checker {
     pub own: SubnetKey,
     /// This node's addresses with their networks (the underlay among them).
     pub local: Vec<IpNet>,
+    /// What this node's own lease claims (its VtepMACs, WireGuard key and endpoint): no peer
+    /// may claim it too (`own_identities`).
+    pub own_ids: Vec<Identity>,
+}
+
+/// What `own` (this node's lease) claims, for `Checker::own_ids`.
+pub fn own_identities(own: &Lease) -> Vec<Identity> {
+    identities(own)
 }
 
 fn v4_overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -94,7 +104,7 @@ fn vtep_mac(field: &str, raw: Option<&serde_json::value::RawValue>) -> Result<Ma
 
 /// What one lease may claim and no other may: the older lease keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Identity {
+pub enum Identity {
     VtepMac(Mac),
     WgKey([u8; 32]),
     WgEndpoint(SocketAddrV4),
@@ -255,6 +265,9 @@ impl Checker {
         }
         vtep(l)?;
         WireguardData::of(l)?;
+        if let Some(id) = identities(l).iter().find(|id| self.own_ids.contains(id)) {
+            return Err(format!("{id} is this node's own"));
+        }
         Ok(())
     }
 
@@ -431,6 +444,7 @@ mod tests {
                 "198.18.0.11/17".parse().unwrap(),
                 "10.244.1.0/32".parse().unwrap(),
             ],
+            own_ids: Vec::new(),
         }
     }
 
@@ -541,6 +555,7 @@ mod tests {
                 "198.18.0.11/17".parse().unwrap(),
                 "2001:2::b/64".parse().unwrap(),
             ],
+            own_ids: Vec::new(),
         };
         let c = dual("10.244.1.0-24&fd10:244:0:1::-64");
         let v6 = |key: &str, ip6: &str, mac6: Option<&str>| {
@@ -767,6 +782,33 @@ mod tests {
         index.remove(&a);
         index.insert(&rotated);
         assert_eq!(index.admits(&thief), Ok(()), "the old key is free again");
+    }
+
+    /// This node's own lease is no peer, so only the checker knows its identities: a forged
+    /// lease reusing its VtepMAC (or WireGuard key) would take over its traffic.
+    #[test]
+    fn a_lease_claiming_this_nodes_vtep_or_wireguard_key_is_refused() {
+        let own = lease("10.244.1.0-24", "198.18.0.11", "02:00:00:00:00:01", 1);
+        let c = Checker {
+            own_ids: own_identities(&own),
+            ..checker()
+        };
+        let thief = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:01", 2);
+        assert_refused(
+            &c,
+            [(thief, "VtepMAC 02:00:00:00:00:01 is this node's own")],
+        );
+        let data = |k: &str| format!(r#"{{"PublicKey":"{k}","Port":51820}}"#);
+        let own = wg_lease("10.244.1.0-24", "198.18.0.11", &data(KEY_A), 1);
+        let c = Checker {
+            own_ids: own_identities(&own),
+            ..checker()
+        };
+        let thief = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A), 2);
+        let why = format!("WireGuard public key {KEY_A} is this node's own");
+        assert_refused(&c, [(thief, why.as_str())]);
+        let other = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_B), 2);
+        assert_eq!(c.check(&other), Ok(()));
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
     poll("pods to reach each other", Duration::from_secs(10), || {
         ping(&c, &a.target(), b.ip).then_some(())
     });
+    let mac1 = vtep_mac(&c, "node1");
     let mac2 = vtep_mac(&c, "node2");
     let before = kernel_state(&c, "node1");
 
@@ -170,6 +171,8 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
             "10.244.205.0-24",
             vxlan_value("198.18.0.66", "ff:ff:ff:ff:ff:ff"),
         ),
+        // node1's own VTEP: its FDB would send node1's own traffic to the forger.
+        ("10.244.208.0-24", vxlan_value("198.18.0.66", &mac1)),
     ];
     for (k, v) in &forged {
         put(&c, k, v);
@@ -203,6 +206,7 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         "public address 127.0.0.1 cannot be a node's",
         "VtepMAC ff:ff:ff:ff:ff:ff is not a unicast address",
         "lease 10.244.207.0-24: vxlan lease without BackendData",
+        &format!("lease 10.244.208.0-24: VtepMAC {mac1} is this node's own"),
         "lease 10.244.206.0-24: value \"{not json\" is not flannel's lease JSON",
     ] {
         assert!(text.contains(why), "{why:?} not in\n{text}");
