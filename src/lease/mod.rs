@@ -147,27 +147,30 @@ impl SubnetKey {
         v4 || v6
     }
 
-    /// Whether some family's subnet lies inside its network and is smaller than it: what any
-    /// real lease looks like, even one from an older SubnetLen.
+    /// Whether some family's subnet could be a node's under `cfg` (see `plausible_halves`).
     pub fn plausible(&self, cfg: &NetworkConfig) -> bool {
         let h = self.plausible_halves(cfg);
         h.v4.is_some() || h.v6.is_some()
     }
 
     /// The halves of this key that could be a node's subnet under `cfg` (inside the family's
-    /// network and smaller than it); the others `None`. A forged `10.244.9.0-24&fd10:244::-56`
-    /// must not make the whole IPv6 network look taken.
+    /// network, of the family's SubnetLen/IPv6SubnetLen: flannel's allocator makes no other
+    /// length, and peers refuse any other); the others `None`. A forged
+    /// `10.244.9.0-24&fd10:244::-56` must not make the whole IPv6 network look taken, nor two
+    /// forged halves of the network (`10.244.0.0-17`, `10.244.128.0-17`) the IPv4 one.
     pub fn plausible_halves(&self, cfg: &NetworkConfig) -> SubnetKey {
-        let inside = |n: IpNet, network: Option<IpNet>| {
-            network.is_some_and(|f| f.contains(&n) && n.prefix_len() > f.prefix_len())
+        let node_sized = |n: IpNet, family: Option<(IpNet, u8)>| {
+            family.is_some_and(|(net, len)| net.contains(&n) && n.prefix_len() == len)
         };
         SubnetKey {
-            v4: self
-                .v4
-                .filter(|n| inside((*n).into(), cfg.v4.as_ref().map(|f| f.network.into()))),
-            v6: self
-                .v6
-                .filter(|n| inside((*n).into(), cfg.v6.as_ref().map(|f| f.network.into()))),
+            v4: self.v4.filter(|n| {
+                let f = cfg.v4.as_ref().map(|f| (f.network.into(), f.subnet_len));
+                node_sized((*n).into(), f)
+            }),
+            v6: self.v6.filter(|n| {
+                let f = cfg.v6.as_ref().map(|f| (f.network.into(), f.subnet_len));
+                node_sized((*n).into(), f)
+            }),
         }
     }
 
@@ -836,19 +839,36 @@ mod tests {
             choose(&c, &hostile, &req("198.18.0.11", None), &[], &mut rng),
             Choice::Create(_)
         ));
-        // A lease from an older SubnetLen still counts.
-        let c25 = cfg(r#"{"Network":"10.244.0.0/22","SubnetLen":25}"#);
-        let old = vec![
+        // Nor do two halves of the network, nor any other length than SubnetLen: peers refuse
+        // such leases, and counting them would let two keys fill the network.
+        let halves = vec![
+            lease("10.244.0.0-17", "198.18.0.66"),
+            lease("10.244.128.0-17", "198.18.0.67"),
+        ];
+        assert!(matches!(
+            choose(&c, &halves, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
+        // A /22 with /24 subnets, two held and a /25 in the third: the third is free.
+        let small = cfg(r#"{"Network":"10.244.0.0/22"}"#);
+        let held = vec![
             lease("10.244.1.0-24", "198.18.0.12"),
             lease("10.244.2.0-24", "198.18.0.13"),
-            lease("10.244.3.0-24", "198.18.0.14"),
+            lease("10.244.3.0-25", "198.18.0.14"),
         ];
-        for _ in 0..50 {
-            match choose(&c25, &old, &req("198.18.0.11", None), &[], &mut rng) {
-                Choice::Create(k) => assert_eq!(k.v4.unwrap().to_string(), "10.244.0.128/25"),
-                other => panic!("{other:?}"),
-            }
+        match choose(&small, &held, &req("198.18.0.11", None), &[], &mut rng) {
+            Choice::Create(k) => assert_eq!(k.v4.unwrap().to_string(), "10.244.3.0/24"),
+            other => panic!("{other:?}"),
         }
+        let v6 = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
+        let v6_halves = vec![
+            lease("0.0.0.0-0&fd10:244::-57", "198.18.0.66"),
+            lease("0.0.0.0-0&fd10:244:0:80::-57", "198.18.0.67"),
+        ];
+        assert!(matches!(
+            choose(&v6, &v6_halves, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
     }
 
     #[test]

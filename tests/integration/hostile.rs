@@ -123,7 +123,7 @@ fn a_valid_lease_turned_to_garbage_is_withdrawn(c: &Cluster) {
 
 #[test]
 fn forged_leases_are_refused_and_pods_keep_talking() {
-    let mut c = Cluster::small("hl", 2);
+    let mut c = Cluster::small("hl", 3);
     c.put_config(VXLAN);
     let mut recs = Vec::new();
     for n in ["node1", "node2"] {
@@ -171,6 +171,12 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
             "10.244.205.0-24",
             vxlan_value("198.18.0.66", "ff:ff:ff:ff:ff:ff"),
         ),
+        // Two supernets inside the Network that together cover it (counted as taken, they
+        // would leave no subnet for a new node).
+        (
+            "10.244.0.0-17",
+            vxlan_value("198.18.0.66", "02:66:00:00:00:08"),
+        ),
         // node1's own VTEP: its FDB would send node1's own traffic to the forger.
         ("10.244.208.0-24", vxlan_value("198.18.0.66", &mac1)),
     ];
@@ -214,6 +220,16 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
     // Nothing forged reached the kernel: routes, neighbours and fdb are as they were.
     assert_eq!(kernel_state(&c, "node1"), before);
     assert!(ping(&c, &a.target(), b.ip), "pods still reach each other");
+    // A new node joins while the supernets are there, and its pod talks to node1's.
+    let sock3 = format!("--status-socket={}", socket(&c, "node3"));
+    recs.push(c.start("node3", &[&sock3]));
+    c.wait_ready("node3");
+    let p3 = c.add_pod("node3", "c", "1.0.0");
+    poll(
+        "node3's pod to reach node1's",
+        Duration::from_secs(20),
+        || ping(&c, &p3.target(), a.ip).then_some(()),
+    );
     // The gauge and doctor say so too.
     let sock = socket(&c, "node1");
     let env = c.env_path("node1").display().to_string();
