@@ -10,7 +10,9 @@ use crate::cluster::{Cluster, PODNETCTL, PREFIX};
 use crate::ops::{get, parse_metrics, socket};
 use crate::support::{ok, poll};
 
-const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Nodes take subnets up to 10.244.199.0/24, so the forgeries above it never meet a real one.
+const VXLAN: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 fn status(c: &Cluster, node: &str) -> Value {
     let sock = socket(c, node);
@@ -90,26 +92,27 @@ fn rejected_gauge(c: &Cluster) -> f64 {
     parse_metrics(&text)["podnet_leases_rejected"]
 }
 
-/// A peer lease that node1 programmed is overwritten with bytes that are no lease: node1
-/// withdraws its route and FDB entry at once, and counts and shows the refusal.
-fn a_valid_lease_turned_to_garbage_is_withdrawn(c: &Cluster) {
-    let (key, subnet, mac) = ("10.244.210.0-24", "10.244.210.0/24", "02:66:00:00:00:10");
+/// A peer lease that node1 programmed is overwritten with `bad`: node1 withdraws its route
+/// and FDB entry at once, and counts and shows the refusal (`why`).
+fn a_valid_lease_turned_bad_is_withdrawn(c: &Cluster, key: &str, bad: &str, why: &str) {
+    let net = key.replace('-', "/");
+    let mac = "02:66:00:00:00:10";
     let before = refused(c, "node1").len();
     put(c, key, &vxlan_value("198.18.0.77", mac));
     poll("node1 to program the peer", Duration::from_secs(20), || {
-        (programmed(c, "node1", subnet, mac) == (true, true)).then_some(())
+        (programmed(c, "node1", &net, mac) == (true, true)).then_some(())
     });
-    put(c, key, "{not json");
+    put(c, key, bad);
     poll(
-        "node1 to withdraw the garbled peer",
+        "node1 to withdraw the peer turned bad",
         Duration::from_secs(20),
-        || (programmed(c, "node1", subnet, mac) == (false, false)).then_some(()),
+        || (programmed(c, "node1", &net, mac) == (false, false)).then_some(()),
     );
     let seen = poll("the refusal in status", Duration::from_secs(10), || {
         let r = refused(c, "node1");
         (r.len() == before + 1).then_some(r)
     });
-    let why = format!("lease {key}: value \"{{not json\" is not flannel's lease JSON");
+    let why = format!("lease {key}: {why}");
     assert!(
         seen.iter().any(|r| r.starts_with(&why)),
         "{why:?} not in {seen:?}"
@@ -125,6 +128,13 @@ fn a_valid_lease_turned_to_garbage_is_withdrawn(c: &Cluster) {
 fn forged_leases_are_refused_and_pods_keep_talking() {
     let mut c = Cluster::small("hl", 3);
     c.put_config(VXLAN);
+    // A network node1 is attached to inside the Network (as an underlay could be).
+    ok(c.lab
+        .exec(
+            "node1",
+            &["ip", "addr", "add", "10.244.250.1/24", "dev", "lo"],
+        )
+        .unwrap());
     let mut recs = Vec::new();
     for n in ["node1", "node2"] {
         let sock = format!("--status-socket={}", socket(&c, n));
@@ -179,6 +189,30 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         ),
         // node1's own VTEP: its FDB would send node1's own traffic to the forger.
         ("10.244.208.0-24", vxlan_value("198.18.0.66", &mac1)),
+        (
+            "192.168.7.0-24",
+            vxlan_value("198.18.0.66", "02:66:00:00:00:11"),
+        ),
+        (
+            "10.244.250.0-24",
+            vxlan_value("198.18.0.66", "02:66:00:00:00:12"),
+        ),
+        (
+            "10.244.212.0-24",
+            vxlan_value("0.0.0.0", "02:66:00:00:00:13"),
+        ),
+        (
+            "10.244.213.0-24",
+            vxlan_value("224.0.0.5", "02:66:00:00:00:14"),
+        ),
+        (
+            "10.244.214.0-24",
+            vxlan_value("169.254.1.1", "02:66:00:00:00:15"),
+        ),
+        (
+            "10.244.215.0-24",
+            vxlan_value("198.18.0.66", "00:00:00:00:00:00"),
+        ),
     ];
     for (k, v) in &forged {
         put(&c, k, v);
@@ -213,6 +247,12 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         "VtepMAC ff:ff:ff:ff:ff:ff is not a unicast address",
         "lease 10.244.207.0-24: vxlan lease without BackendData",
         &format!("lease 10.244.208.0-24: VtepMAC {mac1} is this node's own"),
+        "lease 192.168.7.0-24: subnet 192.168.7.0/24 is outside Network 10.244.0.0/16",
+        "lease 10.244.250.0-24: subnet 10.244.250.0/24 overlaps this node's network 10.244.250.0/24",
+        "lease 10.244.212.0-24: public address 0.0.0.0 cannot be a node's",
+        "lease 10.244.213.0-24: public address 224.0.0.5 cannot be a node's",
+        "lease 10.244.214.0-24: public address 169.254.1.1 cannot be a node's",
+        "lease 10.244.215.0-24: VtepMAC 00:00:00:00:00:00 is not a unicast address",
         "lease 10.244.206.0-24: value \"{not json\" is not flannel's lease JSON",
     ] {
         assert!(text.contains(why), "{why:?} not in\n{text}");
@@ -274,7 +314,18 @@ fn forged_leases_are_refused_and_pods_keep_talking() {
         || ping(&c, &a.target(), b.ip).then_some(()),
     );
 
-    a_valid_lease_turned_to_garbage_is_withdrawn(&c);
+    a_valid_lease_turned_bad_is_withdrawn(
+        &c,
+        "10.244.210.0-24",
+        "{not json",
+        "value \"{not json\" is not flannel's lease JSON",
+    );
+    a_valid_lease_turned_bad_is_withdrawn(
+        &c,
+        "10.244.211.0-24",
+        &vxlan_value("127.0.0.1", "02:66:00:00:00:10"),
+        "public address 127.0.0.1 cannot be a node's",
+    );
     // Someone overwrites node2's own key with bytes that are no lease: node2 writes it back.
     put(&c, &key2, "{not json");
     poll(
