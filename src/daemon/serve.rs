@@ -204,7 +204,9 @@ mod tests {
         }
         assert_eq!(held.len(), MAX_CONNECTIONS - RESERVED);
         // The node itself still gets in, up to the whole limit.
-        let node: Vec<Slot> = (0..RESERVED).map(|_| a.admit(Origin::Node).unwrap()).collect();
+        let node: Vec<Slot> = (0..RESERVED)
+            .map(|_| a.admit(Origin::Node).unwrap())
+            .collect();
         assert!(a.admit(Origin::Node).is_none());
         // Slots come back when connections end.
         drop(node);
