@@ -14,6 +14,9 @@
 //! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
 //! (interleaved) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
 //! out the polling contender and `BENCH_IDLE_REPAIRS=0` the repairs (memory and CPU only).
+//! `BENCH_REFUSED=1` adds one lease every node refuses (public address 127.0.0.1) to the etcd
+//! store's N (row `etcd+refused`): the one-more-lease figures then show whether an event
+//! beside a refused lease stays incremental.
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
 //! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
@@ -245,6 +248,7 @@ impl Source {
 
     fn name(&self) -> &'static str {
         match self {
+            Source::Etcd if with_refused() => "etcd+refused",
             Source::Etcd => "etcd",
             Source::Kube { .. } => "kubernetes",
         }
@@ -254,9 +258,14 @@ impl Source {
         match self {
             Source::Etcd => {
                 // N peers, written in transactions of 128 puts.
-                let values: Vec<(String, String)> = (0..n)
+                let mut values: Vec<(String, String)> = (0..n)
                     .map(|i| (lease_key(i), lease_value(backend, i)))
                     .collect();
+                if with_refused() {
+                    // Below SubnetMin, above the peers: refused for its public address.
+                    let bad = lease_value(backend, 0).replace(&public(0).to_string(), "127.0.0.1");
+                    values.push((format!("{PREFIX}/subnets/10.244.199.0-29"), bad));
+                }
                 etcd(&c.lab, &c.eps, move |mut c| {
                     Box::pin(async move {
                         for chunk in values.chunks(128) {
@@ -317,6 +326,11 @@ impl Source {
             Source::Kube { args, .. } => args.clone(),
         }
     }
+}
+
+/// Whether the etcd store holds one lease every node refuses (`BENCH_REFUSED=1`).
+fn with_refused() -> bool {
+    std::env::var("BENCH_REFUSED").is_ok_and(|v| v == "1")
 }
 
 fn lease_key(i: usize) -> String {

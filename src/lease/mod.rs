@@ -435,7 +435,13 @@ pub struct PeerSet {
     refused: BTreeMap<SubnetKey, String>,
     /// `refused` changed since `refused_update` last looked.
     refused_changed: bool,
+    /// Refused leases that pass the checks but collide with an older accepted lease, and the
+    /// accepted lease each collided with when last decided: while such a lease is accepted
+    /// and unchanged, what it displaced stays displaced.
+    displaced: BTreeMap<SubnetKey, SubnetKey>,
     index: validate::Index,
+    /// Full passes so far (`recompute`), for tests of the incremental paths.
+    recomputes: usize,
 }
 
 impl PeerSet {
@@ -506,22 +512,42 @@ impl PeerSet {
     }
 
     /// A key was written.
+    ///
+    /// Decided alone (no full pass) unless it collides with an accepted lease (it might be the
+    /// older one) or it changes an accepted lease that displaced another (which might win now).
+    /// Otherwise no other verdict can change: a lease refused by the checks stays refused, and
+    /// a displaced one's older rival stays accepted.
     pub fn put(&mut self, lease: Lease) -> Vec<LeaseEvent> {
         if Some(lease.key) == self.own {
             return Vec::new();
         }
         let key = lease.key;
         let lease = self.shared(lease);
-        let fast = self.refused.is_empty()
-            && self
-                .checker
-                .as_ref()
-                .is_none_or(|c| c.check(&lease).is_ok())
-            && self.index.admits(&lease).is_ok();
         self.all.insert(key, lease.clone());
-        if !fast {
+        if let Some(old) = self.peers.get(&key)
+            && Arc::ptr_eq(old, &lease)
+        {
+            // A renewal (a Node's heartbeat): nothing that decides anything changed.
+            return Vec::new();
+        }
+        if self.blocks_another(&key) {
             return self.recompute();
         }
+        let verdict = match &self.checker {
+            Some(c) => c.check(&lease),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) if self.index.admits(&lease).is_ok() => {}
+            Ok(()) => return self.recompute(),
+            Err(why) => {
+                self.displaced.remove(&key);
+                self.note_refused(key, Some(why));
+                return self.withdraw(&key);
+            }
+        }
+        self.displaced.remove(&key);
+        self.note_refused(key, None);
         // It passes and collides with nothing: only its own earlier version is affected.
         if let Some(old) = self.peers.get(&key) {
             if old.attrs == lease.attrs {
@@ -535,15 +561,27 @@ impl PeerSet {
         vec![LeaseEvent::Added(lease)]
     }
 
-    /// A key was deleted (or expired).
+    /// A key was deleted (or expired). A full pass only when an accepted lease that displaced
+    /// another goes.
     pub fn delete(&mut self, key: &SubnetKey) -> Vec<LeaseEvent> {
         if self.all.remove(key).is_none() {
             return Vec::new();
         }
-        if !self.refused.is_empty() {
-            // A refused lease may have been waiting for this one to go.
+        if self.blocks_another(key) {
             return self.recompute();
         }
+        self.displaced.remove(key);
+        self.note_refused(*key, None);
+        self.withdraw(key)
+    }
+
+    /// Whether `key` is an accepted lease that another was displaced by.
+    fn blocks_another(&self, key: &SubnetKey) -> bool {
+        self.peers.contains_key(key) && self.displaced.values().any(|b| b == key)
+    }
+
+    /// Takes `key` out of the peers, if it is one.
+    fn withdraw(&mut self, key: &SubnetKey) -> Vec<LeaseEvent> {
         match self.peers.remove(key) {
             Some(old) => {
                 self.index.remove(&old);
@@ -553,14 +591,34 @@ impl PeerSet {
         }
     }
 
+    /// Records why `key` is refused (`None`: it is not); a new reason is logged once.
+    fn note_refused(&mut self, key: SubnetKey, why: Option<String>) {
+        match why {
+            Some(why) => {
+                if self.refused.get(&key) != Some(&why) {
+                    tracing::warn!(lease = %key, "refusing a peer lease: {why}");
+                    self.refused.insert(key, why);
+                    self.refused_changed = true;
+                }
+            }
+            None => self.refused_changed |= self.refused.remove(&key).is_some(),
+        }
+    }
+
+    /// Full passes so far.
+    pub fn recomputes(&self) -> usize {
+        self.recomputes
+    }
+
     /// Decides every lease afresh and returns how the peers changed.
     fn recompute(&mut self) -> Vec<LeaseEvent> {
-        let (next, refused, index) = match &self.checker {
+        self.recomputes += 1;
+        let (next, refused, displaced, index) = match &self.checker {
             None => {
                 let mut index = validate::Index::default();
                 self.all.values().for_each(|l| index.insert(l));
                 index.compact();
-                (self.all.clone(), BTreeMap::new(), index)
+                (self.all.clone(), BTreeMap::new(), BTreeMap::new(), index)
             }
             Some(c) => {
                 let (peers, all) = (&self.peers, &self.all);
@@ -575,9 +633,10 @@ impl PeerSet {
                     .iter()
                     .map(|(l, why)| (l.key, why.clone()))
                     .collect();
-                (next, refused, sel.index)
+                (next, refused, sel.displaced, sel.index)
             }
         };
+        self.displaced = displaced;
         for (key, why) in &refused {
             if self.refused.get(key) != Some(why) {
                 tracing::warn!(lease = %key, "refusing a peer lease: {why}");

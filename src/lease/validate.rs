@@ -291,12 +291,15 @@ impl Checker {
         // Oldest first, so a later lease is the one that yields.
         valid.sort_by_key(|l| (l.created, !incumbent(&l.key), l.key));
         for l in valid {
-            match sel.index.admits(l) {
-                Ok(()) => {
+            match sel.index.collision(l) {
+                None => {
                     sel.index.insert(l);
                     sel.accepted.push(l);
                 }
-                Err(why) => sel.refused.push((l, why)),
+                Some((older, why)) => {
+                    sel.displaced.insert(l.key, older);
+                    sel.refused.push((l, why));
+                }
             }
         }
         sel.index.compact();
@@ -315,15 +318,24 @@ pub struct Index {
 impl Index {
     /// Whether `l` fits beside the accepted leases (its own earlier version aside).
     pub fn admits(&self, l: &Lease) -> Result<(), String> {
+        match self.collision(l) {
+            None => Ok(()),
+            Some((_, why)) => Err(why),
+        }
+    }
+
+    /// An accepted lease `l` collides with (its own earlier version aside), and why.
+    pub fn collision(&self, l: &Lease) -> Option<(SubnetKey, String)> {
         if let Some(older) = self.taken.overlapping(&l.key).filter(|k| *k != l.key) {
-            return Err(format!("subnet {} overlaps the older lease {older}", l.key));
+            let why = format!("subnet {} overlaps the older lease {older}", l.key);
+            return Some((older, why));
         }
         for id in identities(l) {
             if let Some(other) = self.claimed.get(&id).filter(|k| **k != l.key) {
-                return Err(format!("{id} is already the older lease {other}'s"));
+                return Some((*other, format!("{id} is already the older lease {other}'s")));
             }
         }
-        Ok(())
+        None
     }
 
     /// Rebuilds the maps from their sorted entries, which fills every node: built one insert
@@ -360,6 +372,8 @@ impl Index {
 pub struct Selection<'a> {
     pub accepted: Vec<&'a Lease>,
     pub refused: Vec<(&'a Lease, String)>,
+    /// The refused that passed `check` but collide with an older accepted lease: which one.
+    pub displaced: BTreeMap<SubnetKey, SubnetKey>,
     pub index: Index,
 }
 
@@ -894,5 +908,101 @@ mod tests {
             why.contains("is already the older lease 10.244.8.0-22's"),
             "{why}"
         );
+    }
+
+    /// With refused leases about (a bad one, a VTEP thief), the common events stay
+    /// incremental: a new valid peer, a renewal, a change of address, a delete.
+    #[test]
+    fn the_common_events_stay_incremental_beside_refused_leases() {
+        use crate::lease::{LeaseEvent, PeerSet};
+        let mut ps = PeerSet::checked(checker());
+        let a = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:02", 1);
+        let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 2);
+        let bad = lease("10.244.4.0-24", "127.0.0.1", "02:00:00:00:00:04", 3);
+        ps.reset(vec![a.clone(), thief.clone(), bad.clone()]);
+        assert_eq!(ps.refused().count(), 2);
+        let full = ps.recomputes();
+        let b = lease("10.244.5.0-24", "198.18.0.15", "02:00:00:00:00:05", 4);
+        assert_eq!(ps.put(b.clone()), vec![LeaseEvent::Added(b.clone().into())]);
+        assert_eq!(ps.put(b.clone()), vec![]);
+        let mut b2 = b.clone();
+        b2.attrs.public_ip = "198.18.0.25".parse().unwrap();
+        assert_eq!(
+            ps.put(b2.clone()),
+            vec![LeaseEvent::Added(b2.clone().into())]
+        );
+        assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2.into())]);
+        // A refused lease goes, another bad one comes: no peer changes.
+        assert_eq!(ps.delete(&bad.key), vec![]);
+        assert_eq!(ps.put(bad.clone()), vec![]);
+        assert_eq!(ps.recomputes(), full, "no full pass");
+        // The thief's victim leaves: that takes a pass, and the thief is accepted.
+        assert_eq!(
+            ps.delete(&a.key),
+            vec![
+                LeaseEvent::Removed(a.into()),
+                LeaseEvent::Added(thief.into())
+            ]
+        );
+        assert_eq!(ps.recomputes(), full + 1);
+    }
+
+    /// Random puts and deletes of leases that collide, turn bad and come back: after each,
+    /// the peers and the refused are what a full pass over the same leases decides.
+    #[test]
+    fn incremental_events_decide_as_a_full_pass_does() {
+        use crate::lease::PeerSet;
+        use rand::{RngExt, SeedableRng};
+        let keys = [
+            "10.244.2.0-24",
+            "10.244.3.0-24",
+            "10.244.4.0-24",
+            "10.244.5.0-24",
+            "10.244.4.0-23",
+            "10.244.1.0-24",
+            "10.244.6.0-24",
+        ];
+        let ips = ["198.18.0.12", "198.18.0.13", "198.18.0.14", "127.0.0.1"];
+        let macs = [
+            "02:00:00:00:00:02",
+            "02:00:00:00:00:03",
+            "02:00:00:00:00:04",
+            "00:00:00:00:00:00",
+        ];
+        for seed in 0..40 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            // Kubernetes mode: lengths vary, so subnets collide as well as identities.
+            let c = Checker {
+                exact_length: seed % 2 == 0,
+                ..checker()
+            };
+            let mut ps = PeerSet::checked(c.clone());
+            let mut store: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
+            let mut clock = 0;
+            for _ in 0..200 {
+                let key = SubnetKey::parse(keys[rng.random_range(0..keys.len())]).unwrap();
+                if rng.random_range(0..4) == 0 {
+                    store.remove(&key);
+                    ps.delete(&key);
+                } else {
+                    clock += 1;
+                    let created = store.get(&key).map_or(clock, |l| l.created);
+                    let ip = ips[rng.random_range(0..ips.len())];
+                    let mac = macs[rng.random_range(0..macs.len())];
+                    let l = lease(&key.to_string(), ip, mac, created);
+                    store.insert(key, l.clone());
+                    ps.put(l);
+                }
+                let mut fresh = PeerSet::checked(c.clone());
+                fresh.reset(store.values().cloned().collect());
+                let peers = |p: &PeerSet| -> Vec<(SubnetKey, String)> {
+                    p.peers().map(|l| (l.key, l.attrs.to_json())).collect()
+                };
+                let refused =
+                    |p: &PeerSet| -> Vec<SubnetKey> { p.refused().map(|(k, _)| *k).collect() };
+                assert_eq!(peers(&ps), peers(&fresh), "seed {seed}");
+                assert_eq!(refused(&ps), refused(&fresh), "seed {seed}");
+            }
+        }
     }
 }
