@@ -14,6 +14,9 @@
 //! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
 //! (interleaved) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
 //! out the polling contender and `BENCH_IDLE_REPAIRS=0` the repairs (memory and CPU only).
+//! `BENCH_STORES` picks the stores (`etcd,kubernetes` by default); `etcd+refused` is etcd with
+//! one more lease that every node refuses (public address 127.0.0.1): its one-more-lease
+//! figures beside `etcd`'s show whether an event beside a refused lease stays incremental.
 //!
 //! Profiling aids: BENCH_SHOW_RSS=1 prints podnetd's memory map and heap after sync,
 //! BENCH_SHOW_LOG=1 the start-up logs, BENCH_WRAP="heaptrack -o /tmp/podnetd" runs podnetd under
@@ -193,8 +196,14 @@ struct Row {
 /// Where the fake peers' leases live: etcd, or Node objects in the test API server (podnetd
 /// in `--kube-subnet-mgr` mode), in etcd1's namespace.
 enum Source {
-    Etcd,
-    Kube { api: ApiServer, args: Vec<String> },
+    /// `refused`: one more lease that every node refuses (store `etcd+refused`).
+    Etcd {
+        refused: bool,
+    },
+    Kube {
+        api: ApiServer,
+        args: Vec<String>,
+    },
 }
 
 const API: &str = "198.18.0.2:6443";
@@ -245,18 +254,24 @@ impl Source {
 
     fn name(&self) -> &'static str {
         match self {
-            Source::Etcd => "etcd",
+            Source::Etcd { refused: true } => "etcd+refused",
+            Source::Etcd { refused: false } => "etcd",
             Source::Kube { .. } => "kubernetes",
         }
     }
 
     fn populate(&self, c: &Cluster, backend: &str, n: usize) {
         match self {
-            Source::Etcd => {
+            Source::Etcd { refused } => {
                 // N peers, written in transactions of 128 puts.
-                let values: Vec<(String, String)> = (0..n)
+                let mut values: Vec<(String, String)> = (0..n)
                     .map(|i| (lease_key(i), lease_value(backend, i)))
                     .collect();
+                if *refused {
+                    // Below SubnetMin, above the peers: refused for its public address.
+                    let bad = lease_value(backend, 0).replace(&public(0).to_string(), "127.0.0.1");
+                    values.push((format!("{PREFIX}/subnets/10.244.199.0-29"), bad));
+                }
                 etcd(&c.lab, &c.eps, move |mut c| {
                     Box::pin(async move {
                         for chunk in values.chunks(128) {
@@ -279,7 +294,7 @@ impl Source {
 
     fn add(&self, c: &Cluster, backend: &str, i: usize) {
         match self {
-            Source::Etcd => {
+            Source::Etcd { .. } => {
                 let (k, v) = (lease_key(i), lease_value(backend, i));
                 etcd(&c.lab, &c.eps, move |mut c| {
                     Box::pin(async move {
@@ -295,7 +310,7 @@ impl Source {
 
     fn remove(&self, c: &Cluster, i: usize) {
         match self {
-            Source::Etcd => {
+            Source::Etcd { .. } => {
                 let k = lease_key(i);
                 etcd(&c.lab, &c.eps, move |mut c| {
                     Box::pin(async move {
@@ -313,7 +328,7 @@ impl Source {
 
     fn podnetd_args(&self) -> Vec<String> {
         match self {
-            Source::Etcd => Vec::new(),
+            Source::Etcd { .. } => Vec::new(),
             Source::Kube { args, .. } => args.clone(),
         }
     }
@@ -362,17 +377,20 @@ fn route_event(rx: &mpsc::Receiver<(f64, RouteEvent)>, dst: &str, new: bool) -> 
     }
 }
 
-fn scenario(backend: &'static str, n: usize, kube: bool) -> Row {
+/// One size with one store: `etcd`, `etcd+refused` or `kubernetes`.
+fn scenario(backend: &'static str, n: usize, store: &str) -> Row {
     let mut c = Cluster::up(&LabSpec::new(unique("bsc"), 2), binaries()).unwrap();
     // podnetd's own subnet comes from above the fake peers' (10.244.0.8 up to 10.244.157.0).
     let config = format!(
         r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
     );
-    let source = if kube {
+    let source = if store == "kubernetes" {
         Source::kube(&c, &config)
     } else {
         c.put_config(&config).unwrap();
-        Source::Etcd
+        Source::Etcd {
+            refused: store == "etcd+refused",
+        }
     };
     source.populate(&c, backend, n);
     let rx = route_events(&c);
@@ -808,7 +826,7 @@ fn main() {
             for n in sizes("BENCH_SIZES", "100,1000,5000") {
                 for store in kube.split(',') {
                     eprintln!("{backend} with {n} peers in {store}...");
-                    rows.push(scenario(backend, n, store == "kubernetes"));
+                    rows.push(scenario(backend, n, store));
                 }
             }
         }

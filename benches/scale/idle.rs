@@ -123,7 +123,7 @@ pub fn run(backend: &'static str, n: usize) -> (Vec<IdleRow>, Vec<RepairRow>) {
         r#"{{"Network":"10.244.0.0/16","SubnetLen":29,"SubnetMin":"10.244.200.0","Backend":{{"Type":"{backend}"}}}}"#
     );
     c.put_config(&config).unwrap();
-    Source::Etcd.populate(&c, backend, n);
+    Source::Etcd { refused: false }.populate(&c, backend, n);
     let mut pids = Vec::new();
     for (i, k) in cs.iter().enumerate() {
         let node = format!("node{}", i + 1);

@@ -6,7 +6,8 @@
 //! (a snapshot is diffed against what was known, so a watch that had to start over reprograms
 //! only what changed); `apply` is the one place where a peer event becomes kernel work, through a
 //! `PeerSink` — the data plane and the firewall in podnetd, a recorder in unit tests. Updates
-//! about this node's own lease go to the lease keeper instead.
+//! about this node's own lease go to the lease keeper instead. A key whose value is no lease
+//! is a peer withdrawn (the store lists why), or, for our own key, a rewrite to repair.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +127,12 @@ impl<M: SubnetManager, S: PeerSink> EventLoop<M, S> {
                 Vec::new()
             }
             WatchUpdate::Delete(k) => self.peers.delete(&k),
+            WatchUpdate::Unreadable { key, revision } if key == own => {
+                self.keeper.unreadable(&self.store, revision).await;
+                Vec::new()
+            }
+            // The store shows why; what the lease said before is withdrawn at once.
+            WatchUpdate::Unreadable { key, .. } => self.peers.delete(&key),
             WatchUpdate::Disconnected(e) => {
                 if !self.disconnected {
                     tracing::warn!(
@@ -388,5 +395,18 @@ mod tests {
         });
         store.gap();
         assert!(written_back(&store, &own).await);
+    }
+
+    #[tokio::test]
+    async fn a_garbled_peer_is_withdrawn_and_our_garbled_lease_written_back() {
+        let store = MemoryStore::new(CONFIG);
+        let (own, rec, _task) = node(&store).await;
+        // Bytes that are no lease over a programmed peer: withdrawn at once.
+        store.garble(&SubnetKey::parse("10.244.2.0-24").unwrap());
+        assert_eq!(rec.take(1).await, ["down 10.244.2.0-24"]);
+        // Over our own key: written back, as a rewrite would be.
+        store.garble(&own.key);
+        assert!(written_back(&store, &own).await);
+        assert!(rec.take(0).await.is_empty(), "no peer touched");
     }
 }

@@ -6,8 +6,9 @@
 //! subnet is still free; if another node holds it now, that is an error and podnetd exits
 //! non-zero rather than keep routing an address range another node owns. A write to our own key
 //! by someone else with another public address is the same loss; one with our address but other
-//! attributes is written back (a Node's annotations, held by name: any other attributes), at
-//! most `REPAIR_BURST` times a minute, so that two writers fighting over the key never loop.
+//! attributes, or bytes that are no lease at all, is written back (a Node's annotations, held
+//! by name: any other attributes), at most `REPAIR_BURST` times a minute, so that two writers
+//! fighting over the key never loop.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -148,7 +149,8 @@ impl LeaseKeeper {
             .into());
         }
         if lease.attrs != self.own.attrs {
-            self.write_back(store, &lease).await;
+            self.write_back(store, lease.revision, &lease.attrs.to_json())
+                .await;
             return Ok(());
         }
         self.own = lease;
@@ -157,9 +159,16 @@ impl LeaseKeeper {
         Ok(())
     }
 
-    /// Writes our lease back over someone else's write, unless that has happened
-    /// `REPAIR_BURST` times within `REPAIR_WINDOW` already.
-    async fn write_back<M: SubnetManager>(&mut self, store: &M, written: &Lease) {
+    /// Someone wrote bytes that are no lease to our key (at `revision`): peers refuse it, so it
+    /// is written back like any other rewrite.
+    pub async fn unreadable<M: SubnetManager>(&mut self, store: &M, revision: i64) {
+        self.write_back(store, revision, "a value that is no lease")
+            .await;
+    }
+
+    /// Writes our lease back over someone else's write (`written`, at `revision`), unless that
+    /// has happened `REPAIR_BURST` times within `REPAIR_WINDOW` already.
+    async fn write_back<M: SubnetManager>(&mut self, store: &M, revision: i64, written: &str) {
         let now = Instant::now();
         while self
             .repairs
@@ -172,11 +181,11 @@ impl LeaseKeeper {
             tracing::debug!(subnet = %self.own.key, "our lease was rewritten again; written back too often this minute, leaving it");
             return;
         }
-        match store.restore(&self.own, written).await {
+        match store.restore(&self.own, revision).await {
             Ok(true) => {
                 tracing::warn!(
                     subnet = %self.own.key,
-                    written = %written.attrs.to_json(),
+                    written,
                     "someone else rewrote this node's lease; wrote it back"
                 );
                 self.shared.metrics.lease_repairs.inc();

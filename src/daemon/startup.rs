@@ -25,7 +25,7 @@ use crate::config::NetworkConfig;
 use crate::firewall::{FirewallSpec, Guard, Nets};
 use crate::kernel::netlink::Netlink;
 use crate::lease::manager::{SubnetManager, WatchUpdate};
-use crate::lease::validate::Checker;
+use crate::lease::validate::{Checker, own_identities};
 use crate::lease::{AcquireRequest, Lease, LeaseAttrs, PeerSet, SubnetKey};
 use crate::subnet_env::{self, SubnetEnv};
 use crate::util::backoff::{self, Attempt, Backoff};
@@ -89,6 +89,7 @@ pub async fn start<M: SubnetManager>(
         exact_length: store.subnet_len_from_config(),
         own: own.key,
         local: local_networks()?,
+        own_ids: own_identities(&own, &cfg),
     };
     let mut peers = first_snapshot(&mut updates, checker).await?;
     if let Some(refused) = peers.refused_update() {

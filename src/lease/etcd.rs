@@ -5,8 +5,10 @@
 //! granting a new one each time (no leak); a lost lease is reclaimed if the subnet is still free
 //! and is an error otherwise, never a clean exit.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
@@ -46,6 +48,8 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// Lease keys whose value is no lease, with why (`rejected`).
+    rejected: Arc<Mutex<BTreeMap<SubnetKey, String>>>,
 }
 
 /// "op: message" with the whole chain of causes, so TLS and connection failures say what happened.
@@ -197,6 +201,7 @@ impl EtcdStore {
             client,
             prefix,
             endpoints,
+            rejected: Arc::default(),
         })
     }
 
@@ -241,55 +246,100 @@ impl EtcdStore {
         Ok(())
     }
 
-    fn parse_kv(&self, kv: &KeyValue) -> Option<Lease> {
-        let key = std::str::from_utf8(kv.key()).ok()?;
-        let Some(sk) = SubnetKey::parse(key.strip_prefix(&self.subnets_prefix())?) else {
+    /// What one key holds.
+    fn entry(&self, kv: &KeyValue) -> Entry {
+        let Some(rest) = std::str::from_utf8(kv.key())
+            .ok()
+            .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
+        else {
+            return Entry::Other;
+        };
+        let Some(key) = SubnetKey::parse(rest) else {
             tracing::warn!(
-                key,
+                key = rest,
                 "ignoring a key that is not a lease key as flannel writes them"
             );
-            return None;
+            return Entry::Other;
         };
-        let attrs = match std::str::from_utf8(kv.value())
-            .ok()
-            .map(LeaseAttrs::from_json)
-        {
-            Some(Ok(a)) => a,
-            _ => {
-                tracing::warn!(
-                    key,
-                    "ignoring a lease whose value is not flannel's lease JSON"
-                );
-                return None;
+        match lease_value(kv.value()) {
+            Err(why) => Entry::Unreadable(key, why),
+            Ok(attrs) => Entry::Lease(Lease {
+                key,
+                attrs,
+                keepalive: match kv.lease() {
+                    0 => Keepalive::Reservation,
+                    id => Keepalive::Etcd(id),
+                },
+                revision: kv.mod_revision(),
+                created: kv.create_revision(),
+            }),
+        }
+    }
+
+    fn parse_kv(&self, kv: &KeyValue) -> Option<Lease> {
+        match self.entry(kv) {
+            Entry::Lease(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Remembers why `key` holds no lease (`None`: it holds one again, or is gone); a new
+    /// reason is logged once.
+    fn note(&self, key: SubnetKey, why: Option<String>) {
+        let mut r = self.rejected.lock().expect("rejected lock");
+        match why {
+            Some(why) => {
+                if r.get(&key) != Some(&why) {
+                    tracing::warn!(lease = %key, "refusing a lease key whose value is no lease: {why}");
+                }
+                r.insert(key, why);
             }
-        };
-        Some(Lease {
-            key: sk,
-            attrs,
-            keepalive: match kv.lease() {
-                0 => Keepalive::Reservation,
-                id => Keepalive::Etcd(id),
-            },
-            revision: kv.mod_revision(),
-            created: kv.create_revision(),
-        })
+            None => {
+                r.remove(&key);
+            }
+        }
+    }
+
+    /// A full listing's keys that hold no lease replace those known before.
+    fn note_all(&self, unreadable: Vec<(SubnetKey, String)>) {
+        let before = std::mem::take(&mut *self.rejected.lock().expect("rejected lock"));
+        for (key, why) in unreadable {
+            if before.get(&key) == Some(&why) {
+                self.rejected
+                    .lock()
+                    .expect("rejected lock")
+                    .insert(key, why);
+            } else {
+                self.note(key, Some(why));
+            }
+        }
     }
 
     /// All leases and the revision they were read at.
     pub async fn list(&self) -> Result<(Vec<Lease>, i64), LeaseError> {
+        let listing = self.list_all().await?;
+        Ok((listing.leases, listing.revision))
+    }
+
+    /// All lease keys: the leases, and those whose value is no lease, with why.
+    async fn list_all(&self) -> Result<Listing, LeaseError> {
         let mut c = self.client.clone();
         let resp = c
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.err("list leases", e))?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((
-            resp.kvs()
-                .iter()
-                .filter_map(|kv| self.parse_kv(kv))
-                .collect(),
-            rev,
-        ))
+        let mut listing = Listing {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Listing::default()
+        };
+        for kv in resp.kvs() {
+            match self.entry(kv) {
+                Entry::Lease(l) => listing.leases.push(l),
+                Entry::Unreadable(k, why) => listing.unreadable.push((k, why)),
+                Entry::Other => {}
+            }
+        }
+        Ok(listing)
     }
 
     /// Seconds left on an etcd lease (`None` if it no longer exists).
@@ -549,6 +599,7 @@ impl EtcdStore {
     }
 
     /// Takes our subnet back after the lease vanished; an error if another node holds it now.
+    /// A key that holds no lease (someone wrote bytes over ours) is written back.
     async fn reclaim_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
         if let Some(l) = self.create(&lease.key, &lease.attrs, ttl).await? {
             return Ok(l);
@@ -558,17 +609,50 @@ impl EtcdStore {
             .get(self.lease_key(&lease.key), None)
             .await
             .map_err(|e| self.err("read own lease", e))?;
-        match resp.kvs().first().and_then(|kv| self.parse_kv(kv)) {
-            Some(cur) if cur.attrs.public_ip == lease.attrs.public_ip => Ok(cur),
-            Some(cur) => Err(LeaseError::Lost {
-                key: lease.key.to_string(),
-                holder: cur.attrs.public_ip.to_string(),
-            }),
-            None => Err(LeaseError::Lost {
-                key: lease.key.to_string(),
-                holder: "nobody (it keeps vanishing)".into(),
-            }),
+        let lost = |holder: String| LeaseError::Lost {
+            key: lease.key.to_string(),
+            holder,
+        };
+        let Some(kv) = resp.kvs().first() else {
+            return Err(lost("nobody (it keeps vanishing)".into()));
+        };
+        match self.entry(kv) {
+            Entry::Lease(cur) if cur.attrs.public_ip == lease.attrs.public_ip => Ok(cur),
+            Entry::Lease(cur) => Err(lost(cur.attrs.public_ip.to_string())),
+            Entry::Unreadable(_, why) => {
+                tracing::warn!(lease = %lease.key, "this node's lease key holds no lease ({why}); writing it back");
+                match self.put_over(lease, kv.mod_revision()).await? {
+                    Some(revision) => Ok(Lease {
+                        revision,
+                        created: kv.create_revision(),
+                        ..lease.clone()
+                    }),
+                    None => Err(lost("nobody (it keeps changing)".into())),
+                }
+            }
+            Entry::Other => Err(lost("nobody (it keeps vanishing)".into())),
         }
+    }
+
+    /// Writes `own` over its key if the key is still at `revision`; the new revision, or
+    /// `None` when the key changed in between.
+    async fn put_over(&self, own: &Lease, revision: i64) -> Result<Option<i64>, LeaseError> {
+        let k = self.lease_key(&own.key);
+        let opts = own
+            .keepalive
+            .etcd_id()
+            .map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(k.clone(), CompareOp::Equal, revision)])
+            .and_then([TxnOp::put(k, own.attrs.to_json(), opts)]);
+        let mut c = self.client.clone();
+        let resp = c
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(format!("restore lease {}", own.key), e))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(revision)))
     }
 
     /// Follows all leases: a snapshot, then changes from the next revision on; reconnects with
@@ -580,13 +664,15 @@ impl EtcdStore {
         while !tx.is_closed() {
             let rev = match next_rev {
                 Some(r) => r,
-                None => match self.list().await {
-                    Ok((leases, rev)) => {
-                        if tx.send(WatchUpdate::Snapshot(leases)).await.is_err() {
+                None => match self.list_all().await {
+                    Ok(listing) => {
+                        self.note_all(listing.unreadable);
+                        let snapshot = WatchUpdate::Snapshot(listing.leases);
+                        if tx.send(snapshot).await.is_err() {
                             return;
                         }
                         backoff.reset();
-                        rev + 1
+                        listing.revision + 1
                     }
                     Err(e) => {
                         disconnected(&tx, &mut backoff, e.to_string()).await;
@@ -657,15 +743,31 @@ impl EtcdStore {
         }
     }
 
-    /// A watch event as a lease change; `None` for keys that are not leases.
+    /// A watch event as a lease change; `None` for keys that are not leases. A lease key
+    /// written with a value that is no lease is remembered (`rejected`) and reported, so what
+    /// it held before is withdrawn (or, ours, written back).
     fn update_of(&self, kind: EventType, kv: &KeyValue) -> Option<WatchUpdate> {
         match kind {
-            EventType::Put => self.parse_kv(kv).map(WatchUpdate::Put),
-            EventType::Delete => std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
-                .and_then(SubnetKey::parse)
-                .map(WatchUpdate::Delete),
+            EventType::Put => match self.entry(kv) {
+                Entry::Lease(l) => {
+                    self.note(l.key, None);
+                    Some(WatchUpdate::Put(l))
+                }
+                Entry::Unreadable(key, why) => {
+                    self.note(key, Some(why));
+                    let revision = kv.mod_revision();
+                    Some(WatchUpdate::Unreadable { key, revision })
+                }
+                Entry::Other => None,
+            },
+            EventType::Delete => {
+                let key = std::str::from_utf8(kv.key())
+                    .ok()
+                    .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
+                    .and_then(SubnetKey::parse)?;
+                self.note(key, None);
+                Some(WatchUpdate::Delete(key))
+            }
         }
     }
 
@@ -696,6 +798,37 @@ impl EtcdStore {
 /// (reservations are the operator's).
 fn dual_etcd(l: &Lease) -> bool {
     l.key.v4.is_some() && l.key.v6.is_some() && l.keepalive.etcd_id().is_some()
+}
+
+/// What one key under the subnets prefix holds.
+enum Entry {
+    /// Not a lease key as flannel writes them.
+    Other,
+    /// A lease key whose value is no lease, with why.
+    Unreadable(SubnetKey, String),
+    Lease(Lease),
+}
+
+/// A listing of the lease keys.
+#[derive(Default)]
+struct Listing {
+    leases: Vec<Lease>,
+    unreadable: Vec<(SubnetKey, String)>,
+    revision: i64,
+}
+
+/// The longest stretch of a bad value an error quotes.
+const QUOTED: usize = 64;
+
+/// A lease value as flannel writes it, or why it is not one, quoting (the start of) the value.
+fn lease_value(value: &[u8]) -> Result<LeaseAttrs, String> {
+    let text = std::str::from_utf8(value)
+        .map_err(|_| format!("value of {} bytes is not UTF-8 text", value.len()))?;
+    LeaseAttrs::from_json(text).map_err(|e| {
+        let quoted: String = text.chars().take(QUOTED).collect();
+        let more = if quoted.len() < text.len() { "..." } else { "" };
+        format!("value {quoted:?}{more} is not flannel's lease JSON: {e}")
+    })
 }
 
 /// How one watch stream ended.
@@ -756,25 +889,8 @@ impl SubnetManager for EtcdStore {
         self.reclaim_lease(own, ttl).await
     }
 
-    async fn restore(&self, own: &Lease, current: &Lease) -> Result<bool, LeaseError> {
-        let k = self.lease_key(&own.key);
-        let opts = own
-            .keepalive
-            .etcd_id()
-            .map(|id| PutOptions::new().with_lease(id));
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                k.clone(),
-                CompareOp::Equal,
-                current.revision,
-            )])
-            .and_then([TxnOp::put(k, own.attrs.to_json(), opts)]);
-        let mut c = self.client.clone();
-        let resp = c
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(format!("restore lease {}", own.key), e))?;
-        Ok(resp.succeeded())
+    async fn restore(&self, own: &Lease, revision: i64) -> Result<bool, LeaseError> {
+        Ok(self.put_over(own, revision).await?.is_some())
     }
 
     async fn time_left(&self, own: &Lease) -> Result<Option<Duration>, LeaseError> {
@@ -789,11 +905,38 @@ impl SubnetManager for EtcdStore {
     fn watch(&self, tx: mpsc::Sender<WatchUpdate>) -> impl Future<Output = ()> + Send + 'static {
         self.clone().watch_leases(tx)
     }
+
+    fn rejected(&self) -> Vec<String> {
+        let r = self.rejected.lock().expect("rejected lock");
+        r.iter()
+            .map(|(k, why)| format!("lease {k}: {why}"))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::with_certificate_hint;
+    use super::{lease_value, with_certificate_hint};
+
+    /// A value that is no lease is refused naming the value (its start, when long).
+    #[test]
+    fn a_value_that_is_no_lease_is_named() {
+        let err = lease_value(b"{not json").unwrap_err();
+        assert!(
+            err.starts_with("value \"{not json\" is not flannel's lease JSON: "),
+            "{err}"
+        );
+        let err = lease_value(&[0xff, 0xfe]).unwrap_err();
+        assert_eq!(err, "value of 2 bytes is not UTF-8 text");
+        let long = format!("[{}]", "1,".repeat(100));
+        let err = lease_value(long.as_bytes()).unwrap_err();
+        assert!(err.contains(",1\"...") && err.len() < 200, "{err}");
+        let ok = br#"{"PublicIP":"198.18.0.12","BackendType":"vxlan"}"#;
+        assert_eq!(
+            lease_value(ok).unwrap().public_ip.to_string(),
+            "198.18.0.12"
+        );
+    }
 
     #[test]
     fn a_refused_handshake_without_a_client_certificate_is_explained() {

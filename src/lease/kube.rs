@@ -579,7 +579,7 @@ impl SubnetManager for KubeManager {
     /// Our Node's annotations were changed: the ones that differ are published again (as at
     /// start); `false` when none differ (nothing written). The Node's version is not
     /// compared: the annotations are ours alone.
-    async fn restore(&self, own: &Lease, _current: &Lease) -> Result<bool, LeaseError> {
+    async fn restore(&self, own: &Lease, _revision: i64) -> Result<bool, LeaseError> {
         let node = self.own_node().await?;
         self.annotate(&node, &own.attrs).await
     }

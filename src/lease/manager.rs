@@ -25,6 +25,13 @@ pub enum WatchUpdate {
     Snapshot(Vec<Lease>),
     Put(Lease),
     Delete(SubnetKey),
+    /// A lease key was written with a value that is no lease (the store says why in
+    /// `rejected`): a peer's is withdrawn as if deleted; this node's own is written back over
+    /// that `revision`.
+    Unreadable {
+        key: SubnetKey,
+        revision: i64,
+    },
     /// The watch lost the store and is reconnecting (for health and metrics).
     Disconnected(String),
 }
@@ -101,13 +108,13 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
 
-    /// Someone rewrote our key (`current`) with other attributes: writes `own` back over
-    /// exactly that version. `Ok(false)` when the key changed again in between or the store
-    /// has nothing to restore.
+    /// Someone rewrote our key (at `revision`) with other attributes or bytes that are no
+    /// lease: writes `own` back over exactly that version. `Ok(false)` when the key changed
+    /// again in between or the store has nothing to restore.
     fn restore(
         &self,
         _own: &Lease,
-        _current: &Lease,
+        _revision: i64,
     ) -> impl Future<Output = Result<bool, LeaseError>> + Send {
         std::future::ready(Ok(false))
     }
@@ -127,7 +134,8 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
-    /// Peers the store skipped because what they published makes no lease, with why.
+    /// Peers the store skipped because what they published makes no lease, as
+    /// `lease <key>: why` (etcd) or `node <name>: why` (Kubernetes).
     fn rejected(&self) -> Vec<String> {
         Vec::new()
     }

@@ -19,6 +19,8 @@ use crate::config::NetworkConfig;
 struct Inner {
     config: Option<String>,
     leases: BTreeMap<SubnetKey, Lease>,
+    /// Keys whose value is no lease, with the revision that wrote it.
+    garbled: BTreeMap<SubnetKey, i64>,
     revision: i64,
     watchers: Vec<mpsc::Sender<WatchUpdate>>,
 }
@@ -49,8 +51,23 @@ impl MemoryStore {
         if lease.created == 0 {
             lease.created = inner.revision;
         }
+        inner.garbled.remove(&lease.key);
         inner.leases.insert(lease.key, lease.clone());
         MemoryStore::notify(&mut inner, WatchUpdate::Put(lease));
+    }
+
+    /// Someone writes bytes that are no lease to a key.
+    pub fn garble(&self, key: &SubnetKey) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.revision += 1;
+        let revision = inner.revision;
+        inner.leases.remove(key);
+        inner.garbled.insert(*key, revision);
+        let update = WatchUpdate::Unreadable {
+            key: *key,
+            revision,
+        };
+        MemoryStore::notify(&mut inner, update);
     }
 
     /// A lease is deleted or expires.
@@ -58,6 +75,7 @@ impl MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         inner.revision += 1;
         inner.leases.remove(key);
+        inner.garbled.remove(key);
         MemoryStore::notify(&mut inner, WatchUpdate::Delete(*key));
     }
 
@@ -139,14 +157,19 @@ impl SubnetManager for MemoryStore {
         })
     }
 
-    async fn restore(&self, own: &Lease, current: &Lease) -> Result<bool, LeaseError> {
-        match self.get(&own.key) {
-            Some(l) if l.revision == current.revision => {
-                self.put(own.clone());
-                Ok(true)
+    async fn restore(&self, own: &Lease, revision: i64) -> Result<bool, LeaseError> {
+        let current = {
+            let inner = self.inner.lock().unwrap();
+            match inner.leases.get(&own.key) {
+                Some(l) => l.revision,
+                None => inner.garbled.get(&own.key).copied().unwrap_or(-1),
             }
-            _ => Ok(false),
+        };
+        if current != revision {
+            return Ok(false);
         }
+        self.put(own.clone());
+        Ok(true)
     }
 
     async fn reclaim(&self, own: &Lease, _ttl: Duration) -> Result<Lease, LeaseError> {

@@ -147,27 +147,30 @@ impl SubnetKey {
         v4 || v6
     }
 
-    /// Whether some family's subnet lies inside its network and is smaller than it: what any
-    /// real lease looks like, even one from an older SubnetLen.
+    /// Whether some family's subnet could be a node's under `cfg` (see `plausible_halves`).
     pub fn plausible(&self, cfg: &NetworkConfig) -> bool {
         let h = self.plausible_halves(cfg);
         h.v4.is_some() || h.v6.is_some()
     }
 
     /// The halves of this key that could be a node's subnet under `cfg` (inside the family's
-    /// network and smaller than it); the others `None`. A forged `10.244.9.0-24&fd10:244::-56`
-    /// must not make the whole IPv6 network look taken.
+    /// network, of the family's SubnetLen/IPv6SubnetLen: flannel's allocator makes no other
+    /// length, and peers refuse any other); the others `None`. A forged
+    /// `10.244.9.0-24&fd10:244::-56` must not make the whole IPv6 network look taken, nor two
+    /// forged halves of the network (`10.244.0.0-17`, `10.244.128.0-17`) the IPv4 one.
     pub fn plausible_halves(&self, cfg: &NetworkConfig) -> SubnetKey {
-        let inside = |n: IpNet, network: Option<IpNet>| {
-            network.is_some_and(|f| f.contains(&n) && n.prefix_len() > f.prefix_len())
+        let node_sized = |n: IpNet, family: Option<(IpNet, u8)>| {
+            family.is_some_and(|(net, len)| net.contains(&n) && n.prefix_len() == len)
         };
         SubnetKey {
-            v4: self
-                .v4
-                .filter(|n| inside((*n).into(), cfg.v4.as_ref().map(|f| f.network.into()))),
-            v6: self
-                .v6
-                .filter(|n| inside((*n).into(), cfg.v6.as_ref().map(|f| f.network.into()))),
+            v4: self.v4.filter(|n| {
+                let f = cfg.v4.as_ref().map(|f| (f.network.into(), f.subnet_len));
+                node_sized((*n).into(), f)
+            }),
+            v6: self.v6.filter(|n| {
+                let f = cfg.v6.as_ref().map(|f| (f.network.into(), f.subnet_len));
+                node_sized((*n).into(), f)
+            }),
         }
     }
 
@@ -432,7 +435,13 @@ pub struct PeerSet {
     refused: BTreeMap<SubnetKey, String>,
     /// `refused` changed since `refused_update` last looked.
     refused_changed: bool,
+    /// Refused leases that pass the checks but collide with an older accepted lease, and the
+    /// accepted lease each collided with when last decided: while such a lease is accepted
+    /// and unchanged, what it displaced stays displaced.
+    displaced: BTreeMap<SubnetKey, SubnetKey>,
     index: validate::Index,
+    /// Full passes so far (`recompute`), for tests of the incremental paths.
+    recomputes: usize,
 }
 
 impl PeerSet {
@@ -504,22 +513,42 @@ impl PeerSet {
     }
 
     /// A key was written.
+    ///
+    /// Decided alone (no full pass) unless it collides with an accepted lease (it might be the
+    /// older one) or it changes an accepted lease that displaced another (which might win now).
+    /// Otherwise no other verdict can change: a lease refused by the checks stays refused, and
+    /// a displaced one's older rival stays accepted.
     pub fn put(&mut self, lease: Lease) -> Vec<LeaseEvent> {
         if Some(lease.key) == self.own {
             return Vec::new();
         }
         let key = lease.key;
         let lease = self.shared(lease);
-        let fast = self.refused.is_empty()
-            && self
-                .checker
-                .as_ref()
-                .is_none_or(|c| c.check(&lease).is_ok())
-            && self.index.admits(&lease).is_ok();
         self.all.insert(key, lease.clone());
-        if !fast {
+        if let Some(old) = self.peers.get(&key)
+            && Arc::ptr_eq(old, &lease)
+        {
+            // A renewal (a Node's heartbeat): nothing that decides anything changed.
+            return Vec::new();
+        }
+        if self.blocks_another(&key) {
             return self.recompute();
         }
+        let verdict = match &self.checker {
+            Some(c) => c.check(&lease),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) if self.index.admits(&lease).is_ok() => {}
+            Ok(()) => return self.recompute(),
+            Err(why) => {
+                self.displaced.remove(&key);
+                self.note_refused(key, Some(why));
+                return self.withdraw(&key);
+            }
+        }
+        self.displaced.remove(&key);
+        self.note_refused(key, None);
         // It passes and collides with nothing: only its own earlier version is affected.
         if let Some(old) = self.peers.get(&key) {
             if old.attrs == lease.attrs {
@@ -533,15 +562,27 @@ impl PeerSet {
         vec![LeaseEvent::Added(lease)]
     }
 
-    /// A key was deleted (or expired).
+    /// A key was deleted (or expired). A full pass only when an accepted lease that displaced
+    /// another goes.
     pub fn delete(&mut self, key: &SubnetKey) -> Vec<LeaseEvent> {
         if self.all.remove(key).is_none() {
             return Vec::new();
         }
-        if !self.refused.is_empty() {
-            // A refused lease may have been waiting for this one to go.
+        if self.blocks_another(key) {
             return self.recompute();
         }
+        self.displaced.remove(key);
+        self.note_refused(*key, None);
+        self.withdraw(key)
+    }
+
+    /// Whether `key` is an accepted lease that another was displaced by.
+    fn blocks_another(&self, key: &SubnetKey) -> bool {
+        self.peers.contains_key(key) && self.displaced.values().any(|b| b == key)
+    }
+
+    /// Takes `key` out of the peers, if it is one.
+    fn withdraw(&mut self, key: &SubnetKey) -> Vec<LeaseEvent> {
         match self.peers.remove(key) {
             Some(old) => {
                 self.index.remove(&old);
@@ -551,14 +592,34 @@ impl PeerSet {
         }
     }
 
+    /// Records why `key` is refused (`None`: it is not); a new reason is logged once.
+    fn note_refused(&mut self, key: SubnetKey, why: Option<String>) {
+        match why {
+            Some(why) => {
+                if self.refused.get(&key) != Some(&why) {
+                    tracing::warn!(lease = %key, "refusing a peer lease: {why}");
+                    self.refused.insert(key, why);
+                    self.refused_changed = true;
+                }
+            }
+            None => self.refused_changed |= self.refused.remove(&key).is_some(),
+        }
+    }
+
+    /// Full passes so far.
+    pub fn recomputes(&self) -> usize {
+        self.recomputes
+    }
+
     /// Decides every lease afresh and returns how the peers changed.
     fn recompute(&mut self) -> Vec<LeaseEvent> {
-        let (next, refused, index) = match &self.checker {
+        self.recomputes += 1;
+        let (next, refused, displaced, index) = match &self.checker {
             None => {
                 let mut index = validate::Index::default();
                 self.all.values().for_each(|l| index.insert(l));
                 index.compact();
-                (self.all.clone(), BTreeMap::new(), index)
+                (self.all.clone(), BTreeMap::new(), BTreeMap::new(), index)
             }
             Some(c) => {
                 let (peers, all) = (&self.peers, &self.all);
@@ -573,9 +634,10 @@ impl PeerSet {
                     .iter()
                     .map(|(l, why)| (l.key, why.clone()))
                     .collect();
-                (next, refused, sel.index)
+                (next, refused, sel.displaced, sel.index)
             }
         };
+        self.displaced = displaced;
         for (key, why) in &refused {
             if self.refused.get(key) != Some(why) {
                 tracing::warn!(lease = %key, "refusing a peer lease: {why}");
@@ -837,19 +899,36 @@ mod tests {
             choose(&c, &hostile, &req("198.18.0.11", None), &[], &mut rng),
             Choice::Create(_)
         ));
-        // A lease from an older SubnetLen still counts.
-        let c25 = cfg(r#"{"Network":"10.244.0.0/22","SubnetLen":25}"#);
-        let old = vec![
+        // Nor do two halves of the network, nor any other length than SubnetLen: peers refuse
+        // such leases, and counting them would let two keys fill the network.
+        let halves = vec![
+            lease("10.244.0.0-17", "198.18.0.66"),
+            lease("10.244.128.0-17", "198.18.0.67"),
+        ];
+        assert!(matches!(
+            choose(&c, &halves, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
+        // A /22 with /24 subnets, two held and a /25 in the third: the third is free.
+        let small = cfg(r#"{"Network":"10.244.0.0/22"}"#);
+        let held = vec![
             lease("10.244.1.0-24", "198.18.0.12"),
             lease("10.244.2.0-24", "198.18.0.13"),
-            lease("10.244.3.0-24", "198.18.0.14"),
+            lease("10.244.3.0-25", "198.18.0.14"),
         ];
-        for _ in 0..50 {
-            match choose(&c25, &old, &req("198.18.0.11", None), &[], &mut rng) {
-                Choice::Create(k) => assert_eq!(k.v4.unwrap().to_string(), "10.244.0.128/25"),
-                other => panic!("{other:?}"),
-            }
+        match choose(&small, &held, &req("198.18.0.11", None), &[], &mut rng) {
+            Choice::Create(k) => assert_eq!(k.v4.unwrap().to_string(), "10.244.3.0/24"),
+            other => panic!("{other:?}"),
         }
+        let v6 = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#);
+        let v6_halves = vec![
+            lease("0.0.0.0-0&fd10:244::-57", "198.18.0.66"),
+            lease("0.0.0.0-0&fd10:244:0:80::-57", "198.18.0.67"),
+        ];
+        assert!(matches!(
+            choose(&v6, &v6_halves, &req("198.18.0.11", None), &[], &mut rng),
+            Choice::Create(_)
+        ));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   a `0.0.0.0-1` lease would otherwise replace the default route;
 //! - its public address is unspecified, loopback, multicast, link-local, broadcast, or one of
 //!   this node's own;
+//! - it claims this node's own VtepMAC, WireGuard public key or endpoint (the node's own lease
+//!   is no peer, so the index of accepted leases does not hold them);
 //! - it has an IPv6 subnet but no `PublicIPv6`;
 //! - its backend data does not parse for its backend (vxlan: a unicast, non-zero `VtepMAC` in
 //!   `BackendData` for the IPv4 half and in `BackendV6Data` for the IPv6 half;
@@ -42,6 +44,23 @@ pub struct Checker {
     pub own: SubnetKey,
     /// This node's addresses with their networks (the underlay among them).
     pub local: Vec<IpNet>,
+    /// What this node's own lease claims (its VtepMACs, WireGuard key and endpoint): no peer
+    /// may claim it too (`own_identities`).
+    pub own_ids: Vec<Identity>,
+}
+
+/// What `own` (this node's lease) claims, for `Checker::own_ids`.
+pub fn own_identities(own: &Lease, cfg: &NetworkConfig) -> Vec<Identity> {
+    identities(own, listen_port(cfg))
+}
+
+/// This node's WireGuard `ListenPort` (flannel's default for other backends): where a peer
+/// whose wireguard lease names no port is reached.
+fn listen_port(cfg: &NetworkConfig) -> u16 {
+    match &cfg.backend {
+        BackendConfig::Wireguard(o) => o.listen_port,
+        _ => DEFAULT_WG_PORT,
+    }
 }
 
 fn v4_overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -96,7 +115,7 @@ fn vtep_mac(field: &str, raw: Option<&serde_json::value::RawValue>) -> Result<Ma
 
 /// What one lease may claim and no other may: the older lease keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Identity {
+pub enum Identity {
     VtepMac(Mac),
     WgKey([u8; 32]),
     WgEndpoint(SocketAddrV4),
@@ -145,13 +164,10 @@ struct FamilyView {
 }
 
 impl Checker {
-    /// This node's WireGuard `ListenPort` (flannel's default for other backends): where a peer
-    /// whose wireguard lease names no port is reached.
+    /// This node's WireGuard `ListenPort`: where a peer whose wireguard lease names no port is
+    /// reached.
     pub fn wg_port(&self) -> u16 {
-        match &self.cfg.backend {
-            BackendConfig::Wireguard(o) => o.listen_port,
-            _ => DEFAULT_WG_PORT,
-        }
+        listen_port(&self.cfg)
     }
 
     /// The config's side of `n`'s family, and this node's own subnet of that family.
@@ -268,6 +284,12 @@ impl Checker {
         }
         vtep(l)?;
         WireguardData::of(l)?;
+        if let Some(id) = identities(l, self.wg_port())
+            .iter()
+            .find(|id| self.own_ids.contains(id))
+        {
+            return Err(format!("{id} is this node's own"));
+        }
         Ok(())
     }
 
@@ -294,12 +316,15 @@ impl Checker {
         // Oldest first, so a later lease is the one that yields.
         valid.sort_by_key(|l| (l.created, !incumbent(&l.key), l.key));
         for l in valid {
-            match sel.index.admits(l) {
-                Ok(()) => {
+            match sel.index.collision(l) {
+                None => {
                     sel.index.insert(l);
                     sel.accepted.push(l);
                 }
-                Err(why) => sel.refused.push((l, why)),
+                Some((older, why)) => {
+                    sel.displaced.insert(l.key, older);
+                    sel.refused.push((l, why));
+                }
             }
         }
         sel.index.compact();
@@ -334,15 +359,24 @@ impl Index {
 
     /// Whether `l` fits beside the accepted leases (its own earlier version aside).
     pub fn admits(&self, l: &Lease) -> Result<(), String> {
+        match self.collision(l) {
+            None => Ok(()),
+            Some((_, why)) => Err(why),
+        }
+    }
+
+    /// An accepted lease `l` collides with (its own earlier version aside), and why.
+    pub fn collision(&self, l: &Lease) -> Option<(SubnetKey, String)> {
         if let Some(older) = self.taken.overlapping(&l.key).filter(|k| *k != l.key) {
-            return Err(format!("subnet {} overlaps the older lease {older}", l.key));
+            let why = format!("subnet {} overlaps the older lease {older}", l.key);
+            return Some((older, why));
         }
         for id in identities(l, self.wg_port) {
             if let Some(other) = self.claimed.get(&id).filter(|k| **k != l.key) {
-                return Err(format!("{id} is already the older lease {other}'s"));
+                return Some((*other, format!("{id} is already the older lease {other}'s")));
             }
         }
-        Ok(())
+        None
     }
 
     /// Rebuilds the maps from their sorted entries, which fills every node: built one insert
@@ -379,6 +413,8 @@ impl Index {
 pub struct Selection<'a> {
     pub accepted: Vec<&'a Lease>,
     pub refused: Vec<(&'a Lease, String)>,
+    /// The refused that passed `check` but collide with an older accepted lease: which one.
+    pub displaced: BTreeMap<SubnetKey, SubnetKey>,
     pub index: Index,
 }
 
@@ -463,6 +499,7 @@ mod tests {
                 "198.18.0.11/17".parse().unwrap(),
                 "10.244.1.0/32".parse().unwrap(),
             ],
+            own_ids: Vec::new(),
         }
     }
 
@@ -573,6 +610,7 @@ mod tests {
                 "198.18.0.11/17".parse().unwrap(),
                 "2001:2::b/64".parse().unwrap(),
             ],
+            own_ids: Vec::new(),
         };
         let c = dual("10.244.1.0-24&fd10:244:0:1::-64");
         let v6 = |key: &str, ip6: &str, mac6: Option<&str>| {
@@ -802,6 +840,33 @@ mod tests {
         assert_eq!(index.admits(&thief), Ok(()), "the old key is free again");
     }
 
+    /// This node's own lease is no peer, so only the checker knows its identities: a forged
+    /// lease reusing its VtepMAC (or WireGuard key) would take over its traffic.
+    #[test]
+    fn a_lease_claiming_this_nodes_vtep_or_wireguard_key_is_refused() {
+        let own = lease("10.244.1.0-24", "198.18.0.11", "02:00:00:00:00:01", 1);
+        let c = Checker {
+            own_ids: own_identities(&own, &checker().cfg),
+            ..checker()
+        };
+        let thief = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:01", 2);
+        assert_refused(
+            &c,
+            [(thief, "VtepMAC 02:00:00:00:00:01 is this node's own")],
+        );
+        let data = |k: &str| format!(r#"{{"PublicKey":"{k}","Port":51820}}"#);
+        let own = wg_lease("10.244.1.0-24", "198.18.0.11", &data(KEY_A), 1);
+        let c = Checker {
+            own_ids: own_identities(&own, &checker().cfg),
+            ..checker()
+        };
+        let thief = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_A), 2);
+        let why = format!("WireGuard public key {KEY_A} is this node's own");
+        assert_refused(&c, [(thief, why.as_str())]);
+        let other = wg_lease("10.244.2.0-24", "198.18.0.12", &data(KEY_B), 2);
+        assert_eq!(c.check(&other), Ok(()));
+    }
+
     #[test]
     fn a_flanneld_lease_without_a_port_is_reached_on_our_listen_port() {
         // flanneld writes {"PublicKey":"…"} only: accepted, and its endpoint is
@@ -934,5 +999,101 @@ mod tests {
             why.contains("is already the older lease 10.244.8.0-22's"),
             "{why}"
         );
+    }
+
+    /// With refused leases about (a bad one, a VTEP thief), the common events stay
+    /// incremental: a new valid peer, a renewal, a change of address, a delete.
+    #[test]
+    fn the_common_events_stay_incremental_beside_refused_leases() {
+        use crate::lease::{LeaseEvent, PeerSet};
+        let mut ps = PeerSet::checked(checker());
+        let a = lease("10.244.2.0-24", "198.18.0.12", "02:00:00:00:00:02", 1);
+        let thief = lease("10.244.3.0-24", "198.18.0.13", "02:00:00:00:00:02", 2);
+        let bad = lease("10.244.4.0-24", "127.0.0.1", "02:00:00:00:00:04", 3);
+        ps.reset(vec![a.clone(), thief.clone(), bad.clone()]);
+        assert_eq!(ps.refused().count(), 2);
+        let full = ps.recomputes();
+        let b = lease("10.244.5.0-24", "198.18.0.15", "02:00:00:00:00:05", 4);
+        assert_eq!(ps.put(b.clone()), vec![LeaseEvent::Added(b.clone().into())]);
+        assert_eq!(ps.put(b.clone()), vec![]);
+        let mut b2 = b.clone();
+        b2.attrs.public_ip = "198.18.0.25".parse().unwrap();
+        assert_eq!(
+            ps.put(b2.clone()),
+            vec![LeaseEvent::Added(b2.clone().into())]
+        );
+        assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2.into())]);
+        // A refused lease goes, another bad one comes: no peer changes.
+        assert_eq!(ps.delete(&bad.key), vec![]);
+        assert_eq!(ps.put(bad.clone()), vec![]);
+        assert_eq!(ps.recomputes(), full, "no full pass");
+        // The thief's victim leaves: that takes a pass, and the thief is accepted.
+        assert_eq!(
+            ps.delete(&a.key),
+            vec![
+                LeaseEvent::Removed(a.into()),
+                LeaseEvent::Added(thief.into())
+            ]
+        );
+        assert_eq!(ps.recomputes(), full + 1);
+    }
+
+    /// Random puts and deletes of leases that collide, turn bad and come back: after each,
+    /// the peers and the refused are what a full pass over the same leases decides.
+    #[test]
+    fn incremental_events_decide_as_a_full_pass_does() {
+        use crate::lease::PeerSet;
+        use rand::{RngExt, SeedableRng};
+        let keys = [
+            "10.244.2.0-24",
+            "10.244.3.0-24",
+            "10.244.4.0-24",
+            "10.244.5.0-24",
+            "10.244.4.0-23",
+            "10.244.1.0-24",
+            "10.244.6.0-24",
+        ];
+        let ips = ["198.18.0.12", "198.18.0.13", "198.18.0.14", "127.0.0.1"];
+        let macs = [
+            "02:00:00:00:00:02",
+            "02:00:00:00:00:03",
+            "02:00:00:00:00:04",
+            "00:00:00:00:00:00",
+        ];
+        for seed in 0..40 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            // Kubernetes mode: lengths vary, so subnets collide as well as identities.
+            let c = Checker {
+                exact_length: seed % 2 == 0,
+                ..checker()
+            };
+            let mut ps = PeerSet::checked(c.clone());
+            let mut store: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
+            let mut clock = 0;
+            for _ in 0..200 {
+                let key = SubnetKey::parse(keys[rng.random_range(0..keys.len())]).unwrap();
+                if rng.random_range(0..4) == 0 {
+                    store.remove(&key);
+                    ps.delete(&key);
+                } else {
+                    clock += 1;
+                    let created = store.get(&key).map_or(clock, |l| l.created);
+                    let ip = ips[rng.random_range(0..ips.len())];
+                    let mac = macs[rng.random_range(0..macs.len())];
+                    let l = lease(&key.to_string(), ip, mac, created);
+                    store.insert(key, l.clone());
+                    ps.put(l);
+                }
+                let mut fresh = PeerSet::checked(c.clone());
+                fresh.reset(store.values().cloned().collect());
+                let peers = |p: &PeerSet| -> Vec<(SubnetKey, String)> {
+                    p.peers().map(|l| (l.key, l.attrs.to_json())).collect()
+                };
+                let refused =
+                    |p: &PeerSet| -> Vec<SubnetKey> { p.refused().map(|(k, _)| *k).collect() };
+                assert_eq!(peers(&ps), peers(&fresh), "seed {seed}");
+                assert_eq!(refused(&ps), refused(&fresh), "seed {seed}");
+            }
+        }
     }
 }

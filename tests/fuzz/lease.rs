@@ -1,8 +1,11 @@
 //! Lease keys (`10.244.3.0-24&fd10:244:0:3::-64`) and values (flannel's lease JSON), as any
-//! etcd client may have written them.
+//! etcd client may have written them; and whole leases through the peer checks (`Checker`,
+//! where `BackendData` is parsed per backend) and the `PeerSet` that follows them.
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use podnet::lease::{LeaseAttrs, SubnetKey};
+use podnet::config::NetworkConfig;
+use podnet::lease::validate::{Checker, own_identities};
+use podnet::lease::{Keepalive, Lease, LeaseAttrs, PeerSet, SubnetKey};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use serde_json::Value;
@@ -199,4 +202,160 @@ proptest! {
             prop_assert_eq!(again.map(|b| b.to_json()), Ok(written));
         }
     }
+}
+
+/// A subnet near the lab's network: inside it, around it, of any length, host bits or not.
+fn near_key() -> impl Strategy<Value = SubnetKey> {
+    let v4 = (
+        0u8..=255,
+        0u8..=255,
+        0u8..=255,
+        0u8..=32,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(b, c, d, l, inside, trunc)| {
+            let a = if inside {
+                [10, 244, c, d]
+            } else {
+                [b, c, d, 0]
+            };
+            let n = Ipv4Net::new(a.into(), l).expect("prefix");
+            if trunc { n.trunc() } else { n }
+        });
+    let v6 = (any::<u16>(), 40u8..=72).prop_map(|(s, l)| {
+        let a = std::net::Ipv6Addr::new(0xfd10, 0x244, 0, s, 0, 0, 0, 0);
+        Ipv6Net::new(a, l).expect("prefix").trunc()
+    });
+    prop_oneof![
+        3 => v4.clone().prop_map(|n| SubnetKey { v4: Some(n), v6: None }),
+        1 => v6.clone().prop_map(|n| SubnetKey { v4: None, v6: Some(n) }),
+        2 => (v4, v6).prop_map(|(a, b)| SubnetKey { v4: Some(a), v6: Some(b) }),
+    ]
+}
+
+/// Backend data for the backend named: near-valid vxlan or WireGuard data, or any JSON.
+fn typed_backend_data() -> impl Strategy<Value = String> {
+    let mac = prop_oneof![
+        2 => prop::array::uniform6(any::<u8>()).prop_map(|m| {
+            m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        }),
+        1 => select(vec!["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "02:00:00:00:00:01", "zz", ""])
+            .prop_map(String::from),
+    ];
+    let key = prop_oneof![
+        2 => prop::array::uniform32(any::<u8>()).prop_map(|k| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(k)
+        }),
+        1 => select(vec!["", "AAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "!!"])
+            .prop_map(String::from),
+    ];
+    prop_oneof![
+        3 => (mac, 0u32..3).prop_map(|(m, vni)| format!(r#"{{"VNI":{vni},"VtepMAC":"{m}"}}"#)),
+        3 => (key, any::<u16>()).prop_map(|(k, p)| format!(r#"{{"PublicKey":"{k}","Port":{p}}}"#)),
+        1 => backend_data(),
+    ]
+}
+
+/// A lease value whose fields are mostly right, so that the checks past the parser run.
+fn checked_lease_value() -> impl Strategy<Value = LeaseAttrs> {
+    let ip4 = prop_oneof![
+        3 => (0u8..=255).prop_map(|d| format!("198.18.0.{d}")),
+        1 => ipv4().prop_map(|a| a.to_string()),
+    ];
+    let ip6 = prop_oneof![
+        1 => Just("null".to_string()),
+        2 => (any::<u16>()).prop_map(|s| format!("\"2001:2::{s:x}\"")),
+        1 => ipv6().prop_map(|a| format!("\"{a}\"")),
+    ];
+    let ty = select(vec!["vxlan", "wireguard", "host-gw", "udp", "", "VXLAN"]);
+    let data = prop::option::of(typed_backend_data());
+    let data6 = prop::option::of(typed_backend_data());
+    (ip4, ip6, ty, data, data6, lease_object()).prop_map(|(ip, ip6, ty, d, d6, other)| {
+        let mut members = vec![
+            format!(r#""PublicIP":"{ip}""#),
+            format!(r#""PublicIPv6":{ip6}"#),
+            format!(r#""BackendType":"{ty}""#),
+        ];
+        members.extend(d.map(|d| format!(r#""BackendData":{d}"#)));
+        members.extend(d6.map(|d| format!(r#""BackendV6Data":{d}"#)));
+        let text = format!("{{{}}}", members.join(","));
+        LeaseAttrs::from_json(&text)
+            .or_else(|_| LeaseAttrs::from_json(&other))
+            .unwrap_or_else(|_| LeaseAttrs::from_json(r#"{"PublicIP":"198.18.0.9"}"#).unwrap())
+    })
+}
+
+fn checked_lease() -> impl Strategy<Value = Lease> {
+    let key = prop_oneof![1 => subnet_key(), 3 => near_key()];
+    (key, checked_lease_value(), 0i64..8, 0i64..8).prop_map(|(key, attrs, created, rev)| Lease {
+        key,
+        attrs,
+        keepalive: Keepalive::Etcd(1),
+        revision: rev,
+        created,
+    })
+}
+
+/// The config a checker runs with: IPv4, dual-stack or IPv6 only, each with its backend.
+fn checker_config() -> impl Strategy<Value = NetworkConfig> {
+    let backend = select(vec!["vxlan", "wireguard", "host-gw", "udp"]);
+    let families = select(vec![
+        r#""Network":"10.244.0.0/16""#,
+        r#""Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56""#,
+        r#""EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56""#,
+    ]);
+    (families, backend).prop_map(|(f, b)| {
+        NetworkConfig::parse(&format!(r#"{{{f},"Backend":{{"Type":"{b}"}}}}"#)).expect("config")
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any leases, any config: checking, selecting and following them never panics, and what
+    /// is accepted passes `check` and overlaps no other accepted lease.
+    #[test]
+    fn peer_leases_through_the_checker(
+        cfg in checker_config(),
+        own in checked_lease(),
+        exact in any::<bool>(),
+        leases in prop::collection::vec(checked_lease(), 0..12),
+        deletes in prop::collection::vec(any::<Index>(), 0..4),
+    ) {
+        let c = Checker {
+            own_ids: own_identities(&own, &cfg),
+            cfg,
+            exact_length: exact,
+            own: own.key,
+            local: vec!["198.18.0.11/17".parse().unwrap(), "2001:2::b/64".parse().unwrap()],
+        };
+        for l in &leases {
+            let _ = c.check(l);
+        }
+        let sel = c.select(leases.iter(), |_| false);
+        for (i, a) in sel.accepted.iter().enumerate() {
+            prop_assert_eq!(c.check(a), Ok(()));
+            for b in &sel.accepted[i + 1..] {
+                prop_assert!(a.key == b.key || !overlap(&a.key, &b.key), "{} and {}", a.key, b.key);
+            }
+        }
+        let mut ps = PeerSet::checked(c);
+        for l in leases.iter().cloned() {
+            ps.put(l);
+        }
+        for d in deletes {
+            if !leases.is_empty() {
+                ps.delete(&leases[d.index(leases.len())].key);
+            }
+        }
+        prop_assert!(ps.len() <= leases.len());
+    }
+}
+
+fn overlap(a: &SubnetKey, b: &SubnetKey) -> bool {
+    let v4 = matches!((a.v4, b.v4), (Some(x), Some(y)) if x.contains(&y.network()) || y.contains(&x.network()));
+    let v6 = matches!((a.v6, b.v6), (Some(x), Some(y)) if x.contains(&y.network()) || y.contains(&x.network()));
+    v4 || v6
 }

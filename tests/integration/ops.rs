@@ -11,7 +11,7 @@ use crate::support::{ok, poll, unique};
 
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
-fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
     let addr: SocketAddr = format!("{}:9099", c.lab.plan().host(node).unwrap().ip())
         .parse()
         .unwrap();
@@ -23,7 +23,7 @@ fn get(c: &Cluster, node: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Prometheus text → sample name with labels → value. Fails on anything malformed.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
+pub(crate) fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -500,7 +500,6 @@ fn the_health_port_serves_strangers_little_and_briefly() {
     let rss_before = rss_kib(n1.id.pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addr: SocketAddr = "198.18.0.11:9099".parse().unwrap();
-    let ns = c.lab.netns("node1").unwrap();
     let flood: Vec<_> = (0..8)
         .map(|_| {
             let stop = stop.clone();
@@ -539,25 +538,36 @@ fn the_health_port_serves_strangers_little_and_briefly() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB under {served} requests"
     );
 
-    // Clients that connect and say nothing take every slot...
-    let idle: Vec<std::net::TcpStream> = ns
+    // A pod's clients that connect and say nothing take every slot they can...
+    let pod = c.add_pod("node1", "idler", "1.0.0");
+    let pod_ns = c.lab.netns(&pod.target()).unwrap();
+    let idle: Vec<std::net::TcpStream> = pod_ns
         .run(|| {
             (0..podnet::daemon::serve::MAX_CONNECTIONS)
-                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .filter_map(|_| std::net::TcpStream::connect(addr).ok())
                 .collect()
         })
         .unwrap();
-    poll("the slots to fill", Duration::from_secs(5), || {
-        get(&c, "node1", "/healthz").is_none().then_some(())
+    assert!(!idle.is_empty(), "the pod reaches the health port");
+    let from_pod = || {
+        pod_ns
+            .run(|| podnet::httpget::tcp(addr, "/healthz").ok())
+            .unwrap()
+    };
+    poll("the pod's slots to fill", Duration::from_secs(5), || {
+        from_pod().is_none().then_some(())
     });
-    // ...but not the local socket's,
+    // ...but the kubelet's probe, from the node itself, is still answered,
+    let (code, _) = get(&c, "node1", "/healthz").expect("/healthz answers during the flood");
+    assert_eq!(code, 200);
+    // and so is the local socket;
     assert_eq!(podnet::httpget::unix(&sock, "/healthz").unwrap().0, 200);
-    // and they are shown the door after the header timeout.
+    // the idle clients are shown the door after the header timeout.
     let t = std::time::Instant::now();
     poll(
         "the idle clients to be dropped",
         Duration::from_secs(15),
-        || get(&c, "node1", "/healthz").map(|(code, _)| assert_eq!(code, 200)),
+        || from_pod().map(|(code, _)| assert_eq!(code, 200)),
     );
     let waited = t.elapsed();
     assert!(
