@@ -2,7 +2,8 @@
 //!
 //! Order: network config (waits until it exists) → external interface → backend prepared (its
 //! identity goes into the lease) → lease acquired → own devices set up → watch started → first
-//! complete peer list programmed, the firewall alongside → `subnet.env` written → ready. Every
+//! complete peer list programmed, the firewall alongside → `subnet.env` written → ready → the
+//! store told (`complete`, in a task of its own that retries until the store accepts). Every
 //! step that waits on the store retries with backoff; a wrong config or a lost race for the last
 //! subnet is final.
 
@@ -118,10 +119,12 @@ pub async fn start<M: SubnetManager>(
     tracing::info!(path = %flags.subnet_file.display(), "ready: subnet file written");
     shared.set_ready();
     http::notify_ready();
-    if let Err(e) = store.complete(&own).await {
-        tracing::error!("{e}");
-        shared.store_error("complete", e.to_string());
-    }
+    tokio::spawn(complete(
+        store.clone(),
+        own.clone(),
+        shared.clone(),
+        COMPLETE_RETRY,
+    ));
     Ok(EventLoop {
         store,
         updates,
@@ -135,6 +138,40 @@ pub async fn start<M: SubnetManager>(
         resync_period: flags.resync_period,
         disconnected: false,
     })
+}
+
+/// How `complete` is retried: a refusal (RBAC) or an outage may last; the fix is picked up within
+/// half a minute of it.
+const COMPLETE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Tells the store the data path is up (the Kubernetes API: the NetworkUnavailable condition),
+/// retrying until it succeeds, whatever the error: a ClusterRole fixed later, or an API server
+/// back, takes effect without a restart. Every failure is counted; the first is logged as an
+/// error, then one every five minutes (or when the error changes).
+async fn complete<M: SubnetManager>(store: M, own: Lease, shared: Arc<Shared>, mut wait: Backoff) {
+    let mut logged: Option<(String, tokio::time::Instant)> = None;
+    loop {
+        match store.complete(&own).await {
+            Ok(()) => {
+                if logged.is_some() {
+                    tracing::info!("the store accepted that the data path is up, after retries");
+                }
+                return;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let quiet = logged
+                    .as_ref()
+                    .is_some_and(|(m, t)| *m == msg && t.elapsed() < Duration::from_secs(300));
+                if !quiet {
+                    tracing::error!("{msg} (retrying)");
+                    logged = Some((msg.clone(), tokio::time::Instant::now()));
+                }
+                shared.store_error("complete", msg);
+                wait.wait().await;
+            }
+        }
+    }
 }
 
 /// Waits until the store has a network config, and parses it.

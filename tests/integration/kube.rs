@@ -468,6 +468,15 @@ fn a_deleted_node_loses_its_routes_neighbours_and_fdb_entries_everywhere() {
     }
 }
 
+/// The node's NetworkUnavailable condition, if it has one.
+fn network_unavailable(k: &KubeLab, node: &str) -> Option<Value> {
+    k.node(node)["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .cloned()
+}
+
 #[test]
 fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
     let mut k = KubeLab::new("kforb", 2, 1);
@@ -481,14 +490,23 @@ fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
     let b = k.c.add_pod("node2", "b", "1.0.0");
     mesh(&k.c, &[a.clone(), b.clone()]);
     // RBAC loses nodes/status patch; node1's agent restarts (its annotations are already right,
-    // so only the NetworkUnavailable condition needs the verb).
-    k.store()
-        .forbid(ForbiddenRule::new("patch", "nodes/status"));
+    // so only the NetworkUnavailable condition needs the verb; the test takes the condition
+    // away, as on a node podnet has never run on).
+    let rule = ForbiddenRule::new("patch", "nodes/status");
+    k.store().forbid(rule.clone());
     let rec = k.podnetd("node1");
     k.c.lab.stop(rec.id.pid).unwrap();
+    let mut n = k.node("node1");
+    n["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["type"] != "NetworkUnavailable");
+    k.store().replace(n).unwrap();
+    assert!(network_unavailable(&k, "node1").is_none());
     std::fs::remove_file(k.c.env_path("node1")).unwrap();
     k.start("node1", "host-gw", &[]);
     k.ready("node1");
+    let rec1 = k.podnetd("node1");
     let log = poll("the refusal in the log", Duration::from_secs(10), || {
         let l = k.c.log(&k.podnetd("node1"));
         l.contains("nodes/status patch forbidden").then_some(l)
@@ -508,12 +526,23 @@ fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
             .unwrap()
             .contains("nodes/status patch forbidden")
     );
-    let m = podnet::httpget::unix(&sock, "/metrics").unwrap().1;
-    assert!(
-        m.contains("podnet_lease_store_errors_total{store=\"kubernetes\",op=\"complete\"} 1"),
-        "{m}"
-    );
+    let failed = r#"podnet_lease_store_errors_total{store="kubernetes",op="complete"}"#;
+    assert!(metric(&k, "node1", failed) >= 1.0);
     mesh(&k.c, &[a.clone(), b.clone()]);
+    // The ClusterRole is fixed: the condition appears without a restart.
+    k.store().allow(&rule);
+    let cond = poll(
+        "NetworkUnavailable after RBAC allows it again",
+        Duration::from_secs(60),
+        || network_unavailable(&k, "node1"),
+    );
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "FlannelIsUp");
+    assert_eq!(
+        k.podnetd("node1").id.pid,
+        rec1.id.pid,
+        "the same podnetd, not restarted"
+    );
     // The token is revoked: the watch is refused, the data path stays.
     k.store().revoke_token(TOKEN);
     k.store().break_watches();
