@@ -610,6 +610,7 @@ impl SubnetManager for KubeManager {
                     Update::Applied(n) => tr.applied(n),
                     Update::Deleted(n) => tr.deleted(n),
                     Update::Disconnected(e) => vec![WatchUpdate::Disconnected(e)],
+                    Update::Connected => vec![WatchUpdate::Connected],
                 };
                 for up in updates {
                     if tx.send(up).await.is_err() {

@@ -8,7 +8,8 @@
 //! watch was (a compaction, `410 Gone`, a long outage) the watch sends a new `Snapshot` and
 //! carries on; the consumer diffs it against what it had (`PeerSet::reset`), so nothing is
 //! missed or doubled. `Disconnected` reports that the watch lost the store and is retrying; the
-//! data path is left as it is meanwhile. The watch ends only when the receiver is dropped.
+//! data path is left as it is meanwhile; `Connected` that it is back. The watch ends only when
+//! the receiver is dropped.
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,6 +28,10 @@ pub enum WatchUpdate {
     Delete(SubnetKey),
     /// The watch lost the store and is reconnecting (for health and metrics).
     Disconnected(String),
+    /// After `Disconnected`: the watch is back and nothing was missed (a resumed watch; a
+    /// watch that had to start over sends a `Snapshot` instead). Optional: any update other
+    /// than `Disconnected` also says the watch is back.
+    Connected,
 }
 
 /// Result of one renewal.

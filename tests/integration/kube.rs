@@ -348,6 +348,30 @@ fn an_api_server_restart_and_410_gone_miss_nothing_and_rewrite_nothing() {
         k.c.add_pod("node2", "b", "1.0.0")
     };
     mesh(&k.c, &[a.clone(), b.clone()]);
+    // The API server is away a moment (its history kept): the watch resumes where it was, and
+    // the node says it is back at once, not only when the next Node changes.
+    let store = k.api.take().unwrap().stop();
+    k.c.wait_log(
+        &k.podnetd("node1"),
+        "lease watch lost",
+        Duration::from_secs(15),
+    );
+    k.start_api(store);
+    let back = |log: &str| {
+        let lost = log.find("lease watch lost")?;
+        log[lost..]
+            .contains("lease watch reconnected")
+            .then_some(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = k.c.log(&k.podnetd("node1"));
+        if back(&log).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1's watch not back:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let changes = "podnet_kernel_changes_total";
     let before = metric(&k, "node1", changes);
     k.store().clear_requests();
