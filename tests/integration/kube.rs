@@ -886,3 +886,32 @@ fn annotations_changed_by_someone_else_are_written_back() {
     let log = k.c.log(&k.podnetd("node1"));
     assert!(!log.contains("was lost"), "{log}");
 }
+
+/// A node flanneld ran on: its Node carries flanneld's annotations with its VtepMAC. podnetd,
+/// started there, makes flannel.1 with that MAC and sends no PATCH (nothing differs).
+#[test]
+fn a_vtep_mac_flanneld_wrote_is_kept_and_nothing_is_rewritten() {
+    let mut k = KubeLab::new("kmac", 1, 1);
+    let mac = "0a:58:c6:12:3c:77";
+    let ip = k.c.lab.plan().host("node1").unwrap().ip();
+    let tmpl = fixtures::fixture("node-worker-flannel").unwrap();
+    let mut n = fixtures::node(&tmpl, "node1", &[ip.into()], &["10.244.60.0/24"]);
+    let data = format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#);
+    n["metadata"]["annotations"][format!("{PREFIX}/backend-data")] = json!(data);
+    k.store().create(n).unwrap();
+    let before = k.annotations("node1");
+    assert_eq!(before[&format!("{PREFIX}/public-ip")], ip.to_string());
+    k.store().clear_requests();
+    k.start("node1", "vxlan", &["--set-node-network-unavailable=false"]);
+    k.ready("node1");
+    let dev = k.c.ip_json("node1", &["link", "show", "flannel.1"]);
+    assert_eq!(dev[0]["address"], mac, "{dev}");
+    assert_eq!(k.annotations("node1"), before);
+    let patches: Vec<_> = k
+        .store()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(patches.is_empty(), "nothing to write: {patches:?}");
+}
