@@ -38,7 +38,8 @@ pub async fn start<M: SubnetManager>(
     store: M,
 ) -> Result<EventLoop<M, Kernel>, DaemonError> {
     let cfg = network_config(&store, shared).await?;
-    let ext = external_interface(flags, &cfg, shared)?;
+    let stored = stored_public_ip(&store).await?;
+    let ext = external_interface(flags, &cfg, stored, shared)?;
     shared.phase("preparing the backend");
     let s = store.clone();
     shared.set_rejections(Box::new(move || s.rejected()));
@@ -202,17 +203,44 @@ async fn network_config<M: SubnetManager>(
     Ok(cfg)
 }
 
+/// The public addresses stored for this node in the store (flanneld's `GetStoredPublicIP`),
+/// waiting out outages; a malformed one is final.
+async fn stored_public_ip<M: SubnetManager>(
+    store: &M,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), DaemonError> {
+    let stored = backoff::retry(
+        "read the node's stored public address",
+        backoff::DEFAULT,
+        || async {
+            store.stored_public_ip().await.map_err(|e| {
+                if e.is_transient() {
+                    Attempt::Retry(e.to_string())
+                } else {
+                    Attempt::Fail(e.to_string())
+                }
+            })
+        },
+    )
+    .await
+    .map_err(DaemonError::Iface)?;
+    if stored != (None, None) {
+        tracing::info!(public_ip = ?stored.0, public_ipv6 = ?stored.1, "public address stored on the node; it replaces --public-ip(v6)");
+    }
+    Ok(stored)
+}
+
 fn external_interface(
     flags: &Flags,
     cfg: &NetworkConfig,
+    stored: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     shared: &Shared,
 ) -> Result<ExternalInterface, DaemonError> {
     let sel = Selection {
         ifaces: flags.iface.clone(),
         regexes: flags.iface_regex.clone(),
         can_reach: flags.iface_can_reach,
-        public_ip: flags.public_ip,
-        public_ipv6: flags.public_ipv6,
+        public_ip: stored.0.or(flags.public_ip),
+        public_ipv6: stored.1.or(flags.public_ipv6),
         need_v4: cfg.enable_ipv4,
         need_v6: cfg.enable_ipv6,
     };

@@ -12,6 +12,7 @@
 //! the receiver is dropped.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -78,6 +79,15 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
 
     /// The network config document; `None` while it does not exist yet.
     fn network_config(&self) -> impl Future<Output = Result<Option<String>, LeaseError>> + Send;
+
+    /// Public addresses the operator stored for this node in the store (Kubernetes: the
+    /// `node-public-ip` and `node-public-ipv6` annotations), which replace `--public-ip` and
+    /// `--public-ipv6`. Stores without any say none.
+    fn stored_public_ip(
+        &self,
+    ) -> impl Future<Output = Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), LeaseError>> + Send {
+        std::future::ready(Ok((None, None)))
+    }
 
     /// This node's lease as the store still holds it from before (a restart, a reboot, or
     /// flanneld on a node being migrated), so the backend keeps the identity it published.

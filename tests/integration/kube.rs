@@ -915,3 +915,93 @@ fn a_vtep_mac_flanneld_wrote_is_kept_and_nothing_is_rewritten() {
         .collect();
     assert!(patches.is_empty(), "nothing to write: {patches:?}");
 }
+
+/// The operator's `<prefix>/node-public-ip` annotation picks the node's public address (and
+/// with it the interface and the VXLAN source address), as flanneld reads it at start: here a
+/// second address of the node's underlay interface, which is not the one podnetd would pick.
+#[test]
+fn the_node_public_ip_annotation_chooses_the_public_address() {
+    let mut k = KubeLab::new("knpip", 2, 1);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+    }
+    let first = k.c.lab.plan().host("node1").unwrap().ip();
+    let chosen = "198.18.0.201";
+    let addrs = k.c.ip_json("node1", &["-4", "addr", "show"]);
+    let dev = addrs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["local"] == first.to_string())
+        })
+        .unwrap()["ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(k.c
+        .lab
+        .exec(
+            "node1",
+            &["ip", "addr", "add", &format!("{chosen}/24"), "dev", &dev],
+        )
+        .unwrap());
+    let mut n = k.node("node1");
+    n["metadata"]["annotations"][format!("{PREFIX}/node-public-ip")] = json!(chosen);
+    k.store().replace(n).unwrap();
+    for n in ["node1", "node2"] {
+        k.start(n, "vxlan", &[]);
+    }
+    k.ready("node1");
+    k.ready("node2");
+    // The lease, as published and as podnetd reports it.
+    assert_eq!(
+        k.annotations("node1")[&format!("{PREFIX}/public-ip")],
+        chosen
+    );
+    let sock = k.c.node_dir("node1").unwrap().join("podnetd.sock");
+    let status =
+        podnet::status::Status::from_json(&podnet::httpget::unix(&sock, "/status").unwrap().1)
+            .unwrap();
+    assert_eq!(status.node.public_ip.as_deref(), Some(chosen));
+    // VXLAN sends from it, and node2 sends to it.
+    let link = k.c.ip_json("node1", &["-d", "link", "show", "flannel.1"]);
+    assert_eq!(link[0]["linkinfo"]["info_data"]["local"], chosen, "{link}");
+    poll(
+        "node2's FDB entry for node1",
+        Duration::from_secs(10),
+        || {
+            let fdb = ok(k
+                .c
+                .lab
+                .exec("node2", &["bridge", "fdb", "show", "dev", "flannel.1"])
+                .unwrap());
+            fdb.contains(&format!("dst {chosen}")).then_some(())
+        },
+    );
+    let pods = [
+        k.c.add_pod("node1", "a", "1.0.0"),
+        k.c.add_pod("node2", "b", "1.0.0"),
+    ];
+    mesh(&k.c, &pods);
+    // A malformed annotation is a clear error naming it.
+    let mut n = k.node("node2");
+    n["metadata"]["annotations"][format!("{PREFIX}/node-public-ip")] = json!("not-an-ip");
+    k.store().replace(n).unwrap();
+    let rec = k.podnetd("node2");
+    k.c.lab.stop(rec.id.pid).unwrap();
+    k.start("node2", "vxlan", &[]);
+    let log = k.c.wait_log(
+        &k.podnetd("node2"),
+        "is not an IPv4 address",
+        Duration::from_secs(15),
+    );
+    assert!(
+        log.contains("node-public-ip") && log.contains("not-an-ip"),
+        "{log}"
+    );
+}
