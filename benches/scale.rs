@@ -11,8 +11,9 @@
 //! object deleted by hand. `BENCH_PARTS=startup,programming,idle` picks what runs (and
 //! `firewall`, not run by default: one apply of podnetd's nftables table through `nft -f` against
 //! nfnetlink, interleaved, `BENCH_RUNS` rounds, 50 by default), `BENCH_IDLE_BACKENDS=host-gw,vxlan`
-//! the backends of `idle`. `BENCH_BASELINE_PODNETD=path` adds an earlier build to `startup`
-//! (interleaved) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
+//! the backends of `idle`. `startup` runs podnetd with the lease in etcd and in the Kubernetes
+//! API (the test API server), interleaved; `BENCH_BASELINE_PODNETD=path` adds an earlier build
+//! to `startup` (interleaved, etcd) and to `idle` (there `path,path` adds several); `BENCH_IDLE_POLLING=0` leaves
 //! out the polling contender and `BENCH_IDLE_REPAIRS=0` the repairs (memory and CPU only).
 //! `BENCH_STORES` picks the stores (`etcd,kubernetes` by default); `etcd+refused` is etcd with
 //! one more lease that every node refuses (public address 127.0.0.1): its one-more-lease
@@ -533,27 +534,58 @@ fn scenario(backend: &'static str, n: usize, store: &str) -> Row {
     }
 }
 
+/// Start-up figures of one contender: seconds to subnet.env for first starts and restarts, and
+/// RSS (MB) once ready.
+struct Startup {
+    name: String,
+    first: Vec<f64>,
+    again: Vec<f64>,
+    rss: Vec<f64>,
+}
+
 /// podnetd start to subnet.env (and /readyz 200, flipped in the same step), 0 peers, restarts:
-/// first starts and restarts, for this build and, with `BENCH_BASELINE_PODNETD=path`, an
-/// earlier one, interleaved run by run. One (first, restart) pair per build.
-fn startup(runs: usize) -> Vec<(String, common::Summary, common::Summary)> {
+/// first starts and restarts, with the lease in etcd and in the Kubernetes API (the test API
+/// server, plain http, in etcd1's namespace: a Node with its podCIDR, `--kube-subnet-mgr`), for
+/// this build and, with `BENCH_BASELINE_PODNETD=path`, an earlier one (etcd only), interleaved
+/// run by run.
+fn startup(runs: usize) -> Vec<Startup> {
+    let config = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
     let mut c = Cluster::up(&LabSpec::new(unique("bst"), 1), binaries()).unwrap();
     let eps = c.eps.clone();
-    c.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
-        .unwrap();
+    c.put_config(config).unwrap();
     let dir = c.node_dir("node1").unwrap();
     let argv = c.podnetd_args("node1", &[]).unwrap();
-    let mut builds = vec![("this build".to_string(), argv.clone())];
+    let kube = Source::kube(&c, config);
+    let Source::Kube { api, args } = &kube else {
+        unreachable!()
+    };
+    let own_node = api.store().get("nodes", "", "node1").unwrap();
+    let kube_argv: Vec<String> = argv.iter().cloned().chain(args.iter().cloned()).collect();
+    // (name, argv, Kubernetes mode)
+    let mut builds = vec![
+        ("this build, etcd".to_string(), argv.clone(), false),
+        ("this build, Kubernetes API".to_string(), kube_argv, true),
+    ];
     if let Some(b) = std::env::var_os("BENCH_BASELINE_PODNETD") {
         let mut before = argv.clone();
         before[0] = b.to_string_lossy().into_owned();
-        builds.push((format!("before ({})", before[0]), before));
+        // Builds before the WireGuard backend do not know its key file flag (vxlan here).
+        before.retain(|a| !a.starts_with("--wireguard-key-file"));
+        builds.push((format!("before ({}), etcd", before[0]), before, false));
     }
+    let node_env = [("NODE_NAME".to_string(), "node1".to_string())];
     let lab = &mut c.lab;
-    let mut first = vec![Vec::new(); builds.len()];
-    let mut again = vec![Vec::new(); builds.len()];
+    let mut out: Vec<Startup> = builds
+        .iter()
+        .map(|(name, _, _)| Startup {
+            name: name.clone(),
+            first: Vec::new(),
+            again: Vec::new(),
+            rss: Vec::new(),
+        })
+        .collect();
     for r in 0..runs {
-        for (b, (_, argv)) in builds.iter().enumerate() {
+        for (b, (_, argv, in_kube)) in builds.iter().enumerate() {
             // A first start (new lease, new device) and a restart of the same node.
             for restart in [false, true] {
                 if !restart {
@@ -567,36 +599,38 @@ fn startup(runs: usize) -> Vec<(String, common::Summary, common::Summary)> {
                             .unwrap();
                         })
                     });
+                    // The Node as before podnet ever ran (no annotations of flannel's).
+                    api.store().delete("nodes", "", "node1").unwrap();
+                    api.store().create(own_node.clone()).unwrap();
                     let _ = lab.exec("node1", &["ip", "link", "del", "flannel.1"]);
                     let _ = lab.exec("node1", &["nft", "delete", "table", "inet", "podnet"]);
                     let _ = std::fs::remove_file(dir.join("subnet.env"));
                 }
+                let env: &[(String, String)] = if *in_kube { &node_env } else { &[] };
                 let t0 = now();
-                let rec = lab.spawn("node1", argv, &[]).unwrap();
+                let rec = lab.spawn("node1", argv, env).unwrap();
                 let line = wait_log(
                     &rec.log,
                     "ready: subnet file written",
                     Duration::from_secs(30),
                 );
                 let dt = log_time(&line).unwrap() - t0;
+                out[b].rss.push(rss_mb(rec.id.pid));
                 if std::env::var_os("BENCH_SHOW_LOG").is_some() {
                     eprintln!("{}", std::fs::read_to_string(&rec.log).unwrap_or_default());
                 }
                 if restart {
-                    again[b].push(dt)
+                    out[b].again.push(dt)
                 } else {
-                    first[b].push(dt)
+                    out[b].first.push(dt)
                 }
                 lab.stop(rec.id.pid).unwrap();
             }
         }
         eprintln!("start-up run {}/{runs}", r + 1);
     }
-    builds
-        .into_iter()
-        .enumerate()
-        .map(|(b, (name, _))| (name, summarize(&first[b]), summarize(&again[b])))
-        .collect()
+    drop(kube);
+    out
 }
 
 /// One apply of podnetd's table, the way it was (`nft -f` of its text) and the way it is (the
@@ -745,14 +779,44 @@ fn idle_backends() -> Vec<&'static str> {
         .collect()
 }
 
-fn print_startup(builds: Vec<(String, common::Summary, common::Summary)>) {
+fn print_startup(builds: Vec<Startup>) {
     println!(
-        "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, ms median (min–max):"
+        "\nStart-up, podnetd start to subnet.env written (and /readyz 200), no peers, vxlan, ms median (min–max), {} rounds interleaved:",
+        builds.first().map_or(0, |b| b.first.len())
     );
-    for (name, first, again) in builds {
-        println!("  {name}:");
-        println!("    first start (new lease, new device): {}", ms(first));
-        println!("    restart (lease and device kept):     {}", ms(again));
+    for b in &builds {
+        println!("  {}:", b.name);
+        println!(
+            "    first start (new lease, new device): {}",
+            ms(summarize(&b.first))
+        );
+        println!(
+            "    restart (lease and device kept):     {}",
+            ms(summarize(&b.again))
+        );
+        let rss = summarize(&b.rss);
+        println!(
+            "    RSS when ready, MB:                  {:.1} ({:.1}–{:.1})",
+            rss.median, rss.min, rss.max
+        );
+    }
+    // Round by round against the first contender (etcd, this build): the rounds ran back to
+    // back, so a ratio is less disturbed by the machine's load than either figure.
+    let Some((base, rest)) = builds.split_first() else {
+        return;
+    };
+    for b in rest {
+        for (what, x, y) in [
+            ("first start", &b.first, &base.first),
+            ("restart", &b.again, &base.again),
+        ] {
+            let ratios: Vec<f64> = x.iter().zip(y).map(|(a, e)| a / e).collect();
+            let r = summarize(&ratios);
+            println!(
+                "  {} / {}, {what}, per round: {:.2} ({:.2}–{:.2})",
+                b.name, base.name, r.median, r.min, r.max
+            );
+        }
     }
 }
 

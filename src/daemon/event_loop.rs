@@ -144,6 +144,8 @@ impl<M: SubnetManager, S: PeerSink> EventLoop<M, S> {
                 self.shared.store_error("watch", e);
                 Vec::new()
             }
+            // Logged above.
+            WatchUpdate::Connected => Vec::new(),
         };
         for ev in events {
             self.apply(ev);
@@ -239,6 +241,12 @@ mod tests {
         Recorder,
         tokio::task::JoinHandle<Result<(), DaemonError>>,
     ) {
+        let (own, rec, lp) = node_loop(store).await;
+        (own, rec, tokio::spawn(lp.run()))
+    }
+
+    /// A node on the memory store with two peers, its loop not started.
+    async fn node_loop(store: &MemoryStore) -> (Lease, Recorder, EventLoop<MemoryStore, Recorder>) {
         store.put(peer("10.244.2.0-24", "198.18.0.12"));
         store.put(peer("10.244.3.0-24", "198.18.0.13"));
         let cfg = NetworkConfig::parse(CONFIG).unwrap();
@@ -276,7 +284,20 @@ mod tests {
             resync_period: Duration::from_secs(3600),
             disconnected: false,
         };
-        (own, rec, tokio::spawn(lp.run()))
+        (own, rec, lp)
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_comes_back_is_known_to_be_back_before_the_next_change() {
+        let store = MemoryStore::new(CONFIG);
+        let (_own, rec, mut lp) = node_loop(&store).await;
+        lp.on_update(WatchUpdate::Disconnected("outage".into()))
+            .await
+            .unwrap();
+        assert!(lp.disconnected);
+        lp.on_update(WatchUpdate::Connected).await.unwrap();
+        assert!(!lp.disconnected, "reconnected without waiting for a change");
+        assert!(rec.take(0).await.is_empty(), "no kernel work");
     }
 
     #[tokio::test]

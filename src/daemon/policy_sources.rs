@@ -261,6 +261,10 @@ fn follow<K>(
                     down = true;
                     continue;
                 }
+                Update::Connected => {
+                    down = false;
+                    continue;
+                }
             };
             down = false;
             if tx.send(msg).is_err() {

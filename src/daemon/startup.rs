@@ -2,7 +2,8 @@
 //!
 //! Order: network config (waits until it exists) → external interface → backend prepared (its
 //! identity goes into the lease) → lease acquired → own devices set up → watch started → first
-//! complete peer list programmed, the firewall alongside → `subnet.env` written → ready. Every
+//! complete peer list programmed, the firewall alongside → `subnet.env` written → ready → the
+//! store told (`complete`, in a task of its own that retries until the store accepts). Every
 //! step that waits on the store retries with backoff; a wrong config or a lost race for the last
 //! subnet is final.
 
@@ -37,7 +38,8 @@ pub async fn start<M: SubnetManager>(
     store: M,
 ) -> Result<EventLoop<M, Kernel>, DaemonError> {
     let cfg = network_config(&store, shared).await?;
-    let ext = external_interface(flags, &cfg, shared)?;
+    let stored = stored_public_ip(&store).await?;
+    let ext = external_interface(flags, &cfg, stored, shared)?;
     shared.phase("preparing the backend");
     let s = store.clone();
     shared.set_rejections(Box::new(move || s.rejected()));
@@ -119,10 +121,12 @@ pub async fn start<M: SubnetManager>(
     tracing::info!(path = %flags.subnet_file.display(), "ready: subnet file written");
     shared.set_ready();
     http::notify_ready();
-    if let Err(e) = store.complete(&own).await {
-        tracing::error!("{e}");
-        shared.store_error("complete", e.to_string());
-    }
+    tokio::spawn(complete(
+        store.clone(),
+        own.clone(),
+        shared.clone(),
+        COMPLETE_RETRY,
+    ));
     Ok(EventLoop {
         store,
         updates,
@@ -136,6 +140,40 @@ pub async fn start<M: SubnetManager>(
         resync_period: flags.resync_period,
         disconnected: false,
     })
+}
+
+/// How `complete` is retried: a refusal (RBAC) or an outage may last; the fix is picked up within
+/// half a minute of it.
+const COMPLETE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Tells the store the data path is up (the Kubernetes API: the NetworkUnavailable condition),
+/// retrying until it succeeds, whatever the error: a ClusterRole fixed later, or an API server
+/// back, takes effect without a restart. Every failure is counted; the first is logged as an
+/// error, then one every five minutes (or when the error changes).
+async fn complete<M: SubnetManager>(store: M, own: Lease, shared: Arc<Shared>, mut wait: Backoff) {
+    let mut logged: Option<(String, tokio::time::Instant)> = None;
+    loop {
+        match store.complete(&own).await {
+            Ok(()) => {
+                if logged.is_some() {
+                    tracing::info!("the store accepted that the data path is up, after retries");
+                }
+                return;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let quiet = logged
+                    .as_ref()
+                    .is_some_and(|(m, t)| *m == msg && t.elapsed() < Duration::from_secs(300));
+                if !quiet {
+                    tracing::error!("{msg} (retrying)");
+                    logged = Some((msg.clone(), tokio::time::Instant::now()));
+                }
+                shared.store_error("complete", msg);
+                wait.wait().await;
+            }
+        }
+    }
 }
 
 /// Waits until the store has a network config, and parses it.
@@ -166,17 +204,44 @@ async fn network_config<M: SubnetManager>(
     Ok(cfg)
 }
 
+/// The public addresses stored for this node in the store (flanneld's `GetStoredPublicIP`),
+/// waiting out outages; a malformed one is final.
+async fn stored_public_ip<M: SubnetManager>(
+    store: &M,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), DaemonError> {
+    let stored = backoff::retry(
+        "read the node's stored public address",
+        backoff::DEFAULT,
+        || async {
+            store.stored_public_ip().await.map_err(|e| {
+                if e.is_transient() {
+                    Attempt::Retry(e.to_string())
+                } else {
+                    Attempt::Fail(e.to_string())
+                }
+            })
+        },
+    )
+    .await
+    .map_err(DaemonError::Iface)?;
+    if stored != (None, None) {
+        tracing::info!(public_ip = ?stored.0, public_ipv6 = ?stored.1, "public address stored on the node; it replaces --public-ip(v6)");
+    }
+    Ok(stored)
+}
+
 fn external_interface(
     flags: &Flags,
     cfg: &NetworkConfig,
+    stored: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     shared: &Shared,
 ) -> Result<ExternalInterface, DaemonError> {
     let sel = Selection {
         ifaces: flags.iface.clone(),
         regexes: flags.iface_regex.clone(),
         can_reach: flags.iface_can_reach,
-        public_ip: flags.public_ip,
-        public_ipv6: flags.public_ipv6,
+        public_ip: stored.0.or(flags.public_ip),
+        public_ipv6: stored.1.or(flags.public_ipv6),
         need_v4: cfg.enable_ipv4,
         need_v6: cfg.enable_ipv6,
     };

@@ -4,7 +4,8 @@
 //! at the list's resourceVersion with bookmarks, so the version to resume from stays fresh even
 //! when nothing changes. A stream that ends (the server's timeout) is resumed from the last
 //! version seen, without telling anyone; one that breaks is resumed too, after a
-//! `Disconnected` and a backoff. When the server no longer has that version (`410 Gone`, or an
+//! `Disconnected` and a backoff, and `Connected` is sent once the server has taken the watch
+//! again (so the consumer knows before the next change comes). When the server no longer has that version (`410 Gone`, or an
 //! ERROR event with code 410) the whole list is read again and sent as a new `Snapshot`: the
 //! consumer diffs it against what it had, so nothing is missed or doubled.
 //!
@@ -31,6 +32,9 @@ pub enum Update<T> {
     Deleted(T),
     /// The watch lost the server and is reconnecting.
     Disconnected(String),
+    /// After `Disconnected`: the watch is back (a resumed stream; after a new list, the
+    /// `Snapshot` says so instead).
+    Connected,
 }
 
 /// Page size of lists.
@@ -76,6 +80,13 @@ impl<K> Target<K> {
     }
 }
 
+/// The state of the connection to the server across streams.
+struct Link {
+    backoff: Backoff,
+    /// A `Disconnected` was sent and nothing has come through since.
+    lost: bool,
+}
+
 /// How one watch stream ended.
 enum Ended {
     /// Resume from this version.
@@ -92,24 +103,28 @@ where
     F: Fn(K) -> T,
 {
     let mut version: Option<String> = None;
-    let mut backoff = BACKOFF;
+    let mut link = Link {
+        backoff: BACKOFF,
+        lost: false,
+    };
     while !tx.is_closed() {
         let from = match version.take() {
             Some(v) => v,
             None => match list(&target, &convert).await {
                 Ok((items, v)) => {
+                    link.lost = false;
                     if tx.send(Update::Snapshot(items)).await.is_err() {
                         return;
                     }
                     v
                 }
                 Err(e) => {
-                    disconnected(&tx, &mut backoff, e.to_string()).await;
+                    disconnected(&tx, &mut link, e.to_string()).await;
                     continue;
                 }
             },
         };
-        match follow(&target, &from, &tx, &convert, &mut backoff).await {
+        match follow(&target, &from, &tx, &convert, &mut link).await {
             Ended::At(v) => version = Some(v),
             Ended::Gone => {
                 tracing::info!(
@@ -152,7 +167,7 @@ async fn follow<K, T, F>(
     from: &str,
     tx: &mpsc::Sender<Update<T>>,
     convert: &F,
-    backoff: &mut Backoff,
+    link: &mut Link,
 ) -> Ended
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -166,10 +181,14 @@ where
             if matches!(e, KubeError::Gone { .. }) {
                 return Ended::Gone;
             }
-            disconnected(tx, backoff, e.to_string()).await;
+            disconnected(tx, link, e.to_string()).await;
             return Ended::At(version);
         }
     };
+    // The server answered the watch: back.
+    if std::mem::take(&mut link.lost) && tx.send(Update::Connected).await.is_err() {
+        return Ended::ReceiverGone;
+    }
     let mut stream = stream.boxed();
     loop {
         let event = match stream.try_next().await {
@@ -178,11 +197,11 @@ where
             Ok(None) => return Ended::At(version),
             Err(e) => {
                 let e = KubeError::of("watch", target.resource, e);
-                disconnected(tx, backoff, e.to_string()).await;
+                disconnected(tx, link, e.to_string()).await;
                 return Ended::At(version);
             }
         };
-        backoff.reset();
+        link.backoff.reset();
         let update = match event {
             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                 version = o.resource_version().unwrap_or(version);
@@ -202,7 +221,7 @@ where
                     "{} watch: {} {}: {}",
                     target.resource, s.code, s.reason, s.message
                 );
-                disconnected(tx, backoff, msg).await;
+                disconnected(tx, link, msg).await;
                 return Ended::At(version);
             }
         };
@@ -212,7 +231,8 @@ where
     }
 }
 
-async fn disconnected<T>(tx: &mpsc::Sender<Update<T>>, backoff: &mut Backoff, why: String) {
+async fn disconnected<T>(tx: &mpsc::Sender<Update<T>>, link: &mut Link, why: String) {
+    link.lost = true;
     let _ = tx.send(Update::Disconnected(why)).await;
-    backoff.wait().await;
+    link.backoff.wait().await;
 }

@@ -50,6 +50,8 @@ pub struct Annotations {
     pub public_ipv6: String,
     pub public_ip_overwrite: String,
     pub public_ipv6_overwrite: String,
+    pub node_public_ip: String,
+    pub node_public_ipv6: String,
 }
 
 impl Annotations {
@@ -86,6 +88,8 @@ impl Annotations {
             public_ipv6: name("public-ipv6"),
             public_ip_overwrite: name("public-ip-overwrite"),
             public_ipv6_overwrite: name("public-ipv6-overwrite"),
+            node_public_ip: name("node-public-ip"),
+            node_public_ipv6: name("node-public-ipv6"),
         })
     }
 }
@@ -196,6 +200,31 @@ pub fn node_lease(
             .map(|t| t.0.as_second())
             .unwrap_or(0),
     }))
+}
+
+/// The public addresses the operator stored on this node (`<prefix>/node-public-ip` and
+/// `node-public-ipv6`): flanneld reads them at start, and they replace `--public-ip` and
+/// `--public-ipv6` (so they also choose the interface, see `daemon::iface`). An empty value is
+/// no value; anything else must be an address of its family.
+pub fn stored_public_ips(
+    node: &Node,
+    ann: &Annotations,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
+    let v4 = match annotation(node, &ann.node_public_ip).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Ipv4Addr>()
+                .map_err(|_| format!("{} {s:?} is not an IPv4 address", ann.node_public_ip))?,
+        ),
+    };
+    let v6 = match annotation(node, &ann.node_public_ipv6).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Ipv6Addr>()
+                .map_err(|_| format!("{} {s:?} is not an IPv6 address", ann.node_public_ipv6))?,
+        ),
+    };
+    Ok((v4, v6))
 }
 
 /// The annotations this node must change so they say what `attrs` says, by flanneld's rules
@@ -524,6 +553,20 @@ impl SubnetManager for KubeManager {
         }
     }
 
+    async fn stored_public_ip(&self) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), LeaseError> {
+        let node = match self.own_node().await {
+            Ok(n) => n,
+            // Not registered yet: nobody can have annotated it (flanneld goes on too).
+            Err(LeaseError::NotYet(why)) => {
+                tracing::warn!("no stored public address: {why}");
+                return Ok((None, None));
+            }
+            Err(e) => return Err(e),
+        };
+        stored_public_ips(&node, &self.ann)
+            .map_err(|e| LeaseError::Config(format!("node {:?}: {e}", self.node_name)))
+    }
+
     async fn previous_lease(&self, cfg: &NetworkConfig, _attrs: &LeaseAttrs) -> Option<Lease> {
         let node = self.nodes.get(&self.node_name).await.ok()?;
         node_lease(&node, &self.ann, cfg.enable_ipv4, cfg.enable_ipv6).ok()?
@@ -610,6 +653,7 @@ impl SubnetManager for KubeManager {
                     Update::Applied(n) => tr.applied(n),
                     Update::Deleted(n) => tr.deleted(n),
                     Update::Disconnected(e) => vec![WatchUpdate::Disconnected(e)],
+                    Update::Connected => vec![WatchUpdate::Connected],
                 };
                 for up in updates {
                     if tx.send(up).await.is_err() {
@@ -827,6 +871,32 @@ mod tests {
         );
         let c = annotation_changes(&current, &a, &ann());
         assert_eq!(c["flannel.alpha.coreos.com/public-ip"], "203.0.113.7");
+    }
+
+    #[test]
+    fn node_public_ip_annotations_are_read_and_checked() {
+        let mut v = podnet_test_apiserver::fixtures::fixture("node-worker-flannel").unwrap();
+        assert_eq!(
+            stored_public_ips(&node(v.clone()), &ann()),
+            Ok((None, None))
+        );
+        let a = &mut v["metadata"]["annotations"];
+        a["flannel.alpha.coreos.com/node-public-ip"] = "198.18.0.111".into();
+        a["flannel.alpha.coreos.com/node-public-ipv6"] = "".into();
+        assert_eq!(
+            stored_public_ips(&node(v.clone()), &ann()),
+            Ok((Some("198.18.0.111".parse().unwrap()), None))
+        );
+        v["metadata"]["annotations"]["flannel.alpha.coreos.com/node-public-ipv6"] =
+            "198.18.0.111".into();
+        assert_eq!(
+            stored_public_ips(&node(v.clone()), &ann()).unwrap_err(),
+            "flannel.alpha.coreos.com/node-public-ipv6 \"198.18.0.111\" is not an IPv6 address"
+        );
+        // Under another prefix, the names follow it.
+        let other = Annotations::new("example.com/podnet").unwrap();
+        assert_eq!(other.node_public_ip, "example.com/podnet-node-public-ip");
+        assert_eq!(stored_public_ips(&node(v), &other), Ok((None, None)));
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! watch was (a compaction, `410 Gone`, a long outage) the watch sends a new `Snapshot` and
 //! carries on; the consumer diffs it against what it had (`PeerSet::reset`), so nothing is
 //! missed or doubled. `Disconnected` reports that the watch lost the store and is retrying; the
-//! data path is left as it is meanwhile. The watch ends only when the receiver is dropped.
+//! data path is left as it is meanwhile; `Connected` that it is back. The watch ends only when
+//! the receiver is dropped.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -34,6 +36,10 @@ pub enum WatchUpdate {
     },
     /// The watch lost the store and is reconnecting (for health and metrics).
     Disconnected(String),
+    /// After `Disconnected`: the watch is back and nothing was missed (a resumed watch; a
+    /// watch that had to start over sends a `Snapshot` instead). Optional: any update other
+    /// than `Disconnected` also says the watch is back.
+    Connected,
 }
 
 /// Result of one renewal.
@@ -80,6 +86,15 @@ pub trait SubnetManager: Clone + Send + Sync + 'static {
 
     /// The network config document; `None` while it does not exist yet.
     fn network_config(&self) -> impl Future<Output = Result<Option<String>, LeaseError>> + Send;
+
+    /// Public addresses the operator stored for this node in the store (Kubernetes: the
+    /// `node-public-ip` and `node-public-ipv6` annotations), which replace `--public-ip` and
+    /// `--public-ipv6`. Stores without any say none.
+    fn stored_public_ip(
+        &self,
+    ) -> impl Future<Output = Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), LeaseError>> + Send {
+        std::future::ready(Ok((None, None)))
+    }
 
     /// This node's lease as the store still holds it from before (a restart, a reboot, or
     /// flanneld on a node being migrated), so the backend keeps the identity it published.

@@ -297,7 +297,10 @@ fn a_node_without_a_pod_cidr_waits_says_why_and_goes_on_when_it_gets_one() {
         !k.c.env_path("node1").exists(),
         "no subnet.env before a lease"
     );
-    // kube-controller-manager assigns one: podnetd goes on within a second.
+    // kube-controller-manager assigns one: podnetd goes on. It looks at its Node again every
+    // second (a GET: thousands of waiting nodes must not poll the API server faster), so the
+    // pick-up takes up to a second plus the rest of start-up; 1.5 s leaves room for a loaded
+    // machine. The issue's "within a second" is met for the look, not with start-up added.
     k.store()
         .patch(
             "nodes",
@@ -348,6 +351,30 @@ fn an_api_server_restart_and_410_gone_miss_nothing_and_rewrite_nothing() {
         k.c.add_pod("node2", "b", "1.0.0")
     };
     mesh(&k.c, &[a.clone(), b.clone()]);
+    // The API server is away a moment (its history kept): the watch resumes where it was, and
+    // the node says it is back at once, not only when the next Node changes.
+    let store = k.api.take().unwrap().stop();
+    k.c.wait_log(
+        &k.podnetd("node1"),
+        "lease watch lost",
+        Duration::from_secs(15),
+    );
+    k.start_api(store);
+    let back = |log: &str| {
+        let lost = log.find("lease watch lost")?;
+        log[lost..]
+            .contains("lease watch reconnected")
+            .then_some(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = k.c.log(&k.podnetd("node1"));
+        if back(&log).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1's watch not back:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let changes = "podnet_kernel_changes_total";
     let before = metric(&k, "node1", changes);
     k.store().clear_requests();
@@ -468,6 +495,15 @@ fn a_deleted_node_loses_its_routes_neighbours_and_fdb_entries_everywhere() {
     }
 }
 
+/// The node's NetworkUnavailable condition, if it has one.
+fn network_unavailable(k: &KubeLab, node: &str) -> Option<Value> {
+    k.node(node)["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .cloned()
+}
+
 #[test]
 fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
     let mut k = KubeLab::new("kforb", 2, 1);
@@ -481,14 +517,23 @@ fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
     let b = k.c.add_pod("node2", "b", "1.0.0");
     mesh(&k.c, &[a.clone(), b.clone()]);
     // RBAC loses nodes/status patch; node1's agent restarts (its annotations are already right,
-    // so only the NetworkUnavailable condition needs the verb).
-    k.store()
-        .forbid(ForbiddenRule::new("patch", "nodes/status"));
+    // so only the NetworkUnavailable condition needs the verb; the test takes the condition
+    // away, as on a node podnet has never run on).
+    let rule = ForbiddenRule::new("patch", "nodes/status");
+    k.store().forbid(rule.clone());
     let rec = k.podnetd("node1");
     k.c.lab.stop(rec.id.pid).unwrap();
+    let mut n = k.node("node1");
+    n["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["type"] != "NetworkUnavailable");
+    k.store().replace(n).unwrap();
+    assert!(network_unavailable(&k, "node1").is_none());
     std::fs::remove_file(k.c.env_path("node1")).unwrap();
     k.start("node1", "host-gw", &[]);
     k.ready("node1");
+    let rec1 = k.podnetd("node1");
     let log = poll("the refusal in the log", Duration::from_secs(10), || {
         let l = k.c.log(&k.podnetd("node1"));
         l.contains("nodes/status patch forbidden").then_some(l)
@@ -508,12 +553,23 @@ fn forbidden_status_patches_and_a_revoked_token_leave_the_data_path_alone() {
             .unwrap()
             .contains("nodes/status patch forbidden")
     );
-    let m = podnet::httpget::unix(&sock, "/metrics").unwrap().1;
-    assert!(
-        m.contains("podnet_lease_store_errors_total{store=\"kubernetes\",op=\"complete\"} 1"),
-        "{m}"
-    );
+    let failed = r#"podnet_lease_store_errors_total{store="kubernetes",op="complete"}"#;
+    assert!(metric(&k, "node1", failed) >= 1.0);
     mesh(&k.c, &[a.clone(), b.clone()]);
+    // The ClusterRole is fixed: the condition appears without a restart.
+    k.store().allow(&rule);
+    let cond = poll(
+        "NetworkUnavailable after RBAC allows it again",
+        Duration::from_secs(60),
+        || network_unavailable(&k, "node1"),
+    );
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "FlannelIsUp");
+    assert_eq!(
+        k.podnetd("node1").id.pid,
+        rec1.id.pid,
+        "the same podnetd, not restarted"
+    );
     // The token is revoked: the watch is refused, the data path stays.
     k.store().revoke_token(TOKEN);
     k.store().break_watches();
@@ -832,4 +888,123 @@ fn annotations_changed_by_someone_else_are_written_back() {
     assert!(metric(&k, "node1", "podnet_lease_repairs_total") >= 2.0);
     let log = k.c.log(&k.podnetd("node1"));
     assert!(!log.contains("was lost"), "{log}");
+}
+
+/// A node flanneld ran on: its Node carries flanneld's annotations with its VtepMAC. podnetd,
+/// started there, makes flannel.1 with that MAC and sends no PATCH (nothing differs).
+#[test]
+fn a_vtep_mac_flanneld_wrote_is_kept_and_nothing_is_rewritten() {
+    let mut k = KubeLab::new("kmac", 1, 1);
+    let mac = "0a:58:c6:12:3c:77";
+    let ip = k.c.lab.plan().host("node1").unwrap().ip();
+    let tmpl = fixtures::fixture("node-worker-flannel").unwrap();
+    let mut n = fixtures::node(&tmpl, "node1", &[ip.into()], &["10.244.60.0/24"]);
+    let data = format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#);
+    n["metadata"]["annotations"][format!("{PREFIX}/backend-data")] = json!(data);
+    k.store().create(n).unwrap();
+    let before = k.annotations("node1");
+    assert_eq!(before[&format!("{PREFIX}/public-ip")], ip.to_string());
+    k.store().clear_requests();
+    k.start("node1", "vxlan", &["--set-node-network-unavailable=false"]);
+    k.ready("node1");
+    let dev = k.c.ip_json("node1", &["link", "show", "flannel.1"]);
+    assert_eq!(dev[0]["address"], mac, "{dev}");
+    assert_eq!(k.annotations("node1"), before);
+    let patches: Vec<_> = k
+        .store()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(patches.is_empty(), "nothing to write: {patches:?}");
+}
+
+/// The operator's `<prefix>/node-public-ip` annotation picks the node's public address (and
+/// with it the interface and the VXLAN source address), as flanneld reads it at start: here a
+/// second address of the node's underlay interface, which is not the one podnetd would pick.
+#[test]
+fn the_node_public_ip_annotation_chooses_the_public_address() {
+    let mut k = KubeLab::new("knpip", 2, 1);
+    for (i, n) in ["node1", "node2"].iter().enumerate() {
+        k.add_node(n, Some(&cidr(i)));
+    }
+    let first = k.c.lab.plan().host("node1").unwrap().ip();
+    let chosen = "198.18.0.201";
+    let addrs = k.c.ip_json("node1", &["-4", "addr", "show"]);
+    let dev = addrs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["local"] == first.to_string())
+        })
+        .unwrap()["ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(k.c
+        .lab
+        .exec(
+            "node1",
+            &["ip", "addr", "add", &format!("{chosen}/24"), "dev", &dev],
+        )
+        .unwrap());
+    let mut n = k.node("node1");
+    n["metadata"]["annotations"][format!("{PREFIX}/node-public-ip")] = json!(chosen);
+    k.store().replace(n).unwrap();
+    for n in ["node1", "node2"] {
+        k.start(n, "vxlan", &[]);
+    }
+    k.ready("node1");
+    k.ready("node2");
+    // The lease, as published and as podnetd reports it.
+    assert_eq!(
+        k.annotations("node1")[&format!("{PREFIX}/public-ip")],
+        chosen
+    );
+    let sock = k.c.node_dir("node1").unwrap().join("podnetd.sock");
+    let status =
+        podnet::status::Status::from_json(&podnet::httpget::unix(&sock, "/status").unwrap().1)
+            .unwrap();
+    assert_eq!(status.node.public_ip.as_deref(), Some(chosen));
+    // VXLAN sends from it, and node2 sends to it.
+    let link = k.c.ip_json("node1", &["-d", "link", "show", "flannel.1"]);
+    assert_eq!(link[0]["linkinfo"]["info_data"]["local"], chosen, "{link}");
+    poll(
+        "node2's FDB entry for node1",
+        Duration::from_secs(10),
+        || {
+            let fdb = ok(k
+                .c
+                .lab
+                .exec("node2", &["bridge", "fdb", "show", "dev", "flannel.1"])
+                .unwrap());
+            fdb.contains(&format!("dst {chosen}")).then_some(())
+        },
+    );
+    let pods = [
+        k.c.add_pod("node1", "a", "1.0.0"),
+        k.c.add_pod("node2", "b", "1.0.0"),
+    ];
+    mesh(&k.c, &pods);
+    // A malformed annotation is a clear error naming it.
+    let mut n = k.node("node2");
+    n["metadata"]["annotations"][format!("{PREFIX}/node-public-ip")] = json!("not-an-ip");
+    k.store().replace(n).unwrap();
+    let rec = k.podnetd("node2");
+    k.c.lab.stop(rec.id.pid).unwrap();
+    k.start("node2", "vxlan", &[]);
+    let log = k.c.wait_log(
+        &k.podnetd("node2"),
+        "is not an IPv4 address",
+        Duration::from_secs(15),
+    );
+    assert!(
+        log.contains("node-public-ip") && log.contains("not-an-ip"),
+        "{log}"
+    );
 }
