@@ -301,7 +301,8 @@ async fn acquire<M: SubnetManager>(
         previous,
         ttl: flags.subnet_lease_ttl,
     };
-    // Waiting for something another component does (a podCIDR): look again every second.
+    // Waiting for something another component does (a podCIDR): look again within a second
+    // (the Kubernetes store waits on a watch of its Node between looks).
     let patience = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
     let lease = backoff::retry("acquire a lease", patience, || async {
         store.acquire(cfg, &req).await.map_err(|e| {

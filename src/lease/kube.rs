@@ -19,9 +19,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -285,6 +286,9 @@ pub struct KubeManager {
     cfg: Arc<OnceLock<NetworkConfig>>,
     /// Nodes whose annotations make no lease, with why.
     rejected: Arc<Mutex<BTreeMap<String, String>>>,
+    /// The resource version at which this Node was last seen without a podCIDR: the next
+    /// acquisition watches it from there instead of looking again.
+    waiting_since: Arc<Mutex<Option<String>>>,
 }
 
 impl KubeManager {
@@ -303,6 +307,7 @@ impl KubeManager {
             set_network_unavailable,
             cfg: Arc::new(OnceLock::new()),
             rejected: Arc::default(),
+            waiting_since: Arc::default(),
         }
     }
 
@@ -368,7 +373,14 @@ impl KubeManager {
     /// The lease the node has now, re-published if its annotations drifted.
     async fn take(&self, cfg: &NetworkConfig, attrs: &LeaseAttrs) -> Result<Lease, LeaseError> {
         let node = self.own_node().await?;
-        let key = self.own_key(&node, cfg)?;
+        let key = match self.own_key(&node, cfg) {
+            Err(e @ LeaseError::NotYet(_)) => {
+                *self.waiting_since.lock().expect("waiting lock") =
+                    node.metadata.resource_version.clone();
+                return Err(e);
+            }
+            r => r?,
+        };
         self.annotate(&node, attrs).await?;
         // What peers read: the operator's overwrites (as `node_lease` reads this Node).
         let mut attrs = attrs.clone();
@@ -390,6 +402,37 @@ impl KubeManager {
             revision: 0,
             created: 0,
         })
+    }
+
+    /// Waits until this Node has a podCIDR, watching it from `rv`: kube-controller-manager's
+    /// assignment is seen at once, where looking again every second would add up to a second
+    /// and load the API server with a GET a second from every waiting node. Returns when the
+    /// podCIDR is there, when the server ends the watch, and on any trouble: the caller then
+    /// looks at the Node again (and says why it still waits).
+    async fn wait_for_pod_cidr(&self, mut rv: String) {
+        let wp = WatchParams::default()
+            .fields(&format!("metadata.name={}", self.node_name))
+            .timeout(60);
+        let events = match self.nodes.watch(&wp, &rv).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!("watching node {:?}: {e}", self.node_name);
+                return;
+            }
+        };
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
+                    if !matches!(pod_cidrs(&n), Ok(None)) {
+                        return;
+                    }
+                    rv = n.metadata.resource_version.unwrap_or(rv);
+                }
+                Ok(WatchEvent::Bookmark(b)) => rv = b.metadata.resource_version,
+                Ok(WatchEvent::Deleted(_) | WatchEvent::Error(_)) | Err(_) => return,
+            }
+        }
     }
 
     /// Nodes skipped because their annotations make no lease, as `name: why`.
@@ -578,6 +621,12 @@ impl SubnetManager for KubeManager {
         req: &AcquireRequest,
     ) -> Result<Lease, LeaseError> {
         let _ = self.cfg.set(cfg.clone());
+        // The last look found the Node without a podCIDR (and the caller said so): wait for
+        // it to change rather than look again.
+        let since = self.waiting_since.lock().expect("waiting lock").take();
+        if let Some(rv) = since {
+            self.wait_for_pod_cidr(rv).await;
+        }
         self.take(cfg, &req.attrs).await
     }
 
