@@ -596,7 +596,8 @@ mod tests {
         );
     }
 
-    /// The IPv6 half of a lease is checked as strictly as the IPv4 one.
+    /// The IPv6 half of a lease is checked as strictly as the IPv4 one. One case after another
+    /// over one checker (a table would name the same fields twice): long, but a list.
     #[test]
     fn the_ipv6_half_is_untrusted_too() {
         let dual = |own: &str| Checker {

@@ -383,14 +383,6 @@ fn ip(ctx: &Ctx, field: &str, s: &str) -> Result<IpAddr> {
     s.parse().map_err(|_| ctx.err(field, s, Reason::InvalidIp))
 }
 
-/// A label selector from the API form (`path` is where it sits, for errors).
-pub fn selector_at(object: &str, path: &str, s: &meta::LabelSelector) -> Result<LabelSelector> {
-    let ctx = Ctx {
-        object: object.to_string(),
-    };
-    selector(&ctx, path, s)
-}
-
 fn selector(ctx: &Ctx, path: &str, s: &meta::LabelSelector) -> Result<LabelSelector> {
     let match_labels = labels(ctx, &format!("{path}.matchLabels"), s.match_labels.as_ref())?;
     let mut exprs = Vec::new();

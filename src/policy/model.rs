@@ -455,10 +455,6 @@ impl Cluster {
         self.namespaces.insert(ns.name.clone(), ns)
     }
 
-    pub fn remove_namespace(&mut self, name: &str) -> Option<Namespace> {
-        self.namespaces.remove(name)
-    }
-
     /// Replaces a namespace's labels (the automatic name label stays).
     pub fn set_namespace_labels(&mut self, name: &str, labels: Labels) {
         self.upsert_namespace(Namespace::new(name, labels));
