@@ -131,7 +131,11 @@ impl KernelEngine {
     /// recreated or its peers changed behind podnet's back, which is worth a warning.
     fn converge(&mut self, have: &[PeerState], full_pass: bool) {
         let want: Vec<PeerConfig> = self.wanted.values().map(|p| self.config(p)).collect();
-        let (stale, update) = plan(have, &want);
+        // Between full passes an endpoint is the kernel's: WireGuard follows a peer to wherever
+        // its authenticated packets come from (NAT, a node sending from another address), and
+        // putting the lease's address back every check would fight that. A lease's new
+        // endpoint reaches the device through `peer_up`, and each full pass sets them all.
+        let (stale, update) = plan(have, &want, full_pass);
         if stale.is_empty() && update.is_empty() {
             return;
         }
@@ -169,17 +173,23 @@ impl KernelEngine {
 }
 
 /// Whether the kernel's peer matches what we would configure (the PSK by value: after the
-/// config's `PSK` changes, a restarted podnetd must replace the one the kernel kept).
-fn in_sync(have: &PeerState, want: &PeerConfig) -> bool {
-    have.endpoint == Some(std::net::SocketAddr::V4(want.endpoint))
+/// config's `PSK` changes, a restarted podnetd must replace the one the kernel kept; the
+/// endpoint only if `endpoints`, see `converge`).
+fn in_sync(have: &PeerState, want: &PeerConfig, endpoints: bool) -> bool {
+    (!endpoints || have.endpoint == Some(std::net::SocketAddr::V4(want.endpoint)))
         && have.allowed == want.allowed
         && have.keepalive == want.keepalive
         && have.psk == want.psk
 }
 
 /// What turns the device's peers (`have`) into `want`: the keys to remove (peers no lease asks
-/// for) and the peers to add or update, in key order.
-pub fn plan(have: &[PeerState], want: &[PeerConfig]) -> (Vec<[u8; 32]>, Vec<PeerConfig>) {
+/// for) and the peers to add or update, in key order; a peer elsewhere than its lease's
+/// endpoint is updated only if `endpoints`.
+pub fn plan(
+    have: &[PeerState],
+    want: &[PeerConfig],
+    endpoints: bool,
+) -> (Vec<[u8; 32]>, Vec<PeerConfig>) {
     let wanted: HashMap<[u8; 32], &PeerConfig> = want.iter().map(|w| (w.public_key, w)).collect();
     let mut stale: Vec<[u8; 32]> = have
         .iter()
@@ -189,7 +199,10 @@ pub fn plan(have: &[PeerState], want: &[PeerConfig]) -> (Vec<[u8; 32]>, Vec<Peer
     let had: HashMap<[u8; 32], &PeerState> = have.iter().map(|h| (h.public_key, h)).collect();
     let mut update: Vec<PeerConfig> = want
         .iter()
-        .filter(|w| had.get(&w.public_key).is_none_or(|h| !in_sync(h, w)))
+        .filter(|w| {
+            had.get(&w.public_key)
+                .is_none_or(|h| !in_sync(h, w, endpoints))
+        })
         .cloned()
         .collect();
     stale.sort();
@@ -335,12 +348,12 @@ mod tests {
             state(&config(2, 12)),
             state(&config(9, 19)),
         ];
-        let (stale, update) = plan(&have, &want);
+        let (stale, update) = plan(&have, &want, true);
         assert_eq!(stale, vec![[9; 32]]);
         assert_eq!(update, vec![config(2, 22), config(3, 13)]);
         // In sync: nothing to send.
         let have: Vec<PeerState> = want.iter().map(state).collect();
-        assert_eq!(plan(&have, &want), (vec![], vec![]));
+        assert_eq!(plan(&have, &want, true), (vec![], vec![]));
         // A PSK configured since: every peer is rewritten.
         let with_psk: Vec<PeerConfig> = want
             .iter()
@@ -349,7 +362,7 @@ mod tests {
                 ..c.clone()
             })
             .collect();
-        assert_eq!(plan(&have, &with_psk).1.len(), 3);
+        assert_eq!(plan(&have, &with_psk, true).1.len(), 3);
         // The PSK changed (config edited, podnetd restarted): the kernel still has the old
         // one, so every peer is rewritten with the new value; once it has it, nothing.
         let old_psk: Vec<PeerState> = with_psk
@@ -359,13 +372,13 @@ mod tests {
                 ..state(c)
             })
             .collect();
-        assert_eq!(plan(&old_psk, &with_psk).1, with_psk.to_vec());
+        assert_eq!(plan(&old_psk, &with_psk, true).1, with_psk.to_vec());
         let new_psk: Vec<PeerState> = with_psk.iter().map(state).collect();
-        assert_eq!(plan(&new_psk, &with_psk), (vec![], vec![]));
+        assert_eq!(plan(&new_psk, &with_psk, true), (vec![], vec![]));
         // A PSK removed from the config: cleared on the device.
-        assert_eq!(plan(&new_psk, &want).1.len(), 3);
+        assert_eq!(plan(&new_psk, &want, true).1.len(), 3);
         // No leases: every peer goes.
-        assert_eq!(plan(&have, &[]).0.len(), 3);
+        assert_eq!(plan(&have, &[], true).0.len(), 3);
     }
 
     /// The kernel's WireGuard device as far as the engine can tell: SET_DEVICE messages
@@ -478,15 +491,23 @@ mod tests {
         let d = fake.state.lock().unwrap().clone();
         assert_eq!((d.public_key, d.listen_port), (Some(keys.public), 51820));
         assert_eq!(peers(&fake), wanted);
-        // `wg set flannel-wg peer … remove`, and another peer's PSK and endpoint changed: the
-        // next check puts both back.
+        // `wg set flannel-wg peer … remove`, and another peer's PSK changed: the next check
+        // puts both back.
         {
             let mut d = fake.state.lock().unwrap();
             d.peers.retain(|h| h.public_key != [2; 32]);
             d.peers[0].psk = Some([6; 32]);
-            d.peers[0].endpoint = Some("198.18.0.99:51820".parse().unwrap());
         }
         e.configure().unwrap();
+        assert_eq!(peers(&fake), wanted);
+        // A peer that roamed (the kernel follows its authenticated packets): the check leaves
+        // the endpoint alone and sends nothing; the next full pass sets the lease's again.
+        fake.state.lock().unwrap().peers[0].endpoint = Some("198.18.0.99:51820".parse().unwrap());
+        let sent = fake.sets.load(std::sync::atomic::Ordering::Relaxed);
+        e.configure().unwrap();
+        assert_eq!(fake.sets.load(std::sync::atomic::Ordering::Relaxed), sent);
+        assert_eq!(peers(&fake)[0].1, "198.18.0.99:51820");
+        e.reset(vec![spec(1), spec(2)]);
         assert_eq!(peers(&fake), wanted);
         // A peer added by hand goes too.
         fake.state.lock().unwrap().peers.push(state(&config(8, 18)));
