@@ -93,8 +93,6 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
                 sel.regexes.join(", ")
             )
         })?
-    } else if let Some((index, _, _)) = held_public(&addrs, sel)? {
-        by_index(index).ok_or("the public address's interface disappeared")?
     } else if let Some(ip) = sel.can_reach {
         let r = nl
             .route_get(ip)
@@ -102,6 +100,8 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
         r.oif
             .and_then(by_index)
             .ok_or_else(|| format!("--iface-can-reach {ip}: the route has no interface"))?
+    } else if let Some((index, _, _)) = held_public(&addrs, sel)? {
+        by_index(index).ok_or("the public address's interface disappeared")?
     } else {
         let routes = nl.routes().map_err(|e| e.to_string())?;
         let default = |v4: bool| {
