@@ -297,8 +297,29 @@ fn a_node_without_a_pod_cidr_waits_says_why_and_goes_on_when_it_gets_one() {
         !k.c.env_path("node1").exists(),
         "no subnet.env before a lease"
     );
-    // kube-controller-manager assigns one: podnetd goes on within a second, start-up included
-    // (it watches its Node while it waits: the assignment is seen at once).
+    // While it waits it watches its own Node (no GET a second): the watch is open before the
+    // assignment, so the assignment is seen at once.
+    poll("a watch of node1 alone", Duration::from_secs(10), || {
+        k.store()
+            .requests()
+            .iter()
+            .any(|r| {
+                r.method == "GET"
+                    && r.path == "/api/v1/nodes"
+                    && r.query.contains("watch=true")
+                    && r.query.contains("fieldSelector=metadata.name%3Dnode1")
+            })
+            .then_some(())
+    });
+    let gets = |k: &KubeLab| {
+        k.store()
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes/node1")
+            .count()
+    };
+    let before = gets(&k);
+    // kube-controller-manager assigns one: podnetd goes on within a second, start-up included.
     k.store()
         .patch(
             "nodes",
@@ -321,6 +342,13 @@ fn a_node_without_a_pod_cidr_waits_says_why_and_goes_on_when_it_gets_one() {
     let took = assigned.elapsed();
     assert_eq!(env.subnet.unwrap().trunc().to_string(), "10.244.7.0/24");
     assert!(took < Duration::from_secs(1), "took {took:?}");
+    // One look at the Node after the assignment (and one for the public address), not one a
+    // second while waiting.
+    assert!(
+        gets(&k) <= before + 2,
+        "{} GETs of node1",
+        gets(&k) - before
+    );
 }
 
 /// The counter `name` in node's /metrics.
