@@ -524,13 +524,16 @@ impl PeerSet {
         }
         let key = lease.key;
         let lease = self.shared(lease);
-        self.all.insert(key, lease.clone());
-        if let Some(old) = self.peers.get(&key)
-            && Arc::ptr_eq(old, &lease)
+        if self
+            .all
+            .get(&key)
+            .is_some_and(|old| Arc::ptr_eq(old, &lease))
         {
-            // A renewal (a Node's heartbeat): nothing that decides anything changed.
+            // Written again unchanged (a renewal, a Node's heartbeat), whether it was accepted,
+            // refused or displaced: nothing that decides anything changed.
             return Vec::new();
         }
+        self.all.insert(key, lease.clone());
         if self.blocks_another(&key) {
             return self.recompute();
         }

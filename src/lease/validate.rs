@@ -1024,6 +1024,9 @@ mod tests {
             vec![LeaseEvent::Added(b2.clone().into())]
         );
         assert_eq!(ps.delete(&b2.key), vec![LeaseEvent::Removed(b2.into())]);
+        // The thief and the bad lease written again unchanged (a Node's heartbeat): nothing.
+        assert_eq!(ps.put(thief.clone()), vec![]);
+        assert_eq!(ps.put(bad.clone()), vec![]);
         // A refused lease goes, another bad one comes: no peer changes.
         assert_eq!(ps.delete(&bad.key), vec![]);
         assert_eq!(ps.put(bad.clone()), vec![]);
