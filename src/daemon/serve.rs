@@ -50,7 +50,9 @@ pub trait Peer {
 impl Peer for tokio::net::TcpStream {
     fn origin(&self) -> Origin {
         match (self.peer_addr(), self.local_addr()) {
-            (Ok(p), Ok(l)) if p.ip().is_loopback() || p.ip() == l.ip() => Origin::Node,
+            (Ok(p), Ok(l)) if p.ip().to_canonical().is_loopback() || p.ip() == l.ip() => {
+                Origin::Node
+            }
             (Ok(p), _) => Origin::Remote(p.ip().to_canonical()),
             // Already gone: it will fail at the first read; count it as a stranger.
             (Err(_), _) => Origin::Remote(IpAddr::from([0, 0, 0, 0])),

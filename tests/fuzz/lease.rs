@@ -253,7 +253,13 @@ fn typed_backend_data() -> impl Strategy<Value = String> {
     ];
     prop_oneof![
         3 => (mac, 0u32..3).prop_map(|(m, vni)| format!(r#"{{"VNI":{vni},"VtepMAC":"{m}"}}"#)),
-        3 => (key, any::<u16>()).prop_map(|(k, p)| format!(r#"{{"PublicKey":"{k}","Port":{p}}}"#)),
+        3 => (key.clone(), any::<u16>()).prop_map(|(k, p)| format!(r#"{{"PublicKey":"{k}","Port":{p}}}"#)),
+        // flanneld's forms: no Port (older), Port 0 (newer).
+        1 => (key, any::<bool>()).prop_map(|(k, zero)| if zero {
+            format!(r#"{{"PublicKey":"{k}","Port":0}}"#)
+        } else {
+            format!(r#"{{"PublicKey":"{k}"}}"#)
+        }),
         1 => backend_data(),
     ]
 }

@@ -417,10 +417,17 @@ mod sctp {
             events: libc::POLLOUT,
             revents: 0,
         };
-        let ms = timeout.as_millis() as libc::c_int;
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
-            return Ok(false);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as libc::c_int) };
+            if n > 0 {
+                break;
+            }
+            if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
         }
         let mut err: libc::c_int = 0;
         let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
