@@ -557,9 +557,47 @@ fn the_health_port_serves_strangers_little_and_briefly() {
     poll("the pod's slots to fill", Duration::from_secs(5), || {
         from_pod().is_none().then_some(())
     });
-    // ...but the kubelet's probe, from the node itself, is still answered,
+    // ...and with three more addresses of its own (eight slots each), it and they hold every
+    // slot strangers may have: a fifth address is refused...
+    let o = pod.ip.octets();
+    let extra = |d: u8| std::net::Ipv4Addr::new(o[0], o[1], o[2], d);
+    for d in 250..=253 {
+        ok(c.lab
+            .exec(
+                &pod.target(),
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/32", extra(d)),
+                    "dev",
+                    "eth0",
+                ],
+            )
+            .unwrap());
+    }
+    let more: Vec<std::net::TcpStream> = pod_ns
+        .run(|| {
+            (250..=252)
+                .flat_map(|d| (0..podnet::daemon::serve::PER_SOURCE).map(move |_| d))
+                .filter_map(|d| connect_from(extra(d), addr))
+                .collect()
+        })
+        .unwrap();
+    assert!(!more.is_empty());
+    poll(
+        "strangers to hold all their slots",
+        Duration::from_secs(5),
+        || {
+            let fifth = pod_ns.run(|| healthz_from(extra(253), addr)).unwrap();
+            (!fifth).then_some(())
+        },
+    );
+    // ...but the kubelet's probe, from the node itself, is still answered (the slots kept
+    // for the node),
     let (code, _) = get(&c, "node1", "/healthz").expect("/healthz answers during the flood");
     assert_eq!(code, 200);
+    drop(more);
     // and so is the local socket;
     assert_eq!(podnet::httpget::unix(&sock, "/healthz").unwrap().0, 200);
     // the idle clients are shown the door after the header timeout.
@@ -628,4 +666,46 @@ fn a_panic_in_any_thread_ends_podnetd_for_its_supervisor_to_restart() {
             && err.contains("thread=\"dataplane\""),
         "{err}"
     );
+}
+
+/// A TCP connection to `to` from the local address `from`.
+fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> Option<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let SocketAddr::V4(to) = to else { return None };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor, owned by the TcpStream from here on.
+    let s = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    use std::os::fd::AsRawFd;
+    let (a, b) = (sin(from, 0), sin(*to.ip(), to.port()));
+    // SAFETY: valid sockaddr_in values of `len` bytes and an open descriptor.
+    let bound = unsafe { libc::bind(s.as_raw_fd(), (&raw const a).cast(), len) } == 0;
+    let connected =
+        bound && unsafe { libc::connect(s.as_raw_fd(), (&raw const b).cast(), len) } == 0;
+    connected.then_some(s)
+}
+
+/// Whether `/healthz` on `to` answers 200 to a client at `from`.
+fn healthz_from(from: std::net::Ipv4Addr, to: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Some(mut s) = connect_from(from, to) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 64];
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
 }
