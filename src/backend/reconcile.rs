@@ -744,7 +744,6 @@ impl Reconciler {
     fn log_repair(&self, key: &Object) {
         if *key == Object::Everything {
             // Not a change seen to one of podnet's objects: a reason to look at all of them.
-            let _ = self.contest.record(key);
             tracing::info!(
                 "comparing every peer's objects with the kernel (the node's interface or its \
                  addresses changed, notifications were lost, or many objects changed at once)"

@@ -17,7 +17,7 @@
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -26,7 +26,7 @@ use crate::backend::reconcile::{Drift, PassKind, PathCounts, Reconciler, Report}
 use crate::backend::{Backend, BackendError, PeerPath, Registration, TunnelReport};
 use crate::kernel::netlink::{KernelEvent, KernelEvents, Netlink};
 use crate::lease::{Lease, SubnetKey};
-use crate::util::backoff::Backoff;
+use crate::util::backoff;
 use crate::util::contest::Contested;
 
 /// Counters the daemon exposes (read by the metrics and status endpoints).
@@ -365,7 +365,7 @@ impl State {
 
 /// The `kernel-events` thread: notifications in, commands out, until the data plane goes.
 fn read_events(mut events: KernelEvents, tx: mpsc::Sender<Cmd>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
+    let mut backoff = backoff::NOTIFICATIONS;
     loop {
         let sent = match events.recv() {
             Ok(batch) => {

@@ -36,7 +36,7 @@ use crate::kernel::nft::dump::{Ruleset, TableShape};
 use crate::kernel::nft::{self, Commit, Commits, NftEvents};
 use crate::lease::SubnetKey;
 use crate::owned;
-use crate::util::backoff::Backoff;
+use crate::util::backoff;
 use crate::util::contest::{self, Contest, Contested};
 
 #[derive(Debug, Clone, Default)]
@@ -491,7 +491,7 @@ fn is_podnets(family: u8, name: &str) -> bool {
 
 /// The `nft-events` thread: nftables' transactions in, commands out.
 fn read_commits(mut events: NftEvents, tx: mpsc::Sender<Cmd>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
+    let mut backoff = backoff::NOTIFICATIONS;
     loop {
         let commits = match events.recv() {
             Ok(c) => {

@@ -52,6 +52,12 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
     let links = nl.links().map_err(|e| e.to_string())?;
     let addrs = nl.addrs().map_err(|e| e.to_string())?;
     let by_index = |i: u32| links.iter().find(|l| l.index == i);
+    // The interface holding the public address decides only when nothing else was asked for.
+    let held = if sel.ifaces.is_empty() && sel.regexes.is_empty() && sel.can_reach.is_none() {
+        held_public(&addrs, sel)?
+    } else {
+        None
+    };
     let link: &Link = if !sel.ifaces.is_empty() {
         let mut found = None;
         for spec in &sel.ifaces {
@@ -100,7 +106,7 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
         r.oif
             .and_then(by_index)
             .ok_or_else(|| format!("--iface-can-reach {ip}: the route has no interface"))?
-    } else if let Some((index, _, _)) = held_public(&addrs, sel)? {
+    } else if let Some((index, _, _)) = held {
         by_index(index).ok_or("the public address's interface disappeared")?
     } else {
         let routes = nl.routes().map_err(|e| e.to_string())?;
@@ -132,13 +138,6 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
         return Err(format!("interface {} reports MTU 0", link.name));
     }
     // An interface chosen by its public address uses that address (flanneld's IfaceAddr).
-    let held = match (
-        sel.ifaces.is_empty() && sel.regexes.is_empty(),
-        sel.can_reach,
-    ) {
-        (true, None) => held_public(&addrs, sel)?.filter(|h| h.0 == link.index),
-        _ => None,
-    };
     let iface_addr = held.and_then(|h| h.1).or_else(|| v4_of(&addrs, link.index));
     let iface_addr6 = held.and_then(|h| h.2).or_else(|| v6_of(&addrs, link.index));
     if sel.need_v4 && iface_addr.is_none() && sel.public_ip.is_none() {

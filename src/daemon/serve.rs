@@ -67,7 +67,7 @@ impl Peer for tokio::net::UnixStream {
 }
 
 /// Who gets a slot: the bookkeeping of the limits above, without sockets.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Admission {
     inner: Arc<Mutex<Counts>>,
 }
@@ -95,14 +95,6 @@ impl Drop for Slot {
             if *n == 0 {
                 c.by_source.remove(&ip);
             }
-        }
-    }
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Admission {
-            inner: Arc::new(Mutex::new(Counts::default())),
         }
     }
 }

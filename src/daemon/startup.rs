@@ -38,7 +38,7 @@ pub async fn start<M: SubnetManager>(
     store: M,
 ) -> Result<EventLoop<M, Kernel>, DaemonError> {
     let cfg = network_config(&store, shared).await?;
-    let stored = stored_public_ip(&store).await?;
+    let stored = stored_public_ip(&store, shared).await?;
     let ext = external_interface(flags, &cfg, stored, shared)?;
     shared.phase("preparing the backend");
     let s = store.clone();
@@ -208,22 +208,19 @@ async fn network_config<M: SubnetManager>(
 /// waiting out outages; a malformed one is final.
 async fn stored_public_ip<M: SubnetManager>(
     store: &M,
+    shared: &Shared,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), DaemonError> {
     let stored = backoff::retry(
         "read the node's stored public address",
         backoff::DEFAULT,
         || async {
-            store.stored_public_ip().await.map_err(|e| {
-                if e.is_transient() {
-                    Attempt::Retry(e.to_string())
-                } else {
-                    Attempt::Fail(e.to_string())
-                }
-            })
+            store
+                .stored_public_ip()
+                .await
+                .map_err(|e| shared.retry_if_transient("stored_public_ip", e))
         },
     )
-    .await
-    .map_err(DaemonError::Iface)?;
+    .await?;
     if stored != (None, None) {
         tracing::info!(public_ip = ?stored.0, public_ipv6 = ?stored.1, "public address stored on the node; it replaces --public-ip(v6)");
     }

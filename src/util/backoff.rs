@@ -43,6 +43,10 @@ impl Backoff {
 /// What the retry loops use unless they say otherwise: 200 ms doubling to 5 s.
 pub const DEFAULT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
+/// For a thread whose notification socket failed: 200 ms doubling to 6.4 s.
+pub const NOTIFICATIONS: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_millis(6400));
+
 /// Whether a failure should be tried again.
 pub enum Attempt<E> {
     /// Transient: log and retry.

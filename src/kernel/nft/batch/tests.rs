@@ -1,10 +1,7 @@
 use super::*;
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    crate::kernel::nft::dump::hex_lines(s).concat()
 }
 
 /// The messages of a datagram, split at their lengths.
