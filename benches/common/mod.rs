@@ -6,11 +6,15 @@ use std::time::Duration;
 use podnet::lab::Lab;
 use podnet::lab::cluster::Binaries;
 
-/// This package's podnetd and CNI plugin.
+/// This package's podnetd and CNI plugin; `PODNET_PLUGIN` names another build of the plugin
+/// (the musl one: `cargo build --release --target x86_64-unknown-linux-musl --bin podnet`).
 pub fn binaries() -> Binaries {
+    let plugin = std::env::var_os("PODNET_PLUGIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_podnet").into());
     Binaries {
         podnetd: env!("CARGO_BIN_EXE_podnetd").into(),
-        plugin: env!("CARGO_BIN_EXE_podnet").into(),
+        plugin,
     }
 }
 

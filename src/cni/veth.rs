@@ -29,6 +29,15 @@ const LOOPBACK_INDEX: u32 = 1;
 /// DELs instead of one RTNL-holding grace period each.
 const REAP_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Queues of each end of a pod's pair. A veth's queues only spread work when XDP or GRO runs
+/// on it (neither does here: a veth without them delivers on the sending CPU whatever its queue
+/// count), but the kernel's default is one transmit and one receive queue per possible CPU
+/// for each end, each a sysfs directory with its attributes made and announced at creation
+/// and removed at deletion: 4 on a 2-CPU node, 256 on a 64-CPU one. One each made creating a
+/// pair 36% faster on 2 CPUs (360 → 230 µs for `ip link add` in a batch). The cost: `ethtool
+/// -L` cannot raise the count later (as with every veth, the count is fixed at creation).
+const POD_QUEUES: u32 = 1;
+
 /// Link group of retired pairs ("pnd").
 pub const RETIRED_GROUP: u32 = 0x0070_6e64;
 
@@ -133,6 +142,7 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
             peer: spec.ifname,
             peer_ns: Some(pod_ns),
             peer_mac: Some(pod_mac),
+            queues: Some(POD_QUEUES),
         },
         mtu: Some(spec.mtu),
         mac: Some(host_mac),
@@ -303,8 +313,13 @@ pub fn retire(nl: &mut Netlink, link: &Link, mark: bool) -> Result<(), crate::ke
 }
 
 /// Deletes every retired pair in this namespace. One reaper at a time per namespace (a lock
-/// file named after it); after releasing the lock it looks once more, so a pair retired while
-/// it was finishing is never left behind.
+/// file named after it) waits `REAP_DEBOUNCE` and deletes the group, until a deletion finds
+/// it empty; after releasing the lock it tries once more, so a pair retired while it was
+/// finishing is never left behind (a deletion that races another reaper's finds nothing).
+/// Whether anything is retired is learnt from the deletion itself (the kernel's `ENODEV` for
+/// an empty group), not from a dump of every link: on a node with hundreds of pods, each dump
+/// held RTNL while the kernel filled a message per link, in the way of the pod events the
+/// reaper runs beside.
 pub fn reap() -> Result<(), crate::kernel::KernelError> {
     let ns = NetNs::current()?;
     let (dev, ino) = ns.id()?;
@@ -313,21 +328,20 @@ pub fn reap() -> Result<(), crate::kernel::KernelError> {
         .map_err(|e| crate::kernel::KernelError::io("create /run/podnet", e))?;
     let lock_path = dir.join(format!("cni-reaper-{dev:x}-{ino:x}.lock"));
     let mut nl = Netlink::open()?;
-    let pending = |nl: &mut Netlink| -> Result<bool, crate::kernel::KernelError> {
-        Ok(nl.links()?.iter().any(|l| l.group == RETIRED_GROUP))
-    };
     let kernel = |e: LockError| crate::kernel::KernelError::Other(e.to_string());
     loop {
         let Some(lock) = Lock::try_acquire(&lock_path, 0o600).map_err(kernel)? else {
-            // Another reaper runs; it looks again after it unlocks.
+            // Another reaper runs; it tries again after it unlocks.
             return Ok(());
         };
-        while pending(&mut nl)? {
+        loop {
             std::thread::sleep(REAP_DEBOUNCE);
-            nl.del_link_group(RETIRED_GROUP)?;
+            if !nl.del_link_group(RETIRED_GROUP)? {
+                break;
+            }
         }
         drop(lock);
-        if !pending(&mut nl)? {
+        if !nl.del_link_group(RETIRED_GROUP)? {
             return Ok(());
         }
     }

@@ -23,7 +23,7 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -113,11 +113,14 @@ pub struct Vxlan {
 #[derive(Debug)]
 pub enum NewLinkKind<'a> {
     Bridge,
-    /// A veth pair; the peer is created directly in `peer_ns` when given.
+    /// A veth pair; the peer is created directly in `peer_ns` when given. `queues` sets both
+    /// ends' transmit and receive queue counts (`IFLA_NUM_TX_QUEUES`/`IFLA_NUM_RX_QUEUES`);
+    /// `None` leaves the kernel's default, one of each per possible CPU.
     Veth {
         peer: &'a str,
         peer_ns: Option<&'a NetNs>,
         peer_mac: Option<Mac>,
+        queues: Option<u32>,
     },
     Vxlan(Vxlan),
     /// A kernel WireGuard device (configured afterwards over generic netlink).
@@ -574,12 +577,7 @@ impl Netlink {
                 match m.kind {
                     raw::NLMSG_DONE => return Ok(!interrupted),
                     raw::NLMSG_ERROR => {
-                        let code = m
-                            .payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                            .unwrap_or(0);
-                        return match code {
+                        return match raw::error_code(m.payload) {
                             0 => Ok(!interrupted),
                             c => Err(KernelError::netlink(op, -c)),
                         };
@@ -747,10 +745,7 @@ impl Netlink {
 
     /// All links of this namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, KernelError> {
-        let msgs = self.dump(
-            "dump links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        )?;
+        let msgs = self.dump("dump links", RouteNetlinkMessage::GetLink(link_query()))?;
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
@@ -762,7 +757,7 @@ impl Netlink {
 
     /// The link with this name, if any.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, KernelError> {
-        let mut msg = LinkMessage::default();
+        let mut msg = link_query();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.query(
             &format!("get link {name}"),
@@ -797,15 +792,31 @@ impl Netlink {
     /// lookup afterwards. The announcement comes before the link joins its master, so `master`
     /// is not in it. `None` from a kernel that does not echo (before 6.1).
     pub fn add_link_echo(&mut self, spec: &NewLink<'_>) -> Result<Option<Link>, KernelError> {
-        let replies = self.query_flags(
-            &format!("create link {}", spec.name),
+        let op = format!("create link {}", spec.name);
+        let seq = self.submit(
+            &op,
             RouteNetlinkMessage::NewLink(new_link_message(spec)),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
         )?;
-        Ok(replies.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)).filter(|l| l.name == spec.name),
-            _ => None,
-        }))
+        // Read in place (`raw::link`): the echo is mostly counters nobody here reads.
+        let mut made = None;
+        loop {
+            recv_datagram(&self.socket, &mut self.buf, &op)?;
+            for m in raw::messages(&self.buf).filter(|m| m.seq == seq) {
+                match m.kind {
+                    raw::RTM_NEWLINK => {
+                        made = raw::link(m.payload).filter(|l| l.name == spec.name);
+                    }
+                    raw::NLMSG_ERROR => {
+                        return match raw::error_code(m.payload) {
+                            0 => Ok(made),
+                            c => Err(KernelError::netlink(&op, -c)),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Changes attributes of a link.
@@ -859,11 +870,18 @@ fn new_link_message(spec: &NewLink<'_>) -> LinkMessage {
             peer,
             peer_ns,
             peer_mac,
+            queues,
         } => {
             let mut peer_msg = LinkMessage::default();
             peer_msg
                 .attributes
                 .push(LinkAttribute::IfName(peer.to_string()));
+            if let Some(n) = *queues {
+                for m in [&mut msg, &mut peer_msg] {
+                    m.attributes.push(LinkAttribute::NumTxQueues(n));
+                    m.attributes.push(LinkAttribute::NumRxQueues(n));
+                }
+            }
             if let Some(mac) = peer_mac {
                 peer_msg
                     .attributes
@@ -970,8 +988,9 @@ impl Netlink {
     }
 
     /// Deletes every link in a group with one request: the kernel unregisters them as a batch
-    /// and waits for one RCU grace period instead of one per link.
-    pub fn del_link_group(&mut self, group: u32) -> Result<(), KernelError> {
+    /// and waits for one RCU grace period instead of one per link. `false` when the group had
+    /// no link (the kernel's `ENODEV`; nothing was done).
+    pub fn del_link_group(&mut self, group: u32) -> Result<bool, KernelError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Group(group));
         match self.exec(
@@ -979,8 +998,8 @@ impl Netlink {
             RouteNetlinkMessage::DelLink(msg),
             0,
         ) {
-            Err(e) if e.is_not_found() => Ok(()),
-            r => r,
+            Err(e) if e.is_not_found() => Ok(false),
+            r => r.map(|()| true),
         }
     }
 
@@ -1367,6 +1386,16 @@ fn from_route_address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// A link request whose answer leaves out the counters (`RTEXT_FILTER_SKIP_STATS`): nothing
+/// here reads them, and they are most of every link's message (two copies, ~300 bytes) for the
+/// kernel to fill and for us to parse.
+fn link_query() -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    msg
+}
+
 fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,
@@ -1717,6 +1746,45 @@ mod tests {
             assert_eq!(raw::neighbour(m.payload), Some(raw::NeighbourEntry::Fdb(f)));
         }
     }
+
+    #[test]
+    fn raw_link_reading_agrees_with_the_decoder() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 41;
+        msg.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        msg.attributes = vec![
+            LinkAttribute::IfName("veth1a2b3c4d".into()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::Address(vec![0xfe, 1, 2, 3, 4, 5]),
+            LinkAttribute::Controller(3),
+            LinkAttribute::Link(2),
+            LinkAttribute::Group(RETIRED_TEST_GROUP),
+            LinkAttribute::IfAlias("ctr/eth0".into()),
+            LinkAttribute::NumTxQueues(1),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let buf = encoded(RouteNetlinkMessage::NewLink(msg.clone()));
+        let m = raw::messages(&buf).next().expect("one message");
+        assert_eq!(m.kind, raw::RTM_NEWLINK);
+        let link = raw::link(m.payload).expect("a link");
+        assert_eq!(link, parse_link(&msg));
+        assert_eq!(
+            (link.index, link.parent, link.master, link.kind.as_deref()),
+            (41, Some(2), Some(3), Some("veth"))
+        );
+        assert!(link.up && link.lower_up);
+        // Down, no alias, no kind: nothing invented.
+        let mut bare = LinkMessage::default();
+        bare.header.index = 7;
+        bare.attributes = vec![LinkAttribute::IfName("eth0".into())];
+        let buf = encoded(RouteNetlinkMessage::NewLink(bare.clone()));
+        let m = raw::messages(&buf).next().expect("one message");
+        assert_eq!(raw::link(m.payload), Some(parse_link(&bare)));
+        // Truncated: no link rather than a wrong one.
+        assert_eq!(raw::link(&m.payload[..8]), None);
+    }
+
+    const RETIRED_TEST_GROUP: u32 = 0x0070_6e64;
 
     #[test]
     fn sequence_numbers_wrap_without_splitting_a_batch() {

@@ -271,7 +271,8 @@ impl Lab {
         conf: &str,
     ) -> Result<Output, LabError> {
         let op = || format!("run {plugin} on {target}");
-        let mut cmd = self.command(target, &[plugin])?;
+        let ns = self.netns(target)?;
+        let mut cmd = Command::new(plugin);
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         cmd.env_clear()
             .env("PATH", path)
@@ -279,12 +280,19 @@ impl Lab {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| LabError::io(op(), e))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A plugin that exits without reading its config closes the pipe: not our error.
-            let _ = std::io::Write::write_all(&mut stdin, conf.as_bytes());
-        }
-        child.wait_with_output().map_err(|e| LabError::io(op(), e))
+        // Started as a runtime starts its plugins: by a thread that is in the node's namespace,
+        // sharing its memory until `exec` (`posix_spawn`, as Go's `os/exec` does), not by a
+        // fork of this process that enters the namespace before `exec` (`Command::pre_exec`
+        // forces a fork, whose cost grows with the caller's memory and was counted in every
+        // plugin's time).
+        ns.run(move || {
+            let mut child = cmd.spawn().map_err(|e| LabError::io(op(), e))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                // A plugin that exits without reading its config closes the pipe: not our error.
+                let _ = std::io::Write::write_all(&mut stdin, conf.as_bytes());
+            }
+            child.wait_with_output().map_err(|e| LabError::io(op(), e))
+        })?
     }
 
     /// Starts a background process in `target`, remembered by PID and stopped by `down`.
@@ -638,6 +646,7 @@ fn plug(
             peer: inner,
             peer_ns: Some(ns),
             peer_mac: None,
+            queues: None,
         },
         mtu: None,
         mac: None,

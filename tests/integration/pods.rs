@@ -70,10 +70,17 @@ fn pods_on_two_nodes_reach_everything_and_results_are_golden() {
         );
         assert_eq!(p.result.to_string(), expected);
         // The pod's MTU is the one in subnet.env.
-        assert_eq!(
-            c.ip_json(&p.target(), &["link", "show", "eth0"])[0]["mtu"],
-            1450
-        );
+        let eth0 = &c.ip_json(&p.target(), &["-d", "link", "show", "eth0"])[0];
+        assert_eq!(eth0["mtu"], 1450);
+        // One transmit and one receive queue at each end (not one per CPU).
+        let host_end = &c.ip_json(&p.node, &["-d", "link", "show", &host])[0];
+        for end in [eth0, host_end] {
+            assert_eq!(
+                (&end["num_tx_queues"], &end["num_rx_queues"]),
+                (&1.into(), &1.into()),
+                "{end}"
+            );
+        }
     }
     let node_ip = |n: &str| c.lab.plan().host(n).unwrap().ip();
     for a in &pods {

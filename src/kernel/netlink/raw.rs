@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use super::{Fdb, Neighbour, Route};
+use super::{Fdb, Link, Neighbour, Route};
 use crate::kernel::Mac;
 
 pub const NLMSG_ERROR: u16 = 2;
@@ -40,6 +40,17 @@ const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const NUD_PERMANENT: u16 = 0x80;
 const NTF_SELF: u8 = 0x02;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_GROUP: u16 = 27;
+const IFLA_INFO_KIND: u16 = 1;
+const IFF_UP: u32 = 0x1;
+const IFF_LOWER_UP: u32 = 0x1_0000;
 /// `nla_type` without the nested and byte-order flags.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -83,6 +94,15 @@ pub fn messages(buf: &[u8]) -> impl Iterator<Item = RawMessage<'_>> + '_ {
     })
 }
 
+/// The error code of an `NLMSG_ERROR` message's payload: 0 for an acknowledgement, a negative
+/// errno otherwise (0 also for a payload too short to hold one).
+pub fn error_code(p: &[u8]) -> i32 {
+    p.get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .unwrap_or(0)
+}
+
 /// The attributes after a fixed header, as (type, value).
 pub fn attributes(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> + '_ {
     let mut offset = 0;
@@ -103,6 +123,54 @@ fn ip(b: &[u8]) -> Option<IpAddr> {
         16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
         _ => None,
     }
+}
+
+/// A NUL-terminated string attribute.
+fn text(b: &[u8]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).ok().map(str::to_string)
+}
+
+/// A link message's payload (`struct ifinfomsg` and attributes), for the one link the kernel
+/// echoes when it creates it (`RTM_NEWLINK` with `NLM_F_ECHO`): that message carries every
+/// counter and per-family table of the new device (~1.5 KB), all of which `parse_link` would
+/// decode first. Read here: what `parse_link` reads except the VXLAN and bridge-port data
+/// (`vxlan`, `hairpin` stay `None`), which no echo of a new link needs.
+pub fn link(p: &[u8]) -> Option<Link> {
+    let flags = u32_at(p, 8)?;
+    let mut link = Link {
+        index: u32_at(p, 4)?,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        mac: None,
+        up: flags & IFF_UP != 0,
+        lower_up: flags & IFF_LOWER_UP != 0,
+        master: None,
+        parent: None,
+        vxlan: None,
+        hairpin: None,
+        group: 0,
+        alias: None,
+    };
+    for (kind, v) in attributes(p.get(16..)?) {
+        match kind {
+            IFLA_IFNAME => link.name = text(v)?,
+            IFLA_MTU => link.mtu = u32_at(v, 0)?,
+            IFLA_ADDRESS => link.mac = Mac::from_slice(v),
+            IFLA_MASTER => link.master = u32_at(v, 0),
+            IFLA_LINK => link.parent = u32_at(v, 0),
+            IFLA_GROUP => link.group = u32_at(v, 0)?,
+            IFLA_IFALIAS => link.alias = text(v).filter(|a| !a.is_empty()),
+            IFLA_LINKINFO => {
+                link.kind = attributes(v)
+                    .find(|(k, _)| *k == IFLA_INFO_KIND)
+                    .and_then(|(_, k)| text(k));
+            }
+            _ => {}
+        }
+    }
+    Some(link)
 }
 
 /// A route message's payload (`struct rtmsg` and attributes).
