@@ -889,6 +889,10 @@ fn main() {
         for backend in ["host-gw", "vxlan"] {
             for n in sizes("BENCH_SIZES", "100,1000,5000") {
                 for store in kube.split(',') {
+                    assert!(
+                        ["etcd", "etcd+refused", "kubernetes"].contains(&store),
+                        "BENCH_STORES: {store:?} is not etcd, etcd+refused or kubernetes"
+                    );
                     eprintln!("{backend} with {n} peers in {store}...");
                     rows.push(scenario(backend, n, store));
                 }

@@ -40,7 +40,7 @@ const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// How long to wait for the kernel's answer (it is queued before `send` returns; this only
 /// bounds a kernel that never answers).
-const ANSWER_TIMEOUT_SECS: libc::time_t = 10;
+const ANSWER_TIMEOUT_SECS: i32 = 10;
 
 /// The `nfproto` number of an nft family name (`inet`, `ip`, `ip6`).
 pub fn family_code(name: &str) -> Option<u8> {
@@ -355,7 +355,7 @@ fn ask<R>(
 fn socket_options(fd: std::os::fd::RawFd, len: usize) {
     let size = (len + 4096).max(64 * 1024) as libc::c_int;
     let tv = libc::timeval {
-        tv_sec: ANSWER_TIMEOUT_SECS,
+        tv_sec: ANSWER_TIMEOUT_SECS.into(),
         tv_usec: 0,
     };
     // SAFETY: setsockopt on a socket we own, with pointers to locals of the declared sizes.
