@@ -371,7 +371,7 @@ impl Store {
                 continue;
             };
             // DEL reads every allocation (as host-local does), so each read is kept to an open,
-            // a read and a close: no size asked first, no `String` per file.
+            // reads and a close: no size asked first, no `String` for the file's bytes.
             if read_small(&e.path(), &mut buf).is_err() {
                 continue;
             }
@@ -426,19 +426,11 @@ impl Store {
 }
 
 /// An allocation file's bytes (a container ID and an interface name, ~80 bytes); at most 4 KiB
-/// are read, which no valid allocation reaches.
+/// are read, which no valid allocation reaches. `Take` reads without asking the file's size.
 fn read_small(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::Read;
-    const MAX: usize = 4096;
     buf.clear();
-    let mut f = std::fs::File::open(path)?;
-    let mut chunk = [0u8; 512];
-    while buf.len() < MAX {
-        match f.read(&mut chunk)? {
-            0 => break,
-            n => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    std::fs::File::open(path)?.take(4096).read_to_end(buf)?;
     Ok(())
 }
 

@@ -100,7 +100,7 @@ pub fn handle(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Output {
 /// The plugin binary: process environment and stdin in, stdout and exit code out.
 pub fn main() -> i32 {
     if std::env::var_os(plugin::REAP_ENV).is_some() {
-        return match veth::reap() {
+        return match veth::reap(veth::REAP_DEBOUNCE) {
             Ok(()) => 0,
             Err(_) => 1,
         };

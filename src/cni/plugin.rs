@@ -733,7 +733,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
             released.push(ip);
         }
     }
-    if let Err(e) = veth::reap() {
+    if let Err(e) = veth::reap(std::time::Duration::ZERO) {
         errors.push(format!("delete retired links: {e}"));
     }
     for ip in released {

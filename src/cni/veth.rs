@@ -27,13 +27,13 @@ use crate::util::files::{Lock, LockError};
 const LOOPBACK_INDEX: u32 = 1;
 /// How long a reaper waits for more retired pairs before deleting: one batch for a burst of
 /// DELs instead of one RTNL-holding grace period each.
-const REAP_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+pub const REAP_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Queues of each end of a pod's pair. A veth's queues only spread work when XDP or GRO runs
 /// on it (neither does here: a veth without them delivers on the sending CPU whatever its queue
 /// count), but the kernel's default is one transmit and one receive queue per possible CPU
 /// for each end, each a sysfs directory with its attributes made and announced at creation
-/// and removed at deletion: 4 on a 2-CPU node, 256 on a 64-CPU one. One each made creating a
+/// and removed at deletion: 8 a pair on a 2-CPU node, 256 on a 64-CPU one. One each made creating a
 /// pair 36% faster on 2 CPUs (360 → 230 µs for `ip link add` in a batch). The cost: `ethtool
 /// -L` cannot raise the count later (as with every veth, the count is fixed at creation).
 const POD_QUEUES: u32 = 1;
@@ -313,14 +313,14 @@ pub fn retire(nl: &mut Netlink, link: &Link, mark: bool) -> Result<(), crate::ke
 }
 
 /// Deletes every retired pair in this namespace. One reaper at a time per namespace (a lock
-/// file named after it) waits `REAP_DEBOUNCE` and deletes the group, until a deletion finds
-/// it empty; after releasing the lock it tries once more, so a pair retired while it was
+/// file named after it) waits `debounce` (the detached reaper `REAP_DEBOUNCE`, GC nothing) and
+/// deletes the group, until a deletion finds it empty; after releasing the lock it tries once more, so a pair retired while it was
 /// finishing is never left behind (a deletion that races another reaper's finds nothing).
 /// Whether anything is retired is learnt from the deletion itself (the kernel's `ENODEV` for
 /// an empty group), not from a dump of every link: on a node with hundreds of pods, each dump
 /// held RTNL while the kernel filled a message per link, in the way of the pod events the
 /// reaper runs beside.
-pub fn reap() -> Result<(), crate::kernel::KernelError> {
+pub fn reap(debounce: std::time::Duration) -> Result<(), crate::kernel::KernelError> {
     let ns = NetNs::current()?;
     let (dev, ino) = ns.id()?;
     let dir = std::path::Path::new("/run/podnet");
@@ -335,7 +335,7 @@ pub fn reap() -> Result<(), crate::kernel::KernelError> {
             return Ok(());
         };
         loop {
-            std::thread::sleep(REAP_DEBOUNCE);
+            std::thread::sleep(debounce);
             if !nl.del_link_group(RETIRED_GROUP)? {
                 break;
             }

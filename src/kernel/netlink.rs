@@ -477,19 +477,9 @@ impl Netlink {
         op: &str,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
-        self.query_flags(op, msg, 0)
-    }
-
-    /// `query` with more request flags (`NLM_F_ECHO`: a change answered with the object made).
-    fn query_flags(
-        &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
         let seq = self.next_seq();
         let mut data = Vec::with_capacity(256);
-        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq, &mut data);
+        Netlink::encode(msg, NLM_F_REQUEST | NLM_F_ACK, seq, &mut data);
         self.send_buf(op, &data)?;
         let mut replies = Vec::new();
         loop {
@@ -804,7 +794,7 @@ impl Netlink {
             recv_datagram(&self.socket, &mut self.buf, &op)?;
             for m in raw::messages(&self.buf).filter(|m| m.seq == seq) {
                 match m.kind {
-                    raw::RTM_NEWLINK => {
+                    raw::RTM_NEWLINK if made.is_none() => {
                         made = raw::link(m.payload).filter(|l| l.name == spec.name);
                     }
                     raw::NLMSG_ERROR => {
