@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde_json::value::RawValue;
@@ -278,6 +279,8 @@ pub fn annotation_changes(
 #[derive(Clone)]
 pub struct KubeManager {
     nodes: Api<Node>,
+    /// The same Nodes as the lease watch reads them (`LeaseNode`).
+    lease_nodes: Api<LeaseNode>,
     node_name: String,
     ann: Annotations,
     net_conf_path: std::path::PathBuf,
@@ -300,7 +303,8 @@ impl KubeManager {
         set_network_unavailable: bool,
     ) -> KubeManager {
         KubeManager {
-            nodes: Api::all(client),
+            nodes: Api::all(client.clone()),
+            lease_nodes: Api::all(client),
             node_name,
             ann,
             net_conf_path,
@@ -473,6 +477,88 @@ fn own_key_in_network(
             "node {name:?}: no podCIDR of the network's address families"
         ))),
         _ => Ok(key),
+    }
+}
+
+/// A Node as the lease watch reads it: name, version, annotations, creation time and pod
+/// CIDRs, what `node_lease` looks at. The rest of a Node — its status (addresses, conditions, capacity,
+/// the images it holds: most of the ~6 KB of JSON of a real node) and most of its metadata
+/// (labels, managed fields) — is skipped by the parser instead of being built and dropped, for
+/// every Node of the cluster at start and on every change after.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LeaseNode {
+    #[serde(deserialize_with = "lease_node_meta")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<LeaseNodeSpec>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseNodeSpec {
+    #[serde(rename = "podCIDR")]
+    pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
+}
+
+/// The metadata fields `LeaseNode` keeps.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseNodeMeta {
+    name: Option<String>,
+    resource_version: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+fn lease_node_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = <LeaseNodeMeta as serde::Deserialize>::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        resource_version: m.resource_version,
+        annotations: m.annotations,
+        creation_timestamp: m.creation_timestamp,
+        ..ObjectMeta::default()
+    })
+}
+
+impl LeaseNode {
+    /// The Node with what was read (nothing else set).
+    pub fn into_node(self) -> Node {
+        Node {
+            metadata: self.metadata,
+            spec: self.spec.map(|s| NodeSpec {
+                pod_cidr: s.pod_cidr,
+                pod_cidrs: s.pod_cidrs,
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+impl kube::Resource for LeaseNode {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Node".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "nodes".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }
 
@@ -680,7 +766,7 @@ impl SubnetManager for KubeManager {
         let (v4, v6) = self.families();
         let ann = self.ann.clone();
         let target = Target {
-            api: self.nodes.clone(),
+            api: self.lease_nodes.clone(),
             resource: "nodes",
             label_selector: None,
             field_selector: None,
@@ -691,9 +777,12 @@ impl SubnetManager for KubeManager {
         };
         async move {
             let (ntx, mut nrx) = mpsc::channel::<Update<Seen>>(1024);
-            let convert = move |n: Node| Seen {
-                name: n.metadata.name.clone().unwrap_or_default(),
-                lease: node_lease(&n, &ann, v4, v6),
+            let convert = move |n: LeaseNode| {
+                let n = n.into_node();
+                Seen {
+                    lease: node_lease(&n, &ann, v4, v6),
+                    name: n.metadata.name.unwrap_or_default(),
+                }
             };
             tokio::spawn(watch::list_watch(target, ntx, convert));
             while let Some(u) = nrx.recv().await {
@@ -749,13 +838,13 @@ pub async fn list_leases(
     client: Client,
     ann: &Annotations,
 ) -> Result<Vec<(String, Result<Lease, String>)>, KubeError> {
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<LeaseNode> = Api::all(client);
     let list = nodes
         .list(&kube::api::ListParams::default())
         .await
         .map_err(|e| KubeError::of("list", "nodes", e))?;
     let mut out = Vec::new();
-    for n in list.items {
+    for n in list.items.into_iter().map(LeaseNode::into_node) {
         let name = n.metadata.name.clone().unwrap_or_default();
         let key = pod_cidrs(&n).ok().flatten();
         let (v4, v6) = key
@@ -807,6 +896,38 @@ mod tests {
 
     fn node(json: serde_json::Value) -> Node {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_lease_node_reads_what_node_lease_needs_and_nothing_else() {
+        let ann = Annotations::new(DEFAULT_PREFIX).unwrap();
+        for name in ["node-worker-flannel", "node-dualstack", "node-worker"] {
+            let json = podnet_test_apiserver::fixtures::fixture(name).unwrap();
+            let full: Node = serde_json::from_value(json.clone()).unwrap();
+            let lean: LeaseNode = serde_json::from_value(json).unwrap();
+            let lean = lean.into_node();
+            assert_eq!(lean.metadata.name, full.metadata.name, "{name}");
+            assert_eq!(
+                lean.metadata.resource_version,
+                full.metadata.resource_version
+            );
+            assert_eq!(lean.metadata.annotations, full.metadata.annotations);
+            assert_eq!(
+                lean.metadata.creation_timestamp,
+                full.metadata.creation_timestamp
+            );
+            assert_eq!(pod_cidrs(&lean), pod_cidrs(&full), "{name}");
+            for (v4, v6) in [(true, false), (false, true), (true, true)] {
+                assert_eq!(
+                    node_lease(&lean, &ann, v4, v6),
+                    node_lease(&full, &ann, v4, v6),
+                    "{name}"
+                );
+            }
+            // The status and the labels are not read at all.
+            assert!(lean.status.is_none() && lean.metadata.labels.is_none());
+            assert!(full.status.is_some());
+        }
     }
 
     #[test]
