@@ -572,6 +572,8 @@ struct Seen {
 struct Translator {
     keys: BTreeMap<String, SubnetKey>,
     rejected: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Refusals logged so far (each node's once per reason).
+    refusals_logged: u64,
 }
 
 impl Translator {
@@ -581,6 +583,7 @@ impl Translator {
             Err(why) => {
                 if r.get(&seen.name) != Some(why) {
                     tracing::warn!(node = %seen.name, "skipping a node whose annotations make no lease: {why}");
+                    self.refusals_logged += 1;
                 }
                 r.insert(seen.name.clone(), why.clone());
             }
@@ -590,17 +593,29 @@ impl Translator {
         }
     }
 
+    /// A whole list (at start, and again after `410 Gone`). A node refused before for the same
+    /// reason is not logged again; nodes gone from the list are forgotten afterwards.
     fn snapshot(&mut self, nodes: Vec<Seen>) -> WatchUpdate {
         self.keys.clear();
-        self.rejected.lock().expect("rejected lock").clear();
+        let mut refused = std::collections::BTreeSet::new();
         let mut leases = Vec::new();
         for seen in nodes {
             self.note(&seen);
-            if let Ok(Some(l)) = seen.lease {
-                self.keys.insert(seen.name, l.key);
-                leases.push(l);
+            match seen.lease {
+                Ok(Some(l)) => {
+                    self.keys.insert(seen.name, l.key);
+                    leases.push(l);
+                }
+                Err(_) => {
+                    refused.insert(seen.name);
+                }
+                Ok(None) => {}
             }
         }
+        self.rejected
+            .lock()
+            .expect("rejected lock")
+            .retain(|name, _| refused.contains(name));
         WatchUpdate::Snapshot(leases)
     }
 
@@ -774,6 +789,7 @@ impl SubnetManager for KubeManager {
         let mut tr = Translator {
             keys: BTreeMap::new(),
             rejected: self.rejected.clone(),
+            refusals_logged: 0,
         };
         async move {
             let (ntx, mut nrx) = mpsc::channel::<Update<Seen>>(1024);
@@ -1110,6 +1126,7 @@ mod tests {
         let mut t = Translator {
             keys: BTreeMap::new(),
             rejected: Arc::default(),
+            refusals_logged: 0,
         };
         let snap = t.snapshot(vec![
             seen("node1", "10.244.1.0-24"),
@@ -1142,6 +1159,37 @@ mod tests {
             WatchUpdate::Delete(_)
         ));
         assert!(t.deleted(seen("node2", "10.244.9.0-24")).is_empty());
+        assert!(t.rejected.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_list_keeps_what_is_still_refused_and_forgets_the_rest() {
+        let mut t = Translator {
+            keys: BTreeMap::new(),
+            rejected: Arc::default(),
+            refusals_logged: 0,
+        };
+        let bad = |name: &str, why: &str| Seen {
+            name: name.into(),
+            lease: Err(why.into()),
+        };
+        t.snapshot(vec![bad("a", "broken"), bad("b", "broken")]);
+        assert_eq!(t.refusals_logged, 2);
+        // After 410 Gone: "a" is still refused (kept, so not logged again), "b" is fixed,
+        // "c" is new, a node gone from the list is forgotten.
+        let snap = t.snapshot(vec![
+            bad("a", "broken"),
+            seen("b", "10.244.2.0-24"),
+            bad("c", "other"),
+        ]);
+        assert!(matches!(snap, WatchUpdate::Snapshot(ref l) if l.len() == 1));
+        assert_eq!(t.refusals_logged, 3, "only c's refusal is new");
+        let r = t.rejected.lock().unwrap().clone();
+        assert_eq!(
+            r.into_iter().collect::<Vec<_>>(),
+            [("a".into(), "broken".into()), ("c".into(), "other".into())]
+        );
+        t.snapshot(vec![seen("b", "10.244.2.0-24")]);
         assert!(t.rejected.lock().unwrap().is_empty());
     }
 
