@@ -496,19 +496,9 @@ mod tests {
 
     fn link(index: u32, name: &str) -> Link {
         Link {
-            index,
             name: name.into(),
-            kind: None,
             mtu: 1450,
-            mac: None,
-            up: true,
-            lower_up: true,
-            master: None,
-            parent: None,
-            vxlan: None,
-            hairpin: None,
-            group: 0,
-            alias: None,
+            ..Link::blank(index, true, true)
         }
     }
 

@@ -353,19 +353,11 @@ mod tests {
 
     fn link(alias: Option<&str>) -> Link {
         Link {
-            index: 7,
             name: host_name("ctr-a", "eth0"),
             kind: Some("veth".into()),
             mtu: 1450,
-            mac: None,
-            up: true,
-            lower_up: true,
-            master: None,
-            parent: None,
-            vxlan: None,
-            hairpin: None,
-            group: 0,
             alias: alias.map(String::from),
+            ..Link::blank(7, true, true)
         }
     }
 

@@ -96,6 +96,27 @@ pub struct Link {
     pub alias: Option<String>,
 }
 
+impl Link {
+    /// A link's header alone, before its attributes are read (`parse_link`, `raw::link`).
+    pub(crate) fn blank(index: u32, up: bool, lower_up: bool) -> Link {
+        Link {
+            index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: None,
+            up,
+            lower_up,
+            master: None,
+            parent: None,
+            vxlan: None,
+            hairpin: None,
+            group: 0,
+            alias: None,
+        }
+    }
+}
+
 /// The VXLAN attributes podnet cares about, both for creating a device and for comparing one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vxlan {
@@ -1387,21 +1408,11 @@ fn link_query() -> LinkMessage {
 }
 
 fn parse_link(l: &LinkMessage) -> Link {
-    let mut link = Link {
-        index: l.header.index,
-        name: String::new(),
-        kind: None,
-        mtu: 0,
-        mac: None,
-        up: l.header.flags.contains(LinkFlags::Up),
-        lower_up: l.header.flags.contains(LinkFlags::LowerUp),
-        master: None,
-        parent: None,
-        vxlan: None,
-        hairpin: None,
-        group: 0,
-        alias: None,
-    };
+    let mut link = Link::blank(
+        l.header.index,
+        l.header.flags.contains(LinkFlags::Up),
+        l.header.flags.contains(LinkFlags::LowerUp),
+    );
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),

@@ -138,21 +138,11 @@ fn text(b: &[u8]) -> Option<String> {
 /// (`vxlan`, `hairpin` stay `None`), which no echo of a new link needs.
 pub fn link(p: &[u8]) -> Option<Link> {
     let flags = u32_at(p, 8)?;
-    let mut link = Link {
-        index: u32_at(p, 4)?,
-        name: String::new(),
-        kind: None,
-        mtu: 0,
-        mac: None,
-        up: flags & IFF_UP != 0,
-        lower_up: flags & IFF_LOWER_UP != 0,
-        master: None,
-        parent: None,
-        vxlan: None,
-        hairpin: None,
-        group: 0,
-        alias: None,
-    };
+    let mut link = Link::blank(
+        u32_at(p, 4)?,
+        flags & IFF_UP != 0,
+        flags & IFF_LOWER_UP != 0,
+    );
     for (kind, v) in attributes(p.get(16..)?) {
         match kind {
             IFLA_IFNAME => link.name = text(v)?,
