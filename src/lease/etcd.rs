@@ -5,10 +5,8 @@
 //! granting a new one each time (no leak); a lost lease is reclaimed if the subnet is still free
 //! and is an error otherwise, never a clean exit.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
@@ -18,6 +16,7 @@ use etcd_client::{
 use tokio::sync::mpsc;
 
 use super::manager::{Renewal, SubnetManager, WatchUpdate};
+use super::refusals::Refusals;
 use super::{AcquireRequest, Choice, Keepalive, Lease, LeaseAttrs, LeaseError, SubnetKey};
 use crate::config::NetworkConfig;
 use crate::util::backoff::Backoff;
@@ -49,7 +48,7 @@ pub struct EtcdStore {
     prefix: String,
     endpoints: String,
     /// Lease keys whose value is no lease, with why (`rejected`).
-    rejected: Arc<Mutex<BTreeMap<SubnetKey, String>>>,
+    rejected: Refusals<SubnetKey>,
 }
 
 /// "op: message" with the whole chain of causes, so TLS and connection failures say what happened.
@@ -201,7 +200,7 @@ impl EtcdStore {
             client,
             prefix,
             endpoints,
-            rejected: Arc::default(),
+            rejected: Refusals::default(),
         })
     }
 
@@ -286,32 +285,18 @@ impl EtcdStore {
     /// Remembers why `key` holds no lease (`None`: it holds one again, or is gone); a new
     /// reason is logged once.
     fn note(&self, key: SubnetKey, why: Option<String>) {
-        let mut r = self.rejected.lock().expect("rejected lock");
-        match why {
-            Some(why) => {
-                if r.get(&key) != Some(&why) {
-                    tracing::warn!(lease = %key, "refusing a lease key whose value is no lease: {why}");
-                }
-                r.insert(key, why);
-            }
-            None => {
-                r.remove(&key);
-            }
+        let reason = why.clone();
+        if self.rejected.note(key, why)
+            && let Some(why) = reason
+        {
+            log_refused(&key, &why);
         }
     }
 
     /// A full listing's keys that hold no lease replace those known before.
     fn note_all(&self, unreadable: Vec<(SubnetKey, String)>) {
-        let before = std::mem::take(&mut *self.rejected.lock().expect("rejected lock"));
-        for (key, why) in unreadable {
-            if before.get(&key) == Some(&why) {
-                self.rejected
-                    .lock()
-                    .expect("rejected lock")
-                    .insert(key, why);
-            } else {
-                self.note(key, Some(why));
-            }
+        for (key, why) in self.rejected.relist(unreadable) {
+            log_refused(&key, &why);
         }
     }
 
@@ -907,11 +892,12 @@ impl SubnetManager for EtcdStore {
     }
 
     fn rejected(&self) -> Vec<String> {
-        let r = self.rejected.lock().expect("rejected lock");
-        r.iter()
-            .map(|(k, why)| format!("lease {k}: {why}"))
-            .collect()
+        self.rejected.describe("lease")
     }
+}
+
+fn log_refused(key: &SubnetKey, why: &str) {
+    tracing::warn!(lease = %key, "refusing a lease key whose value is no lease: {why}");
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::manager::{Renewal, SubnetManager, WatchUpdate};
+use super::refusals::Refusals;
 use super::{AcquireRequest, Keepalive, Lease, LeaseAttrs, LeaseError, SubnetKey};
 use crate::config::NetworkConfig;
 use crate::kubeapi::KubeError;
@@ -288,7 +289,7 @@ pub struct KubeManager {
     /// The network config, known once acquisition started.
     cfg: Arc<OnceLock<NetworkConfig>>,
     /// Nodes whose annotations make no lease, with why.
-    rejected: Arc<Mutex<BTreeMap<String, String>>>,
+    rejected: Refusals<String>,
     /// The resource version at which this Node was last seen without a podCIDR: the next
     /// acquisition watches it from there instead of looking again.
     waiting_since: Arc<Mutex<Option<String>>>,
@@ -310,7 +311,7 @@ impl KubeManager {
             net_conf_path,
             set_network_unavailable,
             cfg: Arc::new(OnceLock::new()),
-            rejected: Arc::default(),
+            rejected: Refusals::default(),
             waiting_since: Arc::default(),
         }
     }
@@ -441,10 +442,7 @@ impl KubeManager {
 
     /// Nodes skipped because their annotations make no lease, as `name: why`.
     pub fn rejected(&self) -> Vec<String> {
-        let r = self.rejected.lock().expect("rejected lock");
-        r.iter()
-            .map(|(n, why)| format!("node {n}: {why}"))
-            .collect()
+        self.rejected.describe("node")
     }
 }
 
@@ -571,51 +569,38 @@ struct Seen {
 /// Turns node updates into lease updates, remembering which key each node had.
 struct Translator {
     keys: BTreeMap<String, SubnetKey>,
-    rejected: Arc<Mutex<BTreeMap<String, String>>>,
-    /// Refusals logged so far (each node's once per reason).
-    refusals_logged: u64,
+    rejected: Refusals<String>,
 }
 
 impl Translator {
     fn note(&mut self, seen: &Seen) {
-        let mut r = self.rejected.lock().expect("rejected lock");
-        match &seen.lease {
-            Err(why) => {
-                if r.get(&seen.name) != Some(why) {
-                    tracing::warn!(node = %seen.name, "skipping a node whose annotations make no lease: {why}");
-                    self.refusals_logged += 1;
-                }
-                r.insert(seen.name.clone(), why.clone());
-            }
-            Ok(_) => {
-                r.remove(&seen.name);
-            }
+        let why = seen.lease.as_ref().err();
+        if self.rejected.note(seen.name.clone(), why.cloned())
+            && let Some(why) = why
+        {
+            log_refused(&seen.name, why);
         }
     }
 
-    /// A whole list (at start, and again after `410 Gone`). A node refused before for the same
-    /// reason is not logged again; nodes gone from the list are forgotten afterwards.
+    /// A whole list (at start, and again after `410 Gone`): a node refused before for the same
+    /// reason is not logged again; nodes gone from the list are forgotten.
     fn snapshot(&mut self, nodes: Vec<Seen>) -> WatchUpdate {
         self.keys.clear();
-        let mut refused = std::collections::BTreeSet::new();
+        let mut refused = Vec::new();
         let mut leases = Vec::new();
         for seen in nodes {
-            self.note(&seen);
             match seen.lease {
                 Ok(Some(l)) => {
                     self.keys.insert(seen.name, l.key);
                     leases.push(l);
                 }
-                Err(_) => {
-                    refused.insert(seen.name);
-                }
+                Err(why) => refused.push((seen.name, why)),
                 Ok(None) => {}
             }
         }
-        self.rejected
-            .lock()
-            .expect("rejected lock")
-            .retain(|name, _| refused.contains(name));
+        for (name, why) in self.rejected.relist(refused) {
+            log_refused(&name, &why);
+        }
         WatchUpdate::Snapshot(leases)
     }
 
@@ -641,16 +626,20 @@ impl Translator {
     }
 
     fn deleted(&mut self, seen: Seen) -> Vec<WatchUpdate> {
-        self.rejected
-            .lock()
-            .expect("rejected lock")
-            .remove(&seen.name);
+        self.rejected.note(seen.name.clone(), None);
         self.keys
             .remove(&seen.name)
             .map(WatchUpdate::Delete)
             .into_iter()
             .collect()
     }
+}
+
+fn log_refused(node: &str, why: &str) {
+    tracing::warn!(
+        node,
+        "skipping a node whose annotations make no lease: {why}"
+    );
 }
 
 impl From<KubeError> for LeaseError {
@@ -789,7 +778,6 @@ impl SubnetManager for KubeManager {
         let mut tr = Translator {
             keys: BTreeMap::new(),
             rejected: self.rejected.clone(),
-            refusals_logged: 0,
         };
         async move {
             let (ntx, mut nrx) = mpsc::channel::<Update<Seen>>(1024);
@@ -917,8 +905,17 @@ mod tests {
     #[test]
     fn a_lease_node_reads_what_node_lease_needs_and_nothing_else() {
         let ann = Annotations::new(DEFAULT_PREFIX).unwrap();
-        for name in ["node-worker-flannel", "node-dualstack", "node-worker"] {
-            let json = podnet_test_apiserver::fixtures::fixture(name).unwrap();
+        let mut cases: Vec<(&str, serde_json::Value)> =
+            ["node-worker-flannel", "node-dualstack", "node-worker"]
+                .into_iter()
+                .map(|n| (n, podnet_test_apiserver::fixtures::fixture(n).unwrap()))
+                .collect();
+        // A Node with `spec.podCIDR` alone (clusters before dual-stack).
+        let mut single = cases[0].1.clone();
+        single["spec"].as_object_mut().unwrap().remove("podCIDRs");
+        assert!(single["spec"]["podCIDR"].is_string());
+        cases.push(("podCIDR only", single));
+        for (name, json) in cases {
             let full: Node = serde_json::from_value(json.clone()).unwrap();
             let lean: LeaseNode = serde_json::from_value(json).unwrap();
             let lean = lean.into_node();
@@ -1125,8 +1122,7 @@ mod tests {
     fn node_events_become_lease_events() {
         let mut t = Translator {
             keys: BTreeMap::new(),
-            rejected: Arc::default(),
-            refusals_logged: 0,
+            rejected: Refusals::default(),
         };
         let snap = t.snapshot(vec![
             seen("node1", "10.244.1.0-24"),
@@ -1152,45 +1148,41 @@ mod tests {
             lease: Err("broken".into()),
         };
         assert!(matches!(t.applied(bad)[0], WatchUpdate::Delete(_)));
-        assert_eq!(t.rejected.lock().unwrap().get("node2").unwrap(), "broken");
+        assert_eq!(t.rejected.get(&"node2".into()).unwrap(), "broken");
         // A deleted node: its lease goes (if it had one).
         assert!(matches!(
             t.deleted(seen("node1", "10.244.1.0-24"))[0],
             WatchUpdate::Delete(_)
         ));
         assert!(t.deleted(seen("node2", "10.244.9.0-24")).is_empty());
-        assert!(t.rejected.lock().unwrap().is_empty());
+        assert!(t.rejected.is_empty());
     }
 
     #[test]
     fn a_new_list_keeps_what_is_still_refused_and_forgets_the_rest() {
         let mut t = Translator {
             keys: BTreeMap::new(),
-            rejected: Arc::default(),
-            refusals_logged: 0,
+            rejected: Refusals::default(),
         };
         let bad = |name: &str, why: &str| Seen {
             name: name.into(),
             lease: Err(why.into()),
         };
         t.snapshot(vec![bad("a", "broken"), bad("b", "broken")]);
-        assert_eq!(t.refusals_logged, 2);
-        // After 410 Gone: "a" is still refused (kept, so not logged again), "b" is fixed,
-        // "c" is new, a node gone from the list is forgotten.
+        // After 410 Gone: "a" still refused, "b" fixed, "c" new (which of them are logged
+        // again is `Refusals::relist`'s, tested there).
         let snap = t.snapshot(vec![
             bad("a", "broken"),
             seen("b", "10.244.2.0-24"),
             bad("c", "other"),
         ]);
         assert!(matches!(snap, WatchUpdate::Snapshot(ref l) if l.len() == 1));
-        assert_eq!(t.refusals_logged, 3, "only c's refusal is new");
-        let r = t.rejected.lock().unwrap().clone();
         assert_eq!(
-            r.into_iter().collect::<Vec<_>>(),
-            [("a".into(), "broken".into()), ("c".into(), "other".into())]
+            t.rejected.describe("node"),
+            ["node a: broken", "node c: other"]
         );
         t.snapshot(vec![seen("b", "10.244.2.0-24")]);
-        assert!(t.rejected.lock().unwrap().is_empty());
+        assert!(t.rejected.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod kube;
 pub mod manager;
 #[cfg(test)]
 pub mod memory;
+pub mod refusals;
 pub mod validate;
 pub mod wireguard;
 
