@@ -378,12 +378,8 @@ impl Store {
             let Ok(content) = std::str::from_utf8(&buf) else {
                 continue;
             };
-            let content = content.trim();
-            let (id, ifname) = content
-                .split_once(LINE_BREAK)
-                .or_else(|| content.split_once('\n'))
-                .unwrap_or((content, ""));
-            out.push((ip, id.trim().to_string(), ifname.trim().to_string()));
+            let (id, ifname) = owner(content);
+            out.push((ip, id.to_string(), ifname.to_string()));
         }
         out
     }
@@ -405,15 +401,15 @@ impl Store {
     /// Releases one address if it belongs to the attachment; returns whether it did.
     pub fn release_ip(&self, ip: IpAddr, id: &str, ifname: &str) -> bool {
         let path = self.dir.join(ip.to_string());
-        let Ok(content) = std::fs::read_to_string(&path) else {
+        let mut buf = Vec::new();
+        if read_small(&path, &mut buf).is_err() {
+            return false;
+        }
+        let Ok(content) = std::str::from_utf8(&buf) else {
             return false;
         };
-        let content = content.trim();
-        let (a_id, a_if) = content
-            .split_once(LINE_BREAK)
-            .or_else(|| content.split_once('\n'))
-            .unwrap_or((content, ""));
-        Store::matches(id, ifname, a_id.trim(), a_if.trim()) && std::fs::remove_file(&path).is_ok()
+        let (a_id, a_if) = owner(content);
+        Store::matches(id, ifname, a_id, a_if) && std::fs::remove_file(&path).is_ok()
     }
 
     /// Releases everything the attachment holds; returns what it released.
@@ -423,6 +419,17 @@ impl Store {
             .filter(|ip| std::fs::remove_file(self.dir.join(ip.to_string())).is_ok())
             .collect()
     }
+}
+
+/// An allocation file's owner: (container ID, interface), the interface empty in files from
+/// host-local versions before interface names.
+fn owner(content: &str) -> (&str, &str) {
+    let content = content.trim();
+    let (id, ifname) = content
+        .split_once(LINE_BREAK)
+        .or_else(|| content.split_once('\n'))
+        .unwrap_or((content, ""));
+    (id.trim(), ifname.trim())
 }
 
 /// An allocation file's bytes (a container ID and an interface name, ~80 bytes); at most 4 KiB

@@ -291,7 +291,10 @@ pub fn retire(nl: &mut Netlink, link: &Link, mark: bool) -> Result<(), crate::ke
     // A name of its own frees the old one for a new pod at once; a link must be down to be
     // renamed. The group comes with the new name, so a reaper never deletes a link before it
     // has been renamed (and a link a reaper already took is as retired as it gets).
-    let retired = format!("pnd{:08x}", rand::random::<u32>());
+    let retired = format!(
+        "pnd{:08x}",
+        u32::from_ne_bytes(crate::kernel::random_bytes())
+    );
     let steps = [
         LinkChange {
             up: Some(false),

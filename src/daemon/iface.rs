@@ -52,12 +52,9 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
     let links = nl.links().map_err(|e| e.to_string())?;
     let addrs = nl.addrs().map_err(|e| e.to_string())?;
     let by_index = |i: u32| links.iter().find(|l| l.index == i);
-    // The interface holding the public address decides only when nothing else was asked for.
-    let held = if sel.ifaces.is_empty() && sel.regexes.is_empty() && sel.can_reach.is_none() {
-        held_public(&addrs, sel)?
-    } else {
-        None
-    };
+    // The interface holding the public address decides only when nothing else was asked for
+    // (its place in the chain below).
+    let mut held = None;
     let link: &Link = if !sel.ifaces.is_empty() {
         let mut found = None;
         for spec in &sel.ifaces {
@@ -106,8 +103,9 @@ pub fn select(nl: &mut Netlink, sel: &Selection) -> Result<ExternalInterface, St
         r.oif
             .and_then(by_index)
             .ok_or_else(|| format!("--iface-can-reach {ip}: the route has no interface"))?
-    } else if let Some((index, _, _)) = held {
-        by_index(index).ok_or("the public address's interface disappeared")?
+    } else if let Some(h) = held_public(&addrs, sel)? {
+        held = Some(h);
+        by_index(h.0).ok_or("the public address's interface disappeared")?
     } else {
         let routes = nl.routes().map_err(|e| e.to_string())?;
         let default = |v4: bool| {

@@ -103,20 +103,26 @@ impl Mac {
         <[u8; 6]>::try_from(b).ok().map(Mac)
     }
 
-    /// A random locally administered unicast address, from `getrandom(2)` directly: `rand`'s
-    /// thread generator would be seeded first (in the static plugin through `/dev/random` and
-    /// `/dev/urandom`, five system calls) and detect CPU features, on every pod event.
+    /// A random locally administered unicast address (`random_bytes`).
     pub fn random() -> Mac {
-        let mut b = [0u8; 6];
-        // SAFETY: the kernel writes at most `b.len()` bytes into `b`.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if usize::try_from(n).ok() != Some(b.len()) {
-            // A kernel without getrandom(2), or a signal before any byte: rand's way.
-            b = rand::random();
-        }
+        let mut b: [u8; 6] = random_bytes();
         b[0] = (b[0] & 0xfe) | 0x02;
         Mac(b)
     }
+}
+
+/// Random bytes from `getrandom(2)` directly: `rand`'s thread generator would be seeded first
+/// (in the static plugin through `/dev/random` and `/dev/urandom`, five system calls) and
+/// detect CPU features, on every pod event.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SAFETY: the kernel writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if usize::try_from(n).ok() != Some(b.len()) {
+        // A kernel without getrandom(2), or a signal before any byte: rand's way.
+        rand::fill(&mut b[..]);
+    }
+    b
 }
 
 impl fmt::Display for Mac {

@@ -477,17 +477,27 @@ impl Netlink {
 
     /// Waits for the acknowledgement of request `seq` (replies to others are skipped).
     fn wait_ack(&mut self, op: &str, seq: u32) -> Result<(), KernelError> {
+        self.raw_replies(op, seq, &mut |_| {})
+    }
+
+    /// Hands each reply to request `seq` to `visit`, read in place, until its acknowledgement
+    /// (replies to other requests are skipped); the acknowledgement's error, if any.
+    fn raw_replies(
+        &mut self,
+        op: &str,
+        seq: u32,
+        visit: &mut dyn FnMut(&raw::RawMessage<'_>),
+    ) -> Result<(), KernelError> {
         loop {
-            for m in self.recv_messages(op)? {
-                if m.header.sequence_number != seq {
-                    continue;
-                }
-                if let NetlinkPayload::Error(e) = m.payload {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(code) => Err(KernelError::netlink(op, -code.get())),
+            recv_datagram(&self.socket, &mut self.buf, op)?;
+            for m in raw::messages(&self.buf).filter(|m| m.seq == seq) {
+                if m.kind == raw::NLMSG_ERROR {
+                    return match raw::error_code(m.payload) {
+                        0 => Ok(()),
+                        c => Err(KernelError::netlink(op, -c)),
                     };
                 }
+                visit(&m);
             }
         }
     }
@@ -811,23 +821,12 @@ impl Netlink {
         )?;
         // Read in place (`raw::link`): the echo is mostly counters nobody here reads.
         let mut made = None;
-        loop {
-            recv_datagram(&self.socket, &mut self.buf, &op)?;
-            for m in raw::messages(&self.buf).filter(|m| m.seq == seq) {
-                match m.kind {
-                    raw::RTM_NEWLINK if made.is_none() => {
-                        made = raw::link(m.payload).filter(|l| l.name == spec.name);
-                    }
-                    raw::NLMSG_ERROR => {
-                        return match raw::error_code(m.payload) {
-                            0 => Ok(made),
-                            c => Err(KernelError::netlink(&op, -c)),
-                        };
-                    }
-                    _ => {}
-                }
+        self.raw_replies(&op, seq, &mut |m| {
+            if m.kind == raw::RTM_NEWLINK && made.is_none() {
+                made = raw::link(m.payload).filter(|l| l.name == spec.name);
             }
-        }
+        })?;
+        Ok(made)
     }
 
     /// Changes attributes of a link.

@@ -299,7 +299,7 @@ fn ack(m: &raw::RawMessage<'_>) -> Option<(i32, Option<String>)> {
     if m.kind != raw::NLMSG_ERROR {
         return None;
     }
-    let code = i32::from_ne_bytes(m.payload.get(..4)?.try_into().ok()?);
+    let code = raw::error_code(m.payload.get(..4)?);
     let text = if m.flags & NLM_F_ACK_TLVS != 0 {
         // struct nlmsgerr: error, then the request's header (payload capped), then attributes.
         m.payload.get(20..).and_then(|tlvs| {

@@ -200,7 +200,7 @@ impl EtcdStore {
             client,
             prefix,
             endpoints,
-            rejected: Refusals::default(),
+            rejected: Refusals::new(log_refused),
         })
     }
 
@@ -279,24 +279,6 @@ impl EtcdStore {
         match self.entry(kv) {
             Entry::Lease(l) => Some(l),
             _ => None,
-        }
-    }
-
-    /// Remembers why `key` holds no lease (`None`: it holds one again, or is gone); a new
-    /// reason is logged once.
-    fn note(&self, key: SubnetKey, why: Option<String>) {
-        let reason = why.clone();
-        if self.rejected.note(key, why)
-            && let Some(why) = reason
-        {
-            log_refused(&key, &why);
-        }
-    }
-
-    /// A full listing's keys that hold no lease replace those known before.
-    fn note_all(&self, unreadable: Vec<(SubnetKey, String)>) {
-        for (key, why) in self.rejected.relist(unreadable) {
-            log_refused(&key, &why);
         }
     }
 
@@ -651,7 +633,7 @@ impl EtcdStore {
                 Some(r) => r,
                 None => match self.list_all().await {
                     Ok(listing) => {
-                        self.note_all(listing.unreadable);
+                        self.rejected.relist(listing.unreadable);
                         let snapshot = WatchUpdate::Snapshot(listing.leases);
                         if tx.send(snapshot).await.is_err() {
                             return;
@@ -735,11 +717,11 @@ impl EtcdStore {
         match kind {
             EventType::Put => match self.entry(kv) {
                 Entry::Lease(l) => {
-                    self.note(l.key, None);
+                    self.rejected.note(l.key, None);
                     Some(WatchUpdate::Put(l))
                 }
                 Entry::Unreadable(key, why) => {
-                    self.note(key, Some(why));
+                    self.rejected.note(key, Some(why));
                     let revision = kv.mod_revision();
                     Some(WatchUpdate::Unreadable { key, revision })
                 }
@@ -750,7 +732,7 @@ impl EtcdStore {
                     .ok()
                     .and_then(|k| k.strip_prefix(&self.subnets_prefix()))
                     .and_then(SubnetKey::parse)?;
-                self.note(key, None);
+                self.rejected.note(key, None);
                 Some(WatchUpdate::Delete(key))
             }
         }

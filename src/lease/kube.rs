@@ -213,21 +213,25 @@ pub fn stored_public_ips(
     node: &Node,
     ann: &Annotations,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
-    let v4 = match annotation(node, &ann.node_public_ip).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            s.parse::<Ipv4Addr>()
-                .map_err(|_| format!("{} {s:?} is not an IPv4 address", ann.node_public_ip))?,
-        ),
-    };
-    let v6 = match annotation(node, &ann.node_public_ipv6).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            s.parse::<Ipv6Addr>()
-                .map_err(|_| format!("{} {s:?} is not an IPv6 address", ann.node_public_ipv6))?,
-        ),
-    };
+    let v4 = public_annotation::<Ipv4Addr>(node, &ann.node_public_ip, "IPv4")?;
+    let v6 = public_annotation::<Ipv6Addr>(node, &ann.node_public_ipv6, "IPv6")?;
     Ok((v4, v6))
+}
+
+/// A public address annotation: absent or empty is `None`; one that is no address of the
+/// family, or no address a node can have (loopback, link-local, ...), is an error naming it.
+fn public_annotation<T>(node: &Node, name: &str, family: &str) -> Result<Option<T>, String>
+where
+    T: std::str::FromStr + Copy + Into<std::net::IpAddr>,
+{
+    let Some(s) = annotation(node, name).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let ip = s
+        .parse::<T>()
+        .map_err(|_| format!("{name} {s:?} is not an {family} address"))?;
+    super::validate::public_kind(ip.into()).map_err(|e| format!("{name}: {e}"))?;
+    Ok(Some(ip))
 }
 
 /// The annotations this node must change so they say what `attrs` says, by flanneld's rules
@@ -311,7 +315,7 @@ impl KubeManager {
             net_conf_path,
             set_network_unavailable,
             cfg: Arc::new(OnceLock::new()),
-            rejected: Refusals::default(),
+            rejected: Refusals::new(log_refused),
             waiting_since: Arc::default(),
         }
     }
@@ -574,12 +578,8 @@ struct Translator {
 
 impl Translator {
     fn note(&mut self, seen: &Seen) {
-        let why = seen.lease.as_ref().err();
-        if self.rejected.note(seen.name.clone(), why.cloned())
-            && let Some(why) = why
-        {
-            log_refused(&seen.name, why);
-        }
+        self.rejected
+            .note(seen.name.clone(), seen.lease.as_ref().err().cloned());
     }
 
     /// A whole list (at start, and again after `410 Gone`): a node refused before for the same
@@ -598,9 +598,7 @@ impl Translator {
                 Ok(None) => {}
             }
         }
-        for (name, why) in self.rejected.relist(refused) {
-            log_refused(&name, &why);
-        }
+        self.rejected.relist(refused);
         WatchUpdate::Snapshot(leases)
     }
 
@@ -635,7 +633,7 @@ impl Translator {
     }
 }
 
-fn log_refused(node: &str, why: &str) {
+fn log_refused(node: &String, why: &str) {
     tracing::warn!(
         node,
         "skipping a node whose annotations make no lease: {why}"
@@ -1076,6 +1074,21 @@ mod tests {
             stored_public_ips(&node(v.clone()), &ann()).unwrap_err(),
             "flannel.alpha.coreos.com/node-public-ipv6 \"198.18.0.111\" is not an IPv6 address"
         );
+        // Anyone allowed to annotate Nodes can write these: no address a node cannot have.
+        for (name, bad) in [
+            ("node-public-ip", "127.0.0.1"),
+            ("node-public-ip", "169.254.1.1"),
+            ("node-public-ipv6", "fe80::1"),
+            ("node-public-ipv6", "ff02::1"),
+        ] {
+            let mut w = v.clone();
+            w["metadata"]["annotations"]["flannel.alpha.coreos.com/node-public-ipv6"] = "".into();
+            w["metadata"]["annotations"][format!("flannel.alpha.coreos.com/{name}")] = bad.into();
+            assert_eq!(
+                stored_public_ips(&node(w), &ann()).unwrap_err(),
+                format!("flannel.alpha.coreos.com/{name}: public address {bad} cannot be a node's")
+            );
+        }
         // Under another prefix, the names follow it.
         let other = Annotations::new("example.com/podnet").unwrap();
         assert_eq!(other.node_public_ip, "example.com/podnet-node-public-ip");
@@ -1122,7 +1135,7 @@ mod tests {
     fn node_events_become_lease_events() {
         let mut t = Translator {
             keys: BTreeMap::new(),
-            rejected: Refusals::default(),
+            rejected: Refusals::new(log_refused),
         };
         let snap = t.snapshot(vec![
             seen("node1", "10.244.1.0-24"),
@@ -1162,7 +1175,7 @@ mod tests {
     fn a_new_list_keeps_what_is_still_refused_and_forgets_the_rest() {
         let mut t = Translator {
             keys: BTreeMap::new(),
-            rejected: Refusals::default(),
+            rejected: Refusals::new(log_refused),
         };
         let bad = |name: &str, why: &str| Seen {
             name: name.into(),

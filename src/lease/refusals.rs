@@ -1,7 +1,7 @@
 //! What a lease store refuses, and why: a lease key whose value is no lease (etcd), a Node
-//! whose annotations make none (Kubernetes). Each reason is reported once — the caller logs
-//! what `note` and `relist` say is new — and kept for status until the key holds a lease
-//! again, is gone, or a full listing no longer has it. Shared between the store's watch and
+//! whose annotations make none (Kubernetes). Each reason is logged once (by the store's `log`)
+//! and kept for status until the key holds a lease again, is gone, or a full listing no
+//! longer has it. Shared between the store's watch and
 //! whoever reads the list (status), hence the lock.
 
 use std::collections::BTreeMap;
@@ -9,41 +9,50 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
-pub struct Refusals<K>(Arc<Mutex<BTreeMap<K, String>>>);
-
-impl<K> Default for Refusals<K> {
-    fn default() -> Self {
-        Refusals(Arc::default())
-    }
+pub struct Refusals<K> {
+    map: Arc<Mutex<BTreeMap<K, String>>>,
+    /// Logs a new reason.
+    log: fn(&K, &str),
 }
 
 impl<K: Ord + Clone> Refusals<K> {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<K, String>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// `key` is refused for `why`, or (`None`) holds a lease again or is gone. `true` when the
-    /// reason is new (to be logged).
-    pub fn note(&self, key: K, why: Option<String>) -> bool {
-        let mut r = self.map();
-        match why {
-            Some(why) => r.insert(key, why.clone()).as_ref() != Some(&why),
-            None => {
-                r.remove(&key);
-                false
-            }
+    pub fn new(log: fn(&K, &str)) -> Refusals<K> {
+        Refusals {
+            map: Arc::default(),
+            log,
         }
     }
 
-    /// A full listing's refusals replace those known before; returns the ones that are new
-    /// (a key refused before for the same reason is not reported again).
-    pub fn relist(&self, refused: impl IntoIterator<Item = (K, String)>) -> Vec<(K, String)> {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<K, String>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `key` is refused for `why`, or (`None`) holds a lease again or is gone. `true` when the
+    /// reason is new (and was logged).
+    pub fn note(&self, key: K, why: Option<String>) -> bool {
+        let mut r = self.map();
+        let Some(why) = why else {
+            r.remove(&key);
+            return false;
+        };
+        let new = r.get(&key) != Some(&why);
+        if new {
+            (self.log)(&key, &why);
+        }
+        r.insert(key, why);
+        new
+    }
+
+    /// A full listing's refusals replace those known before; the ones that are new are logged
+    /// and returned (a key refused before for the same reason is not logged again).
+    pub fn relist(&self, refused: impl IntoIterator<Item = (K, String)>) -> Vec<K> {
         let mut r = self.map();
         let before = std::mem::take(&mut *r);
         let mut new = Vec::new();
         for (key, why) in refused {
             if before.get(&key) != Some(&why) {
-                new.push((key.clone(), why.clone()));
+                (self.log)(&key, &why);
+                new.push(key.clone());
             }
             r.insert(key, why);
         }
@@ -82,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_reason_is_new_once_and_a_relist_reports_only_what_changed() {
-        let r: Refusals<String> = Refusals::default();
+        let r: Refusals<String> = Refusals::new(|_, _| {});
         assert!(r.note(s("a"), Some(s("broken"))));
         assert!(!r.note(s("a"), Some(s("broken"))), "same reason: not again");
         assert!(r.note(s("a"), Some(s("other"))), "a new reason is");
@@ -90,7 +99,7 @@ mod tests {
         // After 410 Gone or a compaction: "a" still refused for the same reason, "b" fixed,
         // "c" new.
         let new = r.relist([(s("a"), s("other")), (s("c"), s("bad"))]);
-        assert_eq!(new, [(s("c"), s("bad"))]);
+        assert_eq!(new, [s("c")]);
         assert_eq!(r.describe("node"), ["node a: other", "node c: bad"]);
         assert!(!r.note(s("c"), None));
         assert_eq!(r.get(&s("c")), None);

@@ -230,24 +230,7 @@ impl Checker {
     }
 
     fn public(&self, ip: IpAddr) -> Result<(), String> {
-        let bad = match ip {
-            IpAddr::V4(a) => {
-                a.is_unspecified()
-                    || a.is_loopback()
-                    || a.is_multicast()
-                    || a.is_link_local()
-                    || a.is_broadcast()
-            }
-            IpAddr::V6(a) => {
-                a.is_unspecified()
-                    || a.is_loopback()
-                    || a.is_multicast()
-                    || a.is_unicast_link_local()
-            }
-        };
-        if bad {
-            return Err(format!("public address {ip} cannot be a node's"));
-        }
+        public_kind(ip)?;
         if self.local.iter().any(|l| l.addr() == ip) {
             return Err(format!("public address {ip} is this node's own"));
         }
@@ -468,6 +451,28 @@ impl Taken {
             self.v6.remove(&u128::from(n.network()));
         }
     }
+}
+
+/// Whether an address can be a node's public address at all: not unspecified, loopback,
+/// multicast, link-local or broadcast. For peers' leases and for the public address this
+/// node's own annotations name (anyone allowed to annotate Nodes can write them).
+pub fn public_kind(ip: IpAddr) -> Result<(), String> {
+    let bad = match ip {
+        IpAddr::V4(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_link_local()
+                || a.is_broadcast()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_unicast_link_local()
+        }
+    };
+    if bad {
+        return Err(format!("public address {ip} cannot be a node's"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
