@@ -1758,7 +1758,7 @@ mod tests {
             LinkAttribute::Address(vec![0xfe, 1, 2, 3, 4, 5]),
             LinkAttribute::Controller(3),
             LinkAttribute::Link(2),
-            LinkAttribute::Group(RETIRED_TEST_GROUP),
+            LinkAttribute::Group(7),
             LinkAttribute::IfAlias("ctr/eth0".into()),
             LinkAttribute::NumTxQueues(1),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
@@ -1783,8 +1783,6 @@ mod tests {
         // Truncated: no link rather than a wrong one.
         assert_eq!(raw::link(&m.payload[..8]), None);
     }
-
-    const RETIRED_TEST_GROUP: u32 = 0x0070_6e64;
 
     #[test]
     fn sequence_numbers_wrap_without_splitting_a_batch() {

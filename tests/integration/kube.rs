@@ -225,14 +225,8 @@ fn three_nodes(backend: &str, segments: usize) {
         }
         assert!(!a.contains_key(&format!("{PREFIX}/backend-v6-data")));
         // NetworkUnavailable is False, with flanneld's reason and message.
-        let node = k.node(n);
-        let cond = node["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "NetworkUnavailable")
-            .unwrap_or_else(|| panic!("{n} has no NetworkUnavailable condition"))
-            .clone();
+        let cond = network_unavailable(&k, n)
+            .unwrap_or_else(|| panic!("{n} has no NetworkUnavailable condition"));
         assert_eq!(cond["status"], "False");
         assert_eq!(cond["reason"], "FlannelIsUp");
         assert_eq!(cond["message"], "Flannel is running on this node");
@@ -392,15 +386,9 @@ fn an_api_server_restart_and_410_gone_miss_nothing_and_rewrite_nothing() {
             .contains("lease watch reconnected")
             .then_some(())
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let log = k.c.log(&k.podnetd("node1"));
-        if back(&log).is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node1's watch not back:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll("node1's lease watch back", Duration::from_secs(15), || {
+        back(&k.c.log(&k.podnetd("node1")))
+    });
     let changes = "podnet_kernel_changes_total";
     let before = metric(&k, "node1", changes);
     k.store().clear_requests();
@@ -954,29 +942,14 @@ fn the_node_public_ip_annotation_chooses_the_public_address() {
     for (i, n) in ["node1", "node2"].iter().enumerate() {
         k.add_node(n, Some(&cidr(i)));
     }
-    let first = k.c.lab.plan().host("node1").unwrap().ip();
     let chosen = "198.18.0.201";
-    let addrs = k.c.ip_json("node1", &["-4", "addr", "show"]);
-    let dev = addrs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            l["addr_info"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["local"] == first.to_string())
-        })
-        .unwrap()["ifname"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // The lab's nodes have their underlay on eth0.
+    let dev = "eth0";
     ok(k.c
         .lab
         .exec(
             "node1",
-            &["ip", "addr", "add", &format!("{chosen}/24"), "dev", &dev],
+            &["ip", "addr", "add", &format!("{chosen}/24"), "dev", dev],
         )
         .unwrap());
     let mut n = k.node("node1");
