@@ -168,7 +168,7 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
             .map_err(|e| kernel(format!("look up {}", spec.host_name), e))?,
     };
     let pod_index = link.parent;
-    let mark = match host.set_link_start(link.index, &mark_change(spec)) {
+    let mark = match host.set_link_start(link.index, &mark_change(spec, link.ipv6)) {
         Ok(seq) => seq,
         Err(e) => {
             let _ = host.del_link(link.index);
@@ -228,11 +228,18 @@ fn stale_host_end(host: &mut Netlink, spec: &VethSpec<'_>) -> Result<Option<Link
     )))
 }
 
-/// A new host end's mark: its owner as alias (and hairpin mode), one request.
-fn mark_change<'a>(spec: &VethSpec<'a>) -> LinkChange<'a> {
+/// A new host end's mark: its owner as alias (and hairpin mode), one request. With IPv6 on
+/// the link, the same request tells it to make no link-local address: it is a bridge port, and
+/// the node reaches pods over IPv6 through the bridge's own addresses, never a port's. Left to
+/// the kernel's default, each host end would get one when the pod end comes up (this request
+/// comes before that), with a link and a local route in the node's IPv6 tables (which the
+/// kernel walks whole on link events: every ADD and DEL paid for every pod already there) and
+/// duplicate-address and multicast-listener messages the bridge floods to every pod.
+fn mark_change<'a>(spec: &VethSpec<'a>, ipv6: bool) -> LinkChange<'a> {
     LinkChange {
         alias: Some(spec.owner),
         hairpin: spec.hairpin.then_some(true),
+        link_local6: ipv6.then_some(false),
         ..Default::default()
     }
 }

@@ -22,8 +22,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
-    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -94,6 +95,9 @@ pub struct Link {
     pub group: u32,
     /// `IFLA_IFALIAS` (`ip link set ... alias TEXT`); `None` when unset or empty.
     pub alias: Option<String>,
+    /// The link has IPv6 (the kernel reports its IPv6 settings); a node booted without IPv6,
+    /// or a link with an MTU under 1280, has none.
+    pub ipv6: bool,
 }
 
 impl Link {
@@ -113,6 +117,7 @@ impl Link {
             hairpin: None,
             group: 0,
             alias: None,
+            ipv6: false,
         }
     }
 }
@@ -176,6 +181,10 @@ pub struct LinkChange<'a> {
     /// `IFLA_IFALIAS`, at most 254 bytes (the kernel's 255 with the NUL sent after it). Only a
     /// change sets it: the kernel ignores it in a request that creates a link.
     pub alias: Option<&'a str>,
+    /// Whether the link makes itself an IPv6 link-local address when it comes up
+    /// (`IFLA_INET6_ADDR_GEN_MODE`: EUI-64 or none). Only for a link with IPv6 (`Link::ipv6`):
+    /// the kernel refuses the whole request for one without.
+    pub link_local6: Option<bool>,
 }
 
 /// An interface address.
@@ -971,6 +980,17 @@ fn link_change_message(index: u32, change: &LinkChange<'_>) -> LinkMessage {
         msg.attributes
             .push(LinkAttribute::IfAlias(alias.to_string()));
     }
+    if let Some(on) = change.link_local6 {
+        let mode = if on {
+            In6AddrGenMode::Eui64
+        } else {
+            In6AddrGenMode::None
+        };
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(mode)],
+            )]));
+    }
     if let Some(hairpin) = change.hairpin {
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
@@ -1421,6 +1441,9 @@ fn parse_link(l: &LinkMessage) -> Link {
             LinkAttribute::Link(p) => link.parent = Some(*p),
             LinkAttribute::Group(g) => link.group = *g,
             LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+            LinkAttribute::AfSpecUnspec(families) => {
+                link.ipv6 = families.iter().any(|f| matches!(f, AfSpecUnspec::Inet6(_)));
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {

@@ -182,14 +182,29 @@ fn read_pid(path: &Path) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "podnet-files-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d.join(name)
+    /// A directory of its own for one test, removed when the test ends (passed or failed).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let d = std::env::temp_dir().join(format!(
+                "podnet-files-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            Scratch(d)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
@@ -216,7 +231,8 @@ mod tests {
 
     #[test]
     fn atomic_write_sets_a_given_mode() {
-        let p = scratch("a.env");
+        let dir = Scratch::new();
+        let p = dir.file("a.env");
         write_atomic(&p, b"A=3\n", Some(0o640)).unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -226,7 +242,8 @@ mod tests {
 
     #[test]
     fn a_held_lock_times_out_naming_the_holder() {
-        let p = scratch("x.lock");
+        let dir = Scratch::new();
+        let p = dir.file("x.lock");
         let held = Lock::acquire(&p, 0o600, None).unwrap();
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,

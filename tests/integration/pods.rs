@@ -106,6 +106,19 @@ fn pods_on_two_nodes_reach_everything_and_results_are_golden() {
             a.target()
         );
     }
+    // The host ends, bridge ports, make no IPv6 link-local address (the pod ends do): by now,
+    // after the pings, each pair has long had its carrier, when the kernel would have made one.
+    for p in &pods {
+        let host = podnet::cni::veth::host_name(&p.container, "eth0");
+        let host_end = &c.ip_json(&p.node, &["-d", "link", "show", &host])[0];
+        assert_eq!(host_end["inet6_addr_gen_mode"], "none", "{host_end}");
+        assert_eq!(
+            c.ip_json(&p.node, &["-6", "addr", "show", "dev", &host]),
+            serde_json::json!([])
+        );
+        let eth0 = &c.ip_json(&p.target(), &["-d", "link", "show", "eth0"])[0];
+        assert_eq!(eth0["inet6_addr_gen_mode"], "eui64", "{eth0}");
+    }
     // A node reaches its pods and the other node's.
     assert!(ping(&c, "node1", pods[3].ip));
 }

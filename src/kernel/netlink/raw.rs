@@ -47,6 +47,7 @@ const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_AF_SPEC: u16 = 26;
 const IFLA_GROUP: u16 = 27;
 const IFLA_INFO_KIND: u16 = 1;
 const IFF_UP: u32 = 0x1;
@@ -152,6 +153,7 @@ pub fn link(p: &[u8]) -> Option<Link> {
             IFLA_LINK => link.parent = u32_at(v, 0),
             IFLA_GROUP => link.group = u32_at(v, 0)?,
             IFLA_IFALIAS => link.alias = text(v).filter(|a| !a.is_empty()),
+            IFLA_AF_SPEC => link.ipv6 = attributes(v).any(|(f, _)| f == u16::from(AF_INET6)),
             IFLA_LINKINFO => {
                 link.kind = attributes(v)
                     .find(|(k, _)| *k == IFLA_INFO_KIND)
