@@ -788,6 +788,9 @@ pub fn version(stdin: &[u8]) -> String {
 /// outlives the plugin, which returns to the runtime without waiting for the kernel, nor for
 /// the reaper's start (`process::spawn_detached`).
 fn spawn_reaper() {
+    if veth::reaper_running() {
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };

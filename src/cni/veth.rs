@@ -331,12 +331,9 @@ pub fn retire(nl: &mut Netlink, link: &Link, mark: bool) -> Result<(), crate::ke
 /// held RTNL while the kernel filled a message per link, in the way of the pod events the
 /// reaper runs beside.
 pub fn reap(debounce: std::time::Duration) -> Result<(), crate::kernel::KernelError> {
-    let ns = NetNs::current()?;
-    let (dev, ino) = ns.id()?;
-    let dir = std::path::Path::new("/run/podnet");
-    std::fs::create_dir_all(dir)
+    let lock_path = reaper_lock()?;
+    std::fs::create_dir_all(REAPER_DIR)
         .map_err(|e| crate::kernel::KernelError::io("create /run/podnet", e))?;
-    let lock_path = dir.join(format!("cni-reaper-{dev:x}-{ino:x}.lock"));
     let mut nl = Netlink::open()?;
     let kernel = |e: LockError| crate::kernel::KernelError::Other(e.to_string());
     loop {
@@ -355,6 +352,27 @@ pub fn reap(debounce: std::time::Duration) -> Result<(), crate::kernel::KernelEr
             return Ok(());
         }
     }
+}
+
+const REAPER_DIR: &str = "/run/podnet";
+
+/// The reapers' lock for the current network namespace.
+fn reaper_lock() -> Result<std::path::PathBuf, crate::kernel::KernelError> {
+    reaper_lock_of(&NetNs::current()?)
+}
+
+/// The reapers' lock for `ns` (one file per namespace the plugin ran in, kept for the next
+/// DEL; the lab removes its nodes' when it tears them down).
+pub fn reaper_lock_of(ns: &NetNs) -> Result<std::path::PathBuf, crate::kernel::KernelError> {
+    let (dev, ino) = ns.id()?;
+    Ok(std::path::Path::new(REAPER_DIR).join(format!("cni-reaper-{dev:x}-{ino:x}.lock")))
+}
+
+/// Whether a reaper of this namespace is at work. A pair retired before this says so is
+/// that reaper's to delete: it looks for retired pairs once more after it unlocks. So a DEL
+/// that finds one running starts none (a burst of DELs starts one process, not one each).
+pub fn reaper_running() -> bool {
+    reaper_lock().is_ok_and(|p| Lock::is_held(&p))
 }
 
 #[cfg(test)]

@@ -734,6 +734,10 @@ fn teardown(st: &LabState) -> Result<(), LabError> {
             ));
             continue;
         }
+        // The CNI plugin's reaper lock for the namespace, if it ran there (/run/podnet).
+        if let Ok(lock) = NetNs::open(ns).and_then(|n| crate::cni::veth::reaper_lock_of(&n)) {
+            let _ = std::fs::remove_file(lock);
+        }
         if let Err(e) = NetNs::delete(ns) {
             errors.push(e.to_string());
         }

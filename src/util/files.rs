@@ -146,6 +146,18 @@ impl Lock {
         Ok(lock)
     }
 
+    /// Whether someone holds the lock at `path` now; a file that cannot be opened (none yet)
+    /// is held by no one. It probes with a shared lock, which no other probe excludes: a
+    /// holder taking the lock during the probe finds it busy, as with any other holder.
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = File::open(path) else {
+            return false;
+        };
+        // SAFETY: flock on a descriptor we own; closing it releases the probe.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    }
+
     /// Tries once; `Ok(None)` when someone else holds it.
     pub fn try_acquire(path: &Path, mode: u32) -> Result<Option<Lock>, LockError> {
         match Lock::acquire(path, mode, Some(Duration::ZERO)) {
@@ -258,7 +270,10 @@ mod tests {
             "{msg}"
         );
         assert!(Lock::try_acquire(&p, 0o600).unwrap().is_none());
+        assert!(Lock::is_held(&p));
         drop(held);
+        assert!(!Lock::is_held(&p));
         assert!(Lock::try_acquire(&p, 0o600).unwrap().is_some());
+        assert!(!Lock::is_held(&dir.file("none.lock")), "no file, no holder");
     }
 }
