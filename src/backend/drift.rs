@@ -50,6 +50,10 @@ pub enum Object {
     Devices,
     /// Everything: compare the digests, and make a full pass if they differ.
     Everything,
+    /// Everything, because notifications were lost: the same pass (with the same backoff, so
+    /// a socket that keeps overflowing cannot make a loop of passes), but nobody's doing, so
+    /// never reported as contested.
+    Lost,
 }
 
 impl fmt::Display for Object {
@@ -63,6 +67,7 @@ impl fmt::Display for Object {
             Object::Fdb { index, mac } => write!(f, "fdb {mac} on #{index}"),
             Object::Devices => write!(f, "the backend's devices"),
             Object::Everything => write!(f, "every peer's objects"),
+            Object::Lost => write!(f, "every peer's objects, after lost notifications"),
         }
     }
 }
@@ -75,7 +80,7 @@ impl Object {
             Object::Neighbour { .. } => "neighbour",
             Object::Fdb { .. } => "fdb",
             Object::Devices => "device",
-            Object::Everything => "pass",
+            Object::Everything | Object::Lost => "pass",
         }
     }
 }

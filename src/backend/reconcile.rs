@@ -668,7 +668,7 @@ impl Reconciler {
     /// Notifications were lost: every peer is re-planned and everything compared.
     pub fn events_lost(&mut self, now: Instant) -> Report {
         self.replan = true;
-        self.contest.undone(Object::Everything, now);
+        self.contest.undone(Object::Lost, now);
         self.run_due(now)
     }
 
@@ -698,7 +698,7 @@ impl Reconciler {
                 .fdb(index, mac)
                 .cloned()
                 .map(Change::ReplaceFdb),
-            Object::Devices | Object::Everything => None,
+            Object::Devices | Object::Everything | Object::Lost => None,
         };
         let removal = self.removals.remove(key);
         wanted.or(removal)
@@ -713,7 +713,7 @@ impl Reconciler {
         let mut repaired = Vec::new();
         for key in self.contest.take_due(now) {
             match key {
-                Object::Devices | Object::Everything => everything = true,
+                Object::Devices | Object::Everything | Object::Lost => everything = true,
                 _ => match self.fix(&key) {
                     Some(c) => changes.push(c),
                     None => continue,
@@ -742,13 +742,22 @@ impl Reconciler {
     }
 
     fn log_repair(&self, key: &Object) {
-        if *key == Object::Everything {
-            // Not a change seen to one of podnet's objects: a reason to look at all of them.
-            tracing::info!(
-                "comparing every peer's objects with the kernel (the node's interface or its \
-                 addresses changed, notifications were lost, or many objects changed at once)"
-            );
-            return;
+        // Not a change seen to one of podnet's objects: a reason to look at all of them.
+        match key {
+            Object::Lost => {
+                tracing::info!(
+                    "comparing every peer's objects with the kernel (notifications were lost)"
+                );
+                return;
+            }
+            Object::Everything => {
+                tracing::info!(
+                    "comparing every peer's objects with the kernel (the node's interface or \
+                     its addresses changed, or many objects changed at once)"
+                );
+                return;
+            }
+            _ => {}
         }
         let what = self.describe(key);
         match self.contest.record(key) {
@@ -776,18 +785,22 @@ impl Reconciler {
                 .desired
                 .fdb(index, mac)
                 .map(|f| format!("fdb {f} on #{index}")),
-            Object::Devices | Object::Everything => None,
+            Object::Devices | Object::Everything | Object::Lost => None,
         };
         full.unwrap_or_else(|| key.to_string())
     }
 
-    /// Objects something else keeps undoing.
+    /// Objects something else keeps undoing (lost notifications are nobody's doing).
     pub fn contested(&self, now: Instant) -> Vec<Contested> {
-        self.contest.report(now, |k| self.describe(k))
+        self.contest
+            .report(now, |k| *k != Object::Lost, |k| self.describe(k))
     }
 
     pub fn contested_count(&self, now: Instant) -> usize {
-        self.contest.contested(now).count()
+        self.contest
+            .contested(now)
+            .filter(|(k, _)| **k != Object::Lost)
+            .count()
     }
 
     /// A peer appeared or changed: its new plan is diffed against what was programmed for it.

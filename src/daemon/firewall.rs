@@ -211,7 +211,9 @@ impl State {
                 self.restore();
                 self.find_foreign();
                 let mut stats = self.stats.lock().expect("stats lock").clone();
-                stats.contested = self.contest.report(Instant::now(), |k| k.to_string());
+                stats.contested = self
+                    .contest
+                    .report(Instant::now(), |_| true, |k| k.to_string());
                 let _ = reply.send(stats);
             }
             Cmd::Nft(commits) => self.on_commits(commits, Instant::now()),

@@ -169,9 +169,15 @@ impl<K: Hash + Eq + Clone> Contest<K> {
             .filter(move |(_, r)| r.strikes > free && now.duration_since(r.last) <= quiet)
     }
 
-    /// The contested objects, described by `describe`.
-    pub fn report(&self, now: Instant, describe: impl Fn(&K) -> String) -> Vec<Contested> {
+    /// The contested objects `keep` keeps, described by `describe`.
+    pub fn report(
+        &self,
+        now: Instant,
+        keep: impl Fn(&K) -> bool,
+        describe: impl Fn(&K) -> String,
+    ) -> Vec<Contested> {
         self.contested(now)
+            .filter(|(k, _)| keep(k))
             .map(|(k, r)| Contested {
                 object: describe(k),
                 undone: r.undone,
@@ -222,6 +228,11 @@ mod tests {
         let due = c.undone("route", t);
         assert_eq!(c.undone("route", t + MS), due);
         assert_eq!(c.contested(t).next().unwrap().1.undone, 13);
+        // The report says what it is told to keep.
+        let all = c.report(t, |_| true, |k| k.to_string());
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].object.as_str(), all[0].undone), ("route", 13));
+        assert!(c.report(t, |k| *k != "route", |k| k.to_string()).is_empty());
     }
 
     #[test]
