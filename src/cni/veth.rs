@@ -246,7 +246,10 @@ fn mark_change<'a>(spec: &VethSpec<'a>, ipv6: bool) -> LinkChange<'a> {
 
 fn mark_error(spec: &VethSpec<'_>, e: crate::kernel::KernelError) -> CniError {
     kernel(
-        format!("set alias {} and hairpin on {}", spec.owner, spec.host_name),
+        format!(
+            "set alias {}, hairpin and IPv6 addressing on {}",
+            spec.owner, spec.host_name
+        ),
         e,
     )
 }
@@ -337,24 +340,41 @@ pub fn reap(debounce: std::time::Duration) -> Result<(), crate::kernel::KernelEr
     let mut nl = Netlink::open()?;
     let kernel = |e: LockError| crate::kernel::KernelError::Other(e.to_string());
     loop {
-        let Some(lock) = Lock::try_acquire(&lock_path, 0o600).map_err(kernel)? else {
-            // Another reaper runs; it tries again after it unlocks.
-            return Ok(());
+        let lock = match Lock::acquire(&lock_path, 0o600, Some(REAPER_LOCK_WAIT)) {
+            Ok(lock) => lock,
+            // Another reaper works; it looks again after it unlocks.
+            Err(LockError::Timeout { .. }) => return Ok(()),
+            Err(e) => return Err(kernel(e)),
         };
+        let mut worked = Ok(());
         loop {
             std::thread::sleep(debounce);
-            if !nl.del_link_group(RETIRED_GROUP)? {
-                break;
+            match nl.del_link_group(RETIRED_GROUP) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    worked = Err(e);
+                    break;
+                }
             }
         }
         drop(lock);
-        if !nl.del_link_group(RETIRED_GROUP)? {
+        // Once more after unlocking, failed or not: a DEL that retired a pair while this one
+        // held the lock started no reaper of its own (`reaper_running`).
+        let more = nl.del_link_group(RETIRED_GROUP);
+        worked?;
+        if !more? {
             return Ok(());
         }
     }
 }
 
 const REAPER_DIR: &str = "/run/podnet";
+
+/// How long a starting reaper tries for the lock: longer than a DEL's probe holds it
+/// (`reaper_running`, microseconds), so a probe never turns it away; far shorter than a
+/// working reaper holds it (at least a debounce), so it does not wait for that one.
+const REAPER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The reapers' lock for the current network namespace.
 fn reaper_lock() -> Result<std::path::PathBuf, crate::kernel::KernelError> {
@@ -387,6 +407,23 @@ mod tests {
             alias: alias.map(String::from),
             ..Link::blank(7, true, true)
         }
+    }
+
+    #[test]
+    fn the_mark_turns_ipv6_link_local_off_only_where_there_is_ipv6() {
+        let spec = VethSpec {
+            host_name: "veth1",
+            owner: "ctr-a/eth0",
+            ifname: "eth0",
+            mtu: 1450,
+            bridge: 3,
+            hairpin: false,
+        };
+        assert_eq!(mark_change(&spec, true).link_local6, Some(false));
+        // A kernel without IPv6 (or a link under 1280 bytes) refuses the setting, and the ADD
+        // with it: not sent.
+        assert_eq!(mark_change(&spec, false).link_local6, None);
+        assert_eq!(mark_change(&spec, false).alias, Some("ctr-a/eth0"));
     }
 
     #[test]

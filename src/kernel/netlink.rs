@@ -1784,6 +1784,10 @@ mod tests {
             LinkAttribute::Group(7),
             LinkAttribute::IfAlias("ctr/eth0".into()),
             LinkAttribute::NumTxQueues(1),
+            LinkAttribute::AfSpecUnspec(vec![
+                AfSpecUnspec::Inet(vec![]),
+                AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::Eui64)]),
+            ]),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
         ];
         let buf = encoded(RouteNetlinkMessage::NewLink(msg.clone()));
@@ -1795,7 +1799,20 @@ mod tests {
             (link.index, link.parent, link.master, link.kind.as_deref()),
             (41, Some(2), Some(3), Some("veth"))
         );
-        assert!(link.up && link.lower_up);
+        assert!(link.up && link.lower_up && link.ipv6);
+        // IPv4 settings only (a node booted without IPv6): no IPv6.
+        let mut v4 = msg.clone();
+        v4.attributes
+            .retain(|a| !matches!(a, LinkAttribute::AfSpecUnspec(_)));
+        v4.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(
+                vec![],
+            )]));
+        let buf = encoded(RouteNetlinkMessage::NewLink(v4.clone()));
+        let m = raw::messages(&buf).next().expect("one message");
+        let link = raw::link(m.payload).expect("a link");
+        assert_eq!(link, parse_link(&v4));
+        assert!(!link.ipv6);
         // Down, no alias, no kind: nothing invented.
         let mut bare = LinkMessage::default();
         bare.header.index = 7;
@@ -1805,6 +1822,31 @@ mod tests {
         assert_eq!(raw::link(m.payload), Some(parse_link(&bare)));
         // Truncated: no link rather than a wrong one.
         assert_eq!(raw::link(&m.payload[..8]), None);
+    }
+
+    #[test]
+    fn link_local_addressing_is_set_as_the_kernel_reads_it() {
+        // IFLA_AF_SPEC > AF_INET6 > IFLA_INET6_ADDR_GEN_MODE (8): 1 none, 0 EUI-64.
+        let mode = |on: Option<bool>| {
+            let change = LinkChange {
+                link_local6: on,
+                ..Default::default()
+            };
+            let buf = encoded(RouteNetlinkMessage::NewLink(link_change_message(
+                5, &change,
+            )));
+            let m = raw::messages(&buf).next().expect("one message");
+            raw::attributes(&m.payload[16..])
+                .filter(|(k, _)| *k == 26)
+                .flat_map(|(_, v)| raw::attributes(v))
+                .filter(|(k, _)| *k == u16::from(raw::AF_INET6))
+                .flat_map(|(_, v)| raw::attributes(v))
+                .find(|(k, _)| *k == 8)
+                .map(|(_, v)| v.to_vec())
+        };
+        assert_eq!(mode(Some(false)), Some(vec![1]));
+        assert_eq!(mode(Some(true)), Some(vec![0]));
+        assert_eq!(mode(None), None, "left alone unless asked");
     }
 
     #[test]
