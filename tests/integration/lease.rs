@@ -379,7 +379,12 @@ fn flags_come_from_flanneld_environment_variables() {
         err.contains("--subnet-lease-renew-margin 120000s: must be shorter"),
         "{err}"
     );
-    let mut cmd = c.lab.command("node1", &[crate::cluster::PODNETD]).unwrap();
+    // Its socket in the lab's node directory, not the host's /run/podnet.
+    let sock = format!("--status-socket={}", crate::ops::socket(&c, "node1"));
+    let mut cmd = c
+        .lab
+        .command("node1", &[crate::cluster::PODNETD, &sock])
+        .unwrap();
     let _guard = KillOnDrop(
         cmd.env("FLANNELD_ETCD_ENDPOINTS", &c.eps)
             .env("FLANNELD_SUBNET_FILE", &env_file)
