@@ -786,7 +786,8 @@ pub fn version(stdin: &[u8]) -> String {
 
 /// Starts a detached reaper for retired pairs (this same binary, in this namespace). It
 /// outlives the plugin, which returns to the runtime without waiting for the kernel, nor for
-/// the reaper's start (`process::spawn_detached`).
+/// the reaper's start (`process::spawn_detached`). None when one is at work already: the pair
+/// just retired is that one's (`veth::reaper_running`).
 fn spawn_reaper() {
     if veth::reaper_running() {
         return;
