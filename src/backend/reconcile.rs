@@ -711,21 +711,30 @@ impl Reconciler {
         let mut everything = self.retry.is_some_and(|t| t <= now);
         let mut changes = Vec::new();
         let mut repaired = Vec::new();
+        // One pass, however many reasons were due for it.
+        let mut pass = None;
         for key in self.contest.take_due(now) {
             match key {
-                Object::Devices | Object::Everything | Object::Lost => everything = true,
+                Object::Everything | Object::Lost => {
+                    everything = true;
+                    pass = Some(key.kind());
+                }
+                Object::Devices => {
+                    everything = true;
+                    repaired.push(key.kind());
+                }
                 _ => match self.fix(&key) {
-                    Some(c) => changes.push(c),
+                    Some(c) => {
+                        changes.push(c);
+                        repaired.push(key.kind());
+                    }
                     None => continue,
                 },
             }
             self.contest.repaired(&key);
             self.log_repair(&key);
-            // One pass, however many reasons were due for it.
-            if !(key.kind() == "pass" && repaired.contains(&"pass")) {
-                repaired.push(key.kind());
-            }
         }
+        repaired.extend(pass);
         let mut report = self.apply(changes, start, PassKind::Repair);
         report.repaired = repaired;
         if !report.errors.is_empty() {
