@@ -12,6 +12,8 @@
 //! plugin resolves no names and loads nothing, so glibc's static-linking caveats (NSS, dlopen)
 //! do not apply to it. Without the archives (or for another target) the plugin is linked
 //! dynamically, as before; `PODNET_CNI_STATIC` tells the tests which it is.
+//!
+//! podnetd's code is laid out hot first when the linker is rust-lld (see `symbol_order`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +26,65 @@ fn main() {
         "cargo:rustc-env=PODNET_CNI_STATIC={}",
         if static_ok { "1" } else { "0" }
     );
+    symbol_order();
+}
+
+/// The functions podnetd runs, in front of the rest of its code.
+///
+/// The kernel maps a program's code in 64 KiB around every page it first runs (fault-around),
+/// and podnetd's 12 MB of code is laid out crate by crate: the ~3 MB it ever runs is spread
+/// so that nearly all of it ends up mapped, and counted in its RSS, for the process's whole
+/// life (7–8 MB at 5 000 peers). `packaging/symbol-order/podnetd.txt` lists what it runs
+/// (`scripts/symbol-order.sh` records it under valgrind), and the linker puts those
+/// functions first. A name the list lacks (code added since it was recorded) is laid out as
+/// before; a name that no longer exists is ignored. So a stale list costs memory, never
+/// correctness. Only rust-lld (the default linker of this target since Rust 1.90) is given
+/// the flag: another linker may not know it. `PODNET_SYMBOL_ORDER=0` turns it off.
+fn symbol_order() {
+    println!("cargo:rerun-if-env-changed=PODNET_SYMBOL_ORDER");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
+        return;
+    };
+    let list = PathBuf::from(dir).join("packaging/symbol-order/podnetd.txt");
+    println!("cargo:rerun-if-changed={}", list.display());
+    if std::env::var("PODNET_SYMBOL_ORDER").as_deref() == Ok("0") || !list.exists() || !rust_lld() {
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bin=podnetd=-Wl,--symbol-ordering-file={}",
+        list.display()
+    );
+    println!("cargo:rustc-link-arg-bin=podnetd=-Wl,--no-warn-symbol-ordering");
+}
+
+/// Whether rustc links this build with its own rust-lld: the target's default since Rust 1.90,
+/// unless a linker or linker flavour was chosen (`RUSTC_LINKER` is cargo's resolved
+/// `linker` setting; the flags are the build's `RUSTFLAGS`).
+fn rust_lld() -> bool {
+    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
+        || std::env::var_os("RUSTC_LINKER").is_some()
+    {
+        return false;
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if flags.contains("link") {
+        return false;
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    // "rustc 1.95.0 (59807616e 2026-...)"
+    let version = String::from_utf8_lossy(&out.stdout);
+    let mut parts = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 90)
 }
 
 /// Sets up the static link of the `podnet` binary; `false` when this toolchain cannot.
