@@ -71,6 +71,10 @@ pub fn main() -> i32 {
     crate::logging::init(flags.verbosity);
     crash::exit_on_panic();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "podnetd starting");
+    match crate::kernel::image::discard_relocations() {
+        Ok(bytes) => tracing::debug!(bytes, "relocation table's pages given back"),
+        Err(e) => tracing::warn!("{e}"),
+    }
     if let Err(e) = flags.validate() {
         tracing::error!("{e}");
         return 1;

@@ -5,6 +5,7 @@
 //! this module to read or apply.
 
 pub mod ethtool;
+pub mod image;
 pub mod inotify;
 pub mod netlink;
 pub mod netns;
