@@ -13,7 +13,7 @@
 //! do not apply to it. Without the archives (or for another target) the plugin is linked
 //! dynamically, as before; `PODNET_CNI_STATIC` tells the tests which it is.
 //!
-//! podnetd's code is laid out hot first when the linker is rust-lld (see `symbol_order`).
+//! podnetd's code is laid out hot first where the linker can (see `symbol_order`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,53 +38,88 @@ fn main() {
 /// (`scripts/symbol-order.sh` records it under valgrind), and the linker puts those
 /// functions first. A name the list lacks (code added since it was recorded) is laid out as
 /// before; a name that no longer exists is ignored. So a stale list costs memory, never
-/// correctness. Only rust-lld (the default linker of this target since Rust 1.90) is given
-/// the flag: another linker may not know it. `PODNET_SYMBOL_ORDER=0` turns it off.
+/// correctness. (podnet's crate is one codegen unit in release builds, `Cargo.toml`, so that
+/// its functions' names do not change with every edit of the code.)
+///
+/// Only a linker that takes the list is given it (`links_with_order`: rust-lld, the default of
+/// official Rust builds for this target since 1.90, does; GNU ld does not).
+/// `PODNET_SYMBOL_ORDER=0` turns it off.
 fn symbol_order() {
-    println!("cargo:rerun-if-env-changed=PODNET_SYMBOL_ORDER");
-    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
-    let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
+    for var in [
+        "PODNET_SYMBOL_ORDER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let (Some(dir), Some(out)) = (
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+        std::env::var_os("OUT_DIR"),
+    ) else {
         return;
     };
     let list = PathBuf::from(dir).join("packaging/symbol-order/podnetd.txt");
     println!("cargo:rerun-if-changed={}", list.display());
-    if std::env::var("PODNET_SYMBOL_ORDER").as_deref() == Ok("0") || !list.exists() || !rust_lld() {
+    if std::env::var("PODNET_SYMBOL_ORDER").as_deref() == Ok("0")
+        || !list.exists()
+        || !links_with_order(Path::new(&out))
+    {
         return;
     }
-    println!(
-        "cargo:rustc-link-arg-bin=podnetd=-Wl,--symbol-ordering-file={}",
-        list.display()
-    );
-    println!("cargo:rustc-link-arg-bin=podnetd=-Wl,--no-warn-symbol-ordering");
+    // One argument each (`-Xlinker`), so a comma in the path cannot split it.
+    for arg in [
+        format!("--symbol-ordering-file={}", list.display()),
+        "--no-warn-symbol-ordering".to_string(),
+    ] {
+        println!("cargo:rustc-link-arg-bin=podnetd=-Xlinker");
+        println!("cargo:rustc-link-arg-bin=podnetd={arg}");
+    }
 }
 
-/// Whether rustc links this build with its own rust-lld: the target's default since Rust 1.90,
-/// unless a linker or linker flavour was chosen (`RUSTC_LINKER` is cargo's resolved
-/// `linker` setting; the flags are the build's `RUSTFLAGS`).
-fn rust_lld() -> bool {
-    if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
-        || std::env::var_os("RUSTC_LINKER").is_some()
-    {
-        return false;
-    }
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags.contains("link") {
+/// Whether this build's linker takes a symbol ordering file: a program of nothing linked the
+/// way this build links (its target, `RUSTFLAGS` and linker) with an empty one.
+fn links_with_order(out: &Path) -> bool {
+    let src = out.join("order-probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
         return false;
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).arg("--version").output() else {
-        return false;
-    };
-    // "rustc 1.95.0 (59807616e 2026-...)"
-    let version = String::from_utf8_lossy(&out.stdout);
-    let mut parts = version
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 90)
+    let mut cmd = Command::new(rustc);
+    cmd.arg("--crate-name=order_probe")
+        .arg("--edition=2021")
+        .arg("-o")
+        .arg(out.join("order-probe"))
+        .args([
+            "-C",
+            "link-arg=-Xlinker",
+            "-C",
+            "link-arg=--symbol-ordering-file=/dev/null",
+        ])
+        .args([
+            "-C",
+            "link-arg=-Xlinker",
+            "-C",
+            "link-arg=--no-warn-symbol-ordering",
+        ]);
+    if let Ok(target) = std::env::var("TARGET") {
+        cmd.arg("--target").arg(target);
+    }
+    if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+    }
+    if let Some(linker) = std::env::var_os("RUSTC_LINKER") {
+        let mut arg = std::ffi::OsString::from("linker=");
+        arg.push(linker);
+        cmd.arg("-C").arg(arg);
+    }
+    cmd.arg(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Sets up the static link of the `podnet` binary; `false` when this toolchain cannot.

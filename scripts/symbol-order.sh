@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Records which functions podnetd runs and writes them to packaging/symbol-order/podnetd.txt,
-# the list build.rs hands the linker so that this code comes first (see `symbol_order` in
-# build.rs for why). Run it as root after changes that add or rename much of what podnetd runs
-# at start-up or while it programs peers; a stale list costs memory, never correctness.
+# the list build.rs hands the linker so that this code comes first (why, and what a stale list
+# costs: `symbol_order` in build.rs). Run it as root, like the benchmarks, after changes that
+# add or rename much of what podnetd runs at start-up or while it programs peers.
 #
 # How: the scale benchmark's programming part (100 peers, then one more lease and one lease
 # deleted, 20 times each), with the leases in etcd and in the Kubernetes API, host-gw and
@@ -13,6 +13,7 @@
 # ships, the other is what the benchmarks measure. Needs valgrind (apt-get install valgrind)
 # and what the benchmark needs (scripts/setup.sh).
 set -euo pipefail
+export LC_ALL=C  # one collation for sort and comm
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "symbol-order: valgrind not found (apt-get install valgrind)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "symbol-order: run as root (the benchmark makes network namespaces)" >&2; exit 1; }
@@ -21,7 +22,7 @@ out=$(mktemp -d /tmp/podnet-symbol-order.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
 # Runs the programming part with the podnetd now at target/release/podnetd under callgrind
-# and adds what it ran to $out/seen; $1 names the build, $2 is the benchmark's executable.
+# and writes what it ran to $out/$1.ran; $1 names the build, $2 is the benchmark's executable.
 record() {
   local build=$1 bench=$2
   for store in etcd kubernetes; do
@@ -29,6 +30,9 @@ record() {
       BENCH_WRAP="valgrind --tool=callgrind --demangle=no --callgrind-out-file=$out/$build-$store.%p" \
       "$bench" --bench >"$out/$build-$store.log" 2>&1 \
       || { tail -20 "$out/$build-$store.log" >&2; exit 1; }
+    # podnetd must have exited on its own (the lab kills it 5 s after SIGTERM) to leave a profile.
+    compgen -G "$out/$build-$store.[0-9]*" >/dev/null \
+      || { echo "symbol-order: no callgrind profile from the $build build with $store" >&2; exit 1; }
   done
   nm --defined-only target/release/podnetd | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$out/$build.defined"
   # callgrind names a function in full the first time (`fn=(12) name`), by number afterwards.
@@ -37,9 +41,16 @@ record() {
   echo "symbol-order: $build build: $(wc -l <"$out/$build.ran") functions run of $(wc -l <"$out/$build.defined")"
 }
 
-bench=$(cargo bench --bench scale --no-run --message-format=json 2>/dev/null \
-  | sed -n -E 's/.*"executable":"([^"]*\/scale-[^"]*)".*/\1/p' | tail -1)
-[ -x "$bench" ] || { echo "symbol-order: could not build the scale benchmark" >&2; exit 1; }
+cargo bench --bench scale --no-run --message-format=json >"$out/build.json" 2>"$out/build.log" \
+  || { tail -20 "$out/build.log" >&2; exit 1; }
+bench=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "scale" and m.get("executable"):
+        print(m["executable"])
+' "$out/build.json")
+[ -x "$bench" ] || { echo "symbol-order: no scale benchmark executable in cargo's output" >&2; exit 1; }
 record bench "$bench"
 cargo build --release --bin podnetd
 record release "$bench"

@@ -9,10 +9,11 @@
 //! - only whole pages inside the table are given back (its first and last page may hold
 //!   other sections);
 //! - and only when those pages lie inside a loadable segment that is neither writable nor
-//!   larger in memory than in the file: such pages are never copied on write, so what
-//!   `MADV_DONTNEED` drops is exactly the file's content, and a later read would map it
-//!   again from the file. The relocated data (`RELRO`, the GOT) is in a writable segment and
-//!   can never qualify.
+//!   larger in memory than in the file, in a program without text relocations (the one case
+//!   where the loader writes to a read-only segment): such pages are never copied on write,
+//!   so what `MADV_DONTNEED` drops is exactly the file's content, and a later read would map
+//!   it again from the file. The relocated data (`RELRO`, the GOT) is in a writable segment
+//!   and can never qualify.
 
 use std::ops::Range;
 
@@ -24,6 +25,9 @@ const PF_W: u32 = 2;
 const DT_NULL: i64 = 0;
 const DT_RELA: i64 = 7;
 const DT_RELASZ: i64 = 8;
+const DT_TEXTREL: i64 = 22;
+const DT_FLAGS: i64 = 30;
+const DF_TEXTREL: u64 = 4;
 
 /// `Elf64_Dyn`: an entry of the dynamic section.
 #[repr(C)]
@@ -41,6 +45,17 @@ struct Segment {
     not_file_only: bool,
 }
 
+impl Segment {
+    /// The segment a program header describes, loaded at `base`.
+    fn from_phdr(base: usize, ph: &libc::Elf64_Phdr) -> Segment {
+        let start = base.wrapping_add(ph.p_vaddr as usize);
+        Segment {
+            mem: start..start.wrapping_add(ph.p_memsz as usize),
+            not_file_only: ph.p_flags & PF_W != 0 || ph.p_memsz != ph.p_filesz,
+        }
+    }
+}
+
 /// The whole pages of the relocation table that may be given back, from the program's dynamic
 /// entries (`(tag, value)`) and load segments; `base` is the load address. `DT_RELA` is an
 /// address relative to `base` in the file; the loader may have relocated it in place.
@@ -51,6 +66,9 @@ fn discardable(
     page: usize,
 ) -> Option<Range<usize>> {
     let find = |tag| dynamic.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v);
+    if find(DT_TEXTREL).is_some() || find(DT_FLAGS).is_some_and(|f| f & DF_TEXTREL != 0) {
+        return None;
+    }
     let (rela, size) = (usize::try_from(find(DT_RELA)?).ok()?, find(DT_RELASZ)?);
     let start = if rela < base {
         base.checked_add(rela)?
@@ -83,18 +101,18 @@ unsafe extern "C" fn first_object(
     data: *mut libc::c_void,
 ) -> libc::c_int {
     // SAFETY: dl_iterate_phdr passes a valid info for the duration of the call, and `data` is
-    // the `Image` `main_image` lent it; the main program comes first.
+    // the `Image` `discard_relocations` lent it.
     let (info, image) = unsafe { (&*info, &mut *(data as *mut Image)) };
     image.base = info.dlpi_addr as usize;
-    // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
+    if info.dlpi_phdr.is_null() {
+        return 1;
+    }
+    // SAFETY: dlpi_phdr (not null) points at dlpi_phnum program headers.
     let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
     for ph in phdrs {
         let start = image.base.wrapping_add(ph.p_vaddr as usize);
         match ph.p_type {
-            PT_LOAD => image.segments.push(Segment {
-                mem: start..start.wrapping_add(ph.p_memsz as usize),
-                not_file_only: ph.p_flags & PF_W != 0 || ph.p_memsz != ph.p_filesz,
-            }),
+            PT_LOAD => image.segments.push(Segment::from_phdr(image.base, ph)),
             PT_DYNAMIC => {
                 let n = ph.p_memsz as usize / std::mem::size_of::<Dyn>();
                 let entries = start as *const Dyn;
@@ -110,7 +128,7 @@ unsafe extern "C" fn first_object(
             _ => {}
         }
     }
-    1 // the main program only
+    1 // the main program only: dl_iterate_phdr(3) visits it first
 }
 
 /// Unmaps the whole pages of this program's relocation table; returns how many bytes were
@@ -190,6 +208,50 @@ mod tests {
         );
         // No segments known at all.
         assert_eq!(discardable(base, &dynamic, &[], PAGE), None);
+    }
+
+    #[test]
+    fn a_segment_is_file_only_when_read_only_and_all_from_the_file() {
+        let ph = |flags, filesz, memsz| libc::Elf64_Phdr {
+            p_type: PT_LOAD,
+            p_flags: flags,
+            p_offset: 0,
+            p_vaddr: 0x1000,
+            p_paddr: 0x1000,
+            p_filesz: filesz,
+            p_memsz: memsz,
+            p_align: 0x1000,
+        };
+        let r = 4;
+        let seg = Segment::from_phdr(0x5000_0000, &ph(r, 0x3000, 0x3000));
+        assert_eq!(seg, text(0x5000_1000, 0x5000_4000));
+        assert!(Segment::from_phdr(0, &ph(r | PF_W, 0x3000, 0x3000)).not_file_only);
+        assert!(Segment::from_phdr(0, &ph(r, 0x3000, 0x4000)).not_file_only);
+    }
+
+    #[test]
+    fn a_table_across_two_segments_or_with_text_relocations_is_left_alone() {
+        let base = 0x5555_0000_0000;
+        let dynamic = [(DT_RELA, 0x1000), (DT_RELASZ, 0x4000)];
+        // The table starts in a writable segment and ends in a read-only one.
+        let segs = [
+            Segment {
+                mem: base..base + 0x3000,
+                not_file_only: true,
+            },
+            text(base + 0x3000, base + 0x10_0000),
+        ];
+        assert_eq!(discardable(base, &dynamic, &segs, PAGE), None);
+        let segs = [text(base, base + 0x10_0000)];
+        assert!(discardable(base, &dynamic, &segs, PAGE).is_some());
+        let textrel = [(DT_RELA, 0x1000), (DT_RELASZ, 0x4000), (DT_TEXTREL, 0)];
+        assert_eq!(discardable(base, &textrel, &segs, PAGE), None);
+        let flagged = [
+            (DT_RELA, 0x1000),
+            (DT_RELASZ, 0x4000),
+            (DT_FLAGS, DF_TEXTREL),
+        ];
+        assert_eq!(discardable(base, &flagged, &segs, PAGE), None);
     }
 
     #[test]
