@@ -110,12 +110,11 @@ unsafe extern "C" fn first_object(
     // SAFETY: dlpi_phdr (not null) points at dlpi_phnum program headers.
     let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
     for ph in phdrs {
-        let start = image.base.wrapping_add(ph.p_vaddr as usize);
         match ph.p_type {
             PT_LOAD => image.segments.push(Segment::from_phdr(image.base, ph)),
             PT_DYNAMIC => {
                 let n = ph.p_memsz as usize / std::mem::size_of::<Dyn>();
-                let entries = start as *const Dyn;
+                let entries = image.base.wrapping_add(ph.p_vaddr as usize) as *const Dyn;
                 for i in 0..n {
                     // SAFETY: the dynamic section is mapped and holds n entries.
                     let d = unsafe { entries.add(i).read() };
