@@ -7,6 +7,9 @@
 //!   BENCH_STRACE=/tmp/cni   one more ADD and DEL of podnet's under strace, after the runs
 //!   BENCH_KERNEL=1          after the runs, 24 ADDs of each, 8 at once, under `perf trace -s`:
 //!                           the time each spends inside netlink requests (the kernel's share)
+//!   BENCH_IPAM_DIR=/dev/shm both plugins' IPAM directories in a directory of their own under this
+//!                           one (removed at the end) instead of the lab's node directory: what the
+//!                           file system under host-local's layout costs (one file made per ADD)
 //!
 //! By default the daemon masquerades (`--ip-masq`, as kube-flannel.yml runs it) and neither
 //! plugin adds rules. `BENCH_IPMASQ=plugin` is flannel's default instead: the daemon does not,
@@ -88,6 +91,67 @@ fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
         t
     })
     .unwrap()
+}
+
+/// Where the two plugins keep their IPAM files: the lab's node directory, or (`BENCH_IPAM_DIR`)
+/// a directory of this run's own under another file system, removed again on drop.
+struct IpamDir {
+    root: std::path::PathBuf,
+    own: bool,
+}
+
+impl IpamDir {
+    fn new(node_dir: &Path, lab: &str) -> IpamDir {
+        match std::env::var_os("BENCH_IPAM_DIR") {
+            Some(base) => {
+                sweep_ipam_dirs(Path::new(&base));
+                let pid = std::process::id();
+                let root = Path::new(&base).join(format!("podnet-bench-{pid}-{lab}"));
+                std::fs::create_dir(&root)
+                    .unwrap_or_else(|e| panic!("BENCH_IPAM_DIR: create {}: {e}", root.display()));
+                IpamDir { root, own: true }
+            }
+            None => IpamDir {
+                root: node_dir.to_path_buf(),
+                own: false,
+            },
+        }
+    }
+    fn podnet(&self) -> std::path::PathBuf {
+        self.root.join("ipam")
+    }
+    fn reference(&self) -> std::path::PathBuf {
+        self.root.join("ipam-ref")
+    }
+}
+
+/// Removes what runs killed before their guard ran left under `base`: `podnet-bench-<pid>-…`
+/// directories whose process is gone.
+fn sweep_ipam_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("podnet-bench-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl Drop for IpamDir {
+    fn drop(&mut self) {
+        if self.own {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
 }
 
 /// Profiling aid: one more podnet ADD and DEL under `strace -f -ttt -T`, written to
@@ -232,12 +296,16 @@ fn main() {
         ),
     )
     .unwrap();
-    let podnet_conf = c.cni_conf("node1", "1.0.0").unwrap().to_string();
+    let ipam = IpamDir::new(&dir, c.lab.name());
+    let podnet_conf = c
+        .cni_conf_in("node1", "1.0.0", &ipam.podnet())
+        .unwrap()
+        .to_string();
     // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
     let ref_conf = json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
         "hairpinMode": true, "isDefaultGateway": true, "isGateway": true, "ipMasq": plugin_masq, "mtu": 1450,
-        "ipam": {"type": "host-local", "dataDir": dir.join("ipam-ref"),
+        "ipam": {"type": "host-local", "dataDir": ipam.reference(),
                  "ranges": [[{"subnet": "10.244.2.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
     })
     .to_string();
@@ -324,7 +392,7 @@ fn main() {
     if let Ok(out) = std::env::var("BENCH_STRACE") {
         strace_one(&b, &dir, &ns[0].0, &out);
     }
-    let leftovers = std::fs::read_dir(Path::new(&dir).join("ipam/cbr0"))
+    let leftovers = std::fs::read_dir(ipam.podnet().join("cbr0"))
         .map(|d| d.count())
         .unwrap_or(0);
     let masq = if plugin_masq {

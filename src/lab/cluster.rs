@@ -238,6 +238,17 @@ impl Cluster {
 
     /// The plugin's config on a node: kube-flannel's conflist entry plus the node's paths.
     pub fn cni_conf(&self, node: &str, version: &str) -> Result<serde_json::Value, LabError> {
+        let ipam = self.node_dir(node)?.join("ipam");
+        self.cni_conf_in(node, version, &ipam)
+    }
+
+    /// `cni_conf` with the IPAM files kept in `ipam_dir`.
+    pub fn cni_conf_in(
+        &self,
+        node: &str,
+        version: &str,
+        ipam_dir: &Path,
+    ) -> Result<serde_json::Value, LabError> {
         let dir = self.node_dir(node)?;
         Ok(serde_json::json!({
             "cniVersion": version,
@@ -246,7 +257,7 @@ impl Cluster {
             "subnetFile": dir.join("subnet.env"),
             "dataDir": dir.join("flannel"),
             "delegate": {"hairpinMode": true, "isDefaultGateway": true},
-            "ipam": {"dataDir": dir.join("ipam")},
+            "ipam": {"dataDir": ipam_dir},
         }))
     }
 
