@@ -8,6 +8,11 @@
 //!                                            BENCH_BACKENDS=host-gw,vxlan,udp,wireguard,
 //!                                            BENCH_FAMILIES=ipv4 by default)
 //!
+//! RTT is the mean of 5 000 ICMP echoes back to back (as `ping -f` sends them, timed by the
+//! bench to the nanosecond), the path's own round trip with the CPUs awake; `BENCH_RTT=spaced`
+//! measures 200 pings 2 ms apart instead, as the tables before 2026-12-01 did, which mostly
+//! measures how fast an idle CPU wakes up.
+//!
 //! `BENCH_FAMILIES=ipv6` (or `ipv4,ipv6`) measures the kernel backends over IPv6 as well: a
 //! dual-stack network (`EnableIPv6`) on the lab's IPv6 underlay, the pods' traffic between
 //! their IPv6 addresses through `flannel-v6.1` or the IPv6 host-gw routes, against the same
@@ -343,9 +348,15 @@ fn throughput(lab: &Lab, p: &Path, seconds: u32) -> (f64, f64, f64) {
     (bps, iperf + podnetd, podnetd)
 }
 
-/// Mean round trip over a path, in seconds.
+/// Mean round trip over a path, in seconds: echoes back to back, or (`BENCH_RTT=spaced`, the
+/// measure of the tables before 2026-12-01) 200 pings 2 ms apart.
 fn latency(lab: &Lab, p: &Path) -> f64 {
-    common::latency(lab, &p.client, &p.server_ip.to_string())
+    let server = p.server_ip.to_string();
+    match std::env::var("BENCH_RTT").as_deref() {
+        Ok("spaced") => common::latency(lab, &p.client, &server),
+        Ok("back-to-back") | Err(_) => common::echo_rtt(lab, &p.client, p.server_ip, 5000),
+        Ok(other) => panic!("BENCH_RTT={other:?}: expected back-to-back or spaced"),
+    }
 }
 
 struct Row {
@@ -826,9 +837,13 @@ fn main() {
             rows.extend(bench_backend(b, family, runs, seconds));
         }
     }
+    let pings = match std::env::var("BENCH_RTT").as_deref() {
+        Ok("spaced") => "200 pings 2 ms apart",
+        _ => "5 000 echoes back to back",
+    };
     println!(
         "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one \
-         stream, 200 pings; figures median (min–max); ratios to the reference of the same round, \
+         stream, {pings}; figures median (min–max); ratios to the reference of the same round, \
          median [first–third quartile]\n"
     );
     println!(
