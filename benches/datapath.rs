@@ -9,9 +9,9 @@
 //!                                            BENCH_FAMILIES=ipv4 by default)
 //!
 //! RTT is the mean of 5 000 ICMP echoes back to back (as `ping -f` sends them, timed by the
-//! bench to the nanosecond), the path's own round trip with the CPUs awake; `BENCH_RTT=spaced`
-//! measures 200 pings 2 ms apart instead, as the tables before 2026-12-01 did, which mostly
-//! measures how fast an idle CPU wakes up.
+//! bench to the nanosecond), the path's own round trip with the CPUs awake. `BENCH_RTT=spaced`
+//! measures 200 pings 2 ms apart instead, as the tables up to run 5 of 2026-12-01 did; that
+//! mostly measures how fast an idle CPU wakes up.
 //!
 //! `BENCH_FAMILIES=ipv6` (or `ipv4,ipv6`) measures the kernel backends over IPv6 as well: a
 //! dual-stack network (`EnableIPv6`) on the lab's IPv6 underlay, the pods' traffic between
@@ -349,7 +349,7 @@ fn throughput(lab: &Lab, p: &Path, seconds: u32) -> (f64, f64, f64) {
 }
 
 /// Mean round trip over a path, in seconds: echoes back to back, or (`BENCH_RTT=spaced`, the
-/// measure of the tables before 2026-12-01) 200 pings 2 ms apart.
+/// measure of the tables up to run 5 of 2026-12-01) 200 pings 2 ms apart.
 fn latency(lab: &Lab, p: &Path) -> f64 {
     let server = p.server_ip.to_string();
     match std::env::var("BENCH_RTT").as_deref() {

@@ -121,145 +121,11 @@ pub fn throughput_cpu(lab: &Lab, client: &str, server: &str, seconds: u32) -> (f
 /// Mean round trip of 200 pings 2 ms apart from `client` to `server`, in seconds. Between
 /// two pings the CPUs go idle, so the figure includes waking them.
 pub fn latency(lab: &Lab, client: &str, server: &str) -> f64 {
-    ping_mean(lab, client, &["-c", "200", "-i", "0.002"], server)
-}
-
-/// Mean round trip of `count` ICMP echoes back to back from `client` to `server` (what `ping -f`
-/// does: each leaves when the answer to the one before is back), after 100 not counted, in
-/// seconds. The CPUs stay awake, so the figure is the path's own round trip — what a hook or a
-/// rule adds — rather than how fast an idle CPU wakes up; and it is timed here to the
-/// nanosecond, where ping prints whole microseconds (20% of a 5 µs round trip).
-pub fn echo_rtt(lab: &Lab, client: &str, server: std::net::IpAddr, count: u32) -> f64 {
-    use std::os::fd::AsRawFd;
-    let (domain, proto) = match server {
-        std::net::IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
-        std::net::IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
-    };
-    let ns = lab.netns(client).unwrap();
-    let sock = ns
-        .socket_in(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
-        .unwrap();
-    let fd = sock.as_raw_fd();
-    let addr = sockaddr_bytes(server);
-    // Connected: the socket receives only what the server sends.
-    let r = unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
-    assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-    let id = (std::process::id() & 0xffff) as u16;
-    let mut buf = [0u8; 1500];
-    let mut echo = |seq: u16| {
-        let req = echo_request(server.is_ipv6(), id, seq);
-        let n = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
-        assert_eq!(
-            n,
-            req.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-        loop {
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            assert!(
-                n > 0,
-                "echo {seq} to {server}: {}",
-                std::io::Error::last_os_error()
-            );
-            // An IPv4 raw socket hands over the IP header too; an IPv6 one does not.
-            let icmp = if server.is_ipv6() {
-                &buf[..n as usize]
-            } else {
-                &buf[usize::from(buf[0] & 0x0f) * 4..n as usize]
-            };
-            let reply = if server.is_ipv6() { 129 } else { 0 };
-            if icmp.len() >= 8
-                && icmp[0] == reply
-                && icmp[4..6] == id.to_be_bytes()
-                && icmp[6..8] == seq.to_be_bytes()
-            {
-                return;
-            }
-        }
-    };
-    for seq in 0..100 {
-        echo(seq);
-    }
-    let t = std::time::Instant::now();
-    for i in 0..count {
-        echo((100 + i) as u16);
-    }
-    t.elapsed().as_secs_f64() / f64::from(count)
-}
-
-/// An ICMP (or ICMPv6) echo request with 56 bytes of payload, as ping sends. The kernel fills in
-/// an ICMPv6 checksum itself; an ICMP one is computed here.
-fn echo_request(v6: bool, id: u16, seq: u16) -> Vec<u8> {
-    let mut p = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend((0..56u8).map(|b| b.wrapping_mul(7)));
-    if !v6 {
-        let sum = p
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum::<u32>();
-        let folded = (sum & 0xffff) + (sum >> 16);
-        let folded = (folded & 0xffff) + (folded >> 16);
-        p[2..4].copy_from_slice(&(!(folded as u16)).to_be_bytes());
-    }
-    p
-}
-
-/// `server` as the bytes of a `sockaddr_in` or `sockaddr_in6`.
-fn sockaddr_bytes(server: std::net::IpAddr) -> Vec<u8> {
-    match server {
-        std::net::IpAddr::V4(a) => {
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            as_bytes(&sa)
-        }
-        std::net::IpAddr::V6(a) => {
-            let sa = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: 0,
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            as_bytes(&sa)
-        }
-    }
-}
-
-fn as_bytes<T>(v: &T) -> Vec<u8> {
-    let p = (v as *const T).cast::<u8>();
-    unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<T>()) }.to_vec()
-}
-
-fn ping_mean(lab: &Lab, client: &str, how: &[&str], server: &str) -> f64 {
-    let mut argv = vec!["ping", "-q"];
-    argv.extend_from_slice(how);
-    argv.push(server);
-    let out = run_in(lab, client, &argv);
+    let out = run_in(
+        lab,
+        client,
+        &["ping", "-q", "-c", "200", "-i", "0.002", server],
+    );
     // rtt min/avg/max/mdev = 0.021/0.034/0.104/0.011 ms
     let line = out.lines().find(|l| l.contains("min/avg/max")).unwrap();
     let avg: f64 = line
@@ -273,4 +139,111 @@ fn ping_mean(lab: &Lab, client: &str, how: &[&str], server: &str) -> f64 {
         .parse()
         .unwrap();
     avg / 1e3
+}
+
+/// How long one echo may take before the measurement gives up: on a lab path nothing is lost,
+/// so a missing answer means the path is broken.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Mean round trip of `count` ICMP echoes back to back from `client` to `server` (what `ping -f`
+/// does: each leaves when the answer to the one before is back), after 100 not counted, in
+/// seconds. The CPUs stay awake, so the figure is the path's own round trip (what a hook or a
+/// rule adds) rather than how fast an idle CPU wakes up; and it is timed here to the
+/// nanosecond, where ping prints whole microseconds (20% of a 5 µs round trip).
+pub fn echo_rtt(lab: &Lab, client: &str, server: std::net::IpAddr, count: u16) -> f64 {
+    let sock = echo_socket(lab, client, server);
+    let id = (std::process::id() & 0xffff) as u16;
+    let warm_up = 100u16;
+    let total = warm_up.checked_add(count).expect("at most 65 435 echoes");
+    let mut buf = [0u8; 1500];
+    for seq in 0..warm_up {
+        echo(&sock, client, server, id, seq, &mut buf);
+    }
+    let t = std::time::Instant::now();
+    for seq in warm_up..total {
+        echo(&sock, client, server, id, seq, &mut buf);
+    }
+    t.elapsed().as_secs_f64() / f64::from(count)
+}
+
+/// A raw ICMP (ICMPv6) socket made in `client`'s namespace, connected to `server` so that it
+/// receives only what the server sends.
+fn echo_socket(lab: &Lab, client: &str, server: std::net::IpAddr) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{SockaddrStorage, connect, setsockopt, sockopt};
+    use std::os::fd::AsRawFd;
+    let (domain, proto) = match server {
+        std::net::IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        std::net::IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
+    let ns = lab.netns(client).unwrap();
+    let sock = ns
+        .socket_in(domain, libc::SOCK_RAW, proto)
+        .unwrap_or_else(|e| panic!("raw ICMP socket in {client}: {e}"));
+    let to = SockaddrStorage::from(std::net::SocketAddr::new(server, 0));
+    connect(sock.as_raw_fd(), &to).unwrap_or_else(|e| panic!("connect to {server}: {e}"));
+    // recv wakes up at least this often to check the echo's deadline.
+    let tick = nix::sys::time::TimeVal::new(0, 100_000);
+    setsockopt(&sock, sockopt::ReceiveTimeout, &tick).unwrap();
+    sock
+}
+
+/// One echo: sends request `seq` and waits for its answer, skipping anything else the server
+/// sends (neighbour discovery, answers to earlier echoes).
+fn echo(
+    sock: &std::os::fd::OwnedFd,
+    client: &str,
+    server: std::net::IpAddr,
+    id: u16,
+    seq: u16,
+    buf: &mut [u8],
+) {
+    use nix::sys::socket::{MsgFlags, recv, send};
+    use std::os::fd::AsRawFd;
+    let v6 = server.is_ipv6();
+    let req = echo_request(v6, id, seq);
+    send(sock.as_raw_fd(), &req, MsgFlags::empty())
+        .unwrap_or_else(|e| panic!("echo {seq} from {client} to {server}: send: {e}"));
+    let deadline = std::time::Instant::now() + ECHO_TIMEOUT;
+    let reply = if v6 { 129 } else { 0 };
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer to echo {seq} from {client} to {server} within {ECHO_TIMEOUT:?}"
+        );
+        let n = match recv(sock.as_raw_fd(), buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("echo {seq} from {client} to {server}: recv: {e}"),
+        };
+        // An IPv4 raw socket hands over the IP header too; an IPv6 one does not.
+        let start = if v6 {
+            0
+        } else {
+            usize::from(buf[0] & 0x0f) * 4
+        };
+        let Some(icmp) = buf[..n].get(start..) else {
+            continue;
+        };
+        if icmp.len() >= 8
+            && icmp[0] == reply
+            && icmp[4..6] == id.to_be_bytes()
+            && icmp[6..8] == seq.to_be_bytes()
+        {
+            return;
+        }
+    }
+}
+
+/// An ICMP (or ICMPv6) echo request with 56 bytes of payload, as ping sends. The kernel fills in
+/// an ICMPv6 checksum itself; an ICMP one is computed here.
+fn echo_request(v6: bool, id: u16, seq: u16) -> Vec<u8> {
+    let mut p = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend((0..56u8).map(|b| b.wrapping_mul(7)));
+    if !v6 {
+        let sum = podnet::backend::udp::packet::checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    p
 }

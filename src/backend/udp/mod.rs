@@ -22,7 +22,7 @@
 //! the same way (`device_ok`, `ensure_local`).
 //! While podnetd is stopped the persistent device keeps its route and drops what it is sent.
 
-pub(crate) mod packet;
+pub mod packet;
 pub(crate) mod peers;
 mod worker;
 
