@@ -348,14 +348,36 @@ fn throughput(lab: &Lab, p: &Path, seconds: u32) -> (f64, f64, f64) {
     (bps, iperf + podnetd, podnetd)
 }
 
-/// Mean round trip over a path, in seconds: echoes back to back, or (`BENCH_RTT=spaced`, the
-/// measure of the tables up to run 5 of 2026-12-01) 200 pings 2 ms apart.
+/// How the round trip is measured (`BENCH_RTT`): echoes back to back, or 200 pings 2 ms apart
+/// (`spaced`, the measure of the tables up to run 5 of 2026-12-01).
+#[derive(Clone, Copy)]
+enum Rtt {
+    BackToBack,
+    Spaced,
+}
+
+impl Rtt {
+    fn from_env() -> Rtt {
+        match std::env::var("BENCH_RTT").as_deref() {
+            Ok("back-to-back") | Err(_) => Rtt::BackToBack,
+            Ok("spaced") => Rtt::Spaced,
+            Ok(other) => panic!("BENCH_RTT={other:?}: expected back-to-back or spaced"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Rtt::BackToBack => "5 000 echoes back to back",
+            Rtt::Spaced => "200 pings 2 ms apart",
+        }
+    }
+}
+
+/// Mean round trip over a path, in seconds.
 fn latency(lab: &Lab, p: &Path) -> f64 {
-    let server = p.server_ip.to_string();
-    match std::env::var("BENCH_RTT").as_deref() {
-        Ok("spaced") => common::latency(lab, &p.client, &server),
-        Ok("back-to-back") | Err(_) => common::echo_rtt(lab, &p.client, p.server_ip, 5000),
-        Ok(other) => panic!("BENCH_RTT={other:?}: expected back-to-back or spaced"),
+    match Rtt::from_env() {
+        Rtt::BackToBack => common::echo_rtt(lab, &p.client, p.server_ip, 5000),
+        Rtt::Spaced => common::latency(lab, &p.client, &p.server_ip.to_string()),
     }
 }
 
@@ -812,6 +834,8 @@ fn quartiles(v: &[f64]) -> [f64; 3] {
 fn main() {
     require_root();
     let runs = runs(5);
+    // Checked before the labs are built; `latency` reads it again where it measures.
+    let rtt = Rtt::from_env();
     let seconds: u32 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -837,10 +861,7 @@ fn main() {
             rows.extend(bench_backend(b, family, runs, seconds));
         }
     }
-    let pings = match std::env::var("BENCH_RTT").as_deref() {
-        Ok("spaced") => "200 pings 2 ms apart",
-        _ => "5 000 echoes back to back",
-    };
+    let pings = rtt.describe();
     println!(
         "\nData path, pod to pod across two nodes; {runs} interleaved rounds, iperf3 {seconds} s one \
          stream, {pings}; figures median (min–max); ratios to the reference of the same round, \
