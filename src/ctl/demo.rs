@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     c.put_config(config)?;
     let nodes: Vec<String> = c.lab.plan().nodes.iter().map(|n| n.name.clone()).collect();
     start_nodes(&mut c, &nodes)?;
+    wait_meshed(&c, &nodes, args.backend == "vxlan")?;
     step(4, "adding two pods per node through the CNI plugin");
     let mut pods: Vec<Pod> = Vec::new();
     for node in &nodes {
@@ -145,6 +146,34 @@ fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             env.mtu.unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+/// Waits until every node has every other as a peer in the kernel (no drift) and, with a
+/// tunnel guard, admits its tunnel packets: a node is ready once it has its own lease, which
+/// can be before it has heard of the others, and a ping sent then would be lost.
+fn wait_meshed(c: &Cluster, nodes: &[String], guarded: bool) -> anyhow::Result<()> {
+    let others = nodes.len().saturating_sub(1);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    for node in nodes {
+        let socket = c.socket_path(node)?;
+        loop {
+            check_interrupt()?;
+            let meshed = super::status::fetch_local(&socket).is_ok_and(|s| {
+                s.peers.len() == others
+                    && s.drift.as_ref().is_some_and(|d| d.missing.is_empty())
+                    && (!guarded || s.firewall.is_some_and(|f| f.tunnel_guard_peers == others))
+            });
+            if meshed {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{node} did not program its {others} peers within 30 s (podnetctl status on it says why)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     Ok(())
 }
