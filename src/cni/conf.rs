@@ -189,6 +189,8 @@ pub struct NetConf {
     /// flannel's delegate-config directory; podnet needs no state there but removes flannel's
     /// leftovers on DEL so a migrated node does not accumulate them.
     pub data_dir: PathBuf,
+    /// Where ADD records which pod an attachment is for (`records`); podnet's own key.
+    pub pod_records_dir: PathBuf,
     pub bridge: String,
     pub is_gateway: bool,
     pub is_default_gateway: bool,
@@ -524,6 +526,12 @@ impl NetConf {
                 crate::subnet_env::DEFAULT_PATH,
             )?,
             data_dir: path(&m, "dataDir", "dataDir", DEFAULT_DATA_DIR)?,
+            pod_records_dir: path(
+                &m,
+                "podRecordsDir",
+                "podRecordsDir",
+                super::records::DEFAULT_DIR,
+            )?,
             bridge: b.bridge,
             is_gateway: b.is_gateway,
             is_default_gateway: b.is_default_gateway,
@@ -871,18 +879,20 @@ mod tests {
         assert!(c.hairpin && c.is_default_gateway && c.is_gateway);
         assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(c.ipam_data_dir, PathBuf::from("/var/lib/cni/networks"));
+        assert_eq!(c.pod_records_dir, PathBuf::from("/run/podnet/pods"));
         assert_eq!(c.ip_masq, None);
     }
 
     #[test]
     fn overrides_and_runtime_config_in_both_spellings() {
         let c = NetConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"n","type":"podnet","bridge":"br-top","mtu":1400,"delegate":{"bridge":"br-del","ipMasq":true},
+            br#"{"cniVersion":"1.0.0","name":"n","type":"podnet","bridge":"br-top","mtu":1400,"podRecordsDir":"/tmp/pods","delegate":{"bridge":"br-del","ipMasq":true},
                 "ipam":{"dataDir":"/tmp/x","ranges":[[{"subnet":"10.244.3.0/24","rangeStart":"10.244.3.10","rangeEnd":"10.244.3.20"}]],"routes":[{"dst":"192.0.2.0/24"}]},
                 "runtimeConfig":{"PortMappings":[{"HostPort":8080}],"Dns":{"Servers":["10.96.0.10"],"Searches":["svc"]}}}"#,
         )
         .unwrap();
         assert_eq!(c.bridge, "br-del");
+        assert_eq!(c.pod_records_dir, PathBuf::from("/tmp/pods"));
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.ip_masq, Some(true));
         assert_eq!(c.ipam_ranges[0].start, Some("10.244.3.10".parse().unwrap()));

@@ -460,7 +460,7 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
     if flannel_state.exists() {
         let _ = std::fs::remove_file(flannel_state);
     }
-    records::remove(&conf.data_dir, &args.container_id);
+    records::remove(&conf.pod_records_dir, &args.container_id);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -700,7 +700,7 @@ fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
         name: name.to_string(),
         ips: result.ips.iter().map(|i| i.address.addr()).collect(),
     };
-    if let Err(e) = records::write(&conf.data_dir, &args.container_id, &rec) {
+    if let Err(e) = records::write(&conf.pod_records_dir, &args.container_id, &rec) {
         eprintln!("podnet: recording pod {ns}/{name}: {e}");
     }
 }
@@ -708,9 +708,9 @@ fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
 /// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.gc_keep()?;
-    for (id, _) in records::read_all(&conf.data_dir) {
+    for (id, _) in records::read_all(&conf.pod_records_dir) {
         if !valid.iter().any(|(v_id, _)| *v_id == id) {
-            records::remove(&conf.data_dir, &id);
+            records::remove(&conf.pod_records_dir, &id);
         }
     }
     let store = Store::open(&conf.ipam_data_dir, &conf.name)?;

@@ -129,11 +129,8 @@ fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
     step(3, &format!("starting podnetd on {} nodes", nodes.len()));
     let policy_dir = format!("--policy-dir={}", c.lab.policy_dir()?.display());
     for node in nodes {
-        let data = format!(
-            "--cni-data-dir={}",
-            c.node_dir(node)?.join("flannel").display()
-        );
-        c.start(node, &["--ip-masq", &policy_dir, &data])?;
+        let records = c.pod_records_flag(node)?;
+        c.start(node, &["--ip-masq", &policy_dir, &records])?;
     }
     for node in nodes {
         let env = c.wait_ready(node, Duration::from_secs(30))?;

@@ -134,9 +134,10 @@ pub struct Flags {
     /// namespaces and networking.k8s.io networkpolicies).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false")]
     pub network_policy: bool,
-    /// The CNI plugin's dataDir, whose pod records tell network policy this node's pods.
-    #[arg(long, default_value = crate::cni::conf::DEFAULT_DATA_DIR)]
-    pub cni_data_dir: PathBuf,
+    /// The CNI plugin's pod records (its `podRecordsDir`), which tell network policy this
+    /// node's pods the moment they are wired.
+    #[arg(long, default_value = crate::cni::records::DEFAULT_DIR)]
+    pub pod_records_dir: PathBuf,
     /// The bridge this node's pods are attached to.
     #[arg(long, default_value = crate::cni::conf::DEFAULT_BRIDGE)]
     pub policy_bridge: String,

@@ -4,7 +4,7 @@
 //!   re-read whenever a file in it changes (inotify, and a look every few seconds anyway);
 //! - the Kubernetes API (`--network-policy`): Namespaces, Pods and NetworkPolicies, each
 //!   listed and watched (`kubeapi::watch`);
-//! - the CNI plugin's pod records (`<--cni-data-dir>/pods`): this node's pods and their
+//! - the CNI plugin's pod records (`--pod-records-dir`): this node's pods and their
 //!   addresses, the moment the plugin has wired them.
 
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ pub async fn start(
     }
     sources.push(format!(
         "pod records in {}",
-        flags.cni_data_dir.join(records::DIR).display()
+        flags.pod_records_dir.display()
     ));
     let (engine, tx) =
         tokio::task::spawn_blocking(move || PolicyEngine::start(opts, local, sources))
@@ -66,7 +66,8 @@ pub async fn start(
     if let Some(d) = &flags.policy_dir {
         manifest_dir(d.clone(), tx.clone()).map_err(|e| io("watch the manifests", e))?;
     }
-    pod_records(flags.cni_data_dir.clone(), tx.clone()).map_err(|e| io("watch pod records", e))?;
+    pod_records(flags.pod_records_dir.clone(), tx.clone())
+        .map_err(|e| io("watch pod records", e))?;
     if flags.network_policy {
         let opts = crate::kubeapi::KubeOptions {
             api_url: flags.kube_api_url.clone(),
@@ -173,15 +174,14 @@ pub fn manifest_dir(dir: PathBuf, tx: Sender<Msg>) -> std::io::Result<()> {
 }
 
 /// Follows the CNI plugin's pod records on its own thread.
-pub fn pod_records(data_dir: PathBuf, tx: Sender<Msg>) -> std::io::Result<()> {
-    let dir = data_dir.join(records::DIR);
+pub fn pod_records(dir: PathBuf, tx: Sender<Msg>) -> std::io::Result<()> {
     let mut watch = DirWatch::new(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
     std::thread::Builder::new()
         .name("policy-records".into())
         .spawn(move || {
             let mut seen = None;
             loop {
-                let now = records::read_all(&data_dir);
+                let now = records::read_all(&dir);
                 if seen.as_ref() != Some(&now) {
                     let list = now.iter().map(|(_, r)| r.clone()).collect();
                     if tx.send(Msg::Records(list)).is_err() {

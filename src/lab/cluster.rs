@@ -179,6 +179,19 @@ impl Cluster {
         self.lab.node_dir(node)
     }
 
+    /// Where the plugin's pod records on a node go (`cni_conf`'s `podRecordsDir`).
+    pub fn pod_records_dir(&self, node: &str) -> Result<PathBuf, LabError> {
+        Ok(self.node_dir(node)?.join("pods"))
+    }
+
+    /// podnetd's flag for reading the plugin's pod records on a node.
+    pub fn pod_records_flag(&self, node: &str) -> Result<String, LabError> {
+        Ok(format!(
+            "--pod-records-dir={}",
+            self.pod_records_dir(node)?.display()
+        ))
+    }
+
     pub fn env_path(&self, node: &str) -> Result<PathBuf, LabError> {
         Ok(self.node_dir(node)?.join("subnet.env"))
     }
@@ -256,6 +269,7 @@ impl Cluster {
             "type": "flannel",
             "subnetFile": dir.join("subnet.env"),
             "dataDir": dir.join("flannel"),
+            "podRecordsDir": self.pod_records_dir(node)?,
             "delegate": {"hairpinMode": true, "isDefaultGateway": true},
             "ipam": {"dataDir": ipam_dir},
         }))

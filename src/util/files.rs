@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 /// directory is created (0755) if needed, and synced after the rename so the change survives a
 /// crash.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    replace(path, contents, mode, true)
+}
+
+/// `write_atomic` without the two syncs: as atomic for readers, but a crash of the machine can
+/// lose the change. Only for files that describe what does not outlive the machine's own
+/// state (a pod record is worthless once a reboot has taken the pod's namespace), where a
+/// sync on every write would be paid by every pod event: a restart of any program keeps the
+/// file, the page cache holds it.
+pub fn write_unsynced(path: &Path, contents: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    replace(path, contents, mode, false)
+}
+
+fn replace(path: &Path, contents: &[u8], mode: Option<u32>, sync: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -29,9 +42,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: Option<u32>) -> std::io:
         let mut f = File::create(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -239,6 +257,21 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unsynced_write_replaces_the_same_way() {
+        let dir = Scratch::new();
+        let p = dir.file("pods/c1.json");
+        write_unsynced(&p, b"{}", Some(0o600)).unwrap();
+        write_unsynced(&p, b"{\"a\":1}", Some(0o600)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp files left");
     }
 
     #[test]

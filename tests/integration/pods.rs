@@ -601,14 +601,16 @@ fn hostile_container_ids_are_refused_and_touch_nothing() {
     let mut c = cluster("chost", 1);
     let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "h").unwrap());
     let node_dir = c.lab.node_dir("node1").unwrap();
-    // dataDir two levels down, so "../../etc/x" from it lands in the node's directory.
+    // dataDir and podRecordsDir two levels down, so "../../etc/x" from either lands in the
+    // node's directory.
     let mut conf = c.cni_conf("node1", "1.0.0");
     conf["dataDir"] = json!(node_dir.join("t/flannel"));
+    conf["podRecordsDir"] = json!(node_dir.join("t/pods"));
     let conf = conf.to_string();
     // Where a traversal would point: flannel's per-container file and the pod record.
     let decoys = [
         node_dir.join("etc/x"),
-        node_dir.join("t/etc/x.json"),
+        node_dir.join("etc/x.json"),
         node_dir.join("decoy-abs"),
     ];
     for d in &decoys {
