@@ -10,6 +10,15 @@
 //!   BENCH_IPAM_DIR=/dev/shm both plugins' IPAM directories in a directory of their own under this
 //!                           one (removed at the end) instead of the lab's node directory: what the
 //!                           file system under host-local's layout costs (one file made per ADD)
+//!   BENCH_RECORDS_DIR=<dir> podnet's pod records in a directory of their own under this one
+//!                           instead of /dev/shm (a tmpfs, as `/run` is on a node)
+//!
+//! Both plugins get `CNI_ARGS` as kubelet's runtime passes them (`K8S_POD_NAMESPACE`,
+//! `K8S_POD_NAME`, ...): the reference ignores them, podnet's plugin records the pod for
+//! network policy (one small file per ADD, removed at DEL).
+//!
+//! As a runtime does before it runs the network's plugins (containerd's CRI calls the
+//! `loopback` plugin first), each pod's `lo` is up before its ADD.
 //!
 //! By default the daemon masquerades (`--ip-masq`, as kube-flannel.yml runs it) and neither
 //! plugin adds rules. `BENCH_IPMASQ=plugin` is flannel's default instead: the daemon does not,
@@ -38,10 +47,32 @@ struct Bench {
     ref_conf: String,
 }
 
+/// `CNI_ARGS` as containerd's CRI passes them for kubelet's pods (the same keys, in one of the
+/// orders it uses): podnet's plugin records the pod for network policy when they are there.
+fn kubelet_args(id: &str) -> String {
+    format!(
+        "K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-{id};IgnoreUnknown=1;\
+         K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{id}"
+    )
+}
+
+/// A plugin's environment for one pod event, as kubelet's runtime sets it.
+fn pod_env<'a>(
+    cmd: &'a str,
+    id: &'a str,
+    netns: &'a str,
+    args: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut env = attach_env(cmd, id, netns, "eth0");
+    env.push(("CNI_ARGS", args));
+    env
+}
+
 impl Bench {
     /// One plugin invocation; returns its wall time (spawn to exit), panics on failure.
     fn call(&self, sys: System, cmd: &str, id: &str, netns: &str) -> f64 {
-        let env = attach_env(cmd, id, netns, "eth0");
+        let args = kubelet_args(id);
+        let env = pod_env(cmd, id, netns, &args);
         let t = Instant::now();
         let out = match sys {
             System::Podnet => self.c.cni("node1", &env, &self.podnet_conf),
@@ -93,30 +124,48 @@ fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
     .unwrap()
 }
 
-/// Where the two plugins keep their IPAM files: the lab's node directory, or (`BENCH_IPAM_DIR`)
-/// a directory of this run's own under another file system, removed again on drop.
-struct IpamDir {
+/// A directory the bench keeps files in: the lab's node directory, or one of this run's own
+/// under another file system (`podnet-bench-<pid>-<lab>-<what>`), removed again on drop.
+struct BenchDir {
     root: std::path::PathBuf,
     own: bool,
 }
 
-impl IpamDir {
-    fn new(node_dir: &Path, lab: &str) -> IpamDir {
-        match std::env::var_os("BENCH_IPAM_DIR") {
-            Some(base) => {
-                sweep_ipam_dirs(Path::new(&base));
-                let pid = std::process::id();
-                let root = Path::new(&base).join(format!("podnet-bench-{pid}-{lab}"));
-                std::fs::create_dir(&root)
-                    .unwrap_or_else(|e| panic!("BENCH_IPAM_DIR: create {}: {e}", root.display()));
-                IpamDir { root, own: true }
-            }
-            None => IpamDir {
-                root: node_dir.to_path_buf(),
-                own: false,
-            },
+impl BenchDir {
+    /// `what`'s directory under `base` (`var` names where `base` came from, for errors).
+    fn own(base: &Path, lab: &str, what: &str, var: &str) -> BenchDir {
+        sweep_bench_dirs(base);
+        let pid = std::process::id();
+        let root = base.join(format!("podnet-bench-{pid}-{lab}-{what}"));
+        std::fs::create_dir(&root)
+            .unwrap_or_else(|e| panic!("{var}: create {}: {e}", root.display()));
+        BenchDir { root, own: true }
+    }
+
+    fn borrowed(dir: &Path) -> BenchDir {
+        BenchDir {
+            root: dir.to_path_buf(),
+            own: false,
         }
     }
+
+    /// Where the two plugins keep their IPAM files: the lab's node directory, or
+    /// (`BENCH_IPAM_DIR`) a directory under another file system.
+    fn ipam(node_dir: &Path, lab: &str) -> BenchDir {
+        match std::env::var_os("BENCH_IPAM_DIR") {
+            Some(base) => BenchDir::own(Path::new(&base), lab, "ipam", "BENCH_IPAM_DIR"),
+            None => BenchDir::borrowed(node_dir),
+        }
+    }
+
+    /// Where podnet's plugin records pods: on a tmpfs, as on a node (`/run/podnet/pods`;
+    /// systemd mounts a tmpfs on `/run`, which this VM does not), unless `BENCH_RECORDS_DIR`
+    /// names another place.
+    fn records(lab: &str) -> BenchDir {
+        let base = std::env::var_os("BENCH_RECORDS_DIR").unwrap_or_else(|| "/dev/shm".into());
+        BenchDir::own(Path::new(&base), lab, "records", "BENCH_RECORDS_DIR")
+    }
+
     fn podnet(&self) -> std::path::PathBuf {
         self.root.join("ipam")
     }
@@ -127,7 +176,7 @@ impl IpamDir {
 
 /// Removes what runs killed before their guard ran left under `base`: `podnet-bench-<pid>-…`
 /// directories whose process is gone.
-fn sweep_ipam_dirs(base: &Path) {
+fn sweep_bench_dirs(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -146,7 +195,7 @@ fn sweep_ipam_dirs(base: &Path) {
     }
 }
 
-impl Drop for IpamDir {
+impl Drop for BenchDir {
     fn drop(&mut self) {
         if self.own {
             let _ = std::fs::remove_dir_all(&self.root);
@@ -166,7 +215,8 @@ fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
     std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     for cmd in ["ADD", "DEL"] {
-        let env = attach_env(cmd, "strace", netns, "eth0");
+        let args = kubelet_args("strace");
+        let env = pod_env(cmd, "strace", netns, &args);
         let wrapped = wrapper.display().to_string();
         let o =
             b.c.lab
@@ -175,6 +225,16 @@ fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
         assert!(o.status.success(), "{cmd} under strace: {o:?}");
     }
     eprintln!("strace of one ADD and one DEL: {out}.ADD, {out}.DEL");
+}
+
+/// What a runtime does to a new pod namespace before its network's plugins run (containerd's
+/// CRI calls the `loopback` plugin; CRI-O and podman set it up themselves): `lo` up.
+fn loopback_up(netns: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "link", "set", "lo", "up"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lo up in {netns}: {out:?}");
 }
 
 /// Writes an executable `sh` script.
@@ -230,7 +290,8 @@ fn kernel_share(b: &Bench, dir: &Path, pods: &[(String, String)]) -> Vec<Vec<(f6
                     let netns = if s == 0 { p } else { r };
                     let (id, prog, conf) = (&ids[j], &wrapped[s], confs[s]);
                     sc.spawn(move || {
-                        let env = attach_env("ADD", id, netns, "eth0");
+                        let args = kubelet_args(id);
+                        let env = pod_env("ADD", id, netns, &args);
                         let o = b.c.lab.cni("node1", prog, &env, conf).unwrap();
                         assert!(o.status.success(), "traced ADD {id}: {o:?}");
                     });
@@ -296,11 +357,11 @@ fn main() {
         ),
     )
     .unwrap();
-    let ipam = IpamDir::new(&dir, c.lab.name());
-    let podnet_conf = c
-        .cni_conf_in("node1", "1.0.0", &ipam.podnet())
-        .unwrap()
-        .to_string();
+    let ipam = BenchDir::ipam(&dir, c.lab.name());
+    let records = BenchDir::records(c.lab.name());
+    let mut podnet_conf = c.cni_conf_in("node1", "1.0.0", &ipam.podnet()).unwrap();
+    podnet_conf["podRecordsDir"] = json!(records.root);
+    let podnet_conf = podnet_conf.to_string();
     // flannel's plugin hands this to bridge (C:flannel_linux.go), which calls host-local.
     let ref_conf = json!({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cniref",
@@ -314,18 +375,13 @@ fn main() {
         podnet_conf,
         ref_conf,
     };
+    let mut pod = |name: String| {
+        let ns = b.c.lab.pod_add("node1", &name).unwrap();
+        loopback_up(&ns);
+        format!("/run/netns/{ns}")
+    };
     let ns: Vec<(String, String)> = (0..pods)
-        .map(|i| {
-            let p = format!(
-                "/run/netns/{}",
-                b.c.lab.pod_add("node1", &format!("p{i}")).unwrap()
-            );
-            let r = format!(
-                "/run/netns/{}",
-                b.c.lab.pod_add("node1", &format!("r{i}")).unwrap()
-            );
-            (p, r)
-        })
+        .map(|i| (pod(format!("p{i}")), pod(format!("r{i}"))))
         .collect();
     // Warm-up: the first call of each creates its bridge and directories.
     b.call(System::Podnet, "ADD", "warm", &ns[0].0);
@@ -392,9 +448,9 @@ fn main() {
     if let Ok(out) = std::env::var("BENCH_STRACE") {
         strace_one(&b, &dir, &ns[0].0, &out);
     }
-    let leftovers = std::fs::read_dir(ipam.podnet().join("cbr0"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
+    let leftovers = count(&ipam.podnet().join("cbr0"));
+    let records_left = count(&records.root);
     let masq = if plugin_masq {
         "the plugins masquerade (ipMasq)"
     } else {
@@ -454,7 +510,7 @@ fn main() {
         }
     }
     println!(
-        "podnet IPAM files left after all DELs: {leftovers} (lock and last_reserved_ip.0 expected)"
+        "podnet IPAM files left after all DELs: {leftovers} (lock and last_reserved_ip.0 expected); pod records: {records_left}"
     );
     let _ = &mut b;
 }
