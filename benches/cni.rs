@@ -137,8 +137,12 @@ impl BenchDir {
         sweep_bench_dirs(base);
         let pid = std::process::id();
         let root = base.join(format!("podnet-bench-{pid}-{lab}-{what}"));
-        std::fs::create_dir(&root)
-            .unwrap_or_else(|e| panic!("{var}: create {}: {e}", root.display()));
+        std::fs::create_dir(&root).unwrap_or_else(|e| {
+            panic!(
+                "create {} for the {what} ({var} names another base): {e}",
+                root.display()
+            )
+        });
         BenchDir { root, own: true }
     }
 
@@ -233,7 +237,7 @@ fn loopback_up(netns: &str) {
     let out = std::process::Command::new("ip")
         .args(["-n", netns, "link", "set", "lo", "up"])
         .output()
-        .unwrap();
+        .expect("run ip (iproute2)");
     assert!(out.status.success(), "lo up in {netns}: {out:?}");
 }
 
@@ -451,6 +455,7 @@ fn main() {
     let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
     let leftovers = count(&ipam.podnet().join("cbr0"));
     let records_left = count(&records.root);
+    assert_eq!(records_left, 0, "pod records left after all DELs");
     let masq = if plugin_masq {
         "the plugins masquerade (ipMasq)"
     } else {

@@ -461,6 +461,7 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
         let _ = std::fs::remove_file(flannel_state);
     }
     records::remove(&conf.pod_records_dir, &args.container_id);
+    records::remove(&records::legacy_dir(&conf.data_dir), &args.container_id);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -708,9 +709,14 @@ fn record_pod(args: &Args, conf: &NetConf, result: &CniResult) {
 /// GC: releases every allocation (and its host link) whose attachment the runtime no longer has.
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.gc_keep()?;
-    for (id, _) in records::read_all(&conf.pod_records_dir) {
-        if !valid.iter().any(|(v_id, _)| *v_id == id) {
-            records::remove(&conf.pod_records_dir, &id);
+    for dir in [
+        conf.pod_records_dir.clone(),
+        records::legacy_dir(&conf.data_dir),
+    ] {
+        for (id, _) in records::read_all(&dir) {
+            if !valid.iter().any(|(v_id, _)| *v_id == id) {
+                records::remove(&dir, &id);
+            }
         }
     }
     let store = Store::open(&conf.ipam_data_dir, &conf.name)?;

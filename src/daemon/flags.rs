@@ -138,6 +138,11 @@ pub struct Flags {
     /// node's pods the moment they are wired.
     #[arg(long, default_value = crate::cni::records::DEFAULT_DIR)]
     pub pod_records_dir: PathBuf,
+    /// Deprecated: the plugin's dataDir, under which plugins before `podRecordsDir` kept the
+    /// pod records (default /var/lib/cni/flannel). Records found there are moved to
+    /// --pod-records-dir at start.
+    #[arg(long, hide = true)]
+    pub cni_data_dir: Option<PathBuf>,
     /// The bridge this node's pods are attached to.
     #[arg(long, default_value = crate::cni::conf::DEFAULT_BRIDGE)]
     pub policy_bridge: String,

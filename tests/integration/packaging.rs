@@ -57,7 +57,7 @@ fn etcd_manifest_parses_and_fits_the_binaries() {
     let mut first = conflist["plugins"][0].clone();
     first["name"] = conflist["name"].clone();
     first["cniVersion"] = conflist["cniVersion"].clone();
-    NetConf::parse(first.to_string().as_bytes()).unwrap();
+    let plugin = NetConf::parse(first.to_string().as_bytes()).unwrap();
 
     let ds = kind(&docs, "DaemonSet", "podnet");
     let spec = &ds["spec"]["template"]["spec"];
@@ -90,6 +90,11 @@ fn etcd_manifest_parses_and_fits_the_binaries() {
     }));
     let flags = Flags::try_parse_from(normalize_args(argv, &|_| None)).unwrap();
     assert!(flags.ip_masq);
+    // podnetd reads the pod records where the plugin, on the host, writes them.
+    assert_eq!(
+        source(spec, agent, &flags.pod_records_dir),
+        Source::Host(plugin.pod_records_dir)
+    );
     assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(
@@ -274,7 +279,7 @@ fn kube_manifest_is_a_drop_in_for_kube_flannel() {
     let mut first = conflist["plugins"][0].clone();
     first["name"] = conflist["name"].clone();
     first["cniVersion"] = conflist["cniVersion"].clone();
-    NetConf::parse(first.to_string().as_bytes()).unwrap();
+    let plugin = NetConf::parse(first.to_string().as_bytes()).unwrap();
 
     // The DaemonSet: flannel's selector (immutable, so it must be the same) and pod shape.
     let ds = kind(&docs, "DaemonSet", "kube-flannel-ds");
@@ -375,6 +380,12 @@ fn kube_manifest_is_a_drop_in_for_kube_flannel() {
     assert_eq!(
         source(pod, agent, &flags.status_socket),
         Source::Host("/run/podnet/podnetd.sock".into())
+    );
+    // The plugin, on the host with the conflist's settings, writes its pod records where
+    // podnetd reads them.
+    assert_eq!(
+        source(pod, agent, &flags.pod_records_dir),
+        Source::Host(plugin.pod_records_dir.clone())
     );
     let sc = &agent["securityContext"];
     assert_eq!(sc["privileged"], false);

@@ -124,6 +124,46 @@ fn pods_on_two_nodes_reach_everything_and_results_are_golden() {
 }
 
 #[test]
+fn the_pod_record_is_written_at_add_and_removed_at_del_in_both_places() {
+    let mut c = cluster("crec", 1);
+    let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "rec").unwrap());
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let records = c.pod_records_dir("node1").unwrap();
+    // containerd's CRI for kubelet's pods; the order of the keys changes from call to call.
+    let args = "K8S_POD_INFRA_CONTAINER_ID=rec-1;K8S_POD_UID=u1;IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0";
+    let mut env = Cluster::attach_env("ADD", "rec-1", &ns, "eth0");
+    env.push(("CNI_ARGS", args));
+    let (code, out) = c.cni("node1", &env, &conf);
+    assert_eq!(code, 0, "{out}");
+    let ip = serde_json::from_str::<Value>(&out).unwrap()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let record = records.join("rec-1.json");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        format!(r#"{{"namespace":"shop","name":"web-0","ips":["{ip}"]}}"#)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&records), mode(&record)), (0o700, 0o600));
+    let names: Vec<_> = std::fs::read_dir(&records).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    // Where a plugin before podRecordsDir kept it (pods/ under dataDir): DEL removes it there too.
+    let old = c.node_dir("node1").unwrap().join("flannel/pods/rec-1.json");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, r#"{"namespace":"shop","name":"web-0","ips":[]}"#).unwrap();
+    let mut env = Cluster::attach_env("DEL", "rec-1", &ns, "eth0");
+    env.push(("CNI_ARGS", args));
+    let (code, out) = c.cni("node1", &env, &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(!record.exists() && !old.exists());
+}
+
+#[test]
 fn two_hundred_add_del_cycles_leave_nothing_behind() {
     let mut c = cluster("cc", 1);
     let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "cycle").unwrap());
@@ -612,6 +652,7 @@ fn hostile_container_ids_are_refused_and_touch_nothing() {
         node_dir.join("etc/x"),
         node_dir.join("etc/x.json"),
         node_dir.join("decoy-abs"),
+        node_dir.join("decoy-abs.json"),
     ];
     for d in &decoys {
         std::fs::create_dir_all(d.parent().unwrap()).unwrap();
