@@ -252,8 +252,7 @@ fn cluster_bench() {
     let dir = c.lab.policy_dir().unwrap();
     for node in ["node1", "node2"] {
         let pd = format!("--policy-dir={}", dir.display());
-        let cd = c.pod_records_flag(node).unwrap();
-        c.start(node, &[&pd, &cd]).unwrap();
+        c.start(node, &[&pd]).unwrap();
     }
     let env: Vec<_> = ["node1", "node2"]
         .iter()

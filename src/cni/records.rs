@@ -48,26 +48,10 @@ pub fn remove(dir: &Path, container_id: &str) {
 }
 
 /// Where plugins before `podRecordsDir` kept the records: `pods` under their `dataDir`. The
-/// plugin's DEL and GC remove records there too, and podnetd moves what it finds there
-/// (`adopt`), so a node upgraded with pods running loses none and keeps no stale one.
+/// plugin's DEL and GC remove records there too, so a node upgraded with pods running keeps no
+/// stale one.
 pub fn legacy_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("pods")
-}
-
-/// Moves the records in `from` to `to`; returns how many. One that cannot be read or written
-/// stays where it is (its pod's DEL removes it there).
-pub fn adopt(from: &Path, to: &Path) -> usize {
-    if from == to {
-        return 0;
-    }
-    let mut moved = 0;
-    for (id, rec) in read_all(from) {
-        if write(to, &id, &rec).is_ok() {
-            remove(from, &id);
-            moved += 1;
-        }
-    }
-    moved
 }
 
 /// Every record, by container ID; unreadable ones are skipped.
@@ -105,25 +89,5 @@ mod tests {
         remove(&dir, "c1");
         assert!(read_all(&dir).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn records_an_older_plugin_left_are_moved() {
-        let base = std::env::temp_dir().join(format!("podnet-rec-{:08x}", rand::random::<u32>()));
-        let (old, new) = (legacy_dir(&base.join("flannel")), base.join("run/pods"));
-        let rec = |name: &str| PodRecord {
-            namespace: "x".into(),
-            name: name.into(),
-            ips: vec!["10.244.1.2".parse().unwrap()],
-        };
-        write(&old, "c1", &rec("a")).unwrap();
-        write(&old, "c2", &rec("b")).unwrap();
-        assert_eq!(adopt(&old, &new), 2);
-        assert!(read_all(&old).is_empty());
-        let ids: Vec<String> = read_all(&new).into_iter().map(|(id, _)| id).collect();
-        assert_eq!(ids, ["c1", "c2"]);
-        assert_eq!(adopt(&old, &new), 0);
-        assert_eq!(adopt(&new, &new), 0);
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

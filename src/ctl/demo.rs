@@ -129,8 +129,7 @@ fn start_nodes(c: &mut Cluster, nodes: &[String]) -> anyhow::Result<()> {
     step(3, &format!("starting podnetd on {} nodes", nodes.len()));
     let policy_dir = format!("--policy-dir={}", c.lab.policy_dir()?.display());
     for node in nodes {
-        let records = c.pod_records_flag(node)?;
-        c.start(node, &["--ip-masq", &policy_dir, &records])?;
+        c.start(node, &["--ip-masq", &policy_dir])?;
     }
     for node in nodes {
         let env = c.wait_ready(node, Duration::from_secs(30))?;

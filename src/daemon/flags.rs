@@ -138,9 +138,8 @@ pub struct Flags {
     /// node's pods the moment they are wired.
     #[arg(long, default_value = crate::cni::records::DEFAULT_DIR)]
     pub pod_records_dir: PathBuf,
-    /// Deprecated: the plugin's dataDir, under which plugins before `podRecordsDir` kept the
-    /// pod records (default /var/lib/cni/flannel). Records found there are moved to
-    /// --pod-records-dir at start.
+    /// Deprecated and ignored (where older releases read the pod records: `pods` under it);
+    /// accepted so that a command line that has it still starts.
     #[arg(long, hide = true)]
     pub cni_data_dir: Option<PathBuf>,
     /// The bridge this node's pods are attached to.
@@ -301,6 +300,21 @@ mod tests {
         assert_eq!(f.resync_period, Duration::from_secs(300));
         assert!(f.kernel_events);
         assert_eq!(f.healthz_port, 0);
+        assert_eq!(f.pod_records_dir, PathBuf::from("/run/podnet/pods"));
+        assert_eq!(f.cni_data_dir, None);
+    }
+
+    #[test]
+    fn the_old_records_flag_still_parses_and_is_not_in_the_help() {
+        let f = parse(&["--cni-data-dir=/var/lib/cni/flannel"], &[]);
+        assert_eq!(f.cni_data_dir, Some(PathBuf::from("/var/lib/cni/flannel")));
+        assert_eq!(f.pod_records_dir, PathBuf::from("/run/podnet/pods"));
+        let f = parse(&[], &[("PODNETD_CNI_DATA_DIR", "/x")]);
+        assert_eq!(f.cni_data_dir, Some(PathBuf::from("/x")));
+        let help = <Flags as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        assert!(help.contains("--pod-records-dir") && !help.contains("--cni-data-dir"));
     }
 
     #[test]

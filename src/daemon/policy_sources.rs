@@ -66,7 +66,7 @@ pub async fn start(
     if let Some(d) = &flags.policy_dir {
         manifest_dir(d.clone(), tx.clone()).map_err(|e| io("watch the manifests", e))?;
     }
-    adopt_old_records(flags);
+    warn_old_flag(flags);
     pod_records(flags.pod_records_dir.clone(), tx.clone())
         .map_err(|e| io("watch pod records", e))?;
     if flags.network_policy {
@@ -174,28 +174,12 @@ pub fn manifest_dir(dir: PathBuf, tx: Sender<Msg>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves the pod records an older plugin kept under its dataDir to where the plugin keeps them
-/// now, so the pods wired before an upgrade stay known: from `--cni-data-dir`, or, when both
-/// places are the defaults, from the default dataDir (a node set up otherwise says so).
-fn adopt_old_records(flags: &super::flags::Flags) {
-    if flags.cni_data_dir.is_some() {
+/// `--cni-data-dir` no longer says where the records are: a warning for whoever still passes it.
+fn warn_old_flag(flags: &super::flags::Flags) {
+    if let Some(d) = &flags.cni_data_dir {
         tracing::warn!(
-            "--cni-data-dir is deprecated: pod records are read from --pod-records-dir ({}); it only says where older plugins left theirs",
-            flags.pod_records_dir.display()
-        );
-    }
-    let default = flags.pod_records_dir == Path::new(records::DEFAULT_DIR);
-    let data_dir = match &flags.cni_data_dir {
-        Some(d) => d.as_path(),
-        None if default => Path::new(crate::cni::conf::DEFAULT_DATA_DIR),
-        None => return,
-    };
-    let old = records::legacy_dir(data_dir);
-    let moved = records::adopt(&old, &flags.pod_records_dir);
-    if moved > 0 {
-        tracing::info!(
-            "moved {moved} pod records from {} to {}",
-            old.display(),
+            "--cni-data-dir={} is deprecated and ignored: pod records are read from --pod-records-dir ({}), where the plugin writes them (its podRecordsDir)",
+            d.display(),
             flags.pod_records_dir.display()
         );
     }

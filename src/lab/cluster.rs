@@ -207,6 +207,8 @@ impl Cluster {
             format!("--etcd-endpoints={}", self.eps),
             format!("--subnet-file={}", self.env_path(node)?.display()),
             format!("--status-socket={}", self.socket_path(node)?.display()),
+            // The node's pod records, where `cni_conf` has its plugin write them.
+            self.pod_records_flag(node)?,
             // Lab nodes share the host's files: each keeps its own WireGuard key.
             format!(
                 "--wireguard-key-file={}",

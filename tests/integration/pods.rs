@@ -642,7 +642,7 @@ fn hostile_container_ids_are_refused_and_touch_nothing() {
     let ns = format!("/run/netns/{}", c.lab.pod_add("node1", "h").unwrap());
     let node_dir = c.lab.node_dir("node1").unwrap();
     // dataDir and podRecordsDir two levels down, so "../../etc/x" from either lands in the
-    // node's directory.
+    // node's directory (from the older records' place under dataDir, in t/).
     let mut conf = c.cni_conf("node1", "1.0.0");
     conf["dataDir"] = json!(node_dir.join("t/flannel"));
     conf["podRecordsDir"] = json!(node_dir.join("t/pods"));
@@ -651,6 +651,7 @@ fn hostile_container_ids_are_refused_and_touch_nothing() {
     let decoys = [
         node_dir.join("etc/x"),
         node_dir.join("etc/x.json"),
+        node_dir.join("t/etc/x.json"),
         node_dir.join("decoy-abs"),
         node_dir.join("decoy-abs.json"),
     ];

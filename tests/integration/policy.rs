@@ -70,8 +70,7 @@ impl PolicyLab {
         std::fs::create_dir_all(&dir).unwrap();
         for node in ["node1", "node2"] {
             let pd = format!("--policy-dir={}", dir.display());
-            let cd = c.pod_records_flag(node).unwrap();
-            let mut args = vec![pd.as_str(), cd.as_str(), "--ip-masq"];
+            let mut args = vec![pd.as_str(), "--ip-masq"];
             args.extend_from_slice(extra);
             c.start(node, &args);
         }
@@ -581,8 +580,7 @@ fn policy_from_the_kubernetes_api_follows_every_change_and_drops_nothing_allowed
     k.add_node("node1", Some("10.244.1.0/24"));
     k.add_node("node2", Some("10.244.2.0/24"));
     for n in ["node1", "node2"] {
-        let cd = k.c.pod_records_flag(n).unwrap();
-        k.start(n, "host-gw", &["--network-policy", &cd]);
+        k.start(n, "host-gw", &["--network-policy"]);
     }
     k.ready("node1");
     k.ready("node2");
@@ -726,8 +724,7 @@ fn invalid_objects_are_refused_one_by_one_and_the_rest_applies() {
     std::fs::create_dir_all(&dir).unwrap();
     for node in ["node1", "node2"] {
         let pd = format!("--policy-dir={}", dir.display());
-        let cd = c.pod_records_flag(node).unwrap();
-        c.start(node, &[&pd, &cd]);
+        c.start(node, &[&pd]);
     }
     c.wait_ready("node1");
     c.wait_ready("node2");
@@ -878,8 +875,7 @@ fn isolated_pods_on_one_node_resolve_each_other_over_ipv6() {
     let dir = c.lab.workdir().join("policy");
     std::fs::create_dir_all(&dir).unwrap();
     let pd = format!("--policy-dir={}", dir.display());
-    let cd = c.pod_records_flag("node1").unwrap();
-    c.start("node1", &[&pd, &cd]);
+    c.start("node1", &[&pd]);
     c.wait_ready("node1");
     let brnf = ok(c
         .lab
