@@ -184,14 +184,6 @@ impl Cluster {
         Ok(self.node_dir(node)?.join("pods"))
     }
 
-    /// podnetd's flag for reading the plugin's pod records on a node.
-    pub fn pod_records_flag(&self, node: &str) -> Result<String, LabError> {
-        Ok(format!(
-            "--pod-records-dir={}",
-            self.pod_records_dir(node)?.display()
-        ))
-    }
-
     pub fn env_path(&self, node: &str) -> Result<PathBuf, LabError> {
         Ok(self.node_dir(node)?.join("subnet.env"))
     }
@@ -208,7 +200,10 @@ impl Cluster {
             format!("--subnet-file={}", self.env_path(node)?.display()),
             format!("--status-socket={}", self.socket_path(node)?.display()),
             // The node's pod records, where `cni_conf` has its plugin write them.
-            self.pod_records_flag(node)?,
+            format!(
+                "--pod-records-dir={}",
+                self.pod_records_dir(node)?.display()
+            ),
             // Lab nodes share the host's files: each keeps its own WireGuard key.
             format!(
                 "--wireguard-key-file={}",
