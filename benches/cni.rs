@@ -12,6 +12,10 @@
 //!                           file system under host-local's layout costs (one file made per ADD)
 //!   BENCH_RECORDS_DIR=<dir> podnet's pod records in a directory of their own under this one
 //!                           instead of /dev/shm (a tmpfs, as `/run` is on a node)
+//!   BENCH_BASELINE_PLUGIN=<podnet binary>  another build of podnet's plugin as a third system,
+//!                           interleaved pod by pod and batch by batch with the other two (its
+//!                           own bridge, subnet and IPAM directory): a change to the plugin
+//!                           measured against the build before it in the same run
 //!
 //! Both plugins get `CNI_ARGS` as kubelet's runtime passes them (`K8S_POD_NAMESPACE`,
 //! `K8S_POD_NAME`, ...): the reference ignores them, podnet's plugin records the pod for
@@ -39,12 +43,15 @@ use serde_json::json;
 enum System {
     Podnet,
     Reference,
+    Baseline,
 }
 
 struct Bench {
     c: Cluster,
     podnet_conf: String,
     ref_conf: String,
+    /// `BENCH_BASELINE_PLUGIN`: the other build and its conf.
+    baseline: Option<(String, String)>,
 }
 
 /// `CNI_ARGS` as containerd's CRI passes them for kubelet's pods (the same keys, in one of the
@@ -79,6 +86,10 @@ impl Bench {
             System::Reference => {
                 let bridge = "/usr/lib/cni/bridge";
                 self.c.lab.cni("node1", bridge, &env, &self.ref_conf)
+            }
+            System::Baseline => {
+                let (plugin, conf) = self.baseline.as_ref().expect("a baseline plugin");
+                self.c.lab.cni("node1", plugin, &env, conf)
             }
         }
         .unwrap();
@@ -176,6 +187,9 @@ impl BenchDir {
     fn reference(&self) -> std::path::PathBuf {
         self.root.join("ipam-ref")
     }
+    fn baseline(&self) -> std::path::PathBuf {
+        self.root.join("ipam-baseline")
+    }
 }
 
 /// Removes what runs killed before their guard ran left under `base`: `podnet-bench-<pid>-…`
@@ -267,7 +281,7 @@ fn traced_ms(summary: &str, keep: &dyn Fn(&str) -> bool) -> f64 {
 /// `perf trace -s`, and per call the time inside netlink requests (`sendto`/`recvfrom`, and
 /// `sendmsg`/`recvmsg` for the reference): the kernel's work under RTNL and the wait for RTNL
 /// while another holds it. Returns [system] -> (netlink ms, all system calls ms) per call.
-fn kernel_share(b: &Bench, dir: &Path, pods: &[(String, String)]) -> Vec<Vec<(f64, f64)>> {
+fn kernel_share(b: &Bench, dir: &Path, pods: &[Vec<String>]) -> Vec<Vec<(f64, f64)>> {
     let out = dir.join("trace");
     std::fs::create_dir_all(&out).unwrap();
     let wrap = |name: &str, prog: &str| {
@@ -290,8 +304,8 @@ fn kernel_share(b: &Bench, dir: &Path, pods: &[(String, String)]) -> Vec<Vec<(f6
         for s in 0..2 {
             let ids: Vec<String> = (0..batch.len()).map(|j| format!("k{s}-{ci}-{j}")).collect();
             std::thread::scope(|sc| {
-                for (j, (p, r)) in batch.iter().enumerate() {
-                    let netns = if s == 0 { p } else { r };
+                for (j, pod_ns) in batch.iter().enumerate() {
+                    let netns = &pod_ns[s];
                     let (id, prog, conf) = (&ids[j], &wrapped[s], confs[s]);
                     sc.spawn(move || {
                         let args = kubelet_args(id);
@@ -301,13 +315,9 @@ fn kernel_share(b: &Bench, dir: &Path, pods: &[(String, String)]) -> Vec<Vec<(f6
                     });
                 }
             });
-            for (j, (p, r)) in batch.iter().enumerate() {
-                let sys = if s == 0 {
-                    System::Podnet
-                } else {
-                    System::Reference
-                };
-                b.call(sys, "DEL", &ids[j], if s == 0 { p } else { r });
+            let sys = [System::Podnet, System::Reference][s];
+            for (j, pod_ns) in batch.iter().enumerate() {
+                b.call(sys, "DEL", &ids[j], &pod_ns[s]);
                 let text = std::fs::read_to_string(out.join(format!("{}.txt", ids[j]))).unwrap();
                 let waits = |c: &str| WAITING.contains(&c);
                 share[s].push((
@@ -374,24 +384,52 @@ fn main() {
                  "ranges": [[{"subnet": "10.244.2.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]},
     })
     .to_string();
+    let baseline = std::env::var("BENCH_BASELINE_PLUGIN").ok().map(|plugin| {
+        // Its own subnet and bridge beside the other two, as a second network on the node.
+        let env = dir.join("subnet-baseline.env");
+        std::fs::write(
+            &env,
+            format!(
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ={}\n",
+                !plugin_masq
+            ),
+        )
+        .unwrap();
+        let mut conf = c.cni_conf_in("node1", "1.0.0", &ipam.baseline()).unwrap();
+        conf["subnetFile"] = json!(env);
+        conf["podRecordsDir"] = json!(records.root);
+        conf["delegate"]["bridge"] = json!("cnibase");
+        (plugin, conf.to_string())
+    });
+    let mut systems = vec![System::Podnet, System::Reference];
+    if baseline.is_some() {
+        systems.push(System::Baseline);
+    }
     let mut b = Bench {
         c,
         podnet_conf,
         ref_conf,
+        baseline,
     };
     let mut pod = |name: String| {
         let ns = b.c.lab.pod_add("node1", &name).unwrap();
         loopback_up(&ns);
         format!("/run/netns/{ns}")
     };
-    let ns: Vec<(String, String)> = (0..pods)
-        .map(|i| (pod(format!("p{i}")), pod(format!("r{i}"))))
+    // ns[pod][system]: each system's pods in namespaces of their own.
+    let ns: Vec<Vec<String>> = (0..pods)
+        .map(|i| {
+            let tags = ["p", "r", "b"];
+            (0..systems.len())
+                .map(|s| pod(format!("{}{i}", tags[s])))
+                .collect()
+        })
         .collect();
     // Warm-up: the first call of each creates its bridge and directories.
-    b.call(System::Podnet, "ADD", "warm", &ns[0].0);
-    b.call(System::Podnet, "DEL", "warm", &ns[0].0);
-    b.call(System::Reference, "ADD", "warm", &ns[0].1);
-    b.call(System::Reference, "DEL", "warm", &ns[0].1);
+    for (s, &sys) in systems.iter().enumerate() {
+        b.call(sys, "ADD", "warm", &ns[0][s]);
+        b.call(sys, "DEL", "warm", &ns[0][s]);
+    }
 
     // results[system][op] = per-run medians; all[system][op] = every sample
     let ops = [
@@ -400,37 +438,35 @@ fn main() {
         "ADD 8 at once",
         "DEL 8 at once",
     ];
-    let mut medians = vec![vec![Vec::new(); ops.len()]; 2];
-    let mut all = vec![vec![Vec::new(); ops.len()]; 2];
+    let mut medians = vec![vec![Vec::new(); ops.len()]; systems.len()];
+    let mut all = vec![vec![Vec::new(); ops.len()]; systems.len()];
     for run in 0..runs {
-        let mut samples = vec![vec![Vec::new(); ops.len()]; 2];
-        // Sequential, interleaved one pod at a time.
-        for (i, (p, r)) in ns.iter().enumerate() {
-            samples[0][0].push(b.call(System::Podnet, "ADD", &format!("p{run}-{i}"), p));
-            samples[1][0].push(b.call(System::Reference, "ADD", &format!("r{run}-{i}"), r));
-        }
-        for (i, (p, r)) in ns.iter().enumerate() {
-            samples[0][1].push(b.call(System::Podnet, "DEL", &format!("p{run}-{i}"), p));
-            samples[1][1].push(b.call(System::Reference, "DEL", &format!("r{run}-{i}"), r));
+        let mut samples = vec![vec![Vec::new(); ops.len()]; systems.len()];
+        // Sequential, interleaved one pod at a time. Who goes first turns with every pod (and
+        // every batch below): what one call leaves behind (a reaper, dirty caches) falls on
+        // each system alike.
+        let n = systems.len();
+        for (op, cmd) in [(0, "ADD"), (1, "DEL")] {
+            for (i, pod_ns) in ns.iter().enumerate() {
+                for s in (0..n).map(|k| (i + k) % n) {
+                    let id = format!("s{s}{run}-{i}");
+                    samples[s][op].push(b.call(systems[s], cmd, &id, &pod_ns[s]));
+                }
+            }
         }
         // Eight at once, interleaved batch by batch.
         for (op, cmd) in [(2, "ADD"), (3, "DEL")] {
-            for chunk in ns.chunks(8).enumerate().collect::<Vec<_>>() {
-                for (s, sys) in [(0, System::Podnet), (1, System::Reference)] {
-                    let (ci, batch) = chunk;
+            for (ci, batch) in ns.chunks(8).enumerate() {
+                for s in (0..n).map(|k| (ci + k) % n) {
+                    let sys = systems[s];
                     let times: Vec<f64> = std::thread::scope(|sc| {
                         let hs: Vec<_> = batch
                             .iter()
                             .enumerate()
-                            .map(|(j, (p, r))| {
+                            .map(|(j, pod_ns)| {
                                 let b = &b;
                                 let id = format!("c{s}{run}-{ci}-{j}");
-                                let netns = if sys == System::Podnet {
-                                    p.clone()
-                                } else {
-                                    r.clone()
-                                };
-                                sc.spawn(move || b.call(sys, cmd, &id, &netns))
+                                sc.spawn(move || b.call(sys, cmd, &id, &pod_ns[s]))
                             })
                             .collect();
                         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -439,7 +475,7 @@ fn main() {
                 }
             }
         }
-        for s in 0..2 {
+        for s in 0..systems.len() {
             for op in 0..ops.len() {
                 medians[s][op].push(summarize(&samples[s][op]).median);
                 all[s][op].extend(samples[s][op].iter().copied());
@@ -450,7 +486,7 @@ fn main() {
     let step = masq_step(&b, pods);
     let share = std::env::var_os("BENCH_KERNEL").map(|_| kernel_share(&b, &dir, &ns[..24]));
     if let Ok(out) = std::env::var("BENCH_STRACE") {
-        strace_one(&b, &dir, &ns[0].0, &out);
+        strace_one(&b, &dir, &ns[0][0], &out);
     }
     let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
     let leftovers = count(&ipam.podnet().join("cbr0"));
@@ -475,6 +511,24 @@ fn main() {
             ms(r),
             r.median / p.median
         );
+    }
+    if systems.len() > 2 {
+        println!(
+            "\nThe baseline plugin (BENCH_BASELINE_PLUGIN), interleaved with the two above; speed-up = baseline / podnet\n"
+        );
+        println!("| operation | baseline | ratio to the reference | speed-up of podnet |");
+        println!("|---|---|---|---|");
+        for (op, name) in ops.iter().enumerate() {
+            let p = summarize(&medians[0][op]);
+            let r = summarize(&medians[1][op]);
+            let base = summarize(&medians[2][op]);
+            println!(
+                "| {name} | {} | {:.1}× | {:.2}× |",
+                ms(base),
+                r.median / base.median,
+                base.median / p.median
+            );
+        }
     }
     println!("\nAll samples (ms, median (min–max)):");
     for (op, name) in ops.iter().enumerate() {
