@@ -1,5 +1,5 @@
-//! Links the CNI plugin (`podnet`) as a static PIE where the C toolchain has glibc's static
-//! libraries, and leaves the other programs as they are.
+//! Links the CNI plugin (`podnet`) as a static executable where the C toolchain has glibc's
+//! static libraries, and leaves the other programs as they are.
 //!
 //! The plugin is a short-lived process the runtime starts for every pod event, so its start is
 //! part of every ADD and DEL: the dynamic loader (finding, mapping and relocating libc and
@@ -7,11 +7,18 @@
 //! none of it, and it also runs wherever it is copied (flannel's plugin is static too).
 //! `-C target-feature=+crt-static` would do this for every crate of the build (proc macros
 //! included, which cannot be static); cargo has no per-binary flag for it. So the plugin alone
-//! gets `-static-pie` and a search directory where the libraries rustc names for a dynamic
-//! link (`-lc`, `-lgcc_s`, ...) are linker scripts naming the static archives instead. The
-//! plugin resolves no names and loads nothing, so glibc's static-linking caveats (NSS, dlopen)
-//! do not apply to it. Without the archives (or for another target) the plugin is linked
-//! dynamically, as before; `PODNET_CNI_STATIC` tells the tests which it is.
+//! gets `-static` and a search directory where the libraries rustc names for a dynamic link
+//! (`-lc`, `-lgcc_s`, ...) are linker scripts naming the static archives instead. The plugin
+//! resolves no names and loads nothing, so glibc's static-linking caveats (NSS, dlopen) do not
+//! apply to it.
+//!
+//! It is linked at a fixed address (`-no-pie`), as Go links the reference plugins and
+//! flannel's: a static PIE relocates itself at every start (5 500 pointers, in pages it then
+//! has to copy), 0.05–0.1 ms of each ADD and DEL on the VM we measured (docs/benchmarks.md).
+//! What that gives up is the randomised address of the plugin's own code and data; its stack,
+//! heap and mappings are still randomised. `PODNET_CNI_PIE=1` links the static PIE instead.
+//! Without the archives (or for another target) the plugin is linked dynamically, as before.
+//! `PODNET_CNI_LINK` tells the tests which of the three it is.
 //!
 //! podnetd's code is laid out hot first where the linker can (see `symbol_order`).
 
@@ -21,11 +28,14 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PODNET_CNI_DYNAMIC");
-    let static_ok = std::env::var_os("PODNET_CNI_DYNAMIC").is_none() && static_plugin();
-    println!(
-        "cargo:rustc-env=PODNET_CNI_STATIC={}",
-        if static_ok { "1" } else { "0" }
-    );
+    println!("cargo:rerun-if-env-changed=PODNET_CNI_PIE");
+    let pie = std::env::var("PODNET_CNI_PIE").as_deref() == Ok("1");
+    let link = if std::env::var_os("PODNET_CNI_DYNAMIC").is_none() && static_plugin(pie) {
+        if pie { "static-pie" } else { "static" }
+    } else {
+        "dynamic"
+    };
+    println!("cargo:rustc-env=PODNET_CNI_LINK={link}");
     symbol_order();
 }
 
@@ -122,8 +132,9 @@ fn links_with_order(out: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Sets up the static link of the `podnet` binary; `false` when this toolchain cannot.
-fn static_plugin() -> bool {
+/// Sets up the static link of the `podnet` binary (a static PIE with `pie`); `false` when this
+/// toolchain cannot.
+fn static_plugin(pie: bool) -> bool {
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
     if target != host || !target.ends_with("-linux-gnu") {
@@ -176,7 +187,15 @@ fn static_plugin() -> bool {
             return false;
         }
     }
-    println!("cargo:rustc-link-arg-bin=podnet=-static-pie");
+    // rustc asks for a PIE (`-pie`); the later `-no-pie` takes it back.
+    let kind: &[&str] = if pie {
+        &["-static-pie"]
+    } else {
+        &["-static", "-no-pie"]
+    };
+    for arg in kind {
+        println!("cargo:rustc-link-arg-bin=podnet={arg}");
+    }
     println!("cargo:rustc-link-arg-bin=podnet=-L{}", shim.display());
     true
 }

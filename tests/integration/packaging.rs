@@ -599,19 +599,41 @@ fn program_header_types(path: &str) -> Vec<u32> {
 }
 
 /// The plugin starts for every pod event: where the toolchain has glibc's static archives
-/// (build.rs says so), it is a static PIE that needs no dynamic loader, and it still works.
-/// podnetd stays dynamic (it resolves names).
+/// (build.rs says so), it is a static executable at a fixed address that needs no dynamic
+/// loader and relocates nothing at start (a static PIE with `PODNET_CNI_PIE=1`), and it still
+/// works. podnetd stays dynamic (it resolves names).
 #[test]
 fn the_cni_plugin_needs_no_dynamic_loader_where_it_could_be_linked_statically() {
     const PT_INTERP: u32 = 3;
+    const PT_DYNAMIC: u32 = 2;
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
     let plugin = program_header_types(PODNET_CNI);
-    if env!("PODNET_CNI_STATIC") == "1" {
-        assert!(
-            !plugin.contains(&PT_INTERP),
-            "{PODNET_CNI} asks for a loader"
-        );
-    } else {
-        assert!(plugin.contains(&PT_INTERP), "build.rs said dynamic");
+    let bytes = std::fs::read(PODNET_CNI).unwrap();
+    let e_type = u16::from_le_bytes([bytes[16], bytes[17]]);
+    match env!("PODNET_CNI_LINK") {
+        "static" => {
+            assert!(
+                !plugin.contains(&PT_INTERP),
+                "{PODNET_CNI} asks for a loader"
+            );
+            assert!(
+                !plugin.contains(&PT_DYNAMIC),
+                "{PODNET_CNI} relocates itself"
+            );
+            assert_eq!(e_type, ET_EXEC, "{PODNET_CNI} is position-independent");
+        }
+        "static-pie" => {
+            assert!(
+                !plugin.contains(&PT_INTERP),
+                "{PODNET_CNI} asks for a loader"
+            );
+            assert_eq!(e_type, ET_DYN, "{PODNET_CNI} is not position-independent");
+        }
+        link => {
+            assert_eq!(link, "dynamic");
+            assert!(plugin.contains(&PT_INTERP), "build.rs said dynamic");
+        }
     }
     assert!(program_header_types(env!("CARGO_BIN_EXE_podnetd")).contains(&PT_INTERP));
     let out = std::process::Command::new(PODNET_CNI)
