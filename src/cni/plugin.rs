@@ -216,12 +216,17 @@ fn requested(args: &Args, conf: &NetConf, v4: bool) -> Result<Option<IpAddr>, Cn
 /// Steps to take back if ADD fails half-way, newest first.
 #[derive(Default)]
 struct Undo {
-    steps: Vec<Box<dyn FnOnce()>>,
+    steps: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Undo {
-    fn push(&mut self, f: impl FnOnce() + 'static) {
+    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
         self.steps.push(Box::new(f));
+    }
+
+    /// `other`'s steps, to be taken back after this one's (they were done later).
+    fn extend(&mut self, other: Undo) {
+        self.steps.extend(other.steps);
     }
 
     fn run(self) {
@@ -260,33 +265,57 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         netns_path,
         "ADD would move an interface into it and replace its routes",
     )?;
-    // Addresses first: without one there is nothing to wire.
-    let ips = allocate(args, conf, &layout, undo)?;
-
-    let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
-    let gateways: Vec<IpNet> = if conf.is_gateway {
-        layout.families.iter().map(|(_, g)| *g).collect()
-    } else {
-        Vec::new()
-    };
-    let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
     let host_name = veth::host_name(&args.container_id, &args.ifname);
     let owner = veth::owner_alias(&args.container_id, &args.ifname);
-    let spec = veth::VethSpec {
+    let mut spec = veth::VethSpec {
         host_name: &host_name,
         owner: &owner,
         ifname: &args.ifname,
         mtu: layout.mtu,
-        bridge: br.index,
+        bridge: 0,
         hairpin: conf.hairpin,
     };
-    let pair = veth::create(&mut host, &pod_ns, &spec)?;
-    let idx = pair.host.index;
-    undo.push(move || {
-        if let Ok(mut nl) = Netlink::open() {
-            let _ = nl.del_link(idx);
+    // The pod's addresses (files on disk, under the store's lock) and its pair (the kernel's
+    // work, under RTNL) do not depend on each other: the store works on a thread of its own
+    // while this one has the pair made, so the two overlap on a node's second CPU. A failure
+    // of either takes back what the other did (`undo`); the store's error comes first, as
+    // when it ran alone before the pair.
+    let store = || {
+        let mut mine = Undo::default();
+        match allocate(args, conf, &layout, &mut mine) {
+            Ok(ips) => Ok((ips, mine)),
+            Err(e) => {
+                mine.run();
+                Err(e)
+            }
         }
+    };
+    let (ips, wired) = std::thread::scope(|s| {
+        // Without a thread (the process's limit reached), the store works first, as it did.
+        let Ok(thread) = std::thread::Builder::new().spawn_scoped(s, store) else {
+            let ips = store();
+            return (ips, host_side(conf, &layout, &pod_ns, &mut spec));
+        };
+        let wired = host_side(conf, &layout, &pod_ns, &mut spec);
+        let ips = thread.join().unwrap_or_else(|_| {
+            Err(CniError::new(
+                code::GENERIC,
+                "the address allocation failed unexpectedly (panic)",
+            ))
+        });
+        (ips, wired)
     });
+    if let Ok((_, pair, _)) = &wired {
+        let idx = pair.host.index;
+        undo.push(move || {
+            if let Ok(mut nl) = Netlink::open() {
+                let _ = nl.del_link(idx);
+            }
+        });
+    }
+    let (ips, store_undo) = ips?;
+    undo.extend(store_undo);
+    let (mut host, pair, br) = wired?;
 
     let addrs: Vec<IpNet> = ips
         .iter()
@@ -345,6 +374,26 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     }
     // flannel's plugin keeps a copy of its delegate config per container; podnet needs none.
     Ok(result)
+}
+
+/// The host's side of an ADD: the bridge checked (made if missing) and the pair created, its
+/// pod end directly in the pod's namespace. `spec` gets the bridge's index.
+fn host_side(
+    conf: &NetConf,
+    layout: &Layout,
+    pod_ns: &NetNs,
+    spec: &mut veth::VethSpec<'_>,
+) -> Result<(Netlink, veth::Pair, Link), CniError> {
+    let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
+    let gateways: Vec<IpNet> = if conf.is_gateway {
+        layout.families.iter().map(|(_, g)| *g).collect()
+    } else {
+        Vec::new()
+    };
+    let br = bridge::ensure(&mut host, &conf.bridge, &gateways, layout.mtu)?;
+    spec.bridge = br.index;
+    let pair = veth::create(&mut host, pod_ns, spec)?;
+    Ok((host, pair, br))
 }
 
 /// One address per family, each released again if a later step fails.

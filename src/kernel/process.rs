@@ -67,6 +67,18 @@ pub fn spawn_detached(program: &Path, env: (&str, &str)) -> Result<(), KernelErr
     Ok(())
 }
 
+/// One malloc arena for the whole process: a short-lived program's second thread then
+/// allocates from the main arena instead of mapping one of its own (64 MiB reserved, its
+/// own system calls) for the few allocations it makes.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt changes a tunable of the allocator; it is called before any second
+    // thread exists, and a refusal (0) leaves the default.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Ignores SIGPIPE, as the Rust runtime's start-up does (a program without it, `#![no_main]`,
 /// would be killed by a write to a pipe its reader closed, instead of getting EPIPE).
 pub fn ignore_sigpipe() {
