@@ -277,7 +277,7 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     };
     // The pod's addresses (files on disk, under the store's lock) and its pair (the kernel's
     // work, under RTNL) do not depend on each other: the store works on a thread of its own
-    // while this one has the pair made, so the two overlap on a node's second CPU. A failure
+    // while this one has the pair made, so the two overlap on an idle CPU. A failure
     // of either takes back what the other did (`undo`); the store's error comes first, as
     // when it ran alone before the pair.
     let store = || {
@@ -291,8 +291,12 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         }
     };
     let (ips, wired) = std::thread::scope(|s| {
-        // Without a thread (the process's limit reached), the store works first, as it did.
-        let Ok(thread) = std::thread::Builder::new().spawn_scoped(s, store) else {
+        // With no CPU idle (many pods at once) or no thread to be had, the store works first,
+        // on this thread: a second one would only add its own cost.
+        let thread = process::cpu_idle_now()
+            .then(|| std::thread::Builder::new().spawn_scoped(s, store).ok())
+            .flatten();
+        let Some(thread) = thread else {
             let ips = store();
             return (ips, host_side(conf, &layout, &pod_ns, &mut spec));
         };

@@ -88,3 +88,58 @@ pub fn ignore_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
+
+/// Whether a CPU this process may run on is idle right now: fewer tasks running on the
+/// machine (`/proc/loadavg`'s fourth field, the caller included) than CPUs allowed to it. A
+/// second thread only shortens a short task when one is; on a busy machine it only adds its
+/// own cost. `false` when either cannot be read.
+pub fn cpu_idle_now() -> bool {
+    match (std::fs::read_to_string("/proc/loadavg"), allowed_cpus()) {
+        (Ok(text), Some(cpus)) => fewer_running_than(&text, cpus),
+        _ => false,
+    }
+}
+
+/// Whether `/proc/loadavg`'s text ("0.52 0.41 0.30 1/74 6220") counts fewer running tasks than
+/// `cpus`; `false` for text it cannot read.
+fn fewer_running_than(loadavg: &str, cpus: usize) -> bool {
+    loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split('/').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|running| running < cpus)
+}
+
+/// How many CPUs this thread may run on.
+fn allowed_cpus() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        usize::try_from(libc::CPU_COUNT(&set)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fewer_running_than;
+
+    #[test]
+    fn an_idle_cpu_is_one_more_than_the_tasks_running() {
+        assert!(fewer_running_than("0.52 0.41 0.30 1/74 6220\n", 2));
+        assert!(!fewer_running_than("0.52 0.41 0.30 2/74 6220\n", 2));
+        assert!(!fewer_running_than("7.90 5.00 3.10 9/310 6220\n", 8));
+        assert!(fewer_running_than("7.90 5.00 3.10 7/310 6220\n", 8));
+        for bad in [
+            "",
+            "0.52 0.41 0.30",
+            "0.52 0.41 0.30 x/74 1",
+            "a b c -1/2 3",
+        ] {
+            assert!(!fewer_running_than(bad, 64), "{bad:?}");
+        }
+    }
+}
