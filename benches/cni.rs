@@ -12,6 +12,8 @@
 //!                           file system under host-local's layout costs (one file made per ADD)
 //!   BENCH_RECORDS_DIR=<dir> podnet's pod records in a directory of their own under this one
 //!                           instead of /dev/shm (a tmpfs, as `/run` is on a node)
+//!   BENCH_BLOCK=<n>         interleave blocks of n pods (n batches with 8 at once) instead of
+//!                           single ones, so that a plugin mostly follows itself, as on a node
 //!   BENCH_BASELINE_PLUGIN=<podnet binary>  another build of podnet's plugin as a third system,
 //!                           interleaved pod by pod and batch by batch with the other two (its
 //!                           own bridge, subnet and IPAM directory): a change to the plugin
@@ -245,6 +247,29 @@ fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
     eprintln!("strace of one ADD and one DEL: {out}.ADD, {out}.DEL");
 }
 
+/// The order of `n` systems for the `k`th block: turned by `k`, and backwards every other
+/// round of turns, so that each system follows each other one equally often.
+fn turn(k: usize, n: usize) -> Vec<usize> {
+    let order = (0..n).map(|i| (k + i) % n);
+    if (k / n) % 2 == 1 {
+        order.rev().collect()
+    } else {
+        order.collect()
+    }
+}
+
+/// CPU seconds (user and system) of this process's children that have been waited for.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 /// What a runtime does to a new pod namespace before its network's plugins run (containerd's
 /// CRI calls the `loopback` plugin; CRI-O and podman set it up themselves): `lo` up.
 fn loopback_up(netns: &str) {
@@ -354,6 +379,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let runs = runs(3);
+    let block_len: usize = std::env::var("BENCH_BLOCK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
     let plugin_masq = match std::env::var("BENCH_IPMASQ").as_deref() {
         Ok("plugin") => true,
         Ok("daemon") | Err(_) => false,
@@ -440,38 +470,51 @@ fn main() {
     ];
     let mut medians = vec![vec![Vec::new(); ops.len()]; systems.len()];
     let mut all = vec![vec![Vec::new(); ops.len()]; systems.len()];
+    // cpu[system][op]: CPU seconds (user and system) of the plugins' processes, summed.
+    let mut cpu = vec![vec![0.0; ops.len()]; systems.len()];
     for run in 0..runs {
         let mut samples = vec![vec![Vec::new(); ops.len()]; systems.len()];
-        // Sequential, interleaved one pod at a time. Who goes first turns with every pod (and
-        // every batch below): what one call leaves behind (a reaper, dirty caches) falls on
-        // each system alike.
+        // Sequential, interleaved pod by pod (or block by block, `BENCH_BLOCK`). Who goes
+        // first turns with every block, and the order runs backwards every other round, so
+        // that what one call leaves behind (a reaper, nftables' deferred release, dirty
+        // caches) falls on every system after every other alike.
         let n = systems.len();
         for (op, cmd) in [(0, "ADD"), (1, "DEL")] {
-            for (i, pod_ns) in ns.iter().enumerate() {
-                for s in (0..n).map(|k| (i + k) % n) {
-                    let id = format!("s{s}{run}-{i}");
-                    samples[s][op].push(b.call(systems[s], cmd, &id, &pod_ns[s]));
+            for (k, block) in ns.chunks(block_len).enumerate() {
+                for s in turn(k, n) {
+                    for (j, pod_ns) in block.iter().enumerate() {
+                        let id = format!("s{s}{run}-{}", k * block_len + j);
+                        let before = children_cpu();
+                        samples[s][op].push(b.call(systems[s], cmd, &id, &pod_ns[s]));
+                        cpu[s][op] += children_cpu() - before;
+                    }
                 }
             }
         }
-        // Eight at once, interleaved batch by batch.
+        // Eight at once, interleaved batch by batch (or block of batches by block).
+        let batches: Vec<&[Vec<String>]> = ns.chunks(8).collect();
         for (op, cmd) in [(2, "ADD"), (3, "DEL")] {
-            for (ci, batch) in ns.chunks(8).enumerate() {
-                for s in (0..n).map(|k| (ci + k) % n) {
-                    let sys = systems[s];
-                    let times: Vec<f64> = std::thread::scope(|sc| {
-                        let hs: Vec<_> = batch
-                            .iter()
-                            .enumerate()
-                            .map(|(j, pod_ns)| {
-                                let b = &b;
-                                let id = format!("c{s}{run}-{ci}-{j}");
-                                sc.spawn(move || b.call(sys, cmd, &id, &pod_ns[s]))
-                            })
-                            .collect();
-                        hs.into_iter().map(|h| h.join().unwrap()).collect()
-                    });
-                    samples[s][op].extend(times);
+            for (k, block) in batches.chunks(block_len).enumerate() {
+                for s in turn(k, n) {
+                    for (j, batch) in block.iter().enumerate() {
+                        let ci = k * block_len + j;
+                        let sys = systems[s];
+                        let before = children_cpu();
+                        let times: Vec<f64> = std::thread::scope(|sc| {
+                            let hs: Vec<_> = batch
+                                .iter()
+                                .enumerate()
+                                .map(|(j, pod_ns)| {
+                                    let b = &b;
+                                    let id = format!("c{s}{run}-{ci}-{j}");
+                                    sc.spawn(move || b.call(sys, cmd, &id, &pod_ns[s]))
+                                })
+                                .collect();
+                            hs.into_iter().map(|h| h.join().unwrap()).collect()
+                        });
+                        cpu[s][op] += children_cpu() - before;
+                        samples[s][op].extend(times);
+                    }
                 }
             }
         }
@@ -529,6 +572,19 @@ fn main() {
                 base.median / p.median
             );
         }
+    }
+    println!(
+        "\nCPU per call (user and system, ms: the plugin and what it starts and waits for; not \
+         podnet's detached reaper), mean over all calls:\n"
+    );
+    let names = ["podnet", "reference", "baseline"];
+    println!("| operation | {} |", names[..systems.len()].join(" | "));
+    println!("|---{}|", "|---".repeat(systems.len()));
+    for (op, name) in ops.iter().enumerate() {
+        let per_call: Vec<String> = (0..systems.len())
+            .map(|s| format!("{:.2}", cpu[s][op] * 1e3 / all[s][op].len() as f64))
+            .collect();
+        println!("| {name} | {} |", per_call.join(" | "));
     }
     println!("\nAll samples (ms, median (min–max)):");
     for (op, name) in ops.iter().enumerate() {
