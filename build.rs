@@ -14,7 +14,8 @@
 //!
 //! It is linked at a fixed address (`-no-pie`), as Go links the reference plugins and
 //! flannel's: a static PIE relocates itself at every start (5 500 pointers, in pages it then
-//! has to copy), 0.05–0.1 ms of each ADD and DEL on the VM we measured (docs/benchmarks.md).
+//! has to copy), about 0.1 ms (0.07–0.15) of each ADD and DEL on the VM we measured
+//! (docs/benchmarks.md).
 //! What that gives up is the randomised address of the plugin's own code and data; its stack,
 //! heap and mappings are still randomised. `PODNET_CNI_PIE=1` links the static PIE instead.
 //! Without the archives (or for another target) the plugin is linked dynamically, as before.

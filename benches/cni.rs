@@ -248,7 +248,8 @@ fn strace_one(b: &Bench, dir: &Path, netns: &str, out: &str) {
 }
 
 /// The order of `n` systems for the `k`th block: turned by `k`, and backwards every other
-/// round of turns, so that each system follows each other one equally often.
+/// round of turns, so that each system follows each other one equally often over every whole
+/// cycle of `2n` blocks (a run with fewer blocks than that is not balanced).
 fn turn(k: usize, n: usize) -> Vec<usize> {
     let order = (0..n).map(|i| (k + i) % n);
     if (k / n) % 2 == 1 {
@@ -575,7 +576,7 @@ fn main() {
     }
     println!(
         "\nCPU per call (user and system, ms: the plugin and what it starts and waits for; not \
-         podnet's detached reaper), mean over all calls:\n"
+         podnet's detached reaper or the grandchild that closes its nftables socket), mean over all calls:\n"
     );
     let names = ["podnet", "reference", "baseline"];
     println!("| operation | {} |", names[..systems.len()].join(" | "));

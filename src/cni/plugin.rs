@@ -213,7 +213,9 @@ fn requested(args: &Args, conf: &NetConf, v4: bool) -> Result<Option<IpAddr>, Cn
         .find(|ip| ip.is_ipv4() == v4))
 }
 
-/// Steps to take back if ADD fails half-way, newest first.
+/// Steps to take back if ADD fails half-way, newest first. They run when the `Undo` is
+/// dropped without `forget`: on an error, and on a panic that unwinds through it (on the
+/// store's thread too).
 #[derive(Default)]
 struct Undo {
     steps: Vec<Box<dyn FnOnce() + Send>>,
@@ -224,19 +226,26 @@ impl Undo {
         self.steps.push(Box::new(f));
     }
 
-    /// `other`'s steps, to be taken back after this one's (they were done later).
-    fn extend(&mut self, other: Undo) {
-        self.steps.extend(other.steps);
+    /// Takes over `earlier`'s steps, done before any of this one's still to come: they run
+    /// after every step pushed from now on.
+    fn extend(&mut self, mut earlier: Undo) {
+        self.steps.append(&mut earlier.steps);
     }
 
     fn run(self) {
-        for f in self.steps.into_iter().rev() {
-            f();
-        }
+        drop(self);
     }
 
     fn forget(mut self) {
         self.steps.clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        while let Some(f) = self.steps.pop() {
+            f();
+        }
     }
 }
 
@@ -274,52 +283,13 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         mtu: layout.mtu,
         bridge: 0,
         hairpin: conf.hairpin,
+        replace_stale: true,
     };
-    // The pod's addresses (files on disk, under the store's lock) and its pair (the kernel's
-    // work, under RTNL) do not depend on each other: the store works on a thread of its own
-    // while this one has the pair made, so the two overlap on an idle CPU. A failure
-    // of either takes back what the other did (`undo`); the store's error comes first, as
-    // when it ran alone before the pair.
-    let store = || {
-        let mut mine = Undo::default();
-        match allocate(args, conf, &layout, &mut mine) {
-            Ok(ips) => Ok((ips, mine)),
-            Err(e) => {
-                mine.run();
-                Err(e)
-            }
-        }
-    };
-    let (ips, wired) = std::thread::scope(|s| {
-        // With no CPU idle (many pods at once) or no thread to be had, the store works first,
-        // on this thread: a second one would only add its own cost.
-        let thread = process::cpu_idle_now()
-            .then(|| std::thread::Builder::new().spawn_scoped(s, store).ok())
-            .flatten();
-        let Some(thread) = thread else {
-            let ips = store();
-            return (ips, host_side(conf, &layout, &pod_ns, &mut spec));
-        };
-        let wired = host_side(conf, &layout, &pod_ns, &mut spec);
-        let ips = thread.join().unwrap_or_else(|_| {
-            Err(CniError::new(
-                code::GENERIC,
-                "the address allocation failed unexpectedly (panic)",
-            ))
-        });
-        (ips, wired)
-    });
-    if let Ok((_, pair, _)) = &wired {
-        let idx = pair.host.index;
-        undo.push(move || {
-            if let Ok(mut nl) = Netlink::open() {
-                let _ = nl.del_link(idx);
-            }
-        });
-    }
-    let (ips, store_undo) = ips?;
-    undo.extend(store_undo);
-    let (mut host, pair, br) = wired?;
+    let (ips, (mut host, pair, br)) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
+    // Newest first: the pair goes before its addresses are given back.
+    undo.extend(ips.1);
+    undo.push(delete_link(pair.host.index));
+    let ips = ips.0;
 
     let addrs: Vec<IpNet> = ips
         .iter()
@@ -380,6 +350,93 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
     Ok(result)
 }
 
+/// Per family the pod's address and its gateway, with the steps that give them back.
+type Addresses = (Vec<(IpAddr, IpNet)>, Undo);
+/// The host's netlink socket, the new pair and the bridge.
+type Wired = (Netlink, veth::Pair, Link);
+
+/// The pod's addresses and its pair, with the undo steps of the addresses; on an error nothing
+/// of either is left.
+///
+/// The two do not depend on each other: the addresses are files under the store's lock, the
+/// pair is the kernel's work under RTNL. With a CPU idle, the store works on a thread of its
+/// own while this one has the pair made. The store's error comes first, as when it ran alone
+/// before the pair. While the store has not decided, a link of this same attachment in the
+/// way is not replaced (that would take down a live pod whose repeated ADD the store then
+/// refuses): the pair is tried again, replacing it, once the store has succeeded. With no CPU
+/// idle (many pods at once) or no thread to be had, the store works first on this thread: a
+/// second one would only add its own cost.
+fn store_and_pair(
+    args: &Args,
+    conf: &NetConf,
+    layout: &Layout,
+    pod_ns: &NetNs,
+    spec: &mut veth::VethSpec<'_>,
+) -> Result<(Addresses, Wired), CniError> {
+    let store = || {
+        let mut mine = Undo::default();
+        allocate(args, conf, layout, &mut mine).map(|ips| (ips, mine))
+    };
+    let (ips, wired) = std::thread::scope(|s| {
+        let thread = process::cpu_idle_now()
+            .then(|| std::thread::Builder::new().spawn_scoped(s, store).ok())
+            .flatten();
+        let Some(thread) = thread else {
+            return (store(), None);
+        };
+        spec.replace_stale = false;
+        let wired = host_side(conf, layout, pod_ns, spec);
+        let ips = thread.join().unwrap_or_else(|_| {
+            Err(CniError::new(
+                code::GENERIC,
+                "the address allocation failed unexpectedly (panic); its files were given back",
+            ))
+        });
+        (ips, Some(wired))
+    });
+    // The pair made beside the store, deleted if a later step here fails (before the
+    // addresses are given back: newest first).
+    let made = wired.as_ref().and_then(|w| w.as_ref().ok()).map(|w| {
+        let mut u = Undo::default();
+        u.push(delete_link(w.1.host.index));
+        u
+    });
+    let ips = match ips {
+        Ok(ips) => ips,
+        Err(e) => {
+            drop(made);
+            return Err(e);
+        }
+    };
+    spec.replace_stale = true;
+    let wired = match wired {
+        Some(Err(e)) if e.code == code::INTERFACE_EXISTS => host_side(conf, layout, pod_ns, spec),
+        Some(w) => w,
+        None => host_side(conf, layout, pod_ns, spec),
+    };
+    let wired = match wired {
+        Ok(w) => w,
+        Err(e) => {
+            drop(made);
+            drop(ips);
+            return Err(e);
+        }
+    };
+    if let Some(u) = made {
+        u.forget();
+    }
+    Ok((ips, wired))
+}
+
+/// An undo step: the link (a pair's host end, which takes the pod end with it) deleted.
+fn delete_link(index: u32) -> impl FnOnce() + Send + 'static {
+    move || {
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = nl.del_link(index);
+        }
+    }
+}
+
 /// The host's side of an ADD: the bridge checked (made if missing) and the pair created, its
 /// pod end directly in the pod's namespace. `spec` gets the bridge's index.
 fn host_side(
@@ -387,7 +444,7 @@ fn host_side(
     layout: &Layout,
     pod_ns: &NetNs,
     spec: &mut veth::VethSpec<'_>,
-) -> Result<(Netlink, veth::Pair, Link), CniError> {
+) -> Result<Wired, CniError> {
     let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
     let gateways: Vec<IpNet> = if conf.is_gateway {
         layout.families.iter().map(|(_, g)| *g).collect()

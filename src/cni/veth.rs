@@ -125,6 +125,9 @@ pub struct VethSpec<'a> {
     pub mtu: u32,
     pub bridge: u32,
     pub hairpin: bool,
+    /// Whether a link of this same attachment holding the host end's name (one an ADD that
+    /// died half-way left) is replaced. Without it, such a link is an `INTERFACE_EXISTS` error.
+    pub replace_stale: bool,
 }
 
 /// Creates the pair in one request: the host end already on the bridge and up, the pod end
@@ -151,6 +154,7 @@ pub fn create(host: &mut Netlink, pod_ns: &NetNs, spec: &VethSpec<'_>) -> Result
     };
     let mut made = host.add_link_echo(&new);
     if matches!(&made, Err(e) if e.is_exists())
+        && spec.replace_stale
         && let Some(stale) = stale_host_end(host, spec)?
     {
         host.del_link(stale.index)
@@ -418,6 +422,7 @@ mod tests {
             mtu: 1450,
             bridge: 3,
             hairpin: false,
+            replace_stale: true,
         };
         assert_eq!(mark_change(&spec, true).link_local6, Some(false));
         // A kernel without IPv6 (or a link under 1280 bytes) refuses the setting, and the ADD

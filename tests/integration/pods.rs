@@ -248,6 +248,50 @@ fn sixteen_concurrent_adds_get_sixteen_addresses() {
     }
 }
 
+/// A runtime that repeats the ADD of a live pod, asking for the address the pod has: the
+/// address store refuses it, and the live pod keeps its pair (the same host end, still on the
+/// bridge) and its network. ADD makes the pair while the store works; a link of this same
+/// attachment is replaced only once the store has said yes.
+#[test]
+fn a_repeated_add_the_store_refuses_leaves_the_live_pod_alone() {
+    let mut c = cluster("crep", 1);
+    let pod = c.add_pod("node1", "a", "1.0.0");
+    let host_end = |c: &Cluster| -> Vec<(String, u64)> {
+        c.ip_json("node1", &["link", "show", "type", "veth"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let name = l["ifname"].as_str().unwrap().to_string();
+                (name, l["ifindex"].as_u64().unwrap())
+            })
+            // The lab node's own underlay link is a veth named eth0.
+            .filter(|(name, _)| name != "eth0")
+            .collect()
+    };
+    let before = host_end(&c);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let conf = c.cni_conf("node1", "1.0.0").to_string();
+    let args = format!("IP={}", pod.ip);
+    let mut env = Cluster::attach_env("ADD", &pod.container, &pod.netns, "eth0");
+    env.push(("CNI_ARGS", &args));
+    for _ in 0..5 {
+        let (exit, out) = c.cni("node1", &env, &conf);
+        assert_eq!(exit, 1, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["code"], 7, "{out}");
+        let want = format!(
+            "requested IP {} is already allocated to {}",
+            pod.ip, pod.container
+        );
+        assert!(v["msg"].as_str().unwrap().contains(&want), "{out}");
+        assert_eq!(host_end(&c), before, "the live pod's pair was replaced");
+    }
+    assert_eq!(c.allocations("node1"), vec![pod.ip.to_string()]);
+    let gw = c.wait_ready("node1").subnet.unwrap().addr();
+    assert!(ping(&c, "node1/a", gw));
+}
+
 /// Runs a bad invocation and checks its code, message, and that nothing is left.
 fn rejected(c: &Cluster, env: &[(&str, &str)], stdin: &str, code: u64, msg: &str) {
     let before_veths = c.veths("node1");
