@@ -285,11 +285,11 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         hairpin: conf.hairpin,
         replace_stale: true,
     };
-    let (ips, (mut host, pair, br)) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
+    let ((ips, store_undo), (mut host, pair, br)) =
+        store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
     // Newest first: the pair goes before its addresses are given back.
-    undo.extend(ips.1);
+    undo.extend(store_undo);
     undo.push(delete_link(pair.host.index));
-    let ips = ips.0;
 
     let addrs: Vec<IpNet> = ips
         .iter()
@@ -384,8 +384,7 @@ fn store_and_pair(
         let Some(thread) = thread else {
             return (store(), None);
         };
-        spec.replace_stale = false;
-        let wired = host_side(conf, layout, pod_ns, spec);
+        let wired = host_side(conf, layout, pod_ns, spec, false);
         let ips = thread.join().unwrap_or_else(|_| {
             Err(CniError::new(
                 code::GENERIC,
@@ -394,33 +393,19 @@ fn store_and_pair(
         });
         (ips, Some(wired))
     });
-    // The pair made beside the store, deleted if a later step here fails (before the
-    // addresses are given back: newest first).
+    // The pair made beside the store, deleted (dropped) if the store failed.
     let made = wired.as_ref().and_then(|w| w.as_ref().ok()).map(|w| {
         let mut u = Undo::default();
         u.push(delete_link(w.1.host.index));
         u
     });
-    let ips = match ips {
-        Ok(ips) => ips,
-        Err(e) => {
-            drop(made);
-            return Err(e);
-        }
-    };
-    spec.replace_stale = true;
+    let ips = ips?;
+    // Made now when it was not beside the store, or when a link of this same attachment was
+    // in the way. A failure here drops `ips`, which gives the addresses back.
     let wired = match wired {
-        Some(Err(e)) if e.code == code::INTERFACE_EXISTS => host_side(conf, layout, pod_ns, spec),
-        Some(w) => w,
-        None => host_side(conf, layout, pod_ns, spec),
-    };
-    let wired = match wired {
-        Ok(w) => w,
-        Err(e) => {
-            drop(made);
-            drop(ips);
-            return Err(e);
-        }
+        Some(Ok(w)) => w,
+        Some(Err(e)) if e.code != code::INTERFACE_EXISTS => return Err(e),
+        _ => host_side(conf, layout, pod_ns, spec, true)?,
     };
     if let Some(u) = made {
         u.forget();
@@ -438,13 +423,16 @@ fn delete_link(index: u32) -> impl FnOnce() + Send + 'static {
 }
 
 /// The host's side of an ADD: the bridge checked (made if missing) and the pair created, its
-/// pod end directly in the pod's namespace. `spec` gets the bridge's index.
+/// pod end directly in the pod's namespace, replacing a stale link of this same attachment
+/// only with `replace_stale`. `spec` gets the bridge's index.
 fn host_side(
     conf: &NetConf,
     layout: &Layout,
     pod_ns: &NetNs,
     spec: &mut veth::VethSpec<'_>,
+    replace_stale: bool,
 ) -> Result<Wired, CniError> {
+    spec.replace_stale = replace_stale;
     let mut host = Netlink::open().map_err(|e| kernel("open netlink", e))?;
     let gateways: Vec<IpNet> = if conf.is_gateway {
         layout.families.iter().map(|(_, g)| *g).collect()

@@ -111,7 +111,9 @@ fn fewer_running_than(loadavg: &str, cpus: usize) -> bool {
         .is_some_and(|running| running < cpus)
 }
 
-/// How many CPUs this thread may run on.
+/// How many CPUs this thread may run on. (Not std's `available_parallelism`, which also reads
+/// the cgroup's files to apply a CPU quota: more system calls on every ADD, for a quota that
+/// does not say whether a CPU is idle now.)
 fn allowed_cpus() -> Option<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills at most its size.
     unsafe {
