@@ -518,14 +518,38 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
     if !layout.masq || pods.is_empty() {
         return Ok(());
     }
-    nft::commit_detached(&firewall::pod_masq_add_batch(&layout.networks, &pods))
-        .map_err(|e| kernel("set up ipMasq", e))?;
+    masq_commit(&layout.networks, &pods).map_err(|e| kernel("set up ipMasq", e))?;
     undo.push(move || {
         for ip in pods {
             let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
         }
     });
     Ok(())
+}
+
+/// Adds the pods to the plugin's masquerade sets: their elements alone when a dump shows the
+/// table already as this ADD would write it, else the whole table in one transaction (which
+/// also mends a table changed by hand). A dump takes no lock, and an element added leaves the
+/// kernel nothing to free; the whole table replaces the rules, and the kernel frees the old
+/// ones under nftables' commit lock when this socket closes, where the next pod's commit would
+/// wait for it (a grace period of RCU, 4–16 ms here).
+fn masq_commit(networks: &[IpNet], pods: &[IpAddr]) -> Result<(), KernelError> {
+    let socket = nft::NftSocket::open()?;
+    let whole = || socket.commit(&firewall::pod_masq_add_batch(networks, pods));
+    let table = socket.table(nft::NFPROTO_INET, crate::owned::NFT_POD_MASQ_TABLE);
+    let outcome = match table {
+        Ok(Some(rs)) if firewall::pod_masq_in_place(networks, &rs) => {
+            match socket.commit(&firewall::pod_masq_elements_batch(pods)) {
+                // The table went in the meantime.
+                Err(e) if e.errno() == Some(libc::ENOENT) => whole(),
+                other => other,
+            }
+        }
+        // No table, another one, or no answer: write it whole.
+        _ => whole(),
+    };
+    socket.close_detached();
+    outcome
 }
 
 /// DEL: idempotent. A missing pod, namespace or link is fine; what is left is released. The
@@ -551,9 +575,7 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
         ));
     }
     del_host_end(args, pod_end.as_mut(), &mut errors);
-    let pod_ips = pod_end.map(|p| p.ips).unwrap_or_default();
-    let released = release(args, conf, &pod_ips, &mut errors);
-    unmasquerade(conf, &released);
+    release(args, conf, &mut errors);
     let flannel_state = conf.data_dir.join(&args.container_id);
     if flannel_state.exists() {
         let _ = std::fs::remove_file(flannel_state);
@@ -574,21 +596,13 @@ pub fn del(args: &Args, conf: &NetConf) -> Result<(), CniError> {
 struct PodEnd {
     nl: Netlink,
     link: Link,
-    ips: Vec<IpAddr>,
 }
 
 fn find_pod_end(args: &Args) -> Option<PodEnd> {
     let ns = NetNs::open_path(args.netns.as_ref()?).ok()?;
     let mut nl = Netlink::open_in(&ns).ok()?;
     let link = nl.link(&args.ifname).ok()??;
-    let ips = nl
-        .addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a.index == link.index)
-        .map(|a| a.net.addr())
-        .collect();
-    Some(PodEnd { nl, link, ips })
+    Some(PodEnd { nl, link })
 }
 
 /// Retires the host end when it is this attachment's: its alias says so, or, for a pair made
@@ -630,45 +644,54 @@ fn is_pair(host: &Link, pod: &Link) -> bool {
     host.parent == Some(pod.index) && pod.parent == Some(host.index)
 }
 
-/// Releases the attachment's addresses: those the pod end had, else all it holds.
-fn release(
-    args: &Args,
-    conf: &NetConf,
-    pod_ips: &[IpAddr],
-    errors: &mut Vec<String>,
-) -> Vec<IpAddr> {
-    let store = match Store::open(&conf.ipam_data_dir, &conf.name) {
+/// Releases the addresses the attachment holds in the address store (whether the pod still
+/// has them or not), first taking them out of the masquerade sets when `ipMasq` is in effect:
+/// while they are still the attachment's, for once released another pod's ADD may be given one
+/// and add it to the set, which a removal after that would undo. The store is not locked
+/// meanwhile (a commit may wait for nftables' lock); no one else's ADD or DEL changes the
+/// attachment's addresses, and each is released only if it is still the attachment's.
+fn release(args: &Args, conf: &NetConf, errors: &mut Vec<String>) {
+    let open = || Store::open(&conf.ipam_data_dir, &conf.name);
+    let store = match open() {
         Ok(s) => s,
-        Err(e) => {
-            errors.push(e.to_string());
-            return Vec::new();
-        }
+        Err(e) => return errors.push(e.to_string()),
     };
-    let mut done: Vec<IpAddr> = pod_ips
-        .iter()
-        .copied()
-        .filter(|ip| store.release_ip(*ip, &args.container_id, &args.ifname))
-        .collect();
-    // And whatever else the attachment holds: an address gone from the pod (in dual-stack the
-    // other family's may still be there), or all of them when the pod end is gone.
-    done.extend(store.release(&args.container_id, &args.ifname));
-    done
+    let held = store.find(&args.container_id, &args.ifname);
+    let store = if !held.is_empty() && masq_in_effect(conf) {
+        drop(store);
+        unmasquerade(&held);
+        match open() {
+            Ok(s) => s,
+            Err(e) => return errors.push(e.to_string()),
+        }
+    } else {
+        store
+    };
+    for ip in held {
+        store.release_ip(ip, &args.container_id, &args.ifname);
+    }
 }
 
-/// Takes released addresses out of the plugin's masquerade sets, when `ipMasq` is in effect.
-fn unmasquerade(conf: &NetConf, released: &[IpAddr]) {
-    let masq = match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
+/// Whether `ipMasq` is in effect: as configured, else where podnetd does not masquerade.
+fn masq_in_effect(conf: &NetConf) -> bool {
+    match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
         (Some(m), _) => m,
         (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
         (None, Err(_)) => false,
-    };
-    if !masq {
+    }
+}
+
+/// Takes addresses out of the plugin's masquerade sets: on one socket, each on its own (one
+/// that is not there fails only its own removal).
+fn unmasquerade(ips: &[IpAddr]) {
+    let Ok(socket) = nft::NftSocket::open() else {
         return;
-    }
-    for ip in released {
+    };
+    for ip in ips {
         // Absent from the set (or no set at all) is the state we want.
-        let _ = nft::commit_detached(&firewall::pod_masq_remove_batch(*ip));
+        let _ = socket.commit(&firewall::pod_masq_remove_batch(*ip));
     }
+    socket.close_detached();
 }
 
 fn check_failed(msg: String) -> CniError {

@@ -517,6 +517,45 @@ pub fn pod_masq_add_batch(networks: &[IpNet], pods: &[IpAddr]) -> nft::Transacti
     b.finish()
 }
 
+/// Adds pods to the plugin's masquerade sets of their families and changes nothing else: the
+/// ADD of a pod when the table is already in place (`pod_masq_in_place`). Fails with ENOENT
+/// when a set is not there. Unlike `pod_masq_add_batch` it replaces no rule, so its commit
+/// leaves the kernel nothing to free after it.
+pub fn pod_masq_elements_batch(pods: &[IpAddr]) -> nft::Transaction {
+    let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
+    for v6 in [false, true] {
+        let keys: Vec<Vec<u8>> = pods
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| key(*ip))
+            .collect();
+        if let Some(first) = pods.iter().find(|ip| ip.is_ipv6() == v6) {
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            b.add_elements(&nft::SetRef::named(pod_masq_set(*first)), &keys);
+        }
+    }
+    b.finish()
+}
+
+/// Whether the plugin's table in `have` (a dump) is what `pod_masq_add_batch(networks, ..)`
+/// writes, whatever pods its sets hold: the same chain, rules, excluded networks and sets,
+/// nothing more. Then adding a pod's element is all its ADD has to do.
+pub fn pod_masq_in_place(networks: &[IpNet], have: &nft::dump::Ruleset) -> bool {
+    let without_pods = |rs: &nft::dump::Ruleset| {
+        rs.shape(nft::NFPROTO_INET, POD_MASQ_TABLE).map(|mut t| {
+            for set in t.sets.values_mut() {
+                set.elements.clear();
+            }
+            t
+        })
+    };
+    let want = nft::dump::Ruleset::from_datagram(&pod_masq_add_batch(networks, &[]).bytes);
+    match (want, without_pods(have)) {
+        (Ok(want), Some(have)) => without_pods(&want) == Some(have),
+        _ => false,
+    }
+}
+
 /// Takes one pod out of the plugin's masquerade set of its family; fails with ENOENT when
 /// the pod (or the table) is not there.
 pub fn pod_masq_remove_batch(pod: IpAddr) -> nft::Transaction {
@@ -750,5 +789,37 @@ pub(crate) mod tests {
         s.masquerade = false;
         s.forward = false;
         assert_eq!(s.validate(), Ok(()));
+    }
+    /// The ADD's shortcut is taken only for the table as the whole transaction writes it, for
+    /// these networks, whatever pods it holds; the elements alone go to the sets of their family.
+    #[test]
+    fn the_masquerade_table_is_in_place_only_as_written() {
+        use nft::dump::Ruleset;
+        let v4: IpNet = "10.244.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd10:244::/56".parse().unwrap();
+        let pods: Vec<IpAddr> = vec![
+            "10.244.3.7".parse().unwrap(),
+            "fd10:244::7".parse().unwrap(),
+        ];
+        let written = |nets: &[IpNet], pods: &[IpAddr]| {
+            Ruleset::from_datagram(&pod_masq_add_batch(nets, pods).bytes).unwrap()
+        };
+        assert!(pod_masq_in_place(&[v4, v6], &written(&[v4, v6], &pods)));
+        assert!(pod_masq_in_place(&[v4], &written(&[v4], &[])));
+        // Another network, a family more or less, no table at all.
+        let other: IpNet = "10.245.0.0/16".parse().unwrap();
+        assert!(!pod_masq_in_place(&[other], &written(&[v4], &pods)));
+        assert!(!pod_masq_in_place(&[v4, v6], &written(&[v4], &pods)));
+        assert!(!pod_masq_in_place(&[v4], &written(&[v4, v6], &pods)));
+        assert!(!pod_masq_in_place(&[v4], &Ruleset::default()));
+        // The elements alone, each in its family's set.
+        let t = pod_masq_elements_batch(&pods);
+        assert_eq!(
+            t.ops,
+            [
+                "add elements of set masq-pods (table inet podnet-cni)",
+                "add elements of set masq-pods-v6 (table inet podnet-cni)"
+            ]
+        );
     }
 }

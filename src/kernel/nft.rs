@@ -176,6 +176,12 @@ impl NftSocket {
         dump::read_messages(&self.socket, scope, || watch::generation_on(&self.socket))
     }
 
+    /// Closes the socket without waiting for the kernel's cleanup of its commits (see
+    /// `commit_detached`).
+    pub fn close_detached(self) {
+        close_elsewhere(self.socket);
+    }
+
     /// Drops whatever an earlier exchange left (an answer that came after a timeout).
     fn drain(&self) {
         let mut buf = Vec::with_capacity(4096);

@@ -338,7 +338,10 @@ fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
     c.wait_ready("node2");
     let srv: Pod = c.add_pod("node1", "srv", "1.0.0");
     let cli: Pod = c.add_pod("node2", "cli", "1.0.0");
+    let rule = masq_rule_handle(&c);
     let cli2: Pod = c.add_pod("node2", "cli2", "1.0.0");
+    // The second ADD found the table in place and added its pod alone: the rule is the same.
+    assert_eq!(masq_rule_handle(&c), rule);
     let out = outside(&mut c);
     // The listing without its elements line, and the elements (in whatever order nft lists).
     let listing = |c: &Cluster| {
@@ -419,9 +422,49 @@ fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
         "{err}"
     );
     assert_eq!(listing(&c), table(&[]));
+
+    // A table changed by hand is written whole again by the next ADD.
+    ok(c.lab
+        .exec(
+            "node2",
+            &["nft", "flush", "chain", "inet", "podnet-cni", "postrouting"],
+        )
+        .unwrap());
+    let cli3: Pod = c.add_pod("node2", "cli3", "1.0.0");
+    assert_eq!(listing(&c), table(&[cli3.ip]));
+    assert_ne!(masq_rule_handle(&c), rule);
+    let (code, msg) = c.del_pod(&cli3, &cli3.netns);
+    assert_eq!(code, 0, "{msg}");
     // Only the plugin's table and podnetd's are there.
     let tables = ok(c.lab.exec("node2", &["nft", "list", "tables"]).unwrap());
     assert_eq!(tables.trim(), "table inet podnet\ntable inet podnet-cni");
+}
+
+/// The handle of the plugin's masquerade rule on node2 (`nft -a`): a new one whenever the
+/// rule is written again.
+fn masq_rule_handle(c: &Cluster) -> String {
+    let text = ok(c
+        .lab
+        .exec(
+            "node2",
+            &[
+                "nft",
+                "-a",
+                "list",
+                "chain",
+                "inet",
+                "podnet-cni",
+                "postrouting",
+            ],
+        )
+        .unwrap());
+    let handles: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("pod ipMasq"))
+        .filter_map(|l| l.rsplit("# handle ").next())
+        .collect();
+    assert_eq!(handles.len(), 1, "one masquerade rule:\n{text}");
+    handles[0].trim().to_string()
 }
 
 /// `nft -s list table inet podnet` in a namespace, its set elements apart and sorted (nft lists
