@@ -16,6 +16,7 @@ use crate::firewall;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::NetNs;
 use crate::kernel::{KernelError, nft, process};
+use crate::owned::NFT_POD_MASQ_TABLE;
 use crate::subnet_env::SubnetEnv;
 
 /// Reads `subnet.env`; a missing file means the node agent is not ready yet (try again later).
@@ -520,9 +521,7 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
     }
     masq_commit(&layout.networks, &pods).map_err(|e| kernel("set up ipMasq", e))?;
     undo.push(move || {
-        for ip in pods {
-            let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
-        }
+        let _ = unmasquerade(&pods);
     });
     Ok(())
 }
@@ -536,15 +535,11 @@ fn masquerade(layout: &Layout, ips: &[(IpAddr, IpNet)], undo: &mut Undo) -> Resu
 fn masq_commit(networks: &[IpNet], pods: &[IpAddr]) -> Result<(), KernelError> {
     let socket = nft::NftSocket::open()?;
     let whole = || socket.commit(&firewall::pod_masq_add_batch(networks, pods));
-    let table = socket.table(nft::NFPROTO_INET, crate::owned::NFT_POD_MASQ_TABLE);
-    let outcome = match table {
-        Ok(Some(rs)) if firewall::pod_masq_in_place(networks, &rs) => {
-            match socket.commit(&firewall::pod_masq_elements_batch(pods)) {
-                // The table went in the meantime.
-                Err(e) if e.errno() == Some(libc::ENOENT) => whole(),
-                other => other,
-            }
-        }
+    let outcome = match socket.table(nft::NFPROTO_INET, NFT_POD_MASQ_TABLE) {
+        Ok(Some(rs)) if firewall::pod_masq_in_place(networks, &rs) => socket
+            .commit(&firewall::pod_masq_elements_batch(pods))
+            // Changed in the meantime (gone, say): written whole after all.
+            .or_else(|_| whole()),
         // No table, another one, or no answer: write it whole.
         _ => whole(),
     };
@@ -648,18 +643,21 @@ fn is_pair(host: &Link, pod: &Link) -> bool {
 /// has them or not), first taking them out of the masquerade sets when `ipMasq` is in effect:
 /// while they are still the attachment's, for once released another pod's ADD may be given one
 /// and add it to the set, which a removal after that would undo. The store is not locked
-/// meanwhile (a commit may wait for nftables' lock); no one else's ADD or DEL changes the
-/// attachment's addresses, and each is released only if it is still the attachment's.
+/// meanwhile (a commit may wait for nftables' lock): a runtime runs no other ADD or DEL of this
+/// attachment at the same time. (A GC run that releases them meanwhile, as the runtime would not
+/// while it deletes the pod, could see an address given to a new pod and then taken out of the
+/// set by this DEL.) Each is released only if it is still the attachment's.
 fn release(args: &Args, conf: &NetConf, errors: &mut Vec<String>) {
+    let masq = masq_in_effect(conf);
     let open = || Store::open(&conf.ipam_data_dir, &conf.name);
     let store = match open() {
         Ok(s) => s,
         Err(e) => return errors.push(e.to_string()),
     };
     let held = store.find(&args.container_id, &args.ifname);
-    let store = if !held.is_empty() && masq_in_effect(conf) {
+    let store = if masq && !held.is_empty() {
         drop(store);
-        unmasquerade(&held);
+        errors.extend(unmasquerade(&held));
         match open() {
             Ok(s) => s,
             Err(e) => return errors.push(e.to_string()),
@@ -681,17 +679,27 @@ fn masq_in_effect(conf: &NetConf) -> bool {
     }
 }
 
-/// Takes addresses out of the plugin's masquerade sets: on one socket, each on its own (one
-/// that is not there fails only its own removal).
-fn unmasquerade(ips: &[IpAddr]) {
-    let Ok(socket) = nft::NftSocket::open() else {
-        return;
+/// Takes addresses out of the plugin's masquerade sets, on one socket, each on its own (one
+/// that is not there fails only its own removal); returns what failed otherwise. Absent from
+/// the set, or no plugin table at all, is the state wanted.
+fn unmasquerade(ips: &[IpAddr]) -> Vec<String> {
+    let socket = match nft::NftSocket::open() {
+        Ok(s) => s,
+        Err(e) => return vec![format!("take {ips:?} out of the masquerade set: {e}")],
     };
-    for ip in ips {
-        // Absent from the set (or no set at all) is the state we want.
-        let _ = socket.commit(&firewall::pod_masq_remove_batch(*ip));
-    }
+    let errors = ips
+        .iter()
+        .filter_map(
+            |ip| match socket.commit(&firewall::pod_masq_remove_batch(*ip)) {
+                Err(e) if e.errno() != Some(libc::ENOENT) => {
+                    Some(format!("take {ip} out of the masquerade set: {e}"))
+                }
+                _ => None,
+            },
+        )
+        .collect();
     socket.close_detached();
+    errors
 }
 
 fn check_failed(msg: String) -> CniError {
@@ -863,9 +871,8 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     if let Err(e) = veth::reap(std::time::Duration::ZERO) {
         errors.push(format!("delete retired links: {e}"));
     }
-    for ip in released {
-        // ENOENT (not in the set, or no plugin table at all) is the state we want.
-        let _ = nft::commit(&firewall::pod_masq_remove_batch(ip));
+    if !released.is_empty() {
+        errors.extend(unmasquerade(&released));
     }
     if errors.is_empty() {
         Ok(())

@@ -523,37 +523,40 @@ pub fn pod_masq_add_batch(networks: &[IpNet], pods: &[IpAddr]) -> nft::Transacti
 /// leaves the kernel nothing to free after it.
 pub fn pod_masq_elements_batch(pods: &[IpAddr]) -> nft::Transaction {
     let mut b = nft::Batch::new(nft::NFPROTO_INET, POD_MASQ_TABLE);
-    for v6 in [false, true] {
+    for (v6, set) in [(false, POD_MASQ_SET), (true, POD_MASQ_SET_V6)] {
         let keys: Vec<Vec<u8>> = pods
             .iter()
             .filter(|ip| ip.is_ipv6() == v6)
             .map(|ip| key(*ip))
             .collect();
-        if let Some(first) = pods.iter().find(|ip| ip.is_ipv6() == v6) {
+        if !keys.is_empty() {
             let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            b.add_elements(&nft::SetRef::named(pod_masq_set(*first)), &keys);
+            b.add_elements(&nft::SetRef::named(set), &keys);
         }
     }
     b.finish()
 }
 
-/// Whether the plugin's table in `have` (a dump) is what `pod_masq_add_batch(networks, ..)`
-/// writes, whatever pods its sets hold: the same chain, rules, excluded networks and sets,
-/// nothing more. Then adding a pod's element is all its ADD has to do.
+/// Whether the plugin's table in `have` (a dump) masquerades as `pod_masq_add_batch(networks,
+/// ..)` writes it: the same chain, rules and excluded networks, and the sets it declares, of
+/// the same type, whatever pods they hold. Then adding a pod's element is all its ADD has to
+/// do. Named sets it does not declare (`masq-pods-v6` left from dual-stack) and the sets' user
+/// data (what nft wrote) do not count: the whole transaction would not change them either.
 pub fn pod_masq_in_place(networks: &[IpNet], have: &nft::dump::Ruleset) -> bool {
-    let without_pods = |rs: &nft::dump::Ruleset| {
-        rs.shape(nft::NFPROTO_INET, POD_MASQ_TABLE).map(|mut t| {
-            for set in t.sets.values_mut() {
-                set.elements.clear();
-            }
-            t
-        })
+    let Ok(want) = nft::dump::Ruleset::from_datagram(&pod_masq_add_batch(networks, &[]).bytes)
+    else {
+        return false;
     };
-    let want = nft::dump::Ruleset::from_datagram(&pod_masq_add_batch(networks, &[]).bytes);
-    match (want, without_pods(have)) {
-        (Ok(want), Some(have)) => without_pods(&want) == Some(have),
-        _ => false,
+    let shape = |rs: &nft::dump::Ruleset| rs.shape(nft::NFPROTO_INET, POD_MASQ_TABLE);
+    let (Some(mut want), Some(mut have)) = (shape(&want), shape(have)) else {
+        return false;
+    };
+    have.sets.retain(|name, _| want.sets.contains_key(name));
+    for set in want.sets.values_mut().chain(have.sets.values_mut()) {
+        set.elements.clear();
+        set.userdata = None;
     }
+    want == have
 }
 
 /// Takes one pod out of the plugin's masquerade set of its family; fails with ENOENT when
@@ -790,6 +793,7 @@ pub(crate) mod tests {
         s.forward = false;
         assert_eq!(s.validate(), Ok(()));
     }
+
     /// The ADD's shortcut is taken only for the table as the whole transaction writes it, for
     /// these networks, whatever pods it holds; the elements alone go to the sets of their family.
     #[test]
@@ -812,6 +816,21 @@ pub(crate) mod tests {
         assert!(!pod_masq_in_place(&[v4, v6], &written(&[v4], &pods)));
         assert!(!pod_masq_in_place(&[v4], &written(&[v4, v6], &pods)));
         assert!(!pod_masq_in_place(&[v4], &Ruleset::default()));
+        // The rule gone.
+        let mut no_rules = written(&[v4], &pods);
+        no_rules.rules.clear();
+        assert!(!pod_masq_in_place(&[v4], &no_rules));
+        // A set left from dual-stack, and a set's user data, do not count.
+        let mut rs = written(&[v4], &pods);
+        let left = written(&[v4, v6], &pods).sets;
+        rs.sets.extend(
+            left.into_iter()
+                .filter(|s| s.name == POD_MASQ_SET_V6)
+                .map(|s| nft::dump::Set { id: None, ..s }),
+        );
+        assert_eq!(rs.sets[0].name, POD_MASQ_SET);
+        rs.sets[0].userdata = Some(b"nft".to_vec());
+        assert!(pod_masq_in_place(&[v4], &rs));
         // The elements alone, each in its family's set.
         let t = pod_masq_elements_batch(&pods);
         assert_eq!(

@@ -1,13 +1,14 @@
 //! nftables, in the calling process's namespace, two ways:
 //! - over nfnetlink from the process itself: a `Batch` built in `batch` is one atomic
 //!   transaction, sent in one datagram on a `NETLINK_NETFILTER` socket; no program is started.
-//!   The CNI plugin writes its masquerade rules so (`commit_detached`, a fresh socket per
-//!   call), podnetd its own table and the policy table (`NftSocket`, one socket kept open per
-//!   owner thread, whose port id the notifications of its transactions carry), and
-//!   `delete_table` (teardown) deletes so.
+//!   The CNI plugin writes its masquerade rules so (an `NftSocket` per call, closed by a
+//!   grandchild: `close_detached`), podnetd its own table and the policy table (`NftSocket`,
+//!   one socket kept open per owner thread, whose port id the notifications of its
+//!   transactions carry), and `delete_table` (teardown) deletes so.
 //! - read over nfnetlink too (`dump`, on an `NftSocket`): tables, chains, sets with their
 //!   elements and rules with their expressions as typed objects, for the daemon's drift check,
-//!   its search for foreign masquerade rules and the policy counters.
+//!   its search for foreign masquerade rules, the policy counters and the plugin's check that
+//!   its table is in place before it adds a pod's element alone.
 //! - through the `nft` tool: the ruleset as JSON for `doctor`, and scripts applied as one
 //!   transaction (`apply`: the oracle of tests and benchmarks).
 

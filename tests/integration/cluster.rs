@@ -302,3 +302,25 @@ impl Cluster {
         )
     }
 }
+
+/// The handles of the CNI plugin's masquerade rules on a node (`nft -a`), in order: a rule
+/// written again gets a new one.
+pub fn masq_rule_handles(c: &Cluster, node: &str) -> Vec<String> {
+    let argv = [
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "podnet-cni",
+        "postrouting",
+    ];
+    let text = crate::support::ok(c.lab.exec(node, &argv).unwrap());
+    text.lines()
+        .filter(|l| l.contains("pod ipMasq"))
+        .map(|l| match l.split_once("# handle ") {
+            Some((_, h)) => h.trim().to_string(),
+            None => panic!("no handle on a masquerade rule: {l}"),
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::lab::LabSpec;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, PODNETCTL};
+use crate::cluster::{Cluster, PODNETCTL, masq_rule_handles};
 use crate::support::{ok, poll, unique};
 use podnet::lab::cluster::Pod;
 use podnet::lab::cluster::attach_env;
@@ -1144,6 +1144,17 @@ fn the_plugin_masquerades_both_families() {
 "
         )
     };
+    assert_eq!(
+        listing(&c),
+        table(Some((cli.ip.to_string(), cli6.to_string())))
+    );
+    // A second pod's ADD finds both rules in place and adds its two elements alone.
+    let rules = masq_rule_handles(&c, "node2");
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    let cli2 = c.add_pod("node2", "cli2", "1.0.0");
+    assert_eq!(masq_rule_handles(&c, "node2"), rules);
+    let (code, msg) = c.del_pod(&cli2, &cli2.netns);
+    assert_eq!(code, 0, "{msg}");
     assert_eq!(
         listing(&c),
         table(Some((cli.ip.to_string(), cli6.to_string())))
