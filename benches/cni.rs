@@ -14,6 +14,8 @@
 //!                           instead of /dev/shm (a tmpfs, as `/run` is on a node)
 //!   BENCH_BLOCK=<n>         interleave blocks of n pods (n batches with 8 at once) instead of
 //!                           single ones, so that a plugin mostly follows itself, as on a node
+//!   BENCH_CYCLE=1           one at a time, each pod's DEL right after its ADD (an ADD then
+//!                           follows a DEL, as in a rollout) instead of all ADDs, then all DELs
 //!   BENCH_BASELINE_PLUGIN=<podnet binary>  another build of podnet's plugin as a third system,
 //!                           interleaved pod by pod and batch by batch with the other two (its
 //!                           own bridge, subnet and IPAM directory): a change to the plugin
@@ -385,6 +387,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(1);
+    let cycle = std::env::var_os("BENCH_CYCLE").is_some();
     let plugin_masq = match std::env::var("BENCH_IPMASQ").as_deref() {
         Ok("plugin") => true,
         Ok("daemon") | Err(_) => false,
@@ -479,15 +482,23 @@ fn main() {
         // first turns with every block, and the order runs backwards every other round, so
         // that what one call leaves behind (a reaper, nftables' deferred release, dirty
         // caches) falls on every system after every other alike.
+        // `BENCH_CYCLE`: each pod's DEL right after its ADD, as pods come and go in a rollout.
         let n = systems.len();
-        for (op, cmd) in [(0, "ADD"), (1, "DEL")] {
+        let phases: &[&[(usize, &str)]] = if cycle {
+            &[&[(0, "ADD"), (1, "DEL")]]
+        } else {
+            &[&[(0, "ADD")], &[(1, "DEL")]]
+        };
+        for calls in phases {
             for (k, block) in ns.chunks(block_len).enumerate() {
                 for s in turn(k, n) {
                     for (j, pod_ns) in block.iter().enumerate() {
                         let id = format!("s{s}{run}-{}", k * block_len + j);
-                        let before = children_cpu();
-                        samples[s][op].push(b.call(systems[s], cmd, &id, &pod_ns[s]));
-                        cpu[s][op] += children_cpu() - before;
+                        for &(op, cmd) in calls.iter() {
+                            let before = children_cpu();
+                            samples[s][op].push(b.call(systems[s], cmd, &id, &pod_ns[s]));
+                            cpu[s][op] += children_cpu() - before;
+                        }
                     }
                 }
             }
