@@ -14,8 +14,9 @@
 //!                           instead of /dev/shm (a tmpfs, as `/run` is on a node)
 //!   BENCH_BLOCK=<n>         interleave blocks of n pods (n batches with 8 at once) instead of
 //!                           single ones, so that a plugin mostly follows itself, as on a node
-//!   BENCH_CYCLE=1           one at a time, each pod's DEL right after its ADD (an ADD then
-//!                           follows a DEL, as in a rollout) instead of all ADDs, then all DELs
+//!   BENCH_CYCLE=<any>       one at a time, each pod's DEL right after its ADD (an ADD then
+//!                           follows a DEL, as in a rollout; per block with BENCH_BLOCK) instead
+//!                           of all ADDs, then all DELs; the batches of 8 are as without it
 //!   BENCH_BASELINE_PLUGIN=<podnet binary>  another build of podnet's plugin as a third system,
 //!                           interleaved pod by pod and batch by batch with the other two (its
 //!                           own bridge, subnet and IPAM directory): a change to the plugin
@@ -108,9 +109,10 @@ impl Bench {
 }
 
 /// The masquerade step alone, the way the plugin took it before (`nft -f` of its script) and
-/// now (the same transaction over nfnetlink, the socket's release left to a grandchild), interleaved, in node1's namespace: adding a pod
-/// (with the table, set, chain and rule declared again) and removing it. Seconds per call as
-/// [way][add, remove].
+/// over nfnetlink (the same transaction, the socket's release left to a grandchild: what the
+/// plugin still does when its table is not in place), interleaved, in node1's namespace:
+/// adding a pod (with the table, set, chain and rule declared again) and removing it. Seconds
+/// per call as [way][add, remove].
 fn masq_step(b: &Bench, n: usize) -> [[Vec<f64>; 2]; 2] {
     use podnet::firewall;
     use podnet::kernel::nft;
@@ -553,7 +555,17 @@ fn main() {
         "the daemon masquerades"
     };
     println!(
-        "\nCNI pod setup, {masq}, {pods} pods, {runs} runs; per-run medians in ms as median (min–max); ratio = reference / podnet\n"
+        "\nCNI pod setup, {masq}, {pods} pods, {runs} runs{}{}; per-run medians in ms as median (min–max); ratio = reference / podnet\n",
+        if block_len > 1 {
+            format!(", blocks of {block_len}")
+        } else {
+            String::new()
+        },
+        if cycle {
+            ", each DEL right after its ADD"
+        } else {
+            ""
+        },
     );
     println!("| operation | podnet | reference (bridge + host-local) | ratio |");
     println!("|---|---|---|---|");
@@ -607,7 +619,7 @@ fn main() {
         );
     }
     println!("\nThe ipMasq step alone, {pods} times each, interleaved (ms, median (min–max)):\n");
-    println!("| step | nft -f (before) | nfnetlink (now) | ratio |");
+    println!("| step | nft -f (before) | nfnetlink, whole table | ratio |");
     println!("|---|---|---|---|");
     for (op, name) in ["add a pod", "remove a pod"].iter().enumerate() {
         let (old, new) = (summarize(&step[0][op]), summarize(&step[1][op]));

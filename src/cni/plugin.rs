@@ -538,7 +538,7 @@ fn masq_commit(networks: &[IpNet], pods: &[IpAddr]) -> Result<(), KernelError> {
     let outcome = match socket.table(nft::NFPROTO_INET, NFT_POD_MASQ_TABLE) {
         Ok(Some(rs)) if firewall::pod_masq_in_place(networks, &rs) => socket
             .commit(&firewall::pod_masq_elements_batch(pods))
-            // Changed in the meantime (gone, say): written whole after all.
+            // Any error (the table changed in the meantime, say): written whole after all.
             .or_else(|_| whole()),
         // No table, another one, or no answer: write it whole.
         _ => whole(),
@@ -646,7 +646,8 @@ fn is_pair(host: &Link, pod: &Link) -> bool {
 /// meanwhile (a commit may wait for nftables' lock): a runtime runs no other ADD or DEL of this
 /// attachment at the same time. (A GC run that releases them meanwhile, as the runtime would not
 /// while it deletes the pod, could see an address given to a new pod and then taken out of the
-/// set by this DEL.) Each is released only if it is still the attachment's.
+/// set by this DEL.) Each is released only if it is still the attachment's, and not when its
+/// removal from the set failed: DEL then fails, and the runtime's retry finds it again.
 fn release(args: &Args, conf: &NetConf, errors: &mut Vec<String>) {
     let masq = masq_in_effect(conf);
     let open = || Store::open(&conf.ipam_data_dir, &conf.name);
@@ -654,10 +655,13 @@ fn release(args: &Args, conf: &NetConf, errors: &mut Vec<String>) {
         Ok(s) => s,
         Err(e) => return errors.push(e.to_string()),
     };
-    let held = store.find(&args.container_id, &args.ifname);
+    let mut held = store.find(&args.container_id, &args.ifname);
     let store = if masq && !held.is_empty() {
         drop(store);
-        errors.extend(unmasquerade(&held));
+        for (ip, e) in unmasquerade(&held) {
+            held.retain(|h| *h != ip);
+            errors.push(e);
+        }
         match open() {
             Ok(s) => s,
             Err(e) => return errors.push(e.to_string()),
@@ -680,26 +684,25 @@ fn masq_in_effect(conf: &NetConf) -> bool {
 }
 
 /// Takes addresses out of the plugin's masquerade sets, on one socket, each on its own (one
-/// that is not there fails only its own removal); returns what failed otherwise. Absent from
-/// the set, or no plugin table at all, is the state wanted.
-fn unmasquerade(ips: &[IpAddr]) -> Vec<String> {
+/// that is not there fails only its own removal); returns those that failed otherwise, with
+/// the error. Absent from the set, or no plugin table at all, is the state wanted.
+fn unmasquerade(ips: &[IpAddr]) -> Vec<(IpAddr, String)> {
+    let what = |ip: &IpAddr, e: &KernelError| format!("take {ip} out of the masquerade set: {e}");
     let socket = match nft::NftSocket::open() {
         Ok(s) => s,
-        Err(e) => return vec![format!("take {ips:?} out of the masquerade set: {e}")],
+        Err(e) => return ips.iter().map(|ip| (*ip, what(ip, &e))).collect(),
     };
-    let errors = ips
+    let failed = ips
         .iter()
         .filter_map(
             |ip| match socket.commit(&firewall::pod_masq_remove_batch(*ip)) {
-                Err(e) if e.errno() != Some(libc::ENOENT) => {
-                    Some(format!("take {ip} out of the masquerade set: {e}"))
-                }
+                Err(e) if e.errno() != Some(libc::ENOENT) => Some((*ip, what(ip, &e))),
                 _ => None,
             },
         )
         .collect();
     socket.close_detached();
-    errors
+    failed
 }
 
 fn check_failed(msg: String) -> CniError {
@@ -872,7 +875,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         errors.push(format!("delete retired links: {e}"));
     }
     if !released.is_empty() {
-        errors.extend(unmasquerade(&released));
+        errors.extend(unmasquerade(&released).into_iter().map(|(_, e)| e));
     }
     if errors.is_empty() {
         Ok(())

@@ -541,7 +541,9 @@ pub fn pod_masq_elements_batch(pods: &[IpAddr]) -> nft::Transaction {
 /// ..)` writes it: the same chain, rules and excluded networks, and the sets it declares, of
 /// the same type, whatever pods they hold. Then adding a pod's element is all its ADD has to
 /// do. Named sets it does not declare (`masq-pods-v6` left from dual-stack) and the sets' user
-/// data (what nft wrote) do not count: the whole transaction would not change them either.
+/// data (what nft wrote) do not count: the whole transaction would not change them either. Nor
+/// do a set's expressions and size, which the dump's parser does not read (a `masq-pods` made
+/// again by hand with a `limit` would pass; the whole transaction would not mend it either).
 pub fn pod_masq_in_place(networks: &[IpNet], have: &nft::dump::Ruleset) -> bool {
     let Ok(want) = nft::dump::Ruleset::from_datagram(&pod_masq_add_batch(networks, &[]).bytes)
     else {
@@ -831,6 +833,12 @@ pub(crate) mod tests {
         assert_eq!(rs.sets[0].name, POD_MASQ_SET);
         rs.sets[0].userdata = Some(b"nft".to_vec());
         assert!(pod_masq_in_place(&[v4], &rs));
+        // But a declared set of another type or with other flags does.
+        let mut other = rs.clone();
+        other.sets[0].key_len = 16;
+        assert!(!pod_masq_in_place(&[v4], &other));
+        rs.sets[0].flags |= 0x4;
+        assert!(!pod_masq_in_place(&[v4], &rs));
         // The elements alone, each in its family's set.
         let t = pod_masq_elements_batch(&pods);
         assert_eq!(

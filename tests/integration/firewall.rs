@@ -9,7 +9,7 @@ use podnet::firewall::{FirewallSpec, Guard, Nets};
 use podnet::kernel::nft;
 
 use crate::cluster::{Cluster, PREFIX, Pod, masq_rule_handles};
-use crate::support::{ok, poll};
+use crate::support::{self, ok, poll};
 
 /// Starts a one-shot TCP server inside `target`'s namespace; returns its port and the client
 /// address it will report.
@@ -432,11 +432,29 @@ fn the_plugins_masquerade_is_golden_and_follows_its_pods() {
         .unwrap());
     let cli3: Pod = c.add_pod("node2", "cli3", "1.0.0");
     assert_eq!(listing(&c), table(&[cli3.ip]));
-    let (code, msg) = c.del_pod(&cli3, &cli3.netns);
-    assert_eq!(code, 0, "{msg}");
     // Only the plugin's table and podnetd's are there.
     let tables = ok(c.lab.exec("node2", &["nft", "list", "tables"]).unwrap());
     assert_eq!(tables.trim(), "table inet podnet\ntable inet podnet-cni");
+
+    // A removal the kernel refuses (the set made again by hand, of IPv6 addresses): DEL fails
+    // and keeps the address, so that its retry takes the step again; once the table is gone,
+    // the retry succeeds and releases it.
+    support::nft_f(
+        &ns,
+        "delete table inet podnet-cni
+         add table inet podnet-cni
+         add set inet podnet-cni masq-pods { type ipv6_addr; }
+",
+    );
+    let (code, msg) = c.del_pod(&cli3, &cli3.netns);
+    assert_ne!(code, 0, "{msg}");
+    let want = format!("take {} out of the masquerade set", cli3.ip);
+    assert!(msg.contains(&want), "{msg}");
+    assert!(c.allocations("node2").contains(&cli3.ip.to_string()));
+    support::nft_f(&ns, "delete table inet podnet-cni\n");
+    let (code, msg) = c.del_pod(&cli3, &cli3.netns);
+    assert_eq!(code, 0, "{msg}");
+    assert!(!c.allocations("node2").contains(&cli3.ip.to_string()));
 }
 
 /// The handle of the plugin's masquerade rule on node2.
