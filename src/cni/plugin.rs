@@ -89,8 +89,7 @@ impl Layout {
             families,
             networks,
             mtu: conf.mtu.or(env.mtu).expect("checked by load_subnet_env"),
-            // flannel's rule: the plugin masquerades when the daemon does not.
-            masq: conf.ip_masq.unwrap_or(!env.ipmasq.unwrap_or(false)),
+            masq: plugin_masquerades(conf, env),
         })
     }
 }
@@ -674,13 +673,18 @@ fn release(args: &Args, conf: &NetConf, errors: &mut Vec<String>) {
     }
 }
 
-/// Whether `ipMasq` is in effect: as configured, else where podnetd does not masquerade.
+/// Whether `ipMasq` is in effect for DEL, which works without `subnet.env` too (no masquerade
+/// then, unless the config asks for it).
 fn masq_in_effect(conf: &NetConf) -> bool {
-    match (conf.ip_masq, load_subnet_env(&conf.subnet_file)) {
-        (Some(m), _) => m,
-        (None, Ok(env)) => !env.ipmasq.unwrap_or(false),
-        (None, Err(_)) => false,
+    match load_subnet_env(&conf.subnet_file) {
+        Ok(env) => plugin_masquerades(conf, &env),
+        Err(_) => conf.ip_masq.unwrap_or(false),
     }
+}
+
+/// flannel's rule: `ipMasq` as configured, else the plugin masquerades when the daemon does not.
+fn plugin_masquerades(conf: &NetConf, env: &SubnetEnv) -> bool {
+    conf.ip_masq.unwrap_or(!env.ipmasq.unwrap_or(false))
 }
 
 /// Takes addresses out of the plugin's masquerade sets, on one socket, each on its own (one

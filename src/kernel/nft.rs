@@ -73,9 +73,9 @@ pub fn commit_detached(t: &Transaction) -> Result<(), KernelError> {
     if t.ops.is_empty() {
         return Ok(());
     }
-    let s = open()?;
-    let outcome = exchange(&s, t);
-    close_elsewhere(s);
+    let s = NftSocket::open()?;
+    let outcome = s.commit(t);
+    s.close_detached();
     outcome
 }
 
