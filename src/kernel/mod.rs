@@ -4,6 +4,7 @@
 //! Everything else in podnet works on plain values (routes, links, rulesets) and hands them to
 //! this module to read or apply.
 
+pub mod alarm;
 pub mod ethtool;
 pub mod image;
 pub mod inotify;

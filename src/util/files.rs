@@ -30,7 +30,6 @@ fn replace(path: &Path, contents: &[u8], mode: Option<u32>, sync: bool) -> std::
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)?;
     let mode = mode.unwrap_or_else(|| {
         std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o7777)
@@ -39,7 +38,14 @@ fn replace(path: &Path, contents: &[u8], mode: Option<u32>, sync: bool) -> std::
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        // The directory is made when missing, not checked on every write.
+        let mut f = match File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                File::create(&tmp)?
+            }
+            r => r?,
+        };
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         if sync {
@@ -55,6 +61,33 @@ fn replace(path: &Path, contents: &[u8], mode: Option<u32>, sync: bool) -> std::
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then, and nothing changes):
+/// `renameat2` with `RENAME_NOREPLACE`, as atomic against another creator of `to` as
+/// `O_CREAT | O_EXCL`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Copies `src` to `path` atomically with `mode` (a runtime never execs a half-written plugin).
@@ -91,9 +124,9 @@ fn holder_text(holder: &Option<u32>) -> String {
     }
 }
 
-/// First and longest pause between two tries of a lock with a timeout.
-const LOCK_POLL_FIRST: Duration = Duration::from_micros(50);
-const LOCK_POLL_MAX: Duration = Duration::from_millis(2);
+/// How long a waiter sleeps before trying again when no timer can be had for a blocking
+/// wait (`wait_blocked`).
+const LOCK_POLL_FALLBACK: Duration = Duration::from_millis(1);
 
 /// An exclusive `flock` on a file, released when dropped. The holder writes its PID into the
 /// file, so a waiter that gives up can say who holds it.
@@ -106,6 +139,11 @@ pub struct Lock {
 impl Lock {
     /// Takes the lock, waiting at most `timeout` (`None`: wait as long as it takes). The lock
     /// file is created with `mode` when it does not exist.
+    ///
+    /// A waiter blocks in `flock`, so the kernel wakes it when the holder lets go, and a timer
+    /// interrupts the wait at the deadline (`kernel::alarm`). Polling instead either wakes
+    /// often or oversleeps the release: eight pod ADDs queued on one address store each lost
+    /// up to the polling pause.
     pub fn acquire(path: &Path, mode: u32, timeout: Option<Duration>) -> Result<Lock, LockError> {
         let file = OpenOptions::new()
             .create(true)
@@ -119,41 +157,33 @@ impl Lock {
                 source,
             })?;
         let start = Instant::now();
-        // flock has no timeout, so a bounded wait polls. The holders this waits for (IPAM
-        // allocations, a few hundred microseconds each) are short: short pauses, so that eight
-        // pod ADDs queued on one lock do not each oversleep its release by milliseconds.
-        let mut pause = LOCK_POLL_FIRST;
+        let failed = |source| LockError::Lock {
+            path: path.to_path_buf(),
+            source,
+        };
         loop {
-            let flags = if timeout.is_some() {
-                libc::LOCK_EX | libc::LOCK_NB
-            } else {
-                libc::LOCK_EX
-            };
             // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), flags) } == 0 {
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 break;
             }
             let err = std::io::Error::last_os_error();
-            let busy = err.raw_os_error() == Some(libc::EWOULDBLOCK);
-            match timeout {
-                Some(t) if busy && start.elapsed() < t => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(LOCK_POLL_MAX);
-                }
-                Some(t) if busy => {
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => {}
+                _ => return Err(failed(err)),
+            }
+            let left = match timeout.map(|t| t.saturating_sub(start.elapsed())) {
+                Some(left) if left.is_zero() => {
                     return Err(LockError::Timeout {
                         path: path.to_path_buf(),
-                        waited: t,
+                        waited: timeout.unwrap_or_default(),
                         holder: read_pid(path),
                     });
                 }
-                _ if err.kind() == std::io::ErrorKind::Interrupted => {}
-                _ => {
-                    return Err(LockError::Lock {
-                        path: path.to_path_buf(),
-                        source: err,
-                    });
-                }
+                left => left,
+            };
+            if wait_blocked(&file, left).map_err(failed)? {
+                break;
             }
         }
         let mut lock = Lock {
@@ -206,6 +236,30 @@ impl Lock {
 
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Blocks until `file`'s exclusive lock is taken (`true`) or `left` has passed (`false`; the
+/// caller tries once more and gives up). Another signal ends the wait early (`false`), and the
+/// caller waits again for what is left. Without a timer (none to be had), it sleeps briefly
+/// instead and lets the caller try again.
+fn wait_blocked(file: &File, left: Option<Duration>) -> std::io::Result<bool> {
+    let _alarm = match left.map(crate::kernel::alarm::Alarm::after) {
+        Some(Ok(alarm)) => Some(alarm),
+        Some(Err(_)) => {
+            std::thread::sleep(left.unwrap_or_default().min(LOCK_POLL_FALLBACK));
+            return Ok(false);
+        }
+        None => None,
+    };
+    // SAFETY: flock on a descriptor the caller owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == std::io::ErrorKind::Interrupted {
+        return Ok(false);
+    }
+    Err(err)
 }
 
 #[cfg(test)]
@@ -283,6 +337,30 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o640
         );
+    }
+
+    /// A waiter blocks until the holder lets go and then holds the lock, with or without a
+    /// deadline.
+    #[test]
+    fn a_waiter_takes_the_lock_when_the_holder_lets_go() {
+        let dir = Scratch::new();
+        let p = dir.file("w.lock");
+        for timeout in [Some(Duration::from_secs(30)), None] {
+            let held = Lock::acquire(&p, 0o600, None).unwrap();
+            let start = Instant::now();
+            let holder = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                drop(held);
+            });
+            let lock = Lock::acquire(&p, 0o600, timeout).unwrap();
+            assert!(start.elapsed() >= Duration::from_millis(50));
+            assert!(
+                Lock::try_acquire(&p, 0o600).unwrap().is_none(),
+                "held by the waiter"
+            );
+            holder.join().unwrap();
+            drop(lock);
+        }
     }
 
     #[test]
