@@ -202,6 +202,30 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
     );
 }
 
+/// The node's queue for RTNL among pod events is only an order: with its lock held by someone
+/// who never lets go (a plugin stopped in a debugger), an ADD waits its turn's deadline and
+/// then wires the pod anyway.
+#[test]
+fn an_add_waits_for_its_turn_at_rtnl_but_not_forever() {
+    use podnet::cni::plugin::{RTNL_QUEUE, RTNL_QUEUE_WAIT};
+    let mut c = cluster("crq", 1);
+    std::fs::create_dir_all("/run/podnet").unwrap();
+    let held = podnet::util::files::Lock::acquire(RTNL_QUEUE.as_ref(), 0o600, None).unwrap();
+    let start = std::time::Instant::now();
+    let p = c.add_pod("node1", "waits", "1.0.0");
+    let waited = start.elapsed();
+    drop(held);
+    assert!(
+        waited >= RTNL_QUEUE_WAIT,
+        "{waited:?}: the ADD did not wait"
+    );
+    let gw = c.wait_ready("node1").subnet.unwrap().addr();
+    assert!(ping(&c, &p.target(), gw), "the pod reaches its gateway");
+    // Once the lock is free, the next ADD takes its turn at once.
+    let q = c.add_pod("node1", "after", "1.0.0");
+    assert_ne!(p.ip, q.ip);
+}
+
 #[test]
 fn sixteen_concurrent_adds_get_sixteen_addresses() {
     let mut c = cluster("c16", 1);
@@ -546,17 +570,7 @@ fn a_node_that_used_host_local_keeps_its_allocations() {
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge", "bridge": "cni0", "isGateway": true, "mtu": 1450,
         "ipam": {"type": "host-local", "dataDir": dir.join("ipam"), "ranges": [[{"subnet": subnet.to_string()}]], "routes": [{"dst": "10.244.0.0/16"}]}
     });
-    let mut cmd = c.lab.command("node1", &["/usr/lib/cni/bridge"]).unwrap();
-    cmd.envs(Cluster::attach_env("ADD", "legacy-ctr", &legacy_ns, "eth0"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        legacy.to_string().as_bytes(),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = reference(&c, "ADD", "legacy-ctr", &legacy_ns, &legacy);
     assert!(
         out.status.success(),
         "{}",
@@ -583,6 +597,56 @@ fn a_node_that_used_host_local_keeps_its_allocations() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(c.allocations("node1"), vec![p.ip.to_string()]);
     assert_eq!(c.veths("node1").len(), 1);
+    // And back: with podnet's released file kept for reuse (`.spare`), host-local allocates
+    // and releases as before, and leaves the spare alone.
+    let spares = || {
+        std::fs::read_dir(dir.join("ipam/cbr0/.spare"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(spares(), 1, "the legacy pod's file, released by podnet");
+    let back_ns = format!("/run/netns/{}", c.lab.pod_add("node1", "back").unwrap());
+    let out = reference(&c, "ADD", "back-ctr", &back_ns, &legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let back_ip: Vec<String> = c
+        .allocations("node1")
+        .into_iter()
+        .filter(|a| *a != p.ip.to_string())
+        .collect();
+    assert_eq!(back_ip.len(), 1, "{back_ip:?}");
+    let content = std::fs::read_to_string(dir.join("ipam/cbr0").join(&back_ip[0])).unwrap();
+    assert_eq!(content, "back-ctr\r\neth0");
+    let out = reference(&c, "DEL", "back-ctr", &back_ns, &legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(c.allocations("node1"), vec![p.ip.to_string()]);
+    assert_eq!(spares(), 1);
+}
+
+/// Runs Debian's reference bridge plugin (with host-local) on a node as a runtime would.
+fn reference(c: &Cluster, cmd: &str, id: &str, netns: &str, conf: &Value) -> std::process::Output {
+    let mut child = c
+        .lab
+        .command("node1", &["/usr/lib/cni/bridge"])
+        .unwrap()
+        .envs(Cluster::attach_env(cmd, id, netns, "eth0"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        conf.to_string().as_bytes(),
+    )
+    .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A conflist executed the way libcni does: ADD in order with prevResult, DEL in reverse.
