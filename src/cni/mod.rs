@@ -97,6 +97,9 @@ pub fn handle(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Output {
     }
 }
 
+/// What the plugin reads of its config in its first `read` (a runtime's config is a few KiB).
+const STDIN_FIRST_READ: usize = 16 * 1024;
+
 /// The plugin binary: process environment and stdin in, stdout and exit code out.
 pub fn main() -> i32 {
     if std::env::var_os(plugin::REAP_ENV).is_some() {
@@ -105,7 +108,8 @@ pub fn main() -> i32 {
             Err(_) => 1,
         };
     }
-    let mut stdin = Vec::new();
+    // Room for a config in one read (a growing buffer read it 32 bytes at first, doubling).
+    let mut stdin = Vec::with_capacity(STDIN_FIRST_READ);
     if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin) {
         let err = CniError::new(code::IO, "cannot read the network config from stdin")
             .with_details(e.to_string());

@@ -67,15 +67,22 @@ pub fn spawn_detached(program: &Path, env: (&str, &str)) -> Result<(), KernelErr
     Ok(())
 }
 
-/// One malloc arena for the whole process: a short-lived program's second thread then
-/// allocates from the main arena instead of mapping one of its own (64 MiB reserved, its
-/// own system calls) for the few allocations it makes.
-pub fn one_malloc_arena() {
-    // SAFETY: mallopt changes a tunable of the allocator; it is called before any second
+/// Tunes malloc for a program that lives a few milliseconds:
+/// - one arena for the whole process: a second thread allocates from the main arena instead of
+///   mapping one of its own (64 MiB reserved, its own system calls) for its few allocations;
+/// - no `mmap` for blocks under 1 MiB: each netlink socket's 256 KiB receive buffer was a
+///   mapping of its own, unmapped when the socket closed (with a TLB flush on every CPU the
+///   process ran on);
+/// - nothing given back to the kernel before exit, which takes it all at once anyway.
+pub fn short_lived_malloc() {
+    // SAFETY: mallopt changes tunables of the allocator; it is called before any second
     // thread exists, and a refusal (0) leaves the default.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 20);
     }
 }
 
