@@ -5,16 +5,18 @@
 //! address and wraps, skipping the gateway, as host-local does.
 //!
 //! A released address's file is not deleted but moved into `.spare/` (under a random name),
-//! and the next reservation moves a spare into place, writing its owner over the old one,
+//! and the next reservation writes its owner over a spare's old one and moves it into place,
 //! instead of making a file. Making a file allocates an inode, and deleting one frees it; on
 //! ext4 without a journal the allocator then skips every inode freed in the last seconds,
 //! reading each one's deletion time, so with pods coming and going each new file cost 0.15–0.3
 //! ms, most of an ADD's file work (`find_inode_bit` → `recently_deleted` in `perf`). A move
 //! changes two directory entries and frees nothing. There are never more spares than addresses
-//! were ever held at once: a reservation makes a file only when no spare is left. host-local
-//! ignores the directory: it makes files named by address only, and its walks by container ID
-//! take only files named by an address (one that matches a spare's old owner removes it,
-//! which costs nothing but the spare), so a node can still go back to it.
+//! were ever held at once: a reservation makes a file only when no spare is left (and a spare
+//! that cannot be moved is removed). A node can still go back to host-local: it makes and
+//! reserves files named by address only. Its walks of the directory read the spares too, and
+//! one whose old owner matches a container ID can be removed by its release of that container
+//! (which costs a spare) or counted by its CHECK of it; the container is one podnet released,
+//! gone by then.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -295,10 +297,10 @@ impl Store {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Claims `ip` for the attachment; `Ok(false)` if it is taken. The file is a spare moved
-    /// into place when there is one, else a new one; either way its creation (or the move)
-    /// fails when the address's file exists, as host-local's `O_EXCL` does. A spare's old
-    /// owner is written over, not truncated first: its block stays the file's.
+    /// Claims `ip` for the attachment; `Ok(false)` if it is taken. The file is a spare, given
+    /// the owner and moved into place, when there is one, else a new one; either way it
+    /// appears with its owner written, and its creation (or the move) fails when the
+    /// address's file exists, as host-local's `O_EXCL` does.
     fn reserve(
         &self,
         ip: IpAddr,
@@ -307,26 +309,26 @@ impl Store {
         range_id: usize,
     ) -> Result<bool, CniError> {
         let path = self.dir.join(ip.to_string());
+        // Taken: every writer holds the store's lock, so it stays so (the exclusive creation
+        // and move below would say the same, at the cost of a spare's work).
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Ok(false);
+        }
         let owner = format!("{}{LINE_BREAK}{ifname}", id.trim());
-        let written = match self.take_spare(&path) {
-            Ok(true) => OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| overwrite(&f, owner.as_bytes())),
-            Ok(false) => OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(owner.as_bytes())),
+        let made = match self.take_spare(&path, owner.as_bytes()) {
+            Ok(true) => Ok(()),
+            Ok(false) => match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => f.write_all(owner.as_bytes()).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&path);
+                }),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        match written {
+        match made {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(io_err(format!("write {}", path.display()), e));
-            }
+            Err(e) => return Err(io_err(format!("write {}", path.display()), e)),
         }
         let last = self.dir.join(format!("{LAST_RESERVED}{range_id}"));
         write_in_place(&last, ip.to_string().as_bytes())
@@ -334,9 +336,11 @@ impl Store {
         Ok(true)
     }
 
-    /// Moves a spare to `path`: `Ok(true)` when one was moved, `Ok(false)` when there is none
-    /// to take, `AlreadyExists` when `path` is there (the address is taken).
-    fn take_spare(&self, path: &Path) -> std::io::Result<bool> {
+    /// Gives a spare the owner `content` and moves it to `path`: `Ok(true)` when one was
+    /// moved, `Ok(false)` when there is none to take, `AlreadyExists` when `path` is there
+    /// (the address is taken). A spare that cannot be written or moved (a file system without
+    /// `RENAME_NOREPLACE`, say) is removed, so spares never pile up unused.
+    fn take_spare(&self, path: &Path, content: &[u8]) -> std::io::Result<bool> {
         let Ok(spares) = std::fs::read_dir(self.dir.join(SPARES)) else {
             return Ok(false);
         };
@@ -344,10 +348,19 @@ impl Store {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()));
         for spare in files.take(SPARE_TRIES) {
-            match crate::util::files::rename_noreplace(&spare.path(), path) {
+            let spare = spare.path();
+            let moved = OpenOptions::new()
+                .write(true)
+                .open(&spare)
+                .and_then(|f| overwrite(&f, content))
+                .and_then(|()| crate::util::files::rename_noreplace(&spare, path));
+            match moved {
                 Ok(()) => return Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
-                Err(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    let _ = std::fs::remove_file(&spare);
+                }
             }
         }
         Ok(false)

@@ -294,12 +294,13 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         hairpin: conf.hairpin,
         replace_stale: true,
     };
-    let ((ips, store_undo), wired) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
+    let ((ips, store_undo), mut wired) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
+    let turn = wired.turn_again();
     let Wired {
         mut host,
         pair,
         bridge: br,
-        turn,
+        ..
     } = wired;
     // Newest first: the pair goes before its addresses are given back.
     undo.extend(store_undo);
@@ -375,6 +376,25 @@ struct Wired {
     bridge: Link,
     /// This pod event's turn at the kernel's RTNL, kept until the pod's side is done.
     turn: Option<Lock>,
+    /// The turn was let go meanwhile (`pause_turn`), to be taken again for the pod's side.
+    paused: bool,
+}
+
+impl Wired {
+    /// Lets the turn go for a wait that is not the kernel's.
+    fn pause_turn(&mut self) {
+        if self.turn.take().is_some() {
+            self.paused = true;
+        }
+    }
+
+    /// The turn for the pod's side: the one held, or, when it was paused, a new one.
+    fn turn_again(&mut self) -> Option<Lock> {
+        match self.turn.take() {
+            None if self.paused => rtnl_turn(),
+            held => held,
+        }
+    }
 }
 
 /// The pod's addresses and its pair, with the undo steps of the addresses; on an error nothing
@@ -406,7 +426,14 @@ fn store_and_pair(
         let Some(thread) = thread else {
             return (store(), None);
         };
-        let wired = host_side(conf, layout, pod_ns, spec, false);
+        let mut wired = host_side(conf, layout, pod_ns, spec, false);
+        // Not held while waiting for a store that is still at work (it may wait for its lock):
+        // the pod's side takes its turn again (`Wired::turn_again`).
+        if let Ok(w) = &mut wired
+            && !thread.is_finished()
+        {
+            w.pause_turn();
+        }
         let ips = thread.join().unwrap_or_else(|_| {
             Err(CniError::new(
                 code::GENERIC,
@@ -471,6 +498,7 @@ fn host_side(
         pair,
         bridge: br,
         turn,
+        paused: false,
     })
 }
 
@@ -492,7 +520,8 @@ pub const RTNL_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_milli
 /// plugin, reading its IPAM files or writing its result. Queued here, a waiter sleeps, and its
 /// CPU goes to the pod events doing something else. The turn covers the bridge check, the
 /// pair, the host end's mark and the pod's batch; the address store and everything else
-/// run outside it. It is only ever an order: the plugin works without it.
+/// run outside it (an ADD that waits for its store thread lets its turn go meanwhile). It is
+/// only ever an order: the plugin works without it.
 fn rtnl_turn() -> Option<Lock> {
     let path = Path::new(RTNL_QUEUE);
     match Lock::acquire(path, 0o600, Some(RTNL_QUEUE_WAIT)) {

@@ -4,10 +4,13 @@
 //! `LOCK_NB`, not at all. A waiter that polls instead (try, sleep, try again) either wakes
 //! often, burning CPU, or oversleeps the release: eight pod ADDs queued on one address store
 //! each overslept the one before by up to the polling pause. Blocking wakes a waiter when the
-//! lock is released; `Alarm` bounds the wait. It arms a one-shot timer that, at the deadline,
-//! sends a signal to this thread and no other (`SIGEV_THREAD_ID`). The signal's handler does
-//! nothing and is installed without `SA_RESTART`, so the blocking call returns `EINTR` and the
-//! caller sees that its time is up. Dropping the `Alarm` deletes the timer.
+//! lock is released; `Alarm` bounds the wait. It arms a timer that, from the deadline on,
+//! sends a signal to this thread and no other (`SIGEV_THREAD_ID`), again every `REPEAT` until
+//! the `Alarm` is dropped: a thread that was not yet in its blocking call when the first one
+//! came (preempted in between) is interrupted by the next. The signal's handler does nothing
+//! and is installed without `SA_RESTART`, so the blocking call returns `EINTR` and the caller
+//! sees that its time is up. The signal is unblocked for the thread while the `Alarm` lives (a
+//! mask inherited across `exec` could block it). Dropping the `Alarm` deletes the timer.
 //!
 //! The signal is the first real-time signal glibc leaves to programs (`SIGRTMIN`). Its handler
 //! is installed once per process and never removed: a signal of a timer that fired just before
@@ -19,9 +22,19 @@ use std::time::Duration;
 
 use super::KernelError;
 
-/// A one-shot timer that interrupts this thread's blocking system call when it fires.
+/// How often the signal comes again after the deadline, until the `Alarm` is dropped.
+const REPEAT: Duration = Duration::from_millis(2);
+
+/// A timer that interrupts this thread's blocking system call from its deadline on.
 pub struct Alarm {
     timer: libc::timer_t,
+}
+
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
 }
 
 extern "C" fn ignore(_: libc::c_int) {}
@@ -61,6 +74,17 @@ impl Alarm {
     pub fn after(timeout: Duration) -> Result<Alarm, KernelError> {
         install_handler()?;
         let err = |what: &str| KernelError::io(what, std::io::Error::last_os_error());
+        // SAFETY: a set built from the empty one; changes only this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal());
+            if libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(KernelError::Other(
+                    "unblock the alarm signal for this thread".into(),
+                ));
+            }
+        }
         // SAFETY: a zeroed sigevent is valid to fill in; the timer is written by the kernel
         // and owned by the `Alarm` from here on.
         let timer = unsafe {
@@ -75,16 +99,9 @@ impl Alarm {
             timer
         };
         let alarm = Alarm { timer };
-        let timeout = timeout.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            },
+            it_interval: timespec(REPEAT),
+            it_value: timespec(timeout.max(Duration::from_nanos(1))),
         };
         // SAFETY: a timer this `Alarm` owns and a valid spec.
         if unsafe { libc::timer_settime(alarm.timer, 0, &spec, std::ptr::null_mut()) } != 0 {
@@ -126,6 +143,19 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: a pipe of our own, closed at the end.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // A broken alarm fails the test instead of hanging it: the pipe gets a byte after 10 s,
+        // through a descriptor of the watchdog's own (a broken pipe by then if the test passed).
+        // SAFETY: duplicating our pipe's write end; the watchdog closes its copy.
+        let w = unsafe { libc::dup(fds[1]) };
+        assert!(w >= 0);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(10));
+            // SAFETY: one byte into the watchdog's own descriptor, then closed.
+            unsafe {
+                libc::write(w, b"x".as_ptr().cast(), 1);
+                libc::close(w);
+            }
+        });
         let (waited, errno) = blocked_read(fds[0], 30);
         assert_eq!(errno, Some(libc::EINTR));
         assert!(waited >= Duration::from_millis(30), "{waited:?}");

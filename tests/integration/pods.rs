@@ -204,14 +204,18 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
 
 /// The node's queue for RTNL among pod events is only an order: with its lock held by someone
 /// who never lets go (a plugin stopped in a debugger), an ADD waits its turn's deadline and
-/// then wires the pod anyway.
+/// then wires the pod anyway; with the lock let go before that, the ADD goes on then.
 #[test]
 fn an_add_waits_for_its_turn_at_rtnl_but_not_forever() {
     use podnet::cni::plugin::{RTNL_QUEUE, RTNL_QUEUE_WAIT};
+    use podnet::util::files::Lock;
+    use std::time::Instant;
     let mut c = cluster("crq", 1);
+    // The node's first ADD makes the bridge: not timed.
+    c.add_pod("node1", "first", "1.0.0");
     std::fs::create_dir_all("/run/podnet").unwrap();
-    let held = podnet::util::files::Lock::acquire(RTNL_QUEUE.as_ref(), 0o600, None).unwrap();
-    let start = std::time::Instant::now();
+    let held = Lock::acquire(RTNL_QUEUE.as_ref(), 0o600, None).unwrap();
+    let start = Instant::now();
     let p = c.add_pod("node1", "waits", "1.0.0");
     let waited = start.elapsed();
     drop(held);
@@ -219,10 +223,21 @@ fn an_add_waits_for_its_turn_at_rtnl_but_not_forever() {
         waited >= RTNL_QUEUE_WAIT,
         "{waited:?}: the ADD did not wait"
     );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
     let gw = c.wait_ready("node1").subnet.unwrap().addr();
     assert!(ping(&c, &p.target(), gw), "the pod reaches its gateway");
-    // Once the lock is free, the next ADD takes its turn at once.
+    // Held for a while and let go: the ADD waits for that, and gets its turn.
+    let held = Lock::acquire(RTNL_QUEUE.as_ref(), 0o600, None).unwrap();
+    let hold = RTNL_QUEUE_WAIT / 2;
+    let start = Instant::now();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        drop(held);
+    });
     let q = c.add_pod("node1", "after", "1.0.0");
+    let waited = start.elapsed();
+    holder.join().unwrap();
+    assert!(waited >= hold, "{waited:?}: the ADD did not wait");
     assert_ne!(p.ip, q.ip);
 }
 
