@@ -545,7 +545,6 @@ fn main() {
     if let Ok(out) = std::env::var("BENCH_STRACE") {
         strace_one(&b, &dir, &ns[0][0], &out);
     }
-    let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
     let names = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)
             .map(|d| {
@@ -561,9 +560,9 @@ fn main() {
         .iter()
         .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
         .count();
-    let spares = count(&ipam_dir.join(".spare"));
+    let spares = names(&ipam_dir.join(".spare")).len();
     assert_eq!(leftovers, 0, "podnet allocations left after all DELs");
-    let records_left = count(&records.root);
+    let records_left = names(&records.root).len();
     assert_eq!(records_left, 0, "pod records left after all DELs");
     let masq = if plugin_masq {
         "the plugins masquerade (ipMasq)"

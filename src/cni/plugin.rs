@@ -294,13 +294,12 @@ fn add_steps(args: &Args, conf: &NetConf, undo: &mut Undo) -> Result<CniResult, 
         hairpin: conf.hairpin,
         replace_stale: true,
     };
-    let ((ips, store_undo), mut wired) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
-    let turn = wired.turn_again();
+    let ((ips, store_undo), wired) = store_and_pair(args, conf, &layout, &pod_ns, &mut spec)?;
     let Wired {
         mut host,
         pair,
         bridge: br,
-        ..
+        turn,
     } = wired;
     // Newest first: the pair goes before its addresses are given back.
     undo.extend(store_undo);
@@ -376,25 +375,6 @@ struct Wired {
     bridge: Link,
     /// This pod event's turn at the kernel's RTNL, kept until the pod's side is done.
     turn: Option<Lock>,
-    /// The turn was let go meanwhile (`pause_turn`), to be taken again for the pod's side.
-    paused: bool,
-}
-
-impl Wired {
-    /// Lets the turn go for a wait that is not the kernel's.
-    fn pause_turn(&mut self) {
-        if self.turn.take().is_some() {
-            self.paused = true;
-        }
-    }
-
-    /// The turn for the pod's side: the one held, or, when it was paused, a new one.
-    fn turn_again(&mut self) -> Option<Lock> {
-        match self.turn.take() {
-            None if self.paused => rtnl_turn(),
-            held => held,
-        }
-    }
 }
 
 /// The pod's addresses and its pair, with the undo steps of the addresses; on an error nothing
@@ -428,18 +408,23 @@ fn store_and_pair(
         };
         let mut wired = host_side(conf, layout, pod_ns, spec, false);
         // Not held while waiting for a store that is still at work (it may wait for its lock):
-        // the pod's side takes its turn again (`Wired::turn_again`).
-        if let Ok(w) = &mut wired
-            && !thread.is_finished()
-        {
-            w.pause_turn();
-        }
+        // taken again, for the pod's side, once the store has its addresses.
+        let paused = match &mut wired {
+            Ok(w) if !thread.is_finished() => w.turn.take().is_some(),
+            _ => false,
+        };
         let ips = thread.join().unwrap_or_else(|_| {
             Err(CniError::new(
                 code::GENERIC,
                 "the address allocation failed unexpectedly (panic); its files were given back",
             ))
         });
+        if paused
+            && ips.is_ok()
+            && let Ok(w) = &mut wired
+        {
+            w.turn = rtnl_turn();
+        }
         (ips, Some(wired))
     });
     // The pair made beside the store, deleted (dropped) if the store failed.
@@ -498,7 +483,6 @@ fn host_side(
         pair,
         bridge: br,
         turn,
-        paused: false,
     })
 }
 

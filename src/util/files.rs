@@ -172,15 +172,16 @@ impl Lock {
                 Some(libc::EWOULDBLOCK) => {}
                 _ => return Err(failed(err)),
             }
-            let left = match timeout.map(|t| t.saturating_sub(start.elapsed())) {
-                Some(left) if left.is_zero() => {
+            let left = match timeout {
+                Some(t) if start.elapsed() >= t => {
                     return Err(LockError::Timeout {
                         path: path.to_path_buf(),
-                        waited: timeout.unwrap_or_default(),
+                        waited: t,
                         holder: read_pid(path),
                     });
                 }
-                left => left,
+                Some(t) => Some(t.saturating_sub(start.elapsed())),
+                None => None,
             };
             if wait_blocked(&file, left).map_err(failed)? {
                 break;
